@@ -1,0 +1,9 @@
+//! Logic shared by the `repmgr` extension and its command line, free of PostgreSQL and I/O.
+//!
+//! Everything here is a pure function of its inputs so it can be tested with plain `cargo test`
+//! and reused unchanged on both sides of the client/server boundary.
+
+pub mod conninfo;
+pub mod lsn;
+pub mod node;
+pub mod template;

@@ -1,0 +1,53 @@
+-- The repmgr catalog. Table and column names, types and order match repmgr 5.x so that
+-- existing monitoring queries and scripts keep working.
+
+CREATE TABLE repmgr.nodes (
+  node_id          INTEGER     PRIMARY KEY,
+  upstream_node_id INTEGER     NULL REFERENCES repmgr.nodes (node_id) DEFERRABLE,
+  active           BOOLEAN     NOT NULL DEFAULT TRUE,
+  node_name        TEXT        NOT NULL,
+  type             TEXT        NOT NULL CHECK (type IN ('primary', 'standby', 'witness')),
+  location         TEXT        NOT NULL DEFAULT 'default',
+  priority         INT         NOT NULL DEFAULT 100,
+  conninfo         TEXT        NOT NULL,
+  repluser         VARCHAR(63) NOT NULL,
+  slot_name        TEXT        NULL,
+  config_file      TEXT        NOT NULL
+);
+
+-- No foreign key to nodes: the history of a node outlives its registration.
+CREATE TABLE repmgr.events (
+  node_id          INTEGER     NOT NULL,
+  event            TEXT        NOT NULL,
+  successful       BOOLEAN     NOT NULL DEFAULT TRUE,
+  event_timestamp  TIMESTAMPTZ NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  details          TEXT        NULL
+);
+
+CREATE TABLE repmgr.monitoring_history (
+  primary_node_id           INTEGER     NOT NULL,
+  standby_node_id           INTEGER     NOT NULL,
+  last_monitor_time         TIMESTAMPTZ NOT NULL,
+  last_apply_time           TIMESTAMPTZ,
+  last_wal_primary_location PG_LSN      NOT NULL,
+  last_wal_standby_location PG_LSN,
+  replication_lag           BIGINT      NOT NULL,
+  apply_lag                 BIGINT      NOT NULL
+);
+
+CREATE INDEX idx_monitoring_history_time
+  ON repmgr.monitoring_history (last_monitor_time, standby_node_id);
+
+CREATE TABLE repmgr.voting_term (
+  term INT NOT NULL
+);
+
+-- At most one row, and it cannot be deleted.
+CREATE UNIQUE INDEX voting_term_restrict ON repmgr.voting_term ((TRUE));
+CREATE RULE voting_term_delete AS ON DELETE TO repmgr.voting_term DO INSTEAD NOTHING;
+
+-- The catalog's contents belong in pg_dump output, like user data.
+SELECT pg_catalog.pg_extension_config_dump('repmgr.nodes', '');
+SELECT pg_catalog.pg_extension_config_dump('repmgr.events', '');
+SELECT pg_catalog.pg_extension_config_dump('repmgr.monitoring_history', '');
+SELECT pg_catalog.pg_extension_config_dump('repmgr.voting_term', '');

@@ -1,0 +1,135 @@
+//! The SQL functions of this project's own API (the repmgr 5.x ones are in [`crate::compat`]).
+//!
+//! Each is a thin entry point: read the settings once, run the operation, and turn a failure
+//! into a PostgreSQL error. None is executable by PUBLIC (see `sql/finalize.sql`).
+
+use pgrx::prelude::*;
+
+use crate::config::Settings;
+use crate::error::OrRaise;
+use crate::pglsn::PgLsn;
+use crate::{registration, shmem, status};
+
+/// Registers this server, which must not be in recovery, as the cluster's primary.
+#[pg_extern(volatile)]
+fn register_primary(force: default!(bool, false)) -> i32 {
+    registration::register_primary(&Settings::current(), force).or_raise()
+}
+
+/// Registers this standby, writing its record on the primary.
+#[pg_extern(volatile)]
+fn register_standby(upstream_node_id: default!(Option<i32>, "NULL"), force: default!(bool, false)) -> i32 {
+    registration::register_standby(&Settings::current(), upstream_node_id, force).or_raise()
+}
+
+/// Registers this separate server as the cluster's witness.
+#[pg_extern(volatile)]
+fn register_witness(primary_conninfo: &str, force: default!(bool, false)) -> i32 {
+    registration::register_witness(&Settings::current(), primary_conninfo, force).or_raise()
+}
+
+/// Removes a node's record (this node's when `node_id` is NULL).
+#[pg_extern(volatile)]
+fn unregister_node(node_id: default!(Option<i32>, "NULL"), force: default!(bool, false)) {
+    registration::unregister_node(&Settings::current(), node_id, force).or_raise()
+}
+
+/// A connection string with its passwords replaced by `********`.
+#[pg_extern(immutable, parallel_safe)]
+fn mask_conninfo(conninfo: &str) -> String {
+    repmgr_core::conninfo::mask(conninfo)
+}
+
+/// This node: identity, role, WAL positions, lag and the last error repmgr saw here.
+#[pg_extern(volatile)]
+#[allow(clippy::type_complexity)]
+fn node_status() -> TableIterator<
+    'static,
+    (
+        name!(node_id, Option<i32>),
+        name!(node_name, String),
+        name!(registered_type, Option<String>),
+        name!(role, String),
+        name!(in_recovery, bool),
+        name!(timeline, Option<i32>),
+        name!(current_lsn, Option<PgLsn>),
+        name!(receive_lsn, Option<PgLsn>),
+        name!(replay_lsn, Option<PgLsn>),
+        name!(upstream_node_id, Option<i32>),
+        name!(upstream_node_name, Option<String>),
+        name!(wal_receiver_status, Option<String>),
+        name!(replication_lag_bytes, Option<i64>),
+        name!(apply_lag_bytes, Option<i64>),
+        name!(replication_lag_seconds, Option<f64>),
+        name!(active_slots, i64),
+        name!(inactive_slots, i64),
+        name!(last_error, Option<String>),
+        name!(last_error_time, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let s = status::node_status(&Settings::current()).or_raise();
+    let (last_error, last_error_time) = match shmem::read().and_then(|st| st.last_error()) {
+        Some((msg, at)) => (Some(msg), TimestampWithTimeZone::try_from(at).ok()),
+        None => (None, None),
+    };
+    TableIterator::once((
+        s.node_id,
+        s.node_name,
+        s.registered_type,
+        s.role,
+        s.in_recovery,
+        s.timeline,
+        s.current_lsn,
+        s.receive_lsn,
+        s.replay_lsn,
+        s.upstream_node_id,
+        s.upstream_node_name,
+        s.wal_receiver_status,
+        s.replication_lag_bytes,
+        s.apply_lag_bytes,
+        s.replication_lag_seconds,
+        s.active_slots,
+        s.inactive_slots,
+        last_error,
+        last_error_time,
+    ))
+}
+
+/// Replication lag: on a primary, every attached standby; on a standby, its own.
+#[pg_extern(volatile)]
+#[allow(clippy::type_complexity)]
+fn replication_lag() -> TableIterator<
+    'static,
+    (
+        name!(node_id, Option<i32>),
+        name!(node_name, String),
+        name!(upstream_node_id, Option<i32>),
+        name!(state, Option<String>),
+        name!(sync_state, Option<String>),
+        name!(sent_lsn, Option<PgLsn>),
+        name!(write_lsn, Option<PgLsn>),
+        name!(flush_lsn, Option<PgLsn>),
+        name!(replay_lsn, Option<PgLsn>),
+        name!(replication_lag_bytes, Option<i64>),
+        name!(apply_lag_bytes, Option<i64>),
+        name!(replay_lag_seconds, Option<f64>),
+    ),
+> {
+    let rows = status::replication_lag(&Settings::current()).or_raise();
+    TableIterator::new(rows.into_iter().map(|l| {
+        (
+            l.node_id,
+            l.node_name,
+            l.upstream_node_id,
+            l.state,
+            l.sync_state,
+            l.sent_lsn,
+            l.write_lsn,
+            l.flush_lsn,
+            l.replay_lsn,
+            l.replication_lag_bytes,
+            l.apply_lag_bytes,
+            l.replay_lag_seconds,
+        )
+    }))
+}

@@ -1,0 +1,180 @@
+//! Reading and writing the `repmgr` catalog tables, on any node, through [`Db`].
+
+use repmgr_core::node::NodeType;
+
+use crate::db::{Db, Rows};
+use crate::error::{Failure, Result};
+
+/// One row of `repmgr.nodes`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    pub node_id: i32,
+    pub upstream_node_id: Option<i32>,
+    pub active: bool,
+    pub node_name: String,
+    pub node_type: NodeType,
+    pub location: String,
+    pub priority: i32,
+    pub conninfo: String,
+    pub repluser: String,
+    pub slot_name: Option<String>,
+    pub config_file: String,
+}
+
+impl NodeRecord {
+    /// "node 3 (\"db3\")", the way messages name a node.
+    pub fn describe(&self) -> String {
+        format!("node {} (\"{}\")", self.node_id, self.node_name)
+    }
+}
+
+const NODE_COLUMNS: &str =
+    "node_id, upstream_node_id, active, node_name, type, location, priority, conninfo, repluser, slot_name, config_file";
+
+fn int(v: Option<&str>) -> Option<i32> {
+    v.and_then(|s| s.parse().ok())
+}
+
+fn parse_nodes(rows: &Rows) -> Vec<NodeRecord> {
+    rows.rows
+        .iter()
+        .filter_map(|r| {
+            let col = |i: usize| r.get(i).and_then(|v| v.as_deref());
+            Some(NodeRecord {
+                node_id: int(col(0))?,
+                upstream_node_id: int(col(1)),
+                active: col(2) == Some("t"),
+                node_name: col(3)?.to_string(),
+                node_type: NodeType::parse(col(4)?)?,
+                location: col(5).unwrap_or("default").to_string(),
+                priority: int(col(6)).unwrap_or(100),
+                conninfo: col(7).unwrap_or_default().to_string(),
+                repluser: col(8).unwrap_or_default().to_string(),
+                slot_name: col(9).map(str::to_string),
+                config_file: col(10).unwrap_or_default().to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Every registered node, by id. A node without the extension gets a message saying so.
+pub fn nodes(db: &mut dyn Db) -> Result<Vec<NodeRecord>> {
+    ensure_extension(db)?;
+    let rows = db.read(&format!("SELECT {NODE_COLUMNS} FROM repmgr.nodes ORDER BY node_id"), &[])?;
+    Ok(parse_nodes(&rows))
+}
+
+/// Fails clearly when the repmgr catalog is missing on the node behind `db`.
+pub fn ensure_extension(db: &mut dyn Db) -> Result<()> {
+    let rows = db.read("SELECT pg_catalog.current_database(), EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'repmgr')", &[])?;
+    if rows.get(0, 1) == Some("t") {
+        return Ok(());
+    }
+    let database = rows.get(0, 0).unwrap_or("?").to_string();
+    Err(Failure::state(format!("the repmgr extension is not installed in database \"{database}\" on {}", db.label()))
+        .hint(format!("Run CREATE EXTENSION repmgr in database \"{database}\" on that node first.")))
+}
+
+/// Serialises registrations: two nodes registering at once must not both pass the checks.
+pub fn lock_nodes(db: &mut dyn Db) -> Result<()> {
+    db.write("LOCK TABLE repmgr.nodes IN SHARE ROW EXCLUSIVE MODE", &[]).map(drop)
+}
+
+/// Inserts `rec`, or replaces the row with the same id.
+pub fn upsert_node(db: &mut dyn Db, rec: &NodeRecord) -> Result<()> {
+    let id = rec.node_id.to_string();
+    let upstream = rec.upstream_node_id.map(|u| u.to_string());
+    let priority = rec.priority.to_string();
+    let active = rec.active.to_string();
+    db.write(
+        &format!(
+            "INSERT INTO repmgr.nodes ({NODE_COLUMNS})
+             VALUES ($1::int, $2::int, $3::boolean, $4, $5, $6, $7::int, $8, $9, $10, $11)
+             ON CONFLICT (node_id) DO UPDATE SET
+               upstream_node_id = EXCLUDED.upstream_node_id, active = EXCLUDED.active,
+               node_name = EXCLUDED.node_name, type = EXCLUDED.type, location = EXCLUDED.location,
+               priority = EXCLUDED.priority, conninfo = EXCLUDED.conninfo, repluser = EXCLUDED.repluser,
+               slot_name = EXCLUDED.slot_name, config_file = EXCLUDED.config_file"
+        ),
+        &[
+            Some(&id),
+            upstream.as_deref(),
+            Some(&active),
+            Some(&rec.node_name),
+            Some(rec.node_type.as_str()),
+            Some(&rec.location),
+            Some(&priority),
+            Some(&rec.conninfo),
+            Some(&rec.repluser),
+            rec.slot_name.as_deref(),
+            Some(&rec.config_file),
+        ],
+    )
+    .map(drop)
+}
+
+pub fn set_active(db: &mut dyn Db, node_id: i32, active: bool) -> Result<()> {
+    db.write(
+        "UPDATE repmgr.nodes SET active = $2::boolean WHERE node_id = $1::int",
+        &[Some(&node_id.to_string()), Some(&active.to_string())],
+    )
+    .map(drop)
+}
+
+/// Clears `upstream_node_id` on every node that points at `node_id`.
+pub fn detach_downstream(db: &mut dyn Db, node_id: i32) -> Result<()> {
+    db.write(
+        "UPDATE repmgr.nodes SET upstream_node_id = NULL WHERE upstream_node_id = $1::int AND node_id <> $1::int",
+        &[Some(&node_id.to_string())],
+    )
+    .map(drop)
+}
+
+pub fn delete_node(db: &mut dyn Db, node_id: i32) -> Result<()> {
+    db.write("DELETE FROM repmgr.nodes WHERE node_id = $1::int", &[Some(&node_id.to_string())]).map(drop)
+}
+
+/// Replaces the whole node list (a witness's copy of the primary's). Upstream references are
+/// checked at commit, so the order of rows does not matter.
+pub fn replace_nodes(db: &mut dyn Db, nodes: &[NodeRecord]) -> Result<()> {
+    db.write("SET CONSTRAINTS ALL DEFERRED", &[])?;
+    db.write("DELETE FROM repmgr.nodes", &[])?;
+    nodes.iter().try_for_each(|n| upsert_node(db, n))
+}
+
+/// Makes sure `voting_term` has its single row; an existing term is kept.
+pub fn init_voting_term(db: &mut dyn Db) -> Result<()> {
+    db.write("INSERT INTO repmgr.voting_term (term) SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM repmgr.voting_term)", &[])
+        .map(drop)
+}
+
+/// Inserts an event row and returns its timestamp as text.
+pub fn insert_event(db: &mut dyn Db, node_id: i32, event: &str, successful: bool, details: &str) -> Result<String> {
+    let rows = db.write(
+        "INSERT INTO repmgr.events (node_id, event, successful, details)
+         VALUES ($1::int, $2, $3::boolean, $4) RETURNING event_timestamp::text",
+        &[Some(&node_id.to_string()), Some(event), Some(&successful.to_string()), Some(details)],
+    )?;
+    Ok(rows.get(0, 0).unwrap_or_default().to_string())
+}
+
+/// Facts about the server behind `db` that registration checks.
+pub struct ServerFacts {
+    pub in_recovery: bool,
+    pub system_identifier: String,
+    /// `repmgr.node_id` as that server sees it (None when unset).
+    pub node_id: Option<i32>,
+}
+
+pub fn server_facts(db: &mut dyn Db) -> Result<ServerFacts> {
+    let rows = db.read(
+        "SELECT pg_catalog.pg_is_in_recovery(), (SELECT system_identifier FROM pg_catalog.pg_control_system())::text,
+                NULLIF(pg_catalog.current_setting('repmgr.node_id', true), '')",
+        &[],
+    )?;
+    Ok(ServerFacts {
+        in_recovery: rows.get(0, 0) == Some("t"),
+        system_identifier: rows.get(0, 1).unwrap_or_default().to_string(),
+        node_id: int(rows.get(0, 2)).filter(|id| *id > 0),
+    })
+}

@@ -1,0 +1,265 @@
+//! The `repmgr.*` settings: their definitions, and a validated snapshot for one operation.
+//!
+//! Settings are read once per operation into [`Settings`], so that a reload in the middle of a
+//! registration cannot mix old and new values, and so that tests can hand the operations any
+//! combination of values without restarting a server.
+
+use std::ffi::{CStr, CString};
+use std::time::Duration;
+
+use pgrx::prelude::*;
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
+use repmgr_core::node;
+
+use crate::error::{Failure, Result};
+
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FailoverMode {
+    #[name = c"automatic"]
+    Automatic,
+    #[name = c"manual"]
+    Manual,
+}
+
+static NODE_ID: GucSetting<i32> = GucSetting::<i32>::new(0);
+static NODE_NAME: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"repmgr"));
+static CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static REPLICATION_USER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static LOCATION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"default"));
+static PRIORITY: GucSetting<i32> = GucSetting::<i32>::new(100);
+static FAILOVER: GucSetting<FailoverMode> = GucSetting::<FailoverMode>::new(FailoverMode::Automatic);
+static USE_REPLICATION_SLOTS: GucSetting<bool> = GucSetting::<bool>::new(true);
+static EVENT_NOTIFICATION_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static EVENT_NOTIFICATIONS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static PEER_CONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(2000);
+static PEER_STATEMENT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(2000);
+
+/// Defines every setting. `preloading` is true when loaded through `shared_preload_libraries`.
+pub fn define(preloading: bool) {
+    // Identity settings can only change with a restart, which PostgreSQL allows us to declare
+    // only while preloading; a library loaded later would be refused (FATAL). Loaded later, the
+    // same settings are still read from postgresql.conf, just with reload semantics.
+    let identity = || if preloading { GucContext::Postmaster } else { GucContext::Sighup };
+    let secret = GucFlags::SUPERUSER_ONLY;
+    let ms = GucFlags::UNIT_MS;
+
+    GucRegistry::define_int_guc(
+        c"repmgr.node_id",
+        c"Identifier of this node in the cluster (1 or more; 0 means not set).",
+        c"Must be unique across the cluster. Required before registering the node.",
+        &NODE_ID,
+        0,
+        i32::MAX,
+        identity(),
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"repmgr.node_name",
+        c"Name of this node; standbys must use it as application_name in primary_conninfo.",
+        c"Defaults to cluster_name, or node<id> when cluster_name is empty.",
+        &NODE_NAME,
+        identity(),
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"repmgr.database",
+        c"Database where the repmgr extension lives on every node.",
+        c"",
+        &DATABASE,
+        identity(),
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"repmgr.conninfo",
+        c"Connection string other nodes use to reach this node.",
+        c"Stored in repmgr.nodes at registration. Prefer a password file over a password here.",
+        &CONNINFO,
+        GucContext::Sighup,
+        secret,
+    );
+    GucRegistry::define_string_guc(
+        c"repmgr.replication_user",
+        c"User standbys replicate as; defaults to the user in repmgr.conninfo.",
+        c"",
+        &REPLICATION_USER,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"repmgr.location",
+        c"Location (data centre) of this node, used to avoid promotions across a network split.",
+        c"",
+        &LOCATION,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"repmgr.priority",
+        c"Promotion priority of this node; 0 means it is never promoted automatically.",
+        c"",
+        &PRIORITY,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"repmgr.failover",
+        c"Whether this node takes part in automatic failover (automatic) or only monitors (manual).",
+        c"",
+        &FAILOVER,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"repmgr.use_replication_slots",
+        c"Whether standbys stream through a replication slot named repmgr_slot_<node_id>.",
+        c"",
+        &USE_REPLICATION_SLOTS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"repmgr.event_notification_command",
+        c"Shell command run after each event, with %n %e %s %t %d %p %c %a placeholders.",
+        c"Placeholder values are shell-quoted for the context they appear in.",
+        &EVENT_NOTIFICATION_COMMAND,
+        GucContext::Sighup,
+        secret,
+    );
+    GucRegistry::define_string_guc(
+        c"repmgr.event_notifications",
+        c"Comma-separated events that run the notification command; empty means all.",
+        c"",
+        &EVENT_NOTIFICATIONS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"repmgr.peer_connect_timeout",
+        c"Longest wait to connect to another node.",
+        c"",
+        &PEER_CONNECT_TIMEOUT,
+        100,
+        3_600_000,
+        GucContext::Sighup,
+        ms,
+    );
+    GucRegistry::define_int_guc(
+        c"repmgr.peer_statement_timeout",
+        c"Longest wait for another node to answer one statement.",
+        c"",
+        &PEER_STATEMENT_TIMEOUT,
+        100,
+        3_600_000,
+        GucContext::Sighup,
+        ms,
+    );
+    // Typos such as repmgr.nodeid are refused instead of silently ignored.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"repmgr".as_ptr()) };
+}
+
+fn string(setting: &GucSetting<Option<CString>>) -> Option<String> {
+    setting.get().map(|c| c.to_string_lossy().into_owned()).filter(|s| !s.trim().is_empty())
+}
+
+/// The current value of any server setting, without privilege checks (settings such as
+/// `primary_conninfo` are readable only by superusers through SQL).
+pub fn server_setting(name: &CStr) -> Option<String> {
+    let p = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    if p.is_null() {
+        return None;
+    }
+    let s = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+    if s.is_empty() { None } else { Some(s) }
+}
+
+/// One consistent reading of the settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_id: i32,
+    pub node_name: String,
+    pub database: String,
+    pub conninfo: Option<String>,
+    pub replication_user: Option<String>,
+    pub location: String,
+    pub priority: i32,
+    pub use_replication_slots: bool,
+    pub event_notification_command: Option<String>,
+    pub event_notifications: Vec<String>,
+    pub peer_connect_timeout: Duration,
+    pub peer_statement_timeout: Duration,
+    /// The PostgreSQL configuration file holding these settings, for `nodes.config_file`.
+    pub config_file: String,
+}
+
+impl Settings {
+    pub fn current() -> Settings {
+        let node_id = NODE_ID.get();
+        let node_name = string(&NODE_NAME)
+            .or_else(|| server_setting(c"cluster_name"))
+            .unwrap_or_else(|| node::default_name(node_id));
+        Settings {
+            node_id,
+            node_name,
+            database: string(&DATABASE).unwrap_or_else(|| "repmgr".into()),
+            conninfo: string(&CONNINFO),
+            replication_user: string(&REPLICATION_USER),
+            location: string(&LOCATION).unwrap_or_else(|| "default".into()),
+            priority: PRIORITY.get(),
+            use_replication_slots: USE_REPLICATION_SLOTS.get(),
+            event_notification_command: string(&EVENT_NOTIFICATION_COMMAND),
+            event_notifications: string(&EVENT_NOTIFICATIONS)
+                .map(|s| s.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect())
+                .unwrap_or_default(),
+            peer_connect_timeout: Duration::from_millis(PEER_CONNECT_TIMEOUT.get() as u64),
+            peer_statement_timeout: Duration::from_millis(PEER_STATEMENT_TIMEOUT.get() as u64),
+            config_file: server_setting(c"config_file").unwrap_or_default(),
+        }
+    }
+
+    /// "node 3 (db3)", the way every message names this node.
+    pub fn describe(&self) -> String {
+        if self.node_id > 0 { format!("node {} (\"{}\")", self.node_id, self.node_name) } else { "this node".into() }
+    }
+
+    /// Checks what every registration needs: an id, a usable name and a valid conninfo.
+    /// Returns the conninfo.
+    pub fn require_identity(&self) -> Result<&str> {
+        if self.node_id <= 0 {
+            return Err(Failure::config("repmgr.node_id is not set on this node")
+                .hint("Set repmgr.node_id to a number unique in the cluster (1 or more) in postgresql.conf, then restart PostgreSQL."));
+        }
+        if let Err(why) = node::validate_name(&self.node_name) {
+            return Err(Failure::invalid(format!("invalid node name for node {}: {why}", self.node_id))
+                .hint("Set repmgr.node_name (or cluster_name) in postgresql.conf."));
+        }
+        let conninfo = self.conninfo.as_deref().ok_or_else(|| {
+            Failure::config(format!("repmgr.conninfo is not set on {}", self.describe())).hint(
+                "Set repmgr.conninfo in postgresql.conf to the connection string other nodes use to reach this one, e.g. 'host=10.0.0.5 port=5432 dbname=repmgr user=repmgr', then reload.",
+            )
+        })?;
+        crate::peer::check_conninfo(conninfo, "repmgr.conninfo", &self.describe())?;
+        Ok(conninfo)
+    }
+
+    /// The user standbys replicate as: `repmgr.replication_user`, else the conninfo's user, else
+    /// the user running the registration.
+    pub fn replication_user(&self, session_user: &str) -> String {
+        self.replication_user
+            .clone()
+            .or_else(|| self.conninfo.as_deref().and_then(|c| repmgr_core::conninfo::get(c, "user")))
+            .unwrap_or_else(|| session_user.to_string())
+    }
+
+    /// The slot this node streams through, when slots are in use.
+    pub fn slot_name(&self) -> Option<String> {
+        self.use_replication_slots.then(|| node::slot_name(self.node_id))
+    }
+
+    /// Whether `event` should run the notification command.
+    pub fn notifies(&self, event: &str) -> bool {
+        self.event_notifications.is_empty() || self.event_notifications.iter().any(|e| e == event)
+    }
+}

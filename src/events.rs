@@ -1,0 +1,130 @@
+//! Events: a row in `repmgr.events` for each action, and the notification command.
+//!
+//! The row is written on the primary, in the same transaction as the change it describes, so
+//! a rolled-back change leaves no event. The notification command runs only after this node's
+//! transaction commits, for the same reason, and it never delays the caller by more than
+//! [`NOTIFY_WAIT`]: a slow script keeps running in the background and is reaped later.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use pgrx::prelude::*;
+use pgrx::{PgXactCallbackEvent, register_xact_callback};
+use repmgr_core::{conninfo, template};
+
+use crate::config::Settings;
+use crate::db::Db;
+use crate::error::{Result, mask_text};
+
+/// How long a committing session waits to collect a notification command's exit status.
+const NOTIFY_WAIT: Duration = Duration::from_secs(1);
+
+/// Notification commands still running, reaped opportunistically.
+static RUNNING: Mutex<Vec<(String, Child)>> = Mutex::new(Vec::new());
+
+/// One event about one node.
+#[derive(Debug, Clone, Default)]
+pub struct Event {
+    pub node_id: i32,
+    pub name: &'static str,
+    pub successful: bool,
+    pub details: String,
+    /// `%p`: the primary (or other node) the event refers to, for extended events.
+    pub other_node_id: Option<i32>,
+    /// `%c`: that node's conninfo (its password is masked before use).
+    pub other_conninfo: Option<String>,
+    /// `%a`: that node's name.
+    pub other_name: Option<String>,
+}
+
+impl Event {
+    pub fn new(node_id: i32, name: &'static str, details: impl Into<String>) -> Event {
+        Event { node_id, name, successful: true, details: details.into(), ..Default::default() }
+    }
+
+    pub fn about(mut self, node_id: i32, name: &str, conninfo_text: &str) -> Event {
+        self.other_node_id = Some(node_id);
+        self.other_name = Some(name.to_string());
+        self.other_conninfo = Some(conninfo_text.to_string());
+        self
+    }
+}
+
+/// Writes the event through `db` (the primary, or `None` when no primary is writable) and
+/// arranges for the notification command to run after this node's transaction commits.
+pub fn record(db: Option<&mut dyn Db>, settings: &Settings, mut ev: Event) -> Result<()> {
+    ev.details = mask_text(&ev.details);
+    let timestamp = match db {
+        Some(db) => crate::catalog::insert_event(db, ev.node_id, ev.name, ev.successful, &ev.details)?,
+        None => Spi::get_one::<String>("SELECT pg_catalog.now()::text").ok().flatten().unwrap_or_default(),
+    };
+    if let Some(cmd) = settings.event_notification_command.clone() {
+        if settings.notifies(ev.name) {
+            let line = render(&cmd, &ev, &timestamp);
+            register_xact_callback(PgXactCallbackEvent::Commit, move || notify(ev.name, line));
+        }
+    }
+    Ok(())
+}
+
+/// Fills in repmgr's placeholders.
+fn render(cmd: &str, ev: &Event, timestamp: &str) -> String {
+    let id = ev.node_id.to_string();
+    let other = ev.other_node_id.map(|p| p.to_string()).unwrap_or_default();
+    let conn = ev.other_conninfo.as_deref().map(conninfo::mask).unwrap_or_default();
+    let values = [
+        ('n', id.as_str()),
+        ('e', ev.name),
+        ('s', if ev.successful { "1" } else { "0" }),
+        ('t', timestamp),
+        ('d', ev.details.as_str()),
+        ('p', other.as_str()),
+        ('c', conn.as_str()),
+        ('a', ev.other_name.as_deref().unwrap_or("")),
+    ];
+    template::render(cmd, &values)
+}
+
+/// Runs after commit, where raising an error would take the server down: only logs.
+fn notify(event: &str, line: String) {
+    reap();
+    let spawned = Command::new("/bin/sh").arg("-c").arg(&line).stdin(Stdio::null()).spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            warning!("repmgr: could not start event_notification_command for event \"{event}\": {e}");
+            return;
+        }
+    };
+    let until = Instant::now() + NOTIFY_WAIT;
+    while Instant::now() < until {
+        match child.try_wait() {
+            Ok(Some(status)) => return report(event, status),
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => return,
+        }
+    }
+    if let Ok(mut running) = RUNNING.lock() {
+        running.push((event.to_string(), child));
+    }
+}
+
+fn report(event: &str, status: std::process::ExitStatus) {
+    if !status.success() {
+        warning!("repmgr: event_notification_command for event \"{event}\" failed ({status})");
+    }
+}
+
+/// Collects notification commands that have finished since they were started.
+pub fn reap() {
+    let Ok(mut running) = RUNNING.lock() else { return };
+    running.retain_mut(|(event, child)| match child.try_wait() {
+        Ok(Some(status)) => {
+            report(event, status);
+            false
+        }
+        Ok(None) => true,
+        Err(_) => false,
+    });
+}

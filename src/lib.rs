@@ -1,0 +1,57 @@
+//! repmgr as a PostgreSQL extension.
+//!
+//! The catalog (`sql/`), the SQL API, the settings and the shared state of a node live here.
+//! Pure logic shared with the command line is in the `repmgr-core` crate, and the client used
+//! to reach other nodes in `repmgr-pq`.
+
+use pgrx::prelude::*;
+
+mod api;
+mod catalog;
+mod compat;
+mod config;
+mod db;
+mod error;
+mod events;
+mod peer;
+mod pglsn;
+mod registration;
+mod shmem;
+mod status;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+::pgrx::pg_module_magic!();
+
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    config::define(preloading);
+    if preloading {
+        shmem::init();
+    }
+}
+
+/// Required by `cargo pgrx test` at the crate root.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![
+            "shared_preload_libraries = 'repmgr'",
+            "repmgr.node_id = 1",
+            "repmgr.node_name = 'alpha'",
+            "repmgr.database = 'pgrx_tests'",
+            // Port 1 refuses at once: registration warns that it cannot reach itself and goes on.
+            "repmgr.conninfo = 'host=127.0.0.1 port=1 dbname=pgrx_tests user=postgres password=s3cr3t-pw'",
+            "repmgr.location = 'dc1'",
+            "repmgr.priority = 70",
+        ]
+    }
+}

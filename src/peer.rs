@@ -1,0 +1,164 @@
+//! Connections from this server to other nodes.
+//!
+//! Every connection to another node goes through here so that the same rules hold
+//! everywhere: a hard deadline on connecting and on every statement (enforced on this side, so
+//! a frozen peer cannot hold us), waits that watch the process latch so a cancel request or
+//! shutdown is served at once, `application_name=repmgr`, an empty `search_path` (all SQL is
+//! schema-qualified), `synchronous_commit=local` so catalog writes never wait for a missing
+//! synchronous standby, and error messages that never show a password.
+
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use pgrx::PgSqlErrorCode;
+use pgrx::prelude::*;
+use repmgr_core::conninfo;
+use repmgr_pq::{Conn, ErrorKind, Interest, Interrupted, Waiter};
+
+use crate::config::Settings;
+use crate::db::{Db, Rows};
+use crate::error::{Failure, Result};
+
+/// Waits for `events` on the process latch (and `fd`), then serves interrupts: a cancel
+/// request or termination raises an ERROR there, closing any connection as it unwinds.
+fn latch_wait(events: u32, fd: RawFd, timeout: Duration) {
+    let events = events | pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as std::ffi::c_long;
+    unsafe {
+        let rc = pg_sys::WaitLatchOrSocket(pg_sys::MyLatch, events as i32, fd, ms, pg_sys::PG_WAIT_EXTENSION);
+        if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+    }
+    check_for_interrupts!();
+}
+
+/// Sleeps without ignoring cancel requests or shutdown.
+pub fn sleep(d: Duration) {
+    latch_wait(0, pg_sys::PGINVALID_SOCKET, d);
+}
+
+/// Waits on the socket and the process latch together.
+struct LatchWaiter;
+
+impl Waiter for LatchWaiter {
+    fn wait(&mut self, fd: RawFd, interest: Interest, timeout: Duration) -> std::result::Result<(), Interrupted> {
+        let socket = match interest {
+            Interest::Read => pg_sys::WL_SOCKET_READABLE,
+            Interest::Write => pg_sys::WL_SOCKET_WRITEABLE,
+        };
+        latch_wait(socket, fd, timeout);
+        Ok(())
+    }
+}
+
+/// Checks a connection string with libpq's parser; `what` names where it came from.
+pub fn check_conninfo(conninfo: &str, what: &str, node: &str) -> Result<()> {
+    repmgr_pq::check_conninfo(conninfo).map_err(|why| {
+        Failure::invalid(format!("{what} on {node} is not a valid connection string: {why}"))
+            .detail(format!("The value is: {}", conninfo::mask(conninfo)))
+            .hint("Use the libpq key=value form, e.g. 'host=10.0.0.5 port=5432 dbname=repmgr user=repmgr'.")
+    })
+}
+
+/// An open connection to another node.
+pub struct Peer {
+    conn: Conn,
+    label: String,
+    statement_timeout: Duration,
+}
+
+fn options_with(conninfo_text: &str, settings: &Settings) -> String {
+    let ours = format!(
+        "-c search_path= -c statement_timeout={} -c synchronous_commit=local",
+        settings.peer_statement_timeout.as_millis()
+    );
+    match conninfo::get(conninfo_text, "options") {
+        Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
+        _ => ours,
+    }
+}
+
+impl Peer {
+    /// Connects to `conninfo_text`; `label` names the node in messages. Without a `dbname` in
+    /// the string, `repmgr.database` is used.
+    pub fn connect(conninfo_text: &str, label: &str, settings: &Settings) -> Result<Peer> {
+        let timeout = settings.peer_connect_timeout;
+        // libpq's own timeout is in whole seconds and only a backstop for our deadline.
+        let libpq_timeout = timeout.as_secs().max(1).to_string();
+        let tcp_user_timeout = settings.peer_statement_timeout.as_millis().to_string();
+        let options = options_with(conninfo_text, settings);
+        let mut forced = vec![("application_name", "repmgr"), ("options", options.as_str())];
+        if conninfo::get(conninfo_text, "dbname").is_none() {
+            forced.push(("dbname", settings.database.as_str()));
+        }
+        let defaults = [
+            ("connect_timeout", libpq_timeout.as_str()),
+            ("keepalives", "1"),
+            ("keepalives_idle", "5"),
+            ("keepalives_interval", "1"),
+            ("keepalives_count", "3"),
+            ("tcp_user_timeout", tcp_user_timeout.as_str()),
+        ];
+        let deadline = Instant::now() + timeout;
+        let conn = Conn::connect(conninfo_text, &defaults, &forced, deadline, &mut LatchWaiter)
+            .map_err(|e| peer_failure(e, label, timeout))?;
+        Ok(Peer { conn, label: label.to_string(), statement_timeout: settings.peer_statement_timeout })
+    }
+
+    pub fn run(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Rows> {
+        let deadline = Instant::now() + self.statement_timeout;
+        self.conn
+            .query(sql, params, deadline, &mut LatchWaiter)
+            .map_err(|e| peer_failure(e, &self.label, self.statement_timeout))
+    }
+}
+
+impl Db for Peer {
+    fn read(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Rows> {
+        self.run(sql, params)
+    }
+
+    fn write(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Rows> {
+        self.run(sql, params)
+    }
+
+    fn label(&self) -> String {
+        self.label.clone()
+    }
+}
+
+/// Encodes a five-character SQLSTATE the way PostgreSQL does (MAKE_SQLSTATE).
+fn sqlstate_code(state: &str) -> Option<PgSqlErrorCode> {
+    let b = state.as_bytes();
+    if b.len() != 5 {
+        return None;
+    }
+    let code = b.iter().enumerate().fold(0i32, |acc, (i, c)| acc | (((i32::from(*c) - i32::from(b'0')) & 0x3F) << (6 * i)));
+    Some(PgSqlErrorCode::from(code))
+}
+
+fn peer_failure(e: repmgr_pq::Error, label: &str, timeout: Duration) -> Failure {
+    match e.kind {
+        ErrorKind::Conninfo => Failure::invalid(format!("the connection string for {label} is not valid: {}", e.message)),
+        ErrorKind::Connect | ErrorKind::Interrupted => Failure::new(
+            PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+            format!("could not connect to {label}: {}", e.message),
+        )
+        .hint(format!("Check that {label} is running and that its conninfo is reachable from this node.")),
+        ErrorKind::Timeout => Failure::new(
+            PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+            format!("{label} did not answer within {} ms ({})", timeout.as_millis(), e.message),
+        )
+        .hint(format!(
+            "Check whether {label} is overloaded, frozen or cut off; repmgr.peer_connect_timeout and repmgr.peer_statement_timeout set the limits."
+        )),
+        ErrorKind::Query => {
+            let code = e.sqlstate.as_deref().and_then(sqlstate_code).unwrap_or(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR);
+            let mut f = Failure::new(code, format!("on {label}: {}", e.message));
+            f.detail = e.detail;
+            f.hint = e.hint;
+            f
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The node's shared state, visible to every backend and to the monitoring worker.
+//!
+//! It exists only when the library is loaded through `shared_preload_libraries` (PostgreSQL
+//! hands out shared memory only then). Every accessor therefore returns `None` when it is
+//! absent, and callers fall back to the values repmgr documents for that case. Like repmgr's,
+//! this state is wiped by a server restart, except the pause flag, which is also kept in a
+//! small file under the data directory.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use pgrx::prelude::*;
+use pgrx::{PGRXSharedMemory, PgLwLock, pg_shmem_init};
+
+
+/// Timestamp value meaning "never" for `upstream_last_seen`.
+pub const NEVER: i64 = i64::MIN;
+
+const ERROR_CAPACITY: usize = 512;
+
+/// `voting_status` when no election is in progress (repmgr's VS_NO_VOTE).
+pub const NO_VOTE: i32 = 0;
+
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct SharedState {
+    pub local_node_id: i32,
+    pub daemon_pid: i32,
+    pub paused: bool,
+    pub upstream_node_id: i32,
+    /// `TimestampTz` of the last successful upstream check, or [`NEVER`].
+    pub upstream_last_seen: i64,
+    /// `TimestampTz` of the last monitoring update sent by this standby (0 until the first).
+    pub last_updated: i64,
+    pub voting_status: i32,
+    pub current_electoral_term: i32,
+    pub candidate_node_id: i32,
+    pub follow_new_primary: bool,
+    last_error: [u8; ERROR_CAPACITY],
+    last_error_len: u16,
+    pub last_error_at: i64,
+}
+
+impl Default for SharedState {
+    fn default() -> Self {
+        SharedState {
+            local_node_id: -1,
+            daemon_pid: -1,
+            paused: false,
+            upstream_node_id: -1,
+            upstream_last_seen: NEVER,
+            last_updated: 0,
+            voting_status: NO_VOTE,
+            current_electoral_term: 0,
+            candidate_node_id: -1,
+            follow_new_primary: false,
+            last_error: [0; ERROR_CAPACITY],
+            last_error_len: 0,
+            last_error_at: 0,
+        }
+    }
+}
+
+impl SharedState {
+    /// The last error recorded on this node and when (`TimestampTz`).
+    pub fn last_error(&self) -> Option<(String, i64)> {
+        let len = usize::from(self.last_error_len);
+        (len > 0).then(|| (String::from_utf8_lossy(&self.last_error[..len]).into_owned(), self.last_error_at))
+    }
+}
+
+unsafe impl PGRXSharedMemory for SharedState {}
+
+static STATE: PgLwLock<SharedState> = unsafe { PgLwLock::new(c"repmgr_shared_state") };
+
+/// Set in `_PG_init` while preloading and inherited by every forked backend; false in a
+/// backend that loaded the library on demand.
+static AVAILABLE: AtomicBool = AtomicBool::new(false);
+
+/// Requests the shared memory. Only valid while preloading.
+pub fn init() {
+    pg_shmem_init!(STATE);
+    AVAILABLE.store(true, Ordering::Relaxed);
+}
+
+pub fn available() -> bool {
+    AVAILABLE.load(Ordering::Relaxed)
+}
+
+/// A copy of the state, or `None` without shared memory.
+pub fn read() -> Option<SharedState> {
+    available().then(|| *STATE.share())
+}
+
+/// Applies `f` under the exclusive lock, or returns `None` without shared memory. Keep `f`
+/// short and free of anything that can raise an error.
+pub fn update<R>(f: impl FnOnce(&mut SharedState) -> R) -> Option<R> {
+    available().then(|| f(&mut STATE.exclusive()))
+}
+
+/// Remembers an error message for `node_status()`. Silently does nothing without shared memory.
+pub fn record_error(message: &str) {
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    update(|s| {
+        // Cut on a character boundary so the stored text stays valid UTF-8.
+        let mut len = message.len().min(ERROR_CAPACITY);
+        while !message.is_char_boundary(len) {
+            len -= 1;
+        }
+        s.last_error[..len].copy_from_slice(&message.as_bytes()[..len]);
+        s.last_error_len = len as u16;
+        s.last_error_at = now;
+    });
+}
