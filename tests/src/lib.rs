@@ -1,0 +1,333 @@
+//! A harness that builds real PostgreSQL clusters on this machine for integration tests.
+//!
+//! Every server runs as the `postgres` user (PostgreSQL refuses root), listens on loopback
+//! only, on ports picked free at creation time, with its data under a directory the
+//! `postgres` user owns outside the source checkout. Dropping a [`Cluster`], including while a
+//! test panics, stops every server it started and removes its files.
+//!
+//! The extension must already be installed into the PostgreSQL tree (`cargo xtask test` does
+//! that first); [`Cluster::new`] says so clearly when it is not.
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use repmgr_pq::{Conn, PollWaiter, Rows};
+
+/// Where every test cluster lives.
+const ROOT: &str = "/var/tmp/repmgr-tests";
+
+/// How long any single SQL statement from a test may take.
+const SQL_TIMEOUT: Duration = Duration::from_secs(30);
+
+static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+
+/// The PostgreSQL server binaries: `$REPMGR_PG_BINDIR`, else Debian's PostgreSQL 15.
+pub fn bindir() -> PathBuf {
+    std::env::var_os("REPMGR_PG_BINDIR").map_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"), PathBuf::from)
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs a PostgreSQL program as the `postgres` user and returns its output; panics with the
+/// program's own error text if it fails.
+fn run_pg(program: &str, args: &[&str]) -> Output {
+    let out = run_pg_unchecked(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn run_pg_unchecked(program: &str, args: &[&str]) -> Output {
+    let path = bindir().join(program);
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&path);
+        c
+    } else {
+        Command::new(&path)
+    };
+    cmd.args(args).env("LC_ALL", "C").output().unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+fn chown_postgres(path: &Path) {
+    if is_root() {
+        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status().expect("chown");
+        assert!(status.success(), "chown {}", path.display());
+    }
+}
+
+/// What kind of server a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Primary,
+    Standby,
+    Witness,
+}
+
+/// One PostgreSQL server of a test cluster.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: i32,
+    pub name: String,
+    pub port: u16,
+    pub kind: Kind,
+    pub data: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Node {
+    /// How clients, and other nodes, reach this node.
+    pub fn conninfo(&self) -> String {
+        format!("host=127.0.0.1 port={} dbname=repmgr user=postgres connect_timeout=5", self.port)
+    }
+
+    /// The postmaster's pid, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
+        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+        (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+    }
+}
+
+/// Options for a new node.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Load repmgr through `shared_preload_libraries`.
+    pub preload: bool,
+    /// Extra postgresql.conf lines.
+    pub extra_conf: Vec<String>,
+    /// Whether to write the `repmgr.*` identity settings.
+    pub identity: bool,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions { preload: true, extra_conf: Vec::new(), identity: true }
+    }
+}
+
+impl NodeOptions {
+    pub fn conf(mut self, line: impl Into<String>) -> Self {
+        self.extra_conf.push(line.into());
+        self
+    }
+}
+
+/// A set of servers that is torn down when dropped.
+pub struct Cluster {
+    pub dir: PathBuf,
+    socket_dir: PathBuf,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Creates an empty cluster directory for the test `name`.
+    pub fn new(name: &str) -> Cluster {
+        let available = Path::new(&format!("{}/repmgr.control", sharedir_extension())).exists();
+        assert!(
+            available,
+            "the repmgr extension is not installed in {}; run `cargo xtask test`, which installs it first",
+            sharedir_extension()
+        );
+        fs::create_dir_all(ROOT).expect("create test root");
+        fs::set_permissions(ROOT, fs::Permissions::from_mode(0o755)).expect("chmod test root");
+        let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+        let dir = PathBuf::from(ROOT).join(format!("{name}-{}-{seq}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let socket_dir = dir.join("sockets");
+        fs::create_dir_all(&socket_dir).expect("create cluster dir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod cluster dir");
+        chown_postgres(&dir);
+        Cluster { dir, socket_dir, nodes: Vec::new() }
+    }
+
+    pub fn node(&self, id: i32) -> &Node {
+        self.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id} in this cluster"))
+    }
+
+    fn new_node(&self, id: i32, kind: Kind) -> Node {
+        Node {
+            id,
+            name: format!("node{id}"),
+            port: free_port(),
+            kind,
+            data: self.dir.join(format!("node{id}")),
+            log: self.dir.join(format!("node{id}.log")),
+        }
+    }
+
+    /// The postgresql.conf lines that make `node` a member of this cluster.
+    fn settings(&self, node: &Node, opts: &NodeOptions) -> String {
+        let mut lines = vec![
+            "listen_addresses = '127.0.0.1'".to_string(),
+            format!("port = {}", node.port),
+            format!("unix_socket_directories = '{}'", self.socket_dir.display()),
+            "fsync = off".into(),
+            "max_wal_senders = 10".into(),
+            "max_replication_slots = 10".into(),
+            "wal_keep_size = '256MB'".into(),
+            "log_line_prefix = '%m [%p] '".into(),
+        ];
+        if opts.preload {
+            lines.push("shared_preload_libraries = 'repmgr'".into());
+        }
+        if opts.identity {
+            lines.push(format!("repmgr.node_id = {}", node.id));
+            lines.push(format!("repmgr.node_name = '{}'", node.name));
+            lines.push(format!("repmgr.conninfo = '{}'", node.conninfo()));
+        }
+        lines.extend(opts.extra_conf.iter().cloned());
+        lines.join("\n") + "\n"
+    }
+
+    fn append_conf(&self, node: &Node, text: &str) {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().append(true).open(node.data.join("postgresql.conf")).expect("open postgresql.conf");
+        f.write_all(format!("\n# test settings\n{text}").as_bytes()).expect("write postgresql.conf");
+    }
+
+    fn initdb(&mut self, id: i32, kind: Kind, opts: &NodeOptions) -> Node {
+        let node = self.new_node(id, kind);
+        run_pg("initdb", &["-D", &node.data.to_string_lossy(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
+        self.append_conf(&node, &self.settings(&node, opts));
+        node
+    }
+
+    /// Creates, starts and prepares (database `repmgr`, extension) a new primary.
+    pub fn init_primary(&mut self, id: i32, opts: NodeOptions) -> Node {
+        let node = self.initdb(id, Kind::Primary, &opts);
+        self.nodes.push(node.clone());
+        self.start(id);
+        self.create_extension(&node);
+        node
+    }
+
+    /// Creates and starts a stand-alone server for a witness, with the extension created.
+    pub fn init_witness(&mut self, id: i32, opts: NodeOptions) -> Node {
+        let node = self.initdb(id, Kind::Witness, &opts);
+        self.nodes.push(node.clone());
+        self.start(id);
+        self.create_extension(&node);
+        node
+    }
+
+    fn create_extension(&self, node: &Node) {
+        let mut c = connect(&format!("host=127.0.0.1 port={} dbname=postgres user=postgres", node.port));
+        query(&mut c, "CREATE DATABASE repmgr");
+        drop(c);
+        self.sql(node.id, "CREATE EXTENSION repmgr");
+    }
+
+    /// Clones a standby of `upstream` with pg_basebackup and starts it, streaming under its
+    /// node name as `application_name`.
+    pub fn clone_standby(&mut self, id: i32, upstream: i32, opts: NodeOptions) -> Node {
+        let up = self.node(upstream).clone();
+        let node = self.new_node(id, Kind::Standby);
+        run_pg(
+            "pg_basebackup",
+            &["-h", "127.0.0.1", "-p", &up.port.to_string(), "-U", "postgres", "-D", &node.data.to_string_lossy(), "-X", "stream", "--no-sync", "--checkpoint=fast"],
+        );
+        let mut conf = self.settings(&node, &opts);
+        conf.push_str(&format!(
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={}'\n",
+            up.port, node.name
+        ));
+        self.append_conf(&node, &conf);
+        fs::write(node.data.join("standby.signal"), "").expect("standby.signal");
+        chown_postgres(&node.data);
+        self.nodes.push(node.clone());
+        self.start(id);
+        node
+    }
+
+    pub fn start(&self, id: i32) {
+        let n = self.node(id);
+        run_pg("pg_ctl", &["-D", &n.data.to_string_lossy(), "-l", &n.log.to_string_lossy(), "-w", "-t", "60", "start"]);
+    }
+
+    /// Stops a node cleanly (fast shutdown).
+    pub fn stop(&self, id: i32) {
+        let n = self.node(id);
+        run_pg("pg_ctl", &["-D", &n.data.to_string_lossy(), "-w", "-t", "60", "-m", "fast", "stop"]);
+    }
+
+    /// Runs one statement on a node, panicking with the server's message on failure.
+    pub fn sql(&self, id: i32, sql: &str) -> Rows {
+        self.try_sql(id, sql).unwrap_or_else(|e| panic!("on node {id}: {sql}: {e} {:?}", e.detail))
+    }
+
+    /// Runs one statement on a node in a fresh session.
+    pub fn try_sql(&self, id: i32, sql: &str) -> Result<Rows, repmgr_pq::Error> {
+        let mut c = Conn::connect(&self.node(id).conninfo(), &[], &[], Instant::now() + SQL_TIMEOUT, &mut PollWaiter)?;
+        c.query(sql, &[], Instant::now() + SQL_TIMEOUT, &mut PollWaiter)
+    }
+
+    /// The first value of the first row, as text.
+    pub fn value(&self, id: i32, sql: &str) -> Option<String> {
+        self.sql(id, sql).get(0, 0).map(str::to_string)
+    }
+
+    /// Everything the node has logged so far.
+    pub fn log(&self, id: i32) -> String {
+        fs::read_to_string(&self.node(id).log).unwrap_or_default()
+    }
+
+    /// Polls `check` until it returns `Some`, failing the test after `timeout`.
+    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = check() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            if n.pid().is_some() {
+                let _ = run_pg_unchecked("pg_ctl", &["-D", &n.data.to_string_lossy(), "-w", "-t", "30", "-m", "immediate", "stop"]);
+            }
+            if let Some(pid) = n.pid() {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        if std::env::var_os("REPMGR_TEST_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn sharedir_extension() -> String {
+    let out = Command::new(bindir().join("pg_config")).arg("--sharedir").output();
+    let share = out.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    format!("{}/extension", share.unwrap_or_else(|| "/usr/share/postgresql/15".into()))
+}
+
+/// Opens a client connection, panicking on failure.
+pub fn connect(conninfo: &str) -> Conn {
+    Conn::connect(conninfo, &[], &[], Instant::now() + SQL_TIMEOUT, &mut PollWaiter).unwrap_or_else(|e| panic!("connect {conninfo}: {e}"))
+}
+
+/// Runs one statement on an open connection, panicking on failure.
+pub fn query(c: &mut Conn, sql: &str) -> Rows {
+    c.query(sql, &[], Instant::now() + SQL_TIMEOUT, &mut PollWaiter).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
