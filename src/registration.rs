@@ -167,6 +167,21 @@ fn find_primary(settings: &Settings, local_nodes: &[NodeRecord]) -> Result<(Peer
     .hint("Check that the primary is running and registered (SELECT repmgr.register_primary() on it), and that its repmgr.conninfo is reachable from this node."))
 }
 
+/// Opens the registration transaction on the primary: locks the node list and reads it,
+/// finds the registered primary and checks this node's name is free. Returns the node list
+/// and the primary's record.
+fn begin_on_primary(primary: &mut Peer, settings: &Settings) -> Result<(Vec<NodeRecord>, NodeRecord)> {
+    primary.write("BEGIN", &[])?;
+    catalog::lock_nodes(primary)?;
+    let nodes = catalog::nodes(primary)?;
+    let primary_rec = nodes.iter().find(|n| n.node_type == NodeType::Primary && n.active).cloned().ok_or_else(|| {
+        Failure::state(format!("cannot register {}: no active primary is registered on {}", settings.describe(), primary.label()))
+            .hint("Run SELECT repmgr.register_primary() on the primary first.")
+    })?;
+    check_name_free(&nodes, settings)?;
+    Ok((nodes, primary_rec))
+}
+
 /// Waits until this standby has replayed `lsn`, at most `timeout`. Returns whether it did.
 fn wait_for_replay(lsn: &str, timeout: Duration) -> Result<bool> {
     let deadline = Instant::now() + timeout;
@@ -252,14 +267,7 @@ pub fn register_standby(settings: &Settings, upstream: Option<i32>, force: bool)
             .hint("A standby must be cloned from its cluster's primary (repmgr standby clone)."));
     }
 
-    primary.write("BEGIN", &[])?;
-    catalog::lock_nodes(&mut primary)?;
-    let nodes = catalog::nodes(&mut primary)?;
-    let primary_rec = nodes.iter().find(|n| n.node_type == NodeType::Primary && n.active).cloned().ok_or_else(|| {
-        Failure::state(format!("cannot register {me}: no active primary is registered"))
-            .hint("Run SELECT repmgr.register_primary() on the primary first.")
-    })?;
-    check_name_free(&nodes, settings)?;
+    let (nodes, primary_rec) = begin_on_primary(&mut primary, settings)?;
     check_not_registered(&nodes, settings, force, "register_standby")?;
     let upstream_rec = match upstream {
         None => primary_rec.clone(),
@@ -351,14 +359,7 @@ pub fn register_witness(settings: &Settings, primary_conninfo: &str, force: bool
             .hint("Pass the connection string of the cluster's primary."));
     }
 
-    primary.write("BEGIN", &[])?;
-    catalog::lock_nodes(&mut primary)?;
-    let nodes = catalog::nodes(&mut primary)?;
-    let primary_rec = nodes.iter().find(|n| n.node_type == NodeType::Primary && n.active).cloned().ok_or_else(|| {
-        Failure::state(format!("cannot register {me}: no active primary is registered on the server in primary_conninfo"))
-            .hint("Run SELECT repmgr.register_primary() on the primary first.")
-    })?;
-    check_name_free(&nodes, settings)?;
+    let (nodes, primary_rec) = begin_on_primary(&mut primary, settings)?;
     if let Some(rec) = nodes.iter().find(|n| n.node_id == settings.node_id && n.node_type != NodeType::Witness) {
         return Err(Failure::new(
             PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,

@@ -376,42 +376,27 @@ mod tests {
         assert!(check_conninfo("nonsense_key=1").is_err());
     }
 
+    fn connect_port(port: u16, timeout: Duration) -> Error {
+        Conn::connect("host=127.0.0.1 dbname=x user=x", &[], &[("port", &port.to_string())], Instant::now() + timeout, &mut PollWaiter)
+            .err()
+            .expect("no server to complete a handshake")
+    }
+
     /// A listener that accepts TCP and never answers must not hold a connect past its deadline.
     #[test]
     fn silent_server_hits_the_deadline() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port().to_string();
         let t0 = Instant::now();
-        let err = Conn::connect(
-            "host=127.0.0.1 dbname=x user=x",
-            &[],
-            &[("port", &port)],
-            Instant::now() + Duration::from_millis(300),
-            &mut PollWaiter,
-        )
-        .err()
-        .expect("a silent server cannot complete a handshake");
+        let err = connect_port(l.local_addr().unwrap().port(), Duration::from_millis(300));
         let took = t0.elapsed();
         assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
         assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{took:?}");
-        drop(l);
     }
 
     #[test]
     fn refused_connection_is_a_connect_error() {
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port().to_string()
-        };
-        let err = Conn::connect(
-            "host=127.0.0.1",
-            &[],
-            &[("port", &port)],
-            Instant::now() + Duration::from_secs(5),
-            &mut PollWaiter,
-        )
-        .err()
-        .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let err = connect_port(port, Duration::from_secs(5));
         assert_eq!(err.kind, ErrorKind::Connect, "{err}");
     }
 }

@@ -31,6 +31,19 @@ pub fn bindir() -> PathBuf {
     std::env::var_os("REPMGR_PG_BINDIR").map_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"), PathBuf::from)
 }
 
+/// The `repmgr` command line under test: `$REPMGR_CLI`, else the workspace's debug build
+/// (`cargo xtask test` builds it before the integration tests).
+pub fn cli() -> PathBuf {
+    std::env::var_os("REPMGR_CLI").map_or_else(
+        || {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
+            target.join("debug/repmgr")
+        },
+        PathBuf::from,
+    )
+}
+
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
@@ -88,12 +101,14 @@ pub struct Node {
     pub kind: Kind,
     pub data: PathBuf,
     pub log: PathBuf,
+    /// Extra `key=value` items in this node's conninfo.
+    pub conninfo_extra: String,
 }
 
 impl Node {
     /// How clients, and other nodes, reach this node.
     pub fn conninfo(&self) -> String {
-        format!("host=127.0.0.1 port={} dbname=repmgr user=postgres connect_timeout=5", self.port)
+        format!("host=127.0.0.1 port={} dbname=repmgr user=postgres connect_timeout=5{}", self.port, self.conninfo_extra)
     }
 
     /// The postmaster's pid, while it runs.
@@ -113,11 +128,13 @@ pub struct NodeOptions {
     pub extra_conf: Vec<String>,
     /// Whether to write the `repmgr.*` identity settings.
     pub identity: bool,
+    /// Extra `key=value` items for the node's conninfo (a password, say).
+    pub conninfo_extra: String,
 }
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        NodeOptions { preload: true, extra_conf: Vec::new(), identity: true }
+        NodeOptions { preload: true, extra_conf: Vec::new(), identity: true, conninfo_extra: String::new() }
     }
 }
 
@@ -128,43 +145,57 @@ impl NodeOptions {
     }
 }
 
-/// A set of servers that is torn down when dropped.
+/// A set of servers, torn down when dropped unless [`Cluster::keep`] was called.
 pub struct Cluster {
     pub dir: PathBuf,
     socket_dir: PathBuf,
     nodes: Vec<Node>,
+    /// Node N listens on `first_port + N - 1`; `None` picks free ports.
+    first_port: Option<u16>,
+    keep: bool,
 }
 
 impl Cluster {
-    /// Creates an empty cluster directory for the test `name`.
+    /// Creates an empty cluster directory for the test `name`, with free ports.
     pub fn new(name: &str) -> Cluster {
+        fs::create_dir_all(ROOT).expect("create test root");
+        fs::set_permissions(ROOT, fs::Permissions::from_mode(0o755)).expect("chmod test root");
+        let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+        Cluster::at(&PathBuf::from(ROOT).join(format!("{name}-{}-{seq}", std::process::id())), None)
+    }
+
+    /// Creates a cluster in `dir` (replacing whatever was there) with fixed ports from
+    /// `first_port`, or free ports when `None`.
+    pub fn at(dir: &Path, first_port: Option<u16>) -> Cluster {
         let available = Path::new(&format!("{}/repmgr.control", sharedir_extension())).exists();
         assert!(
             available,
             "the repmgr extension is not installed in {}; run `cargo xtask test`, which installs it first",
             sharedir_extension()
         );
-        fs::create_dir_all(ROOT).expect("create test root");
-        fs::set_permissions(ROOT, fs::Permissions::from_mode(0o755)).expect("chmod test root");
-        let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-        let dir = PathBuf::from(ROOT).join(format!("{name}-{}-{seq}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        destroy(dir);
         let socket_dir = dir.join("sockets");
         fs::create_dir_all(&socket_dir).expect("create cluster dir");
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod cluster dir");
-        chown_postgres(&dir);
-        Cluster { dir, socket_dir, nodes: Vec::new() }
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).expect("chmod cluster dir");
+        chown_postgres(dir);
+        Cluster { dir: dir.to_path_buf(), socket_dir, nodes: Vec::new(), first_port, keep: false }
+    }
+
+    /// Leaves the servers running and their files in place after this value is dropped.
+    pub fn keep(&mut self) {
+        self.keep = true;
     }
 
     pub fn node(&self, id: i32) -> &Node {
         self.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id} in this cluster"))
     }
 
-    fn new_node(&self, id: i32, kind: Kind) -> Node {
+    fn new_node(&self, id: i32, kind: Kind, opts: &NodeOptions) -> Node {
         Node {
+            conninfo_extra: opts.conninfo_extra.split_whitespace().map(|kv| format!(" {kv}")).collect(),
             id,
             name: format!("node{id}"),
-            port: free_port(),
+            port: self.first_port.map_or_else(free_port, |p| p + (id - 1) as u16),
             kind,
             data: self.dir.join(format!("node{id}")),
             log: self.dir.join(format!("node{id}.log")),
@@ -202,7 +233,7 @@ impl Cluster {
     }
 
     fn initdb(&mut self, id: i32, kind: Kind, opts: &NodeOptions) -> Node {
-        let node = self.new_node(id, kind);
+        let node = self.new_node(id, kind, opts);
         run_pg("initdb", &["-D", &node.data.to_string_lossy(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
         self.append_conf(&node, &self.settings(&node, opts));
         node
@@ -210,16 +241,16 @@ impl Cluster {
 
     /// Creates, starts and prepares (database `repmgr`, extension) a new primary.
     pub fn init_primary(&mut self, id: i32, opts: NodeOptions) -> Node {
-        let node = self.initdb(id, Kind::Primary, &opts);
-        self.nodes.push(node.clone());
-        self.start(id);
-        self.create_extension(&node);
-        node
+        self.init_standalone(id, Kind::Primary, &opts)
     }
 
     /// Creates and starts a stand-alone server for a witness, with the extension created.
     pub fn init_witness(&mut self, id: i32, opts: NodeOptions) -> Node {
-        let node = self.initdb(id, Kind::Witness, &opts);
+        self.init_standalone(id, Kind::Witness, &opts)
+    }
+
+    fn init_standalone(&mut self, id: i32, kind: Kind, opts: &NodeOptions) -> Node {
+        let node = self.initdb(id, kind, opts);
         self.nodes.push(node.clone());
         self.start(id);
         self.create_extension(&node);
@@ -237,7 +268,7 @@ impl Cluster {
     /// node name as `application_name`.
     pub fn clone_standby(&mut self, id: i32, upstream: i32, opts: NodeOptions) -> Node {
         let up = self.node(upstream).clone();
-        let node = self.new_node(id, Kind::Standby);
+        let node = self.new_node(id, Kind::Standby, &opts);
         run_pg(
             "pg_basebackup",
             &["-h", "127.0.0.1", "-p", &up.port.to_string(), "-U", "postgres", "-D", &node.data.to_string_lossy(), "-X", "stream", "--no-sync", "--checkpoint=fast"],
@@ -302,18 +333,37 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for n in &self.nodes {
-            if n.pid().is_some() {
-                let _ = run_pg_unchecked("pg_ctl", &["-D", &n.data.to_string_lossy(), "-w", "-t", "30", "-m", "immediate", "stop"]);
-            }
-            if let Some(pid) = n.pid() {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+        if self.keep {
+            return;
         }
-        if std::env::var_os("REPMGR_TEST_KEEP").is_none() {
-            let _ = fs::remove_dir_all(&self.dir);
+        if std::env::var_os("REPMGR_TEST_KEEP").is_some() {
+            stop_servers(&self.dir);
+        } else {
+            destroy(&self.dir);
         }
     }
+}
+
+/// Stops every server whose data directory is directly inside `dir`.
+pub fn stop_servers(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for data in entries.flatten().map(|e| e.path()).filter(|p| p.join("postmaster.pid").exists()) {
+        let _ = run_pg_unchecked("pg_ctl", &["-D", &data.to_string_lossy(), "-w", "-t", "30", "-m", "immediate", "stop"]);
+        // A server that ignored pg_ctl (stopped with SIGSTOP, say) is killed by the pid we started.
+        let pid = fs::read_to_string(data.join("postmaster.pid")).ok().and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
+        if let Some(pid) = pid.filter(|p| unsafe { libc::kill(*p, 0) } == 0) {
+            unsafe {
+                libc::kill(pid, libc::SIGCONT);
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Stops every server in `dir` and removes the directory.
+pub fn destroy(dir: &Path) {
+    stop_servers(dir);
+    let _ = fs::remove_dir_all(dir);
 }
 
 fn sharedir_extension() -> String {
