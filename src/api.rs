@@ -6,7 +6,7 @@
 use pgrx::prelude::*;
 
 use crate::config::Settings;
-use crate::error::OrRaise;
+use crate::error::{Failure, OrRaise};
 use crate::pglsn::PgLsn;
 use crate::{registration, shmem, status};
 
@@ -40,7 +40,8 @@ fn mask_conninfo(conninfo: &str) -> String {
     repmgr_core::conninfo::mask(conninfo)
 }
 
-/// This node: identity, role, WAL positions, lag and the last error repmgr saw here.
+/// This node: identity, role, WAL positions, lag, the last error repmgr saw here, and its
+/// monitoring worker (pid, and when it last finished a round).
 #[pg_extern(volatile)]
 #[allow(clippy::type_complexity)]
 fn node_status() -> TableIterator<
@@ -65,13 +66,18 @@ fn node_status() -> TableIterator<
         name!(inactive_slots, i64),
         name!(last_error, Option<String>),
         name!(last_error_time, Option<TimestampWithTimeZone>),
+        name!(worker_pid, Option<i32>),
+        name!(worker_last_round, Option<TimestampWithTimeZone>),
     ),
 > {
     let s = status::node_status(&Settings::current()).or_raise();
-    let (last_error, last_error_time) = match shmem::read().and_then(|st| st.last_error()) {
+    let shared = shmem::read();
+    let (last_error, last_error_time) = match shared.and_then(|st| st.last_error()) {
         Some((msg, at)) => (Some(msg), TimestampWithTimeZone::try_from(at).ok()),
         None => (None, None),
     };
+    let worker_pid = shared.filter(|st| st.worker_running()).map(|st| st.daemon_pid);
+    let worker_last_round = shared.filter(|st| st.last_round_at != 0).and_then(|st| TimestampWithTimeZone::try_from(st.last_round_at).ok());
     TableIterator::once((
         s.node_id,
         s.node_name,
@@ -92,6 +98,8 @@ fn node_status() -> TableIterator<
         s.inactive_slots,
         last_error,
         last_error_time,
+        worker_pid,
+        worker_last_round,
     ))
 }
 
@@ -132,4 +140,40 @@ fn replication_lag() -> TableIterator<
             l.replay_lag_seconds,
         )
     }))
+}
+
+/// Every node's monitoring worker, asked live: role, whether the worker runs (and its pid),
+/// paused, seconds since it last reached its upstream, priority and location.
+#[pg_extern(volatile)]
+#[allow(clippy::type_complexity)]
+fn daemon_status() -> TableIterator<
+    'static,
+    (
+        name!(node_id, i32),
+        name!(node_name, String),
+        name!(role, Option<String>),
+        name!(reachable, bool),
+        name!(worker_running, Option<bool>),
+        name!(worker_pid, Option<i32>),
+        name!(paused, Option<bool>),
+        name!(upstream_last_seen, Option<i32>),
+        name!(priority, i32),
+        name!(location, String),
+    ),
+> {
+    let rows = status::daemon_status(&Settings::current()).or_raise();
+    TableIterator::new(rows.into_iter().map(|d| {
+        (d.node_id, d.node_name, d.role, d.reachable, d.worker_running, d.worker_pid, d.paused, d.upstream_last_seen, d.priority, d.location)
+    }))
+}
+
+/// Pauses (true) or resumes (false) this node's automatic actions; monitoring goes on. The
+/// choice survives a restart.
+#[pg_extern(volatile)]
+fn pause(pause: bool) {
+    if !shmem::set_paused(pause) {
+        Failure::state("repmgr.pause() needs the repmgr library in shared_preload_libraries")
+            .hint("Add 'repmgr' to shared_preload_libraries in postgresql.conf and restart PostgreSQL.")
+            .raise();
+    }
 }

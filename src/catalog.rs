@@ -148,12 +148,17 @@ pub fn init_voting_term(db: &mut dyn Db) -> Result<()> {
         .map(drop)
 }
 
-/// Inserts an event row and returns its timestamp as text.
-pub fn insert_event(db: &mut dyn Db, node_id: i32, event: &str, successful: bool, details: &str) -> Result<String> {
+/// Inserts an event row and returns its timestamp as text. `at` (microseconds since
+/// 2000-01-01 UTC, PostgreSQL's `TimestampTz`) records when an event that could not be written
+/// at once happened; without it the row gets the transaction's time.
+pub fn insert_event(db: &mut dyn Db, node_id: i32, event: &str, successful: bool, details: &str, at: Option<i64>) -> Result<String> {
+    let at = at.map(|t| t.to_string());
     let rows = db.write(
-        "INSERT INTO repmgr.events (node_id, event, successful, details)
-         VALUES ($1::int, $2, $3::boolean, $4) RETURNING event_timestamp::text",
-        &[Some(&node_id.to_string()), Some(event), Some(&successful.to_string()), Some(details)],
+        "INSERT INTO repmgr.events (node_id, event, successful, details, event_timestamp)
+         VALUES ($1::int, $2, $3::boolean, $4,
+                 COALESCE('2000-01-01 00:00:00+00'::timestamptz + $5::bigint * interval '1 microsecond', CURRENT_TIMESTAMP))
+         RETURNING event_timestamp::text",
+        &[Some(&node_id.to_string()), Some(event), Some(&successful.to_string()), Some(details), at.as_deref()],
     )?;
     Ok(rows.get(0, 0).unwrap_or_default().to_string())
 }

@@ -4,20 +4,11 @@
 //! is kept exactly, including the values returned when the library is not preloaded: NULL
 //! for most, -1 for `get_new_primary()` and `get_upstream_last_seen()`.
 
-use std::fs;
-
 use pgrx::prelude::*;
 
 use crate::db::{Db, Local};
 use crate::error::Failure;
-use crate::shmem::{self, NEVER, NO_VOTE};
-
-/// Where the pause flag survives a restart, relative to the data directory (the working
-/// directory of every backend), in repmgr's `<node_id>:<0|1>` format.
-const STATE_FILE: &str = "pg_stat/repmgrd_state.txt";
-
-/// repmgr's "re-run the election" value for `notify_follow_primary()`.
-const ELECTION_RERUN_NOTIFICATION: i32 = -2;
+use crate::shmem::{self, ELECTION_RERUN_NOTIFICATION, NO_VOTE};
 
 fn now() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }
@@ -30,20 +21,7 @@ fn timestamp(ts: i64) -> Option<TimestampWithTimeZone> {
 /// Sets this node's id in shared memory, once, and restores a persisted pause.
 #[pg_extern(strict, volatile)]
 fn set_local_node_id(node_id: i32) {
-    let saved = fs::read_to_string(STATE_FILE).ok().and_then(|s| {
-        let (id, paused) = s.trim_end_matches('\0').trim().split_once(':')?;
-        Some((id.parse::<i32>().ok()?, paused == "1"))
-    });
-    shmem::update(|s| {
-        if s.local_node_id == -1 {
-            s.local_node_id = node_id;
-        }
-        if let Some((id, paused)) = saved {
-            if id == s.local_node_id {
-                s.paused = paused;
-            }
-        }
-    });
+    shmem::set_local_node_id(node_id);
 }
 
 #[pg_extern(strict, volatile)]
@@ -74,10 +52,7 @@ fn set_upstream_last_seen(upstream_node_id: i32) {
 /// Whole seconds since the upstream was last seen, or -1 if never.
 #[pg_extern(strict, volatile)]
 fn get_upstream_last_seen() -> i32 {
-    match shmem::read() {
-        Some(s) if s.upstream_last_seen != NEVER => ((now() - s.upstream_last_seen) / 1_000_000) as i32,
-        _ => -1,
-    }
+    shmem::read().map_or(-1, |s| s.upstream_last_seen_secs(now()))
 }
 
 #[pg_extern(strict, volatile)]
@@ -148,22 +123,13 @@ fn get_repmgrd_pid() -> Option<i32> {
 
 #[pg_extern(strict, volatile)]
 fn repmgrd_is_running() -> Option<bool> {
-    shmem::read().map(|s| s.daemon_pid > 0 && unsafe { libc::kill(s.daemon_pid, 0) } == 0)
+    shmem::read().map(|s| s.worker_running())
 }
 
 /// Pauses (or resumes) automatic actions on this node; survives a restart.
 #[pg_extern(strict, volatile)]
 fn repmgrd_pause(pause: bool) {
-    let Some(local) = shmem::update(|s| {
-        s.paused = pause;
-        s.local_node_id
-    }) else {
-        return;
-    };
-    let content = format!("{local}:{}", i32::from(pause));
-    if let Err(e) = fs::write(STATE_FILE, content) {
-        warning!("repmgr: could not persist the pause state in {STATE_FILE}: {e}; it will not survive a restart");
-    }
+    shmem::set_paused(pause);
 }
 
 #[pg_extern(strict, volatile)]

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
+use repmgr_core::children::DisconnectPolicy;
 use repmgr_core::node;
+use repmgr_core::upstream::RetryPolicy;
 
 use crate::error::{Failure, Result};
 
@@ -34,6 +36,40 @@ static EVENT_NOTIFICATION_COMMAND: GucSetting<Option<CString>> = GucSetting::<Op
 static EVENT_NOTIFICATIONS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static PEER_CONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(2000);
 static PEER_STATEMENT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(2000);
+static MONITOR_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1000);
+static RECONNECT_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(3);
+static RECONNECT_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1000);
+static CONNECTION_CHECK_TYPE: GucSetting<CheckType> = GucSetting::<CheckType>::new(CheckType::Ping);
+static MONITORING_HISTORY: GucSetting<bool> = GucSetting::<bool>::new(true);
+static MONITORING_HISTORY_KEEP: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+static DEGRADED_MONITORING_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(-1);
+static WITNESS_SYNC_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(15_000);
+static LOG_STATUS_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(300);
+static CHILD_NODES_CHECK_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5000);
+static CHILD_NODES_CONNECTED_MIN_COUNT: GucSetting<i32> = GucSetting::<i32>::new(-1);
+static CHILD_NODES_DISCONNECT_MIN_COUNT: GucSetting<i32> = GucSetting::<i32>::new(-1);
+static CHILD_NODES_CONNECTED_INCLUDE_WITNESS: GucSetting<bool> = GucSetting::<bool>::new(false);
+static CHILD_NODES_DISCONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(30);
+static CHILD_NODES_DISCONNECT_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// How a node checks that its upstream is alive.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CheckType {
+    /// Open and close a connection, as libpq's PQping does.
+    #[name = c"ping"]
+    Ping,
+    /// Open a full new connection each time.
+    #[name = c"connection"]
+    Connection,
+    /// Run a query on the connection kept open across rounds.
+    #[name = c"query"]
+    Query,
+}
+
+/// Defines a reloadable integer setting.
+fn int_setting(name: &'static CStr, short: &'static CStr, setting: &'static GucSetting<i32>, min: i32, max: i32, flags: GucFlags) {
+    GucRegistry::define_int_guc(name, short, c"", setting, min, max, GucContext::Sighup, flags);
+}
 
 /// Defines every setting. `preloading` is true when loaded through `shared_preload_libraries`.
 pub fn define(preloading: bool) {
@@ -156,8 +192,87 @@ pub fn define(preloading: bool) {
         GucContext::Sighup,
         ms,
     );
+    define_monitoring();
     // Typos such as repmgr.nodeid are refused instead of silently ignored.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"repmgr".as_ptr()) };
+}
+
+/// The monitoring worker's settings, all reloadable.
+fn define_monitoring() {
+    let ms = GucFlags::UNIT_MS;
+    let s = GucFlags::UNIT_S;
+    let none = GucFlags::default();
+    int_setting(c"repmgr.monitor_interval", c"Time between two monitoring rounds.", &MONITOR_INTERVAL, 100, 3_600_000, ms);
+    int_setting(c"repmgr.reconnect_attempts", c"Checks of a failed upstream before it is declared down.", &RECONNECT_ATTEMPTS, 0, 1000, none);
+    int_setting(c"repmgr.reconnect_interval", c"Time between checks of a failed upstream.", &RECONNECT_INTERVAL, 0, 3_600_000, ms);
+    GucRegistry::define_enum_guc(
+        c"repmgr.connection_check_type",
+        c"How the upstream is checked: ping, connection or query.",
+        c"",
+        &CONNECTION_CHECK_TYPE,
+        GucContext::Sighup,
+        none,
+    );
+    GucRegistry::define_bool_guc(
+        c"repmgr.monitoring_history",
+        c"Whether standbys write a repmgr.monitoring_history row every monitoring round.",
+        c"",
+        &MONITORING_HISTORY,
+        GucContext::Sighup,
+        none,
+    );
+    int_setting(c"repmgr.monitoring_history_keep", c"Age after which the primary deletes monitoring history (0: keep all).", &MONITORING_HISTORY_KEEP, 0, i32::MAX, s);
+    int_setting(
+        c"repmgr.degraded_monitoring_timeout",
+        c"Stop the worker after monitoring in degraded state this long (-1: never).",
+        &DEGRADED_MONITORING_TIMEOUT,
+        -1,
+        i32::MAX,
+        s,
+    );
+    int_setting(c"repmgr.witness_sync_interval", c"Time between two copies of the node list to a witness.", &WITNESS_SYNC_INTERVAL, 1000, 3_600_000, ms);
+    int_setting(c"repmgr.log_status_interval", c"Time between two status lines in the log (0: none).", &LOG_STATUS_INTERVAL, 0, i32::MAX, s);
+    int_setting(c"repmgr.child_nodes_check_interval", c"Time between two checks of the primary's children.", &CHILD_NODES_CHECK_INTERVAL, 1000, 3_600_000, ms);
+    int_setting(
+        c"repmgr.child_nodes_connected_min_count",
+        c"Run child_nodes_disconnect_command when fewer children are attached (-1: off).",
+        &CHILD_NODES_CONNECTED_MIN_COUNT,
+        -1,
+        i32::MAX,
+        none,
+    );
+    int_setting(
+        c"repmgr.child_nodes_disconnect_min_count",
+        c"Run child_nodes_disconnect_command when this many children are detached (-1: off).",
+        &CHILD_NODES_DISCONNECT_MIN_COUNT,
+        -1,
+        i32::MAX,
+        none,
+    );
+    GucRegistry::define_bool_guc(
+        c"repmgr.child_nodes_connected_include_witness",
+        c"Count an attached witness among the connected children.",
+        c"",
+        &CHILD_NODES_CONNECTED_INCLUDE_WITNESS,
+        GucContext::Sighup,
+        none,
+    );
+    int_setting(
+        c"repmgr.child_nodes_disconnect_timeout",
+        c"How long children must have been detached before the command runs.",
+        &CHILD_NODES_DISCONNECT_TIMEOUT,
+        0,
+        i32::MAX,
+        s,
+    );
+    GucRegistry::define_string_guc(
+        c"repmgr.child_nodes_disconnect_command",
+        c"Shell command the primary runs when too few children are attached; %p is its node id.",
+        c"",
+        &CHILD_NODES_DISCONNECT_COMMAND,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
 }
 
 fn string(setting: &GucSetting<Option<CString>>) -> Option<String> {
@@ -192,6 +307,57 @@ pub struct Settings {
     pub peer_statement_timeout: Duration,
     /// The PostgreSQL configuration file holding these settings, for `nodes.config_file`.
     pub config_file: String,
+    pub monitor: MonitorSettings,
+}
+
+/// What the monitoring worker reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorSettings {
+    pub retry: RetryPolicy,
+    pub check_type: CheckType,
+    pub history: bool,
+    /// None: keep history forever.
+    pub history_keep: Option<Duration>,
+    pub degraded_timeout: Option<Duration>,
+    pub witness_sync_interval: Duration,
+    pub log_status_interval: Option<Duration>,
+    pub child_check_interval: Duration,
+    pub disconnect: DisconnectPolicy,
+    pub disconnect_command: Option<String>,
+}
+
+fn seconds(v: i32) -> Option<Duration> {
+    (v > 0).then(|| Duration::from_secs(v as u64))
+}
+
+fn millis(v: i32) -> Duration {
+    Duration::from_millis(v.max(0) as u64)
+}
+
+impl MonitorSettings {
+    fn current() -> MonitorSettings {
+        MonitorSettings {
+            retry: RetryPolicy {
+                monitor_interval: millis(MONITOR_INTERVAL.get()),
+                attempts: RECONNECT_ATTEMPTS.get().max(0) as u32,
+                retry_interval: millis(RECONNECT_INTERVAL.get()),
+            },
+            check_type: CONNECTION_CHECK_TYPE.get(),
+            history: MONITORING_HISTORY.get(),
+            history_keep: seconds(MONITORING_HISTORY_KEEP.get()),
+            degraded_timeout: (DEGRADED_MONITORING_TIMEOUT.get() >= 0).then(|| Duration::from_secs(DEGRADED_MONITORING_TIMEOUT.get() as u64)),
+            witness_sync_interval: millis(WITNESS_SYNC_INTERVAL.get()),
+            log_status_interval: seconds(LOG_STATUS_INTERVAL.get()),
+            child_check_interval: millis(CHILD_NODES_CHECK_INTERVAL.get()),
+            disconnect: DisconnectPolicy {
+                connected_min_count: CHILD_NODES_CONNECTED_MIN_COUNT.get(),
+                disconnect_min_count: CHILD_NODES_DISCONNECT_MIN_COUNT.get(),
+                include_witness: CHILD_NODES_CONNECTED_INCLUDE_WITNESS.get(),
+                timeout: Duration::from_secs(CHILD_NODES_DISCONNECT_TIMEOUT.get().max(0) as u64),
+            },
+            disconnect_command: string(&CHILD_NODES_DISCONNECT_COMMAND),
+        }
+    }
 }
 
 impl Settings {
@@ -216,6 +382,7 @@ impl Settings {
             peer_connect_timeout: Duration::from_millis(PEER_CONNECT_TIMEOUT.get() as u64),
             peer_statement_timeout: Duration::from_millis(PEER_STATEMENT_TIMEOUT.get() as u64),
             config_file: server_setting(c"config_file").unwrap_or_default(),
+            monitor: MonitorSettings::current(),
         }
     }
 

@@ -5,23 +5,17 @@
 //! transaction commits, for the same reason, and it never delays the caller by more than
 //! [`NOTIFY_WAIT`]: a slow script keeps running in the background and is reaped later.
 
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pgrx::prelude::*;
 use pgrx::{PgXactCallbackEvent, register_xact_callback};
 use repmgr_core::{conninfo, template};
 
 use crate::config::Settings;
-use crate::db::Db;
+use crate::db::{Db, Local};
 use crate::error::{Result, mask_text};
 
 /// How long a committing session waits to collect a notification command's exit status.
 const NOTIFY_WAIT: Duration = Duration::from_secs(1);
-
-/// Notification commands still running, reaped opportunistically.
-static RUNNING: Mutex<Vec<(String, Child)>> = Mutex::new(Vec::new());
 
 /// One event about one node.
 #[derive(Debug, Clone, Default)]
@@ -36,6 +30,8 @@ pub struct Event {
     pub other_conninfo: Option<String>,
     /// `%a`: that node's name.
     pub other_name: Option<String>,
+    /// When it happened (`TimestampTz`), for events written later than they occurred.
+    pub at: Option<i64>,
 }
 
 impl Event {
@@ -52,12 +48,13 @@ impl Event {
 }
 
 /// Writes the event through `db` (the primary, or `None` when no primary is writable) and
-/// arranges for the notification command to run after this node's transaction commits.
+/// arranges for the notification command to run after this node's transaction commits (the
+/// worker, too, records events inside a local transaction).
 pub fn record(db: Option<&mut dyn Db>, settings: &Settings, mut ev: Event) -> Result<()> {
     ev.details = mask_text(&ev.details);
     let timestamp = match db {
-        Some(db) => crate::catalog::insert_event(db, ev.node_id, ev.name, ev.successful, &ev.details)?,
-        None => Spi::get_one::<String>("SELECT pg_catalog.now()::text").ok().flatten().unwrap_or_default(),
+        Some(db) => crate::catalog::insert_event(db, ev.node_id, ev.name, ev.successful, &ev.details, ev.at)?,
+        None => Local.read("SELECT pg_catalog.now()::text", &[])?.get(0, 0).unwrap_or_default().to_string(),
     };
     if let Some(cmd) = settings.event_notification_command.clone() {
         if settings.notifies(ev.name) {
@@ -86,45 +83,9 @@ fn render(cmd: &str, ev: &Event, timestamp: &str) -> String {
     template::render(cmd, &values)
 }
 
-/// Runs after commit, where raising an error would take the server down: only logs.
+/// Runs after commit, where raising an error would take the server down: only logs. The
+/// worker never waits (monitoring must go on); a session waits up to [`NOTIFY_WAIT`].
 fn notify(event: &str, line: String) {
-    reap();
-    let spawned = Command::new("/bin/sh").arg("-c").arg(&line).stdin(Stdio::null()).spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            warning!("repmgr: could not start event_notification_command for event \"{event}\": {e}");
-            return;
-        }
-    };
-    let until = Instant::now() + NOTIFY_WAIT;
-    while Instant::now() < until {
-        match child.try_wait() {
-            Ok(Some(status)) => return report(event, status),
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(_) => return,
-        }
-    }
-    if let Ok(mut running) = RUNNING.lock() {
-        running.push((event.to_string(), child));
-    }
-}
-
-fn report(event: &str, status: std::process::ExitStatus) {
-    if !status.success() {
-        warning!("repmgr: event_notification_command for event \"{event}\" failed ({status})");
-    }
-}
-
-/// Collects notification commands that have finished since they were started.
-pub fn reap() {
-    let Ok(mut running) = RUNNING.lock() else { return };
-    running.retain_mut(|(event, child)| match child.try_wait() {
-        Ok(Some(status)) => {
-            report(event, status);
-            false
-        }
-        Ok(None) => true,
-        Err(_) => false,
-    });
+    let wait = if crate::worker::active() { Duration::ZERO } else { NOTIFY_WAIT };
+    crate::command::run(&format!("event_notification_command for event \"{event}\""), &line, wait);
 }

@@ -8,16 +8,20 @@ use pgrx::prelude::*;
 
 mod api;
 mod catalog;
+mod command;
 mod compat;
 mod config;
 mod db;
 mod error;
 mod events;
+mod follow;
+mod monitor;
 mod peer;
 mod pglsn;
 mod registration;
 mod shmem;
 mod status;
+mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -33,6 +37,7 @@ pub extern "C-unwind" fn _PG_init() {
     config::define(preloading);
     if preloading {
         shmem::init();
+        worker::register();
     }
 }
 
@@ -47,7 +52,8 @@ pub mod pg_test {
             "shared_preload_libraries = 'repmgr'",
             "repmgr.node_id = 1",
             "repmgr.node_name = 'alpha'",
-            "repmgr.database = 'pgrx_tests'",
+            // The worker connects here; the test framework must be free to drop pgrx_tests.
+            "repmgr.database = 'postgres'",
             // Port 1 refuses at once: registration warns that it cannot reach itself and goes on.
             "repmgr.conninfo = 'host=127.0.0.1 port=1 dbname=pgrx_tests user=postgres password=s3cr3t-pw'",
             "repmgr.location = 'dc1'",

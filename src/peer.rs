@@ -19,9 +19,10 @@ use crate::config::Settings;
 use crate::db::{Db, Rows};
 use crate::error::{Failure, Result};
 
-/// Waits for `events` on the process latch (and `fd`), then serves interrupts: a cancel
-/// request or termination raises an ERROR there, closing any connection as it unwinds.
-fn latch_wait(events: u32, fd: RawFd, timeout: Duration) {
+/// Waits for `events` on the process latch (and `fd`). Returns false when the monitoring
+/// worker has been asked to stop; in a backend, a cancel request or termination raises an
+/// ERROR instead, closing any connection as it unwinds.
+fn latch_wait(events: u32, fd: RawFd, timeout: Duration) -> bool {
     let events = events | pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
     let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as std::ffi::c_long;
     unsafe {
@@ -30,12 +31,16 @@ fn latch_wait(events: u32, fd: RawFd, timeout: Duration) {
             pg_sys::ResetLatch(pg_sys::MyLatch);
         }
     }
+    if crate::worker::active() {
+        return !crate::worker::shutdown_requested();
+    }
     check_for_interrupts!();
+    true
 }
 
-/// Sleeps without ignoring cancel requests or shutdown.
-pub fn sleep(d: Duration) {
-    latch_wait(0, pg_sys::PGINVALID_SOCKET, d);
+/// Sleeps without ignoring cancel requests or shutdown. Returns false when the worker must stop.
+pub fn sleep(d: Duration) -> bool {
+    latch_wait(0, pg_sys::PGINVALID_SOCKET, d)
 }
 
 /// Waits on the socket and the process latch together.
@@ -47,8 +52,7 @@ impl Waiter for LatchWaiter {
             Interest::Read => pg_sys::WL_SOCKET_READABLE,
             Interest::Write => pg_sys::WL_SOCKET_WRITEABLE,
         };
-        latch_wait(socket, fd, timeout);
-        Ok(())
+        if latch_wait(socket, fd, timeout) { Ok(()) } else { Err(Interrupted) }
     }
 }
 
@@ -79,31 +83,54 @@ fn options_with(conninfo_text: &str, settings: &Settings) -> String {
     }
 }
 
+/// Connection parameters every peer connection gets: `(defaults, forced)`, see
+/// [`repmgr_pq::Conn::connect`].
+fn parameters(conninfo_text: &str, settings: &Settings) -> (Vec<(&'static str, String)>, Vec<(&'static str, String)>) {
+    // libpq's own timeout is in whole seconds and only a backstop for our deadline.
+    let defaults = vec![
+        ("connect_timeout", settings.peer_connect_timeout.as_secs().max(1).to_string()),
+        ("keepalives", "1".into()),
+        ("keepalives_idle", "5".into()),
+        ("keepalives_interval", "1".into()),
+        ("keepalives_count", "3".into()),
+        ("tcp_user_timeout", settings.peer_statement_timeout.as_millis().to_string()),
+    ];
+    let mut forced = vec![("application_name", "repmgr".to_string()), ("options", options_with(conninfo_text, settings))];
+    if conninfo::get(conninfo_text, "dbname").is_none() {
+        forced.push(("dbname", settings.database.clone()));
+    }
+    (defaults, forced)
+}
+
+fn borrowed<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Whether a node answers at all (libpq's PQping sense: a refusal is an answer).
+pub fn ping(conninfo_text: &str, settings: &Settings) -> bool {
+    let (defaults, forced) = parameters(conninfo_text, settings);
+    let deadline = Instant::now() + settings.peer_connect_timeout;
+    matches!(
+        repmgr_pq::ping(conninfo_text, &borrowed(&defaults), &borrowed(&forced), deadline, &mut LatchWaiter),
+        Ok(repmgr_pq::Ping::Up | repmgr_pq::Ping::Rejected(_))
+    )
+}
+
 impl Peer {
     /// Connects to `conninfo_text`; `label` names the node in messages. Without a `dbname` in
     /// the string, `repmgr.database` is used.
     pub fn connect(conninfo_text: &str, label: &str, settings: &Settings) -> Result<Peer> {
         let timeout = settings.peer_connect_timeout;
-        // libpq's own timeout is in whole seconds and only a backstop for our deadline.
-        let libpq_timeout = timeout.as_secs().max(1).to_string();
-        let tcp_user_timeout = settings.peer_statement_timeout.as_millis().to_string();
-        let options = options_with(conninfo_text, settings);
-        let mut forced = vec![("application_name", "repmgr"), ("options", options.as_str())];
-        if conninfo::get(conninfo_text, "dbname").is_none() {
-            forced.push(("dbname", settings.database.as_str()));
-        }
-        let defaults = [
-            ("connect_timeout", libpq_timeout.as_str()),
-            ("keepalives", "1"),
-            ("keepalives_idle", "5"),
-            ("keepalives_interval", "1"),
-            ("keepalives_count", "3"),
-            ("tcp_user_timeout", tcp_user_timeout.as_str()),
-        ];
+        let (defaults, forced) = parameters(conninfo_text, settings);
         let deadline = Instant::now() + timeout;
-        let conn = Conn::connect(conninfo_text, &defaults, &forced, deadline, &mut LatchWaiter)
+        let conn = Conn::connect(conninfo_text, &borrowed(&defaults), &borrowed(&forced), deadline, &mut LatchWaiter)
             .map_err(|e| peer_failure(e, label, timeout))?;
         Ok(Peer { conn, label: label.to_string(), statement_timeout: settings.peer_statement_timeout })
+    }
+
+    /// False once the connection failed or was abandoned; connect again.
+    pub fn is_usable(&self) -> bool {
+        self.conn.is_usable()
     }
 
     pub fn run(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Rows> {

@@ -17,6 +17,9 @@ pub const NEVER: i64 = i64::MIN;
 
 const ERROR_CAPACITY: usize = 512;
 
+/// repmgr's "re-run the election" value for `notify_follow_primary()`.
+pub const ELECTION_RERUN_NOTIFICATION: i32 = -2;
+
 /// `voting_status` when no election is in progress (repmgr's VS_NO_VOTE).
 pub const NO_VOTE: i32 = 0;
 
@@ -35,6 +38,11 @@ pub struct SharedState {
     pub current_electoral_term: i32,
     pub candidate_node_id: i32,
     pub follow_new_primary: bool,
+    /// `TimestampTz` when the worker last finished a monitoring round (0: never).
+    pub last_round_at: i64,
+    /// Set while the worker connects to its database; still set at the next start means
+    /// the connection failed (the database does not exist yet).
+    pub worker_connecting: bool,
     last_error: [u8; ERROR_CAPACITY],
     last_error_len: u16,
     pub last_error_at: i64,
@@ -53,6 +61,8 @@ impl Default for SharedState {
             current_electoral_term: 0,
             candidate_node_id: -1,
             follow_new_primary: false,
+            last_round_at: 0,
+            worker_connecting: false,
             last_error: [0; ERROR_CAPACITY],
             last_error_len: 0,
             last_error_at: 0,
@@ -61,6 +71,16 @@ impl Default for SharedState {
 }
 
 impl SharedState {
+    /// Whole seconds since the upstream was last seen, -1 if never (repmgr's convention).
+    pub fn upstream_last_seen_secs(&self, now: i64) -> i32 {
+        if self.upstream_last_seen == NEVER { -1 } else { ((now - self.upstream_last_seen) / 1_000_000) as i32 }
+    }
+
+    /// Whether the worker whose pid is recorded is alive.
+    pub fn worker_running(&self) -> bool {
+        self.daemon_pid > 0 && unsafe { libc::kill(self.daemon_pid, 0) } == 0
+    }
+
     /// The last error recorded on this node and when (`TimestampTz`).
     pub fn last_error(&self) -> Option<(String, i64)> {
         let len = usize::from(self.last_error_len);
@@ -95,6 +115,42 @@ pub fn read() -> Option<SharedState> {
 /// short and free of anything that can raise an error.
 pub fn update<R>(f: impl FnOnce(&mut SharedState) -> R) -> Option<R> {
     available().then(|| f(&mut STATE.exclusive()))
+}
+
+/// Where the pause flag survives a restart, relative to the data directory (the working
+/// directory of every server process), in repmgr's `<node_id>:<0|1>` format.
+const PAUSE_FILE: &str = "pg_stat/repmgrd_state.txt";
+
+/// Pauses or resumes automatic actions and persists the choice. False without shared memory.
+pub fn set_paused(pause: bool) -> bool {
+    let Some(local) = update(|s| {
+        s.paused = pause;
+        s.local_node_id
+    }) else {
+        return false;
+    };
+    if let Err(e) = std::fs::write(PAUSE_FILE, format!("{local}:{}", i32::from(pause))) {
+        pgrx::warning!("repmgr: could not persist the pause state in {PAUSE_FILE}: {e}; it will not survive a restart");
+    }
+    true
+}
+
+/// Sets this node's id once, and restores the pause flag persisted for that id.
+pub fn set_local_node_id(node_id: i32) {
+    let saved = std::fs::read_to_string(PAUSE_FILE).ok().and_then(|s| {
+        let (id, paused) = s.trim_end_matches('\0').trim().split_once(':')?;
+        Some((id.parse::<i32>().ok()?, paused == "1"))
+    });
+    update(|s| {
+        if s.local_node_id == -1 {
+            s.local_node_id = node_id;
+        }
+        if let Some((id, paused)) = saved {
+            if id == s.local_node_id {
+                s.paused = paused;
+            }
+        }
+    });
 }
 
 /// Remembers an error message for `node_status()`. Silently does nothing without shared memory.

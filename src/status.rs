@@ -75,16 +75,12 @@ pub fn node_status(settings: &Settings) -> Result<NodeStatus> {
     let nodes = registered_nodes()?;
     let own = nodes.iter().find(|n| n.node_id == settings.node_id);
     let upstream = own.and_then(|o| o.upstream_node_id).and_then(|u| nodes.iter().find(|n| n.node_id == u));
-    let role = match (in_recovery, own.map(|o| o.node_type)) {
-        (true, _) => "standby",
-        (false, Some(NodeType::Witness)) => "witness",
-        (false, _) => "primary",
-    };
+    let role = live_role(in_recovery, own.map_or(NodeType::Primary, |o| o.node_type));
     Ok(NodeStatus {
         node_id: (settings.node_id > 0).then_some(settings.node_id),
         node_name: settings.node_name.clone(),
         registered_type: own.map(|o| o.node_type.to_string()),
-        role: role.to_string(),
+        role,
         in_recovery,
         timeline: rows.get(0, 4).and_then(|t| t.parse().ok()),
         current_lsn: lsn(&rows, 0, 1),
@@ -178,6 +174,83 @@ pub fn replication_lag(settings: &Settings) -> Result<Vec<Lag>> {
                 apply_lag_bytes: bytes_between(replay, flush),
                 replay_lag_seconds: rows.get(i, 7).and_then(|s| s.parse().ok()),
             }
+        })
+        .collect())
+}
+
+/// One node's monitoring worker, as that node reports it.
+pub struct DaemonStatus {
+    pub node_id: i32,
+    pub node_name: String,
+    /// The live role; None when the node cannot be reached.
+    pub role: Option<String>,
+    pub reachable: bool,
+    pub worker_running: Option<bool>,
+    pub worker_pid: Option<i32>,
+    pub paused: Option<bool>,
+    /// Seconds since the node's worker last reached its upstream; None on a primary.
+    pub upstream_last_seen: Option<i32>,
+    pub priority: i32,
+    pub location: String,
+}
+
+fn live_role(in_recovery: bool, registered: NodeType) -> String {
+    match (in_recovery, registered) {
+        (true, _) => "standby",
+        (false, NodeType::Witness) => "witness",
+        (false, _) => "primary",
+    }
+    .to_string()
+}
+
+/// Every registered node's worker, asked live; a node that does not answer within the peer
+/// timeouts is reported unreachable.
+pub fn daemon_status(settings: &Settings) -> Result<Vec<DaemonStatus>> {
+    let now = unsafe { pgrx::pg_sys::GetCurrentTimestamp() };
+    let nodes = registered_nodes()?;
+    Ok(nodes
+        .iter()
+        .map(|n| {
+            let mut st = DaemonStatus {
+                node_id: n.node_id,
+                node_name: n.node_name.clone(),
+                role: None,
+                reachable: false,
+                worker_running: None,
+                worker_pid: None,
+                paused: None,
+                upstream_last_seen: None,
+                priority: n.priority,
+                location: n.location.clone(),
+            };
+            let facts = if n.node_id == settings.node_id {
+                let in_recovery = unsafe { pgrx::pg_sys::RecoveryInProgress() };
+                crate::shmem::read().map(|s| (in_recovery, s.daemon_pid, s.worker_running(), s.paused, s.upstream_last_seen_secs(now)))
+            } else {
+                crate::peer::Peer::connect(&n.conninfo, &n.describe(), settings)
+                    .and_then(|mut p| {
+                        p.run(
+                            "SELECT pg_catalog.pg_is_in_recovery(), repmgr.get_repmgrd_pid(), repmgr.repmgrd_is_running(),
+                                    repmgr.repmgrd_is_paused(), repmgr.get_upstream_last_seen()",
+                            &[],
+                        )
+                    })
+                    .ok()
+                    .map(|r| {
+                        let int = |c| r.get(0, c).and_then(|v: &str| v.parse().ok()).unwrap_or(-1);
+                        (r.get(0, 0) == Some("t"), int(1), r.get(0, 2) == Some("t"), r.get(0, 3) == Some("t"), int(4))
+                    })
+            };
+            if let Some((in_recovery, pid, running, paused, seen)) = facts {
+                let role = live_role(in_recovery, n.node_type);
+                st.reachable = true;
+                st.worker_running = Some(running);
+                st.worker_pid = Some(pid);
+                st.paused = Some(paused);
+                st.upstream_last_seen = (role != "primary").then_some(seen);
+                st.role = Some(role);
+            }
+            st
         })
         .collect())
 }

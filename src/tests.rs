@@ -422,14 +422,22 @@ mod tests {
         assert_eq!(one("SELECT (repmgr.standby_get_last_updated() = '2000-01-01 00:00:00+00')::text").as_deref(), Some("true"));
         let set = one("SELECT repmgr.standby_set_last_updated()::text").unwrap();
         assert_eq!(one("SELECT repmgr.standby_get_last_updated()::text"), Some(set));
-        assert_eq!(one("SELECT repmgr.get_repmgrd_pid()::text").as_deref(), Some("-1"));
-        assert_eq!(one("SELECT repmgr.repmgrd_is_running()::text").as_deref(), Some("false"));
+        // The monitoring worker runs here (it idles: the extension is not in its database).
+        assert_eq!(
+            one("SELECT (repmgr.get_repmgrd_pid() = (SELECT pid FROM pg_stat_activity WHERE backend_type = 'repmgr monitor'))::text").as_deref(),
+            Some("true")
+        );
+        assert_eq!(one("SELECT repmgr.repmgrd_is_running()::text").as_deref(), Some("true"));
         assert_eq!(one("SELECT repmgr.get_wal_receiver_pid()::text").as_deref(), Some("0"));
         sql("SELECT repmgr.repmgrd_pause(true)");
         assert_eq!(one("SELECT repmgr.repmgrd_is_paused()::text").as_deref(), Some("true"));
         assert_eq!(std::fs::read_to_string("pg_stat/repmgrd_state.txt").unwrap(), "1:1");
         sql("SELECT repmgr.repmgrd_pause(false)");
         assert_eq!(std::fs::read_to_string("pg_stat/repmgrd_state.txt").unwrap(), "1:0");
+        assert_eq!(one("SELECT repmgr.repmgrd_is_paused()::text").as_deref(), Some("false"));
+        sql("SELECT repmgr.pause(true)");
+        assert_eq!(one("SELECT repmgr.repmgrd_is_paused()::text").as_deref(), Some("true"));
+        sql("SELECT repmgr.pause(false)");
         assert_eq!(one("SELECT repmgr.repmgrd_is_paused()::text").as_deref(), Some("false"));
 
         // The last error raised on this node is kept for node_status(); other tests raise

@@ -3,7 +3,9 @@
 //! Everything here is a pure function of its inputs so it can be tested with plain `cargo test`
 //! and reused unchanged on both sides of the client/server boundary.
 
+pub mod children;
 pub mod conninfo;
 pub mod lsn;
 pub mod node;
 pub mod template;
+pub mod upstream;

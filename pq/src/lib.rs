@@ -119,6 +119,35 @@ pub fn check_conninfo(conninfo: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What a ping found, in the sense of libpq's `PQping`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ping {
+    /// The server accepted a connection.
+    Up,
+    /// The server answered but refused the connection (starting up, too many clients, bad
+    /// credentials): it is alive.
+    Rejected(String),
+    /// Nothing answered in time, or nothing listens.
+    NoResponse(String),
+}
+
+/// Checks whether a server answers, by opening and closing a connection.
+pub fn ping(
+    conninfo: &str,
+    defaults: &[(&str, &str)],
+    forced: &[(&str, &str)],
+    deadline: Instant,
+    waiter: &mut dyn Waiter,
+) -> Result<Ping, Interrupted> {
+    match Conn::connect(conninfo, defaults, forced, deadline, waiter) {
+        Ok(_) => Ok(Ping::Up),
+        Err(e) if e.kind == ErrorKind::Interrupted => Err(Interrupted),
+        // libpq prefixes what the server itself said with its severity.
+        Err(e) if e.kind == ErrorKind::Connect && e.message.contains("FATAL:") => Ok(Ping::Rejected(e.message)),
+        Err(e) => Ok(Ping::NoResponse(e.message)),
+    }
+}
+
 /// Result rows in text form.
 #[derive(Debug, Default, Clone)]
 pub struct Rows {
@@ -391,6 +420,14 @@ mod tests {
         let took = t0.elapsed();
         assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
         assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[test]
+    fn ping_tells_silence_from_refusal() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port().to_string();
+        let got = ping("host=127.0.0.1", &[], &[("port", &port)], Instant::now() + Duration::from_millis(200), &mut PollWaiter);
+        assert!(matches!(got, Ok(Ping::NoResponse(_))), "{got:?}");
     }
 
     #[test]

@@ -130,11 +130,13 @@ pub struct NodeOptions {
     pub identity: bool,
     /// Extra `key=value` items for the node's conninfo (a password, say).
     pub conninfo_extra: String,
+    /// Create the `repmgr` database and extension on a new primary or witness.
+    pub create_extension: bool,
 }
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        NodeOptions { preload: true, extra_conf: Vec::new(), identity: true, conninfo_extra: String::new() }
+        NodeOptions { preload: true, extra_conf: Vec::new(), identity: true, conninfo_extra: String::new(), create_extension: true }
     }
 }
 
@@ -253,11 +255,14 @@ impl Cluster {
         let node = self.initdb(id, kind, opts);
         self.nodes.push(node.clone());
         self.start(id);
-        self.create_extension(&node);
+        if opts.create_extension {
+            self.create_extension(&node);
+        }
         node
     }
 
-    fn create_extension(&self, node: &Node) {
+    /// Creates the `repmgr` database and the extension in it.
+    pub fn create_extension(&self, node: &Node) {
         let mut c = connect(&format!("host=127.0.0.1 port={} dbname=postgres user=postgres", node.port));
         query(&mut c, "CREATE DATABASE repmgr");
         drop(c);
@@ -291,10 +296,48 @@ impl Cluster {
         run_pg("pg_ctl", &["-D", &n.data.to_string_lossy(), "-l", &n.log.to_string_lossy(), "-w", "-t", "60", "start"]);
     }
 
+    /// Starts a node; false if pg_ctl failed (after a crash, leftover processes may still
+    /// hold the old shared memory for a moment).
+    pub fn try_start(&self, id: i32) -> bool {
+        let n = self.node(id);
+        run_pg_unchecked("pg_ctl", &["-D", &n.data.to_string_lossy(), "-l", &n.log.to_string_lossy(), "-w", "-t", "60", "start"]).status.success()
+    }
+
     /// Stops a node cleanly (fast shutdown).
     pub fn stop(&self, id: i32) {
         let n = self.node(id);
         run_pg("pg_ctl", &["-D", &n.data.to_string_lossy(), "-w", "-t", "60", "-m", "fast", "stop"]);
+    }
+
+    /// Kills the postmaster with SIGKILL, as a crash would.
+    pub fn kill9(&self, id: i32) {
+        let pid = self.node(id).pid().expect("the node runs");
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+
+    /// Stops (SIGSTOP) the postmaster and every process it started: the whole node freezes,
+    /// while the kernel still accepts TCP connections to it.
+    pub fn freeze(&self, id: i32) {
+        signal_tree(self.node(id).pid().expect("the node runs"), libc::SIGSTOP);
+    }
+
+    /// Resumes a frozen node.
+    pub fn thaw(&self, id: i32) {
+        signal_tree(self.node(id).pid().expect("the node runs"), libc::SIGCONT);
+    }
+
+    /// Sends `signal` to the node's monitoring worker and returns the worker's pid.
+    pub fn signal_worker(&self, id: i32, signal: i32) -> i32 {
+        let pid: i32 = self.value(id, "SELECT repmgr.get_repmgrd_pid()").and_then(|p| p.parse().ok()).expect("a worker pid");
+        assert!(pid > 0, "node {id} has no monitoring worker");
+        unsafe { libc::kill(pid, signal) };
+        pid
+    }
+
+    /// Sets a server setting with ALTER SYSTEM and reloads.
+    pub fn set(&self, id: i32, setting: &str, value: &str) {
+        self.sql(id, &format!("ALTER SYSTEM SET {setting} = '{}'", value.replace('\'', "''")));
+        self.sql(id, "SELECT pg_reload_conf()");
     }
 
     /// Runs one statement on a node, panicking with the server's message on failure.
@@ -344,10 +387,46 @@ impl Drop for Cluster {
     }
 }
 
+/// `pid` and all its descendants, parents first, from /proc.
+pub fn process_tree(pid: i32) -> Vec<i32> {
+    let parents: Vec<(i32, i32)> = fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let p: i32 = e.file_name().to_str()?.parse().ok()?;
+                    let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+                    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+                    let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+                    Some((p, ppid))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    tree
+}
+
+fn signal_tree(pid: i32, signal: i32) {
+    for p in process_tree(pid) {
+        unsafe { libc::kill(p, signal) };
+    }
+}
+
 /// Stops every server whose data directory is directly inside `dir`.
 pub fn stop_servers(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for data in entries.flatten().map(|e| e.path()).filter(|p| p.join("postmaster.pid").exists()) {
+        // A frozen node must run again to shut down.
+        let postmaster = fs::read_to_string(data.join("postmaster.pid")).ok().and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
+        if let Some(pid) = postmaster.filter(|p| unsafe { libc::kill(*p, 0) } == 0) {
+            signal_tree(pid, libc::SIGCONT);
+        }
         let _ = run_pg_unchecked("pg_ctl", &["-D", &data.to_string_lossy(), "-w", "-t", "30", "-m", "immediate", "stop"]);
         // A server that ignored pg_ctl (stopped with SIGSTOP, say) is killed by the pid we started.
         let pid = fs::read_to_string(data.join("postmaster.pid")).ok().and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());

@@ -198,7 +198,9 @@ fn event_notification_runs_after_commit_with_quoted_values() {
     c.init_primary(
         1,
         NodeOptions::default()
-            .conf(format!("repmgr.event_notification_command = 'printf \"%%s|\" %n %e %s \"%d\" >> {}; echo >> {}'", out.display(), out.display())),
+            .conf(format!("repmgr.event_notification_command = 'printf \"%%s|\" %n %e %s \"%d\" >> {}; echo >> {}'", out.display(), out.display()))
+            // The worker's own events (repmgrd_start) would notify too: filter.
+            .conf("repmgr.event_notifications = 'primary_register, standby_register'"),
     );
     // Rolled back: no notification.
     let mut session = repmgr_tests::connect(&c.node(1).conninfo());

@@ -1,0 +1,64 @@
+//! Repointing this standby at another upstream, without a restart.
+//!
+//! Since PostgreSQL 13 `primary_conninfo` and `primary_slot_name` take effect on reload: the
+//! startup process restarts the WAL receiver against the new upstream. They are written with
+//! PostgreSQL's own ALTER SYSTEM code (SPI cannot run ALTER SYSTEM), then the postmaster is
+//! sent SIGHUP, exactly what `pg_reload_conf()` does.
+
+use std::ffi::CString;
+
+use pgrx::prelude::*;
+use pgrx::spi::{quote_identifier, quote_literal};
+use repmgr_core::conninfo;
+
+use crate::catalog::NodeRecord;
+use crate::config::Settings;
+use crate::error::{Failure, Result};
+use crate::peer::Peer;
+
+/// Writes `name = value` to postgresql.auto.conf. Must run inside a transaction.
+fn alter_system(name: &str, value: &str) -> Result<()> {
+    let sql = CString::new(format!("ALTER SYSTEM SET {} = {}", quote_identifier(name), quote_literal(value)))
+        .map_err(|_| Failure::invalid(format!("the value for {name} contains a NUL byte")))?;
+    unsafe {
+        let list = pg_sys::raw_parser(sql.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
+        let raw = (*(*list).elements).ptr_value as *mut pg_sys::RawStmt;
+        pg_sys::AlterSystemSetConfigFile((*raw).stmt as *mut pg_sys::AlterSystemStmt);
+    }
+    Ok(())
+}
+
+/// The `primary_conninfo` this standby uses to stream from `upstream`.
+pub fn primary_conninfo(me: &NodeRecord, upstream: &NodeRecord) -> Result<String> {
+    let base = conninfo::without(&upstream.conninfo, &["dbname", "replication", "application_name", "fallback_application_name", "options"])
+        .and_then(|c| conninfo::with(&c, "user", &upstream.repluser))
+        .and_then(|c| conninfo::with(&c, "application_name", &me.node_name))
+        .map_err(|e| Failure::invalid(format!("the conninfo of {} is not valid: {e}", upstream.describe())))?;
+    Ok(base)
+}
+
+/// Streams from `upstream` from now on: makes sure this node's slot exists there (when slots
+/// are used), rewrites the replication settings, reloads, and records the new upstream on the
+/// primary. Returns a description of what happened. Runs in the worker, outside a transaction.
+pub fn repoint(settings: &Settings, me: &NodeRecord, upstream: &NodeRecord, primary: Option<&NodeRecord>) -> Result<String> {
+    let conn = primary_conninfo(me, upstream)?;
+    if let Some(slot) = me.slot_name.as_deref() {
+        Peer::connect(&upstream.conninfo, &upstream.describe(), settings)?.run(
+            "SELECT pg_catalog.pg_create_physical_replication_slot($1)
+              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)",
+            &[Some(slot)],
+        )?;
+    }
+    crate::monitor::in_transaction(|| -> Result<()> {
+        alter_system("primary_conninfo", &conn)?;
+        alter_system("primary_slot_name", me.slot_name.as_deref().unwrap_or(""))
+    })?;
+    unsafe { libc::kill(pg_sys::PostmasterPid, libc::SIGHUP) };
+    if let Some(p) = primary {
+        Peer::connect(&p.conninfo, &p.describe(), settings)?.run(
+            "UPDATE repmgr.nodes SET upstream_node_id = $2::int, type = 'standby', active = true WHERE node_id = $1::int",
+            &[Some(&me.node_id.to_string()), Some(&upstream.node_id.to_string())],
+        )?;
+    }
+    Ok(format!("{} now follows {}", me.describe(), upstream.describe()))
+}
