@@ -39,6 +39,15 @@ impl Failure {
         Failure::new(PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR, message)
     }
 
+    /// Whether the other side never answered (could not connect, or timed out), as opposed
+    /// to answering with an error.
+    pub fn is_no_answer(&self) -> bool {
+        matches!(
+            self.code,
+            PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION | PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE
+        )
+    }
+
     pub fn detail(mut self, detail: impl Into<String>) -> Failure {
         self.detail = Some(detail.into());
         self

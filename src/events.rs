@@ -56,12 +56,11 @@ pub fn record(db: Option<&mut dyn Db>, settings: &Settings, mut ev: Event) -> Re
         Some(db) => crate::catalog::insert_event(db, ev.node_id, ev.name, ev.successful, &ev.details, ev.at)?,
         None => Local.read("SELECT pg_catalog.now()::text", &[])?.get(0, 0).unwrap_or_default().to_string(),
     };
-    if let Some(cmd) = settings.event_notification_command.clone() {
-        if settings.notifies(ev.name) {
+    if let Some(cmd) = settings.event_notification_command.clone()
+        && settings.notifies(ev.name) {
             let line = render(&cmd, &ev, &timestamp);
             register_xact_callback(PgXactCallbackEvent::Commit, move || notify(ev.name, line));
         }
-    }
     Ok(())
 }
 

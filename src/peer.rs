@@ -83,9 +83,12 @@ fn options_with(conninfo_text: &str, settings: &Settings) -> String {
     }
 }
 
+/// libpq keyword/value pairs.
+type Params = Vec<(&'static str, String)>;
+
 /// Connection parameters every peer connection gets: `(defaults, forced)`, see
 /// [`repmgr_pq::Conn::connect`].
-fn parameters(conninfo_text: &str, settings: &Settings) -> (Vec<(&'static str, String)>, Vec<(&'static str, String)>) {
+fn parameters(conninfo_text: &str, settings: &Settings) -> (Params, Params) {
     // libpq's own timeout is in whole seconds and only a backstop for our deadline.
     let defaults = vec![
         ("connect_timeout", settings.peer_connect_timeout.as_secs().max(1).to_string()),

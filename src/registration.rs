@@ -146,11 +146,10 @@ fn find_primary(settings: &Settings, local_nodes: &[NodeRecord]) -> Result<(Peer
     candidates.sort_by_key(|(c, _)| {
         local_nodes.iter().find(|n| &n.conninfo == c).map_or(1, |n| i32::from(n.node_type != NodeType::Primary))
     });
-    if let Some(pc) = server_setting(c"primary_conninfo") {
-        if let Ok(c) = conninfo::without(&pc, &["replication", "application_name", "dbname"]) {
+    if let Some(pc) = server_setting(c"primary_conninfo")
+        && let Ok(c) = conninfo::without(&pc, &["replication", "application_name", "dbname"]) {
             candidates.push((c, "the upstream in primary_conninfo".into()));
         }
-    }
     let mut tried = Vec::new();
     for (c, label) in candidates {
         match probe(&c, &label, settings) {

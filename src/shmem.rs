@@ -145,11 +145,10 @@ pub fn set_local_node_id(node_id: i32) {
         if s.local_node_id == -1 {
             s.local_node_id = node_id;
         }
-        if let Some((id, paused)) = saved {
-            if id == s.local_node_id {
+        if let Some((id, paused)) = saved
+            && id == s.local_node_id {
                 s.paused = paused;
             }
-        }
     });
 }
 

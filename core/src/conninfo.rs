@@ -124,13 +124,12 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 3 <= b.len() {
-            if let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+        if b[i] == b'%' && i + 3 <= b.len()
+            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(v);
                 i += 3;
                 continue;
             }
-        }
         out.push(b[i]);
         i += 1;
     }
@@ -301,19 +300,17 @@ fn mask_pairs(s: &str) -> String {
 fn mask_uri(s: &str) -> String {
     let p = split_uri(s);
     let mut cuts: Vec<(usize, usize)> = Vec::new();
-    if let Some((ui, off)) = p.userinfo {
-        if let Some(colon) = ui.find(':') {
+    if let Some((ui, off)) = p.userinfo
+        && let Some(colon) = ui.find(':') {
             cuts.push((off + colon + 1, off + ui.len()));
         }
-    }
     if let Some((q, off)) = p.query {
         let mut start = off;
         for kv in q.split('&') {
-            if let Some((k, _)) = kv.split_once('=') {
-                if is_secret(&percent_decode(k)) {
+            if let Some((k, _)) = kv.split_once('=')
+                && is_secret(&percent_decode(k)) {
                     cuts.push((start + k.len() + 1, start + kv.len()));
                 }
-            }
             start += kv.len() + 1;
         }
     }

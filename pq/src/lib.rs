@@ -259,12 +259,11 @@ impl Conn {
             return Err(Error::new(ErrorKind::Connect, "the connection is no longer usable"));
         }
         let result = self.query_inner(sql, params, deadline, waiter);
-        if let Err(e) = &result {
-            if e.kind != ErrorKind::Query {
+        if let Err(e) = &result
+            && e.kind != ErrorKind::Query {
                 // Mid-protocol state is unknown: never reuse this connection.
                 self.broken = true;
             }
-        }
         result
     }
 

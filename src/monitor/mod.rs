@@ -327,15 +327,24 @@ impl Monitor {
         self.queue(Event::new(me.node_id, event, what));
     }
 
-    /// Checks the upstream when a check is due and reports what changed. Returns whether the
-    /// upstream is up.
-    fn watch_upstream(&mut self, now: Duration, upstream: &NodeRecord) -> bool {
+    /// Whether `upstream` is up and due for its check (starting to track it if it is new).
+    fn check_due(&mut self, now: Duration, upstream: &NodeRecord) -> bool {
         if self.upstream.as_ref().map(|(id, _)| *id) != Some(upstream.node_id) {
             self.upstream = Some((upstream.node_id, Upstream::new(self.settings.monitor.retry)));
         }
-        let due = self.upstream.as_ref().is_some_and(|(_, u)| u.next_check() <= now);
+        self.upstream.as_ref().is_some_and(|(_, u)| u.is_up() && u.next_check() <= now)
+    }
+
+    /// Checks the upstream when a check is due and reports what changed. `observed` is the
+    /// outcome of an exchange the round already had with it, which then stands for the check.
+    /// Returns whether the upstream is up.
+    fn watch_upstream(&mut self, now: Duration, upstream: &NodeRecord, observed: Option<bool>) -> bool {
+        if self.upstream.as_ref().map(|(id, _)| *id) != Some(upstream.node_id) {
+            self.upstream = Some((upstream.node_id, Upstream::new(self.settings.monitor.retry)));
+        }
+        let due = observed.is_some() || self.upstream.as_ref().is_some_and(|(_, u)| u.next_check() <= now);
         if due {
-            let ok = self.check(upstream);
+            let ok = observed.unwrap_or_else(|| self.check(upstream));
             if ok {
                 let seen = timestamp_now();
                 shmem::update(|s| {

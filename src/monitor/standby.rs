@@ -21,12 +21,22 @@ impl Monitor {
             let me = self.me();
             return Ok(self.wait_for(format!("{me} has no registered upstream or primary to monitor")));
         };
-        if self.watch_upstream(now, &upstream) {
-            if let Some(primary) = snap.primary().filter(|p| p.node_id != me.node_id).cloned() {
-                if self.settings.monitor.history {
-                    self.write_history(snap, me, &primary);
-                }
-                flush_to(&mut self.outbox, &self.settings, &mut self.peers, &primary);
+        let primary = snap.primary().filter(|p| p.node_id != me.node_id).cloned();
+        let history = self.settings.monitor.history.then_some(primary.as_ref()).flatten();
+        // One history row per due check. When the upstream is the primary, that write is itself
+        // the check (a stronger one than a ping): no extra connection per round when all is well.
+        let due = self.check_due(now, &upstream);
+        let to_upstream = history.is_some_and(|p| p.node_id == upstream.node_id);
+        let observed = match history {
+            Some(p) if due && to_upstream => Some(self.write_history(snap, me, p)),
+            _ => None,
+        };
+        if self.watch_upstream(now, &upstream, observed) {
+            if let (Some(p), true, false) = (history, due, to_upstream) {
+                self.write_history(snap, me, p);
+            }
+            if let Some(p) = primary.as_ref() {
+                flush_to(&mut self.outbox, &self.settings, &mut self.peers, p);
             }
         }
         self.follow_if_told(snap, me);
@@ -35,9 +45,12 @@ impl Monitor {
     }
 
     /// Adds a `repmgr.monitoring_history` row on the primary: this standby's positions, and the
-    /// lag measured against the primary's current WAL position.
-    fn write_history(&mut self, snap: &Snapshot, me: &NodeRecord, primary: &NodeRecord) {
-        let (Some(receive), Some(apply_lag)) = (snap.receive_lsn.as_deref(), snap.apply_lag.as_deref()) else { return };
+    /// lag measured against the primary's current WAL position. Returns whether the primary
+    /// answered (an error it reports still proves it is alive).
+    fn write_history(&mut self, snap: &Snapshot, me: &NodeRecord, primary: &NodeRecord) -> bool {
+        let (Some(receive), Some(apply_lag)) = (snap.receive_lsn.as_deref(), snap.apply_lag.as_deref()) else {
+            return self.check(primary);
+        };
         let standby = me.node_id.to_string();
         let primary_id = primary.node_id.to_string();
         let sql = "INSERT INTO repmgr.monitoring_history
@@ -52,10 +65,12 @@ impl Monitor {
             Ok(_) => {
                 let now = super::timestamp_now();
                 shmem::update(|s| s.last_updated = now);
+                true
             }
             Err(f) => {
                 self.peers.forget(primary.node_id);
                 debug1!("repmgr: could not write monitoring history on {}: {}", primary.describe(), crate::error::mask_text(&f.message));
+                !f.is_no_answer()
             }
         }
     }

@@ -18,7 +18,7 @@ impl Monitor {
             let me = self.me();
             return Ok(self.wait_for(format!("witness {me} has no registered primary to monitor")));
         };
-        if self.watch_upstream(now, &primary) {
+        if self.watch_upstream(now, &primary, None) {
             if now >= self.next_witness_sync {
                 if let Err(f) = self.copy_nodes(snap, &primary) {
                     self.peers.forget(primary.node_id);

@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use repmgr_pq::{Conn, PollWaiter, Rows};
 
+mod net;
+pub use net::Network;
+
 /// Where every test cluster lives.
 const ROOT: &str = "/var/tmp/repmgr-tests";
 
@@ -62,13 +65,24 @@ fn run_pg(program: &str, args: &[&str]) -> Output {
 }
 
 fn run_pg_unchecked(program: &str, args: &[&str]) -> Output {
+    run_pg_in(None, program, args)
+}
+
+/// Runs a PostgreSQL program as `postgres`, inside network namespace `netns` if given.
+fn run_pg_in(netns: Option<&str>, program: &str, args: &[&str]) -> Output {
     let path = bindir().join(program);
-    let mut cmd = if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(&path);
-        c
-    } else {
-        Command::new(&path)
+    let mut cmd = match (netns, is_root()) {
+        (Some(ns), _) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "runuser", "-u", "postgres", "--"]).arg(&path);
+            c
+        }
+        (None, true) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        }
+        (None, false) => Command::new(&path),
     };
     cmd.args(args).env("LC_ALL", "C").output().unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()))
 }
@@ -103,12 +117,22 @@ pub struct Node {
     pub log: PathBuf,
     /// Extra `key=value` items in this node's conninfo.
     pub conninfo_extra: String,
+    /// The address other nodes reach it at.
+    pub host: String,
+    /// Its network namespace, in clusters with a [`Network`].
+    pub netns: Option<String>,
+    socket_dir: PathBuf,
 }
 
 impl Node {
-    /// How clients, and other nodes, reach this node.
+    /// How other nodes reach this node (over TCP).
     pub fn conninfo(&self) -> String {
-        format!("host=127.0.0.1 port={} dbname=repmgr user=postgres connect_timeout=5{}", self.port, self.conninfo_extra)
+        format!("host={} port={} dbname=repmgr user=postgres connect_timeout=5{}", self.host, self.port, self.conninfo_extra)
+    }
+
+    /// How the test reaches this node: its Unix socket, which no network cut affects.
+    pub fn local_conninfo(&self, dbname: &str) -> String {
+        format!("host={} port={} dbname={dbname} user=postgres connect_timeout=5", self.socket_dir.display(), self.port)
     }
 
     /// The postmaster's pid, while it runs.
@@ -155,6 +179,8 @@ pub struct Cluster {
     /// Node N listens on `first_port + N - 1`; `None` picks free ports.
     first_port: Option<u16>,
     keep: bool,
+    /// Set for clusters whose nodes live in network namespaces. Dropped after the servers.
+    network: Option<Network>,
 }
 
 impl Cluster {
@@ -180,7 +206,20 @@ impl Cluster {
         fs::create_dir_all(&socket_dir).expect("create cluster dir");
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).expect("chmod cluster dir");
         chown_postgres(dir);
-        Cluster { dir: dir.to_path_buf(), socket_dir, nodes: Vec::new(), first_port, keep: false }
+        Cluster { dir: dir.to_path_buf(), socket_dir, nodes: Vec::new(), first_port, keep: false, network: None }
+    }
+
+    /// Like [`Cluster::new`], with every node in its own network namespace so that a test can
+    /// cut links (see [`Cluster::network`]). Needs root.
+    pub fn with_network(name: &str) -> Cluster {
+        let mut c = Cluster::new(name);
+        c.network = Some(Network::new());
+        c
+    }
+
+    /// The network of a cluster made with [`Cluster::with_network`].
+    pub fn network(&self) -> &Network {
+        self.network.as_ref().expect("this cluster was made with Cluster::with_network")
     }
 
     /// Leaves the servers running and their files in place after this value is dropped.
@@ -192,8 +231,18 @@ impl Cluster {
         self.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id} in this cluster"))
     }
 
-    fn new_node(&self, id: i32, kind: Kind, opts: &NodeOptions) -> Node {
+    fn new_node(&mut self, id: i32, kind: Kind, opts: &NodeOptions) -> Node {
+        let (host, netns) = match self.network.as_mut() {
+            Some(net) => {
+                net.add_node(id);
+                (net.address(id), Some(net.namespace(id)))
+            }
+            None => ("127.0.0.1".to_string(), None),
+        };
         Node {
+            host,
+            netns,
+            socket_dir: self.socket_dir.clone(),
             conninfo_extra: opts.conninfo_extra.split_whitespace().map(|kv| format!(" {kv}")).collect(),
             id,
             name: format!("node{id}"),
@@ -207,7 +256,7 @@ impl Cluster {
     /// The postgresql.conf lines that make `node` a member of this cluster.
     fn settings(&self, node: &Node, opts: &NodeOptions) -> String {
         let mut lines = vec![
-            "listen_addresses = '127.0.0.1'".to_string(),
+            format!("listen_addresses = '{}'", node.host),
             format!("port = {}", node.port),
             format!("unix_socket_directories = '{}'", self.socket_dir.display()),
             "fsync = off".into(),
@@ -238,6 +287,12 @@ impl Cluster {
         let node = self.new_node(id, kind, opts);
         run_pg("initdb", &["-D", &node.data.to_string_lossy(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
         self.append_conf(&node, &self.settings(&node, opts));
+        if node.netns.is_some() {
+            // initdb trusts loopback only; namespaced nodes talk over their own subnet.
+            use std::io::Write;
+            let mut hba = fs::OpenOptions::new().append(true).open(node.data.join("pg_hba.conf")).expect("open pg_hba.conf");
+            hba.write_all(b"host all all 10.0.0.0/8 trust\nhost replication all 10.0.0.0/8 trust\n").expect("write pg_hba.conf");
+        }
         node
     }
 
@@ -263,7 +318,7 @@ impl Cluster {
 
     /// Creates the `repmgr` database and the extension in it.
     pub fn create_extension(&self, node: &Node) {
-        let mut c = connect(&format!("host=127.0.0.1 port={} dbname=postgres user=postgres", node.port));
+        let mut c = connect(&node.local_conninfo("postgres"));
         query(&mut c, "CREATE DATABASE repmgr");
         drop(c);
         self.sql(node.id, "CREATE EXTENSION repmgr");
@@ -276,12 +331,25 @@ impl Cluster {
         let node = self.new_node(id, Kind::Standby, &opts);
         run_pg(
             "pg_basebackup",
-            &["-h", "127.0.0.1", "-p", &up.port.to_string(), "-U", "postgres", "-D", &node.data.to_string_lossy(), "-X", "stream", "--no-sync", "--checkpoint=fast"],
+            &[
+                "-h",
+                &self.socket_dir.to_string_lossy(),
+                "-p",
+                &up.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                &node.data.to_string_lossy(),
+                "-X",
+                "stream",
+                "--no-sync",
+                "--checkpoint=fast",
+            ],
         );
         let mut conf = self.settings(&node, &opts);
         conf.push_str(&format!(
-            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={}'\n",
-            up.port, node.name
+            "primary_conninfo = 'host={} port={} user=postgres application_name={}'\n",
+            up.host, up.port, node.name
         ));
         self.append_conf(&node, &conf);
         fs::write(node.data.join("standby.signal"), "").expect("standby.signal");
@@ -292,15 +360,15 @@ impl Cluster {
     }
 
     pub fn start(&self, id: i32) {
-        let n = self.node(id);
-        run_pg("pg_ctl", &["-D", &n.data.to_string_lossy(), "-l", &n.log.to_string_lossy(), "-w", "-t", "60", "start"]);
+        assert!(self.try_start(id), "node {id} did not start; its log:\n{}", self.log(id));
     }
 
     /// Starts a node; false if pg_ctl failed (after a crash, leftover processes may still
     /// hold the old shared memory for a moment).
     pub fn try_start(&self, id: i32) -> bool {
         let n = self.node(id);
-        run_pg_unchecked("pg_ctl", &["-D", &n.data.to_string_lossy(), "-l", &n.log.to_string_lossy(), "-w", "-t", "60", "start"]).status.success()
+        let args = ["-D", &n.data.to_string_lossy(), "-l", &n.log.to_string_lossy(), "-w", "-t", "60", "start"];
+        run_pg_in(n.netns.as_deref(), "pg_ctl", &args).status.success()
     }
 
     /// Stops a node cleanly (fast shutdown).
@@ -340,6 +408,12 @@ impl Cluster {
         self.sql(id, "SELECT pg_reload_conf()");
     }
 
+    /// Removes a setting made with [`Cluster::set`] and reloads.
+    pub fn reset(&self, id: i32, setting: &str) {
+        self.sql(id, &format!("ALTER SYSTEM RESET {setting}"));
+        self.sql(id, "SELECT pg_reload_conf()");
+    }
+
     /// Runs one statement on a node, panicking with the server's message on failure.
     pub fn sql(&self, id: i32, sql: &str) -> Rows {
         self.try_sql(id, sql).unwrap_or_else(|e| panic!("on node {id}: {sql}: {e} {:?}", e.detail))
@@ -347,7 +421,7 @@ impl Cluster {
 
     /// Runs one statement on a node in a fresh session.
     pub fn try_sql(&self, id: i32, sql: &str) -> Result<Rows, repmgr_pq::Error> {
-        let mut c = Conn::connect(&self.node(id).conninfo(), &[], &[], Instant::now() + SQL_TIMEOUT, &mut PollWaiter)?;
+        let mut c = Conn::connect(&self.node(id).local_conninfo("repmgr"), &[], &[], Instant::now() + SQL_TIMEOUT, &mut PollWaiter)?;
         c.query(sql, &[], Instant::now() + SQL_TIMEOUT, &mut PollWaiter)
     }
 

@@ -177,6 +177,8 @@ fn without_preload_the_catalog_and_compatible_functions_still_work() {
     for f in ["notify_follow_primary(1)", "reset_voting_status()", "set_local_node_id(1)", "repmgrd_pause(true)", "set_upstream_node_id(2)"] {
         assert_eq!(c.sql(1, &format!("SELECT repmgr.{f}")).rows.len(), 1, "{f}");
     }
+    // Our own functions that need the worker say what is missing.
+    refused(&c, 1, "SELECT repmgr.pause(true)", "55000", "needs the repmgr library in shared_preload_libraries");
     // Registration needs no shared memory: node settings are still read from postgresql.conf.
     assert_eq!(c.value(1, "SELECT repmgr.register_primary()").as_deref(), Some("1"));
     assert_eq!(c.value(1, "SELECT node_name FROM repmgr.show_nodes").as_deref(), Some("node1"));

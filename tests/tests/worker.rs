@@ -233,3 +233,50 @@ fn the_worker_waits_quietly_for_its_database_extension_and_registration() {
     assert_eq!(ev.get(0, 0), Some("monitoring cluster primary \"node1\" (ID: 1)"));
     assert!(!c.log(1).contains("ERROR"), "{}", c.log(1));
 }
+
+#[test]
+fn a_partitioned_standby_reports_the_cut_and_the_repair() {
+    let mut c = Cluster::with_network("partition");
+    // A short sender timeout lets the primary notice a silent standby quickly.
+    let o = || opts().conf("wal_sender_timeout = '2s'").conf("wal_receiver_timeout = '2s'");
+    c.init_primary(1, o());
+    c.sql(1, "SELECT repmgr.register_primary()");
+    c.clone_standby(2, 1, o());
+    c.sql(2, "SELECT repmgr.register_standby()");
+    wait_row(&c, 1, "node 2's worker to start", "SELECT 1 FROM repmgr.events WHERE event = 'repmgrd_start' AND node_id = 2");
+    std::thread::sleep(Duration::from_secs(2));
+
+    let cut_at = c.value(1, "SELECT now()::text").unwrap();
+    c.network().isolate(2);
+    // The primary sees its child go; the standby, cut off, keeps its events until it can
+    // write them.
+    wait_row(&c, 1, "child_node_disconnect", "SELECT 1 FROM repmgr.events WHERE event = 'child_node_disconnect'");
+    c.wait_for("node 2 to see its upstream fail", WAIT, || {
+        (int(&c, 2, "SELECT repmgr.get_upstream_last_seen()") >= 3).then_some(())
+    });
+    assert_eq!(int(&c, 1, "SELECT count(*) FROM repmgr.events WHERE node_id = 2 AND event = 'repmgrd_upstream_disconnect'"), 0);
+    c.network().rejoin(2);
+    let r = wait_row(
+        &c,
+        1,
+        "node 2's events after the repair",
+        &format!(
+            "SELECT EXTRACT(epoch FROM d.event_timestamp - '{cut_at}'::timestamptz)
+               FROM repmgr.events d JOIN repmgr.events r ON r.node_id = d.node_id AND r.event = 'repmgrd_upstream_reconnect'
+              WHERE d.node_id = 2 AND d.event = 'repmgrd_upstream_disconnect'"
+        ),
+    );
+    let after: f64 = r.get(0, 0).unwrap().parse().unwrap();
+    assert!((0.0..=4.0).contains(&after), "the disconnect was recorded {after} s after the cut");
+    wait_row(&c, 1, "child_node_reconnect", "SELECT 1 FROM repmgr.events WHERE event = 'child_node_reconnect'");
+
+    // A pairwise cut (standby to primary only) behaves the same from the standby's side.
+    c.network().cut(1, 2);
+    c.wait_for("node 2 to lose the primary again", WAIT, || {
+        (int(&c, 2, "SELECT repmgr.get_upstream_last_seen()") >= 3).then_some(())
+    });
+    c.network().mend(1, 2);
+    c.wait_for("node 2 to reach the primary again", WAIT, || {
+        (int(&c, 2, "SELECT repmgr.get_upstream_last_seen()") <= 1).then_some(())
+    });
+}

@@ -19,6 +19,7 @@ const PACKAGES: &[&str] = &[
     "clang",
     "libclang-dev",
     "sudo",
+    "iproute2",
 ];
 
 const PGRX_VERSION: &str = "0.18.0";
@@ -32,7 +33,10 @@ commands:
   setup         install what this machine lacks (Debian packages, cargo-pgrx, pgrx init)
   test          setup, then every test: unit, in-server (cargo pgrx test) and integration
   demo          setup, install, and start a local sandbox cluster on 127.0.0.1:55431
-  demo --stop   stop the sandbox and remove its files";
+  demo --stop   stop the sandbox and remove its files
+  bench overhead [--pairs N] [--seconds S] [--idle S]
+                the monitoring worker's idle CPU and memory, and pgbench TPS with and
+                without it (release build; prints figures, asserts nothing)";
 
 struct Task {
     start: Instant,
@@ -149,10 +153,13 @@ fn setup(t: &Task) -> Result {
 }
 
 /// Installs the extension into the PostgreSQL tree and builds the command line.
-fn install(t: &Task) -> Result {
-    t.step("install the extension into PostgreSQL 15");
+fn install(t: &Task, release: bool) -> Result {
+    t.step(if release { "install the extension into PostgreSQL 15 (release build)" } else { "install the extension into PostgreSQL 15" });
     let mut c = t.cargo();
     c.args(["pgrx", "install", "--pg-config", PG_CONFIG]);
+    if release {
+        c.arg("--release");
+    }
     if !is_root() {
         c.arg("--sudo");
     }
@@ -180,7 +187,7 @@ fn test(t: &Task) -> Result {
     c.args(["pgrx", "test", "pg15", "--runas", "postgres", "--pgdata", PGRX_TEST_DIR]);
     t.run_tests(c, "in-server tests", &mut summary)?;
 
-    install(t)?;
+    install(t, false)?;
     t.step("integration tests (real clusters)");
     let mut c = t.cargo();
     c.args(["test", "-p", "repmgr-tests"]);
@@ -204,7 +211,7 @@ fn demo(t: &Task, stop: bool) -> Result {
         return t.run(sandbox("stop"), "repmgr-sandbox stop");
     }
     setup(t)?;
-    install(t)?;
+    install(t, false)?;
     t.step("install the repmgr command line into the cargo bin directory");
     let mut c = t.cargo();
     c.args(["install", "--quiet", "--path", "cli", "--locked", "--debug", "--force", "--target-dir", "target"]);
@@ -221,6 +228,15 @@ fn demo(t: &Task, stop: bool) -> Result {
     Ok(())
 }
 
+fn bench(t: &Task, args: &[&str]) -> Result {
+    setup(t)?;
+    install(t, true)?;
+    t.step(&format!("benchmark: {}", args.join(" ")));
+    let mut c = t.cargo();
+    c.args(["run", "--quiet", "--release", "-p", "repmgr-tests", "--bin", "repmgr-bench", "--"]).args(args);
+    t.run(c, "repmgr-bench")
+}
+
 fn main() -> ExitCode {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
     let t = Task { start: Instant::now(), root };
@@ -231,6 +247,7 @@ fn main() -> ExitCode {
         ["test"] => test(&t),
         ["demo"] => demo(&t, false),
         ["demo", "--stop"] => demo(&t, true),
+        ["bench", rest @ ..] if !rest.is_empty() => bench(&t, rest),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

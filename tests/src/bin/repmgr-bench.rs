@@ -1,0 +1,199 @@
+//! Benchmarks that print figures (run on demand through `cargo xtask bench`, never in tests).
+//!
+//! `overhead`: the monitoring worker's cost. On a primary with one streaming standby it
+//! measures the worker's CPU time and memory while the cluster idles, then pgbench TPS on the
+//! primary with repmgr preloaded (worker running on both nodes) and without it, alternating
+//! runs on the same servers so that drift in the machine affects both sides alike.
+
+use std::fs;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use repmgr_tests::{Cluster, NodeOptions, bindir};
+
+/// Clock ticks per second for /proc CPU times (Linux's USER_HZ).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+fn usage() -> ExitCode {
+    eprintln!("usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]");
+    ExitCode::from(2)
+}
+
+/// CPU seconds (user + system) a process has used; with `reaped`, also those of its children
+/// that have exited and been waited for (fields 14-17 of stat(5)).
+fn cpu_seconds_of(pid: i32, reaped: bool) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    // After the command name comes field 3 (state).
+    let tick = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let own = tick(14) + tick(15);
+    (if reaped { own + tick(16) + tick(17) } else { own }) / TICKS_PER_SECOND
+}
+
+fn cpu_seconds(pid: i32) -> f64 {
+    cpu_seconds_of(pid, false)
+}
+
+/// CPU seconds used by both servers: each postmaster with its exited children, plus every
+/// live process under it.
+fn cluster_cpu(c: &Cluster) -> f64 {
+    [1, 2]
+        .iter()
+        .filter_map(|id| c.node(*id).pid())
+        .map(|pm| {
+            let tree = repmgr_tests::process_tree(pm);
+            cpu_seconds_of(pm, true) + tree.iter().skip(1).map(|p| cpu_seconds(*p)).sum::<f64>()
+        })
+        .sum()
+}
+
+/// CPU seconds per hour the whole cluster uses while idle for `secs`.
+fn idle_cluster_cpu(c: &Cluster, secs: u64) -> f64 {
+    std::thread::sleep(Duration::from_secs(3));
+    let before = cluster_cpu(c);
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    (cluster_cpu(c) - before) / t.elapsed().as_secs_f64() * 3600.0
+}
+
+/// A memory figure in kB from /proc/<pid>/status or smaps_rollup.
+fn memory_kb(pid: i32, file: &str, key: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn worker_pid(c: &Cluster, id: i32) -> i32 {
+    c.value(id, "SELECT repmgr.get_repmgrd_pid()").and_then(|p| p.parse().ok()).unwrap_or(-1)
+}
+
+fn pgbench(c: &Cluster, args: &[&str]) -> String {
+    let node = c.node(1);
+    let socket = node.local_conninfo("bench");
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", "postgres", "--"]).arg(bindir().join("pgbench")).args(args).arg(socket);
+    let out = cmd.output().expect("run pgbench");
+    assert!(out.status.success(), "pgbench failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn tps(report: &str) -> f64 {
+    report
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.trim_start_matches("tps = ").split_whitespace().next()?.parse().ok())
+        .expect("pgbench printed tps")
+}
+
+/// Restarts both nodes with or without repmgr in shared_preload_libraries.
+fn preload(c: &Cluster, on: bool) {
+    for id in [1, 2] {
+        if on {
+            c.set(id, "shared_preload_libraries", "repmgr");
+        } else {
+            c.reset(id, "shared_preload_libraries");
+        }
+    }
+    for id in [2, 1] {
+        c.stop(id);
+    }
+    for id in [1, 2] {
+        c.start(id);
+    }
+    if on {
+        c.wait_for("both workers", Duration::from_secs(30), || (worker_pid(c, 1) > 0 && worker_pid(c, 2) > 0).then_some(()));
+    }
+}
+
+fn overhead(pairs: usize, seconds: u64, idle: u64) {
+    let started = Instant::now();
+    let mut c = Cluster::new("bench-overhead");
+    // Preloading is switched in postgresql.auto.conf, so the base configuration has none.
+    let opts = || NodeOptions { preload: false, ..Default::default() };
+    c.init_primary(1, opts());
+    c.sql(1, "SELECT repmgr.register_primary()");
+    c.clone_standby(2, 1, opts());
+    c.sql(2, "SELECT repmgr.register_standby()");
+    c.sql(1, "CREATE DATABASE bench");
+    preload(&c, true);
+
+    println!("== idle worker cost ({idle} s, primary + 1 streaming standby, monitor_interval 1 s)");
+    std::thread::sleep(Duration::from_secs(3));
+    for (id, role) in [(1, "primary"), (2, "standby")] {
+        let pid = worker_pid(&c, id);
+        let before = cpu_seconds(pid);
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_secs(idle));
+        let used = cpu_seconds(pid) - before;
+        let per_hour = used / t.elapsed().as_secs_f64() * 3600.0;
+        println!(
+            "{role:8} worker pid {pid}: {used:.2} CPU s in {idle} s = {per_hour:.1} CPU s/hour ({:.3}% of one core); RSS {} kB, PSS {} kB (shared buffers it touched included in RSS)",
+            per_hour / 36.0,
+            memory_kb(pid, "status", "VmRSS:"),
+            memory_kb(pid, "smaps_rollup", "Pss:"),
+        );
+    }
+    let history = c.value(1, "SELECT count(*) || ' rows, ' || pg_total_relation_size('repmgr.monitoring_history') || ' bytes' FROM repmgr.monitoring_history");
+    println!("monitoring_history after the idle period: {}", history.unwrap_or_default());
+    let with = idle_cluster_cpu(&c, idle);
+    preload(&c, false);
+    let without = idle_cluster_cpu(&c, idle);
+    println!(
+        "whole cluster (both servers, all processes) idle: {with:.1} CPU s/hour with repmgr, {without:.1} without: repmgr adds {:.1} CPU s/hour",
+        with - without
+    );
+
+    println!("\n== pgbench on the primary (scale 10, 4 clients): repmgr preloaded vs not, {pairs} pairs of {seconds} s runs, ABBA order");
+    let node = c.node(1).clone();
+    let init = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bindir().join("pgbench"))
+        .args(["-i", "-q", "-s", "10"])
+        .arg(node.local_conninfo("bench"))
+        .output()
+        .expect("pgbench -i");
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let secs = seconds.to_string();
+    let mut with = Vec::new();
+    let mut without = Vec::new();
+    for pair in 1..=pairs {
+        // ABBA order, so that a drift in the machine over the run favours neither side.
+        let order = if pair % 2 == 1 { [true, false] } else { [false, true] };
+        for on in order {
+            preload(&c, on);
+            c.sql(1, "CHECKPOINT");
+            // pgbench vacuums its tables first, so every run starts from the same state.
+            let t = tps(&pgbench(&c, &["-c", "4", "-j", "2", "-T", &secs]));
+            println!("pair {pair}: {:<22} {t:>9.1} tps", if on { "with repmgr worker" } else { "without repmgr" });
+            if on { with.push(t) } else { without.push(t) }
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (a, b) = (mean(&with), mean(&without));
+    let spread = |v: &[f64]| (v.iter().cloned().fold(f64::MAX, f64::min), v.iter().cloned().fold(f64::MIN, f64::max));
+    println!(
+        "mean with repmgr {a:.1} tps (min {:.1}, max {:.1}); without {b:.1} tps (min {:.1}, max {:.1}); difference {:+.2}%",
+        spread(&with).0,
+        spread(&with).1,
+        spread(&without).0,
+        spread(&without).1,
+        (a - b) / b * 100.0
+    );
+    println!("total {:.0} s", started.elapsed().as_secs_f64());
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(mode) = args.first() else { return usage() };
+    let opt = |name: &str, default: u64| {
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    };
+    match mode.as_str() {
+        "overhead" => overhead(opt("--pairs", 3) as usize, opt("--seconds", 30), opt("--idle", 60)),
+        _ => return usage(),
+    }
+    ExitCode::SUCCESS
+}
