@@ -66,19 +66,51 @@ fn history_fills_and_replication_status_is_live() {
 
 #[test]
 fn a_killed_standby_is_reported_disconnected_then_reconnected() {
-    let c = three_nodes("children");
+    let mut c = Cluster::new("children");
+    let marker = c.dir.join("fence-ran");
+    let primary = opts()
+        .conf("repmgr.child_nodes_connected_min_count = 2")
+        .conf("repmgr.child_nodes_disconnect_timeout = '1s'")
+        .conf(format!("repmgr.child_nodes_disconnect_command = 'echo %p >> {}'", marker.display()));
+    c.init_primary(1, primary);
+    c.sql(1, "SELECT repmgr.register_primary()");
+    for id in [2, 3] {
+        c.clone_standby(id, 1, opts());
+        c.sql(id, "SELECT repmgr.register_standby()");
+    }
     wait_row(&c, 1, "the primary's worker to start", "SELECT 1 FROM repmgr.events WHERE event = 'repmgrd_start' AND node_id = 1");
     // Let the primary see both standbys attached before the crash.
     std::thread::sleep(Duration::from_secs(2));
     c.kill9(2);
     let details = wait_row(&c, 1, "child_node_disconnect", "SELECT details FROM repmgr.events WHERE event = 'child_node_disconnect'");
     assert_eq!(details.get(0, 0), Some("standby node \"node2\" (ID: 2) has disconnected"));
+    // Two children required, one left: after the timeout the command runs, once.
+    let ev = wait_row(&c, 1, "child_nodes_disconnect_command", "SELECT successful::text, details FROM repmgr.events WHERE event = 'child_nodes_disconnect_command'");
+    assert_eq!(ev.get(0, 0), Some("true"), "{ev:?}");
+    assert!(ev.get(0, 1).unwrap().starts_with("1 of 2 child nodes attached (required: 2)"), "{ev:?}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "1\n");
     c.wait_for("node 2's processes to go", WAIT, || c.node(2).pid().is_none().then_some(()));
     // The orphaned backends of a killed postmaster leave on their own; retry the start.
     c.wait_for("node 2 to start again", WAIT, || c.try_start(2).then_some(()));
     let details = wait_row(&c, 1, "child_node_reconnect", "SELECT details FROM repmgr.events WHERE event = 'child_node_reconnect'");
     assert!(details.get(0, 0).unwrap().starts_with("standby node \"node2\" (ID: 2) has reconnected after "), "{details:?}");
     assert_eq!(int(&c, 1, "SELECT count(*) FROM repmgr.events WHERE event = 'child_node_disconnect' AND details LIKE '%node3%'"), 0);
+    assert_eq!(int(&c, 1, "SELECT count(*) FROM repmgr.events WHERE event = 'child_nodes_disconnect_command'"), 1);
+}
+
+#[test]
+fn the_primary_trims_old_monitoring_history() {
+    let mut c = Cluster::new("trim");
+    c.init_primary(1, opts().conf("repmgr.monitoring_history_keep = '1d'"));
+    c.sql(
+        1,
+        "INSERT INTO repmgr.monitoring_history
+         SELECT 1, 2, now() - interval '2 days' - g * interval '1 s', NULL::timestamptz, '0/0'::pg_lsn, '0/0'::pg_lsn, 0, 0 FROM generate_series(1, 2500) g
+         UNION ALL SELECT 1, 2, now() - interval '1 hour', NULL, '0/0', '0/0', 0, 0",
+    );
+    c.sql(1, "SELECT repmgr.register_primary()");
+    c.wait_for("old history to go", WAIT, || (int(&c, 1, "SELECT count(*) FROM repmgr.monitoring_history") == 1).then_some(()));
+    assert_eq!(int(&c, 1, "SELECT count(*) FROM repmgr.monitoring_history WHERE last_monitor_time > now() - interval '1 day'"), 1);
 }
 
 #[test]
