@@ -5,7 +5,10 @@
 
 pub mod children;
 pub mod conninfo;
+pub mod election;
+pub mod lease;
 pub mod lsn;
 pub mod node;
 pub mod template;
 pub mod upstream;
+pub mod vote;
