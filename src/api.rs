@@ -18,7 +18,10 @@ fn register_primary(force: default!(bool, false)) -> i32 {
 
 /// Registers this standby, writing its record on the primary.
 #[pg_extern(volatile)]
-fn register_standby(upstream_node_id: default!(Option<i32>, "NULL"), force: default!(bool, false)) -> i32 {
+fn register_standby(
+    upstream_node_id: default!(Option<i32>, "NULL"),
+    force: default!(bool, false),
+) -> i32 {
     registration::register_standby(&Settings::current(), upstream_node_id, force).or_raise()
 }
 
@@ -76,8 +79,12 @@ fn node_status() -> TableIterator<
         Some((msg, at)) => (Some(msg), TimestampWithTimeZone::try_from(at).ok()),
         None => (None, None),
     };
-    let worker_pid = shared.filter(|st| st.worker_running()).map(|st| st.daemon_pid);
-    let worker_last_round = shared.filter(|st| st.last_round_at != 0).and_then(|st| TimestampWithTimeZone::try_from(st.last_round_at).ok());
+    let worker_pid = shared
+        .filter(|st| st.worker_running())
+        .map(|st| st.daemon_pid);
+    let worker_last_round = shared
+        .filter(|st| st.last_round_at != 0)
+        .and_then(|st| TimestampWithTimeZone::try_from(st.last_round_at).ok());
     TableIterator::once((
         s.node_id,
         s.node_name,
@@ -163,7 +170,18 @@ fn daemon_status() -> TableIterator<
 > {
     let rows = status::daemon_status(&Settings::current()).or_raise();
     TableIterator::new(rows.into_iter().map(|d| {
-        (d.node_id, d.node_name, d.role, d.reachable, d.worker_running, d.worker_pid, d.paused, d.upstream_last_seen, d.priority, d.location)
+        (
+            d.node_id,
+            d.node_name,
+            d.role,
+            d.reachable,
+            d.worker_running,
+            d.worker_pid,
+            d.paused,
+            d.upstream_last_seen,
+            d.priority,
+            d.location,
+        )
     }))
 }
 

@@ -28,8 +28,7 @@ impl NodeRecord {
     }
 }
 
-const NODE_COLUMNS: &str =
-    "node_id, upstream_node_id, active, node_name, type, location, priority, conninfo, repluser, slot_name, config_file";
+const NODE_COLUMNS: &str = "node_id, upstream_node_id, active, node_name, type, location, priority, conninfo, repluser, slot_name, config_file";
 
 fn int(v: Option<&str>) -> Option<i32> {
     v.and_then(|s| s.parse().ok())
@@ -60,7 +59,10 @@ fn parse_nodes(rows: &Rows) -> Vec<NodeRecord> {
 /// Every registered node, by id. A node without the extension gets a message saying so.
 pub fn nodes(db: &mut dyn Db) -> Result<Vec<NodeRecord>> {
     ensure_extension(db)?;
-    let rows = db.read(&format!("SELECT {NODE_COLUMNS} FROM repmgr.nodes ORDER BY node_id"), &[])?;
+    let rows = db.read(
+        &format!("SELECT {NODE_COLUMNS} FROM repmgr.nodes ORDER BY node_id"),
+        &[],
+    )?;
     Ok(parse_nodes(&rows))
 }
 
@@ -71,13 +73,19 @@ pub fn ensure_extension(db: &mut dyn Db) -> Result<()> {
         return Ok(());
     }
     let database = rows.get(0, 0).unwrap_or("?").to_string();
-    Err(Failure::state(format!("the repmgr extension is not installed in database \"{database}\" on {}", db.label()))
-        .hint(format!("Run CREATE EXTENSION repmgr in database \"{database}\" on that node first.")))
+    Err(Failure::state(format!(
+        "the repmgr extension is not installed in database \"{database}\" on {}",
+        db.label()
+    ))
+    .hint(format!(
+        "Run CREATE EXTENSION repmgr in database \"{database}\" on that node first."
+    )))
 }
 
 /// Serialises registrations: two nodes registering at once must not both pass the checks.
 pub fn lock_nodes(db: &mut dyn Db) -> Result<()> {
-    db.write("LOCK TABLE repmgr.nodes IN SHARE ROW EXCLUSIVE MODE", &[]).map(drop)
+    db.write("LOCK TABLE repmgr.nodes IN SHARE ROW EXCLUSIVE MODE", &[])
+        .map(drop)
 }
 
 /// Inserts `rec`, or replaces the row with the same id.
@@ -131,7 +139,11 @@ pub fn detach_downstream(db: &mut dyn Db, node_id: i32) -> Result<()> {
 }
 
 pub fn delete_node(db: &mut dyn Db, node_id: i32) -> Result<()> {
-    db.write("DELETE FROM repmgr.nodes WHERE node_id = $1::int", &[Some(&node_id.to_string())]).map(drop)
+    db.write(
+        "DELETE FROM repmgr.nodes WHERE node_id = $1::int",
+        &[Some(&node_id.to_string())],
+    )
+    .map(drop)
 }
 
 /// Replaces the whole node list (a witness's copy of the primary's). Upstream references are
@@ -151,7 +163,14 @@ pub fn init_voting_term(db: &mut dyn Db) -> Result<()> {
 /// Inserts an event row and returns its timestamp as text. `at` (microseconds since
 /// 2000-01-01 UTC, PostgreSQL's `TimestampTz`) records when an event that could not be written
 /// at once happened; without it the row gets the transaction's time.
-pub fn insert_event(db: &mut dyn Db, node_id: i32, event: &str, successful: bool, details: &str, at: Option<i64>) -> Result<String> {
+pub fn insert_event(
+    db: &mut dyn Db,
+    node_id: i32,
+    event: &str,
+    successful: bool,
+    details: &str,
+    at: Option<i64>,
+) -> Result<String> {
     let at = at.map(|t| t.to_string());
     let rows = db.write(
         "INSERT INTO repmgr.events (node_id, event, successful, details, event_timestamp)

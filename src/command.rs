@@ -18,7 +18,12 @@ static RUNNING: Mutex<Vec<(String, Child)>> = Mutex::new(Vec::new());
 /// a command still running then is reaped by a later [`reap`]. `what` names it in the log.
 pub fn run(what: &str, line: &str, wait: Duration) -> Option<ExitStatus> {
     reap();
-    let mut child = match Command::new("/bin/sh").arg("-c").arg(line).stdin(Stdio::null()).spawn() {
+    let mut child = match Command::new("/bin/sh")
+        .arg("-c")
+        .arg(line)
+        .stdin(Stdio::null())
+        .spawn()
+    {
         Ok(c) => c,
         Err(e) => {
             warning!("repmgr: could not start {what}: {e}");
@@ -51,7 +56,9 @@ fn report(what: &str, status: ExitStatus) {
 
 /// Collects commands that have finished since they were started.
 pub fn reap() {
-    let Ok(mut running) = RUNNING.lock() else { return };
+    let Ok(mut running) = RUNNING.lock() else {
+        return;
+    };
     running.retain_mut(|(what, child)| match child.try_wait() {
         Ok(Some(status)) => {
             report(what, status);

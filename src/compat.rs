@@ -141,6 +141,8 @@ fn repmgrd_is_paused() -> Option<bool> {
 #[pg_extern(strict, volatile)]
 fn get_wal_receiver_pid() -> Option<i32> {
     shmem::read()?;
-    let rows = Local.read("SELECT pid FROM pg_catalog.pg_stat_wal_receiver", &[]).ok()?;
+    let rows = Local
+        .read("SELECT pid FROM pg_catalog.pg_stat_wal_receiver", &[])
+        .ok()?;
     Some(rows.get(0, 0).and_then(|p| p.parse().ok()).unwrap_or(0))
 }

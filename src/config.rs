@@ -30,9 +30,11 @@ static CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::ne
 static REPLICATION_USER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static LOCATION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"default"));
 static PRIORITY: GucSetting<i32> = GucSetting::<i32>::new(100);
-static FAILOVER: GucSetting<FailoverMode> = GucSetting::<FailoverMode>::new(FailoverMode::Automatic);
+static FAILOVER: GucSetting<FailoverMode> =
+    GucSetting::<FailoverMode>::new(FailoverMode::Automatic);
 static USE_REPLICATION_SLOTS: GucSetting<bool> = GucSetting::<bool>::new(true);
-static EVENT_NOTIFICATION_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static EVENT_NOTIFICATION_COMMAND: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
 static EVENT_NOTIFICATIONS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static PEER_CONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(2000);
 static PEER_STATEMENT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(2000);
@@ -50,7 +52,8 @@ static CHILD_NODES_CONNECTED_MIN_COUNT: GucSetting<i32> = GucSetting::<i32>::new
 static CHILD_NODES_DISCONNECT_MIN_COUNT: GucSetting<i32> = GucSetting::<i32>::new(-1);
 static CHILD_NODES_CONNECTED_INCLUDE_WITNESS: GucSetting<bool> = GucSetting::<bool>::new(false);
 static CHILD_NODES_DISCONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(30);
-static CHILD_NODES_DISCONNECT_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static CHILD_NODES_DISCONNECT_COMMAND: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
 
 /// How a node checks that its upstream is alive.
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -67,8 +70,24 @@ pub enum CheckType {
 }
 
 /// Defines a reloadable integer setting.
-fn int_setting(name: &'static CStr, short: &'static CStr, setting: &'static GucSetting<i32>, min: i32, max: i32, flags: GucFlags) {
-    GucRegistry::define_int_guc(name, short, c"", setting, min, max, GucContext::Sighup, flags);
+fn int_setting(
+    name: &'static CStr,
+    short: &'static CStr,
+    setting: &'static GucSetting<i32>,
+    min: i32,
+    max: i32,
+    flags: GucFlags,
+) {
+    GucRegistry::define_int_guc(
+        name,
+        short,
+        c"",
+        setting,
+        min,
+        max,
+        GucContext::Sighup,
+        flags,
+    );
 }
 
 /// Defines every setting. `preloading` is true when loaded through `shared_preload_libraries`.
@@ -76,7 +95,13 @@ pub fn define(preloading: bool) {
     // Identity settings can only change with a restart, which PostgreSQL allows us to declare
     // only while preloading; a library loaded later would be refused (FATAL). Loaded later, the
     // same settings are still read from postgresql.conf, just with reload semantics.
-    let identity = || if preloading { GucContext::Postmaster } else { GucContext::Sighup };
+    let identity = || {
+        if preloading {
+            GucContext::Postmaster
+        } else {
+            GucContext::Sighup
+        }
+    };
     let secret = GucFlags::SUPERUSER_ONLY;
     let ms = GucFlags::UNIT_MS;
 
@@ -202,9 +227,30 @@ fn define_monitoring() {
     let ms = GucFlags::UNIT_MS;
     let s = GucFlags::UNIT_S;
     let none = GucFlags::default();
-    int_setting(c"repmgr.monitor_interval", c"Time between two monitoring rounds.", &MONITOR_INTERVAL, 100, 3_600_000, ms);
-    int_setting(c"repmgr.reconnect_attempts", c"Checks of a failed upstream before it is declared down.", &RECONNECT_ATTEMPTS, 0, 1000, none);
-    int_setting(c"repmgr.reconnect_interval", c"Time between checks of a failed upstream.", &RECONNECT_INTERVAL, 0, 3_600_000, ms);
+    int_setting(
+        c"repmgr.monitor_interval",
+        c"Time between two monitoring rounds.",
+        &MONITOR_INTERVAL,
+        100,
+        3_600_000,
+        ms,
+    );
+    int_setting(
+        c"repmgr.reconnect_attempts",
+        c"Checks of a failed upstream before it is declared down.",
+        &RECONNECT_ATTEMPTS,
+        0,
+        1000,
+        none,
+    );
+    int_setting(
+        c"repmgr.reconnect_interval",
+        c"Time between checks of a failed upstream.",
+        &RECONNECT_INTERVAL,
+        0,
+        3_600_000,
+        ms,
+    );
     GucRegistry::define_enum_guc(
         c"repmgr.connection_check_type",
         c"How the upstream is checked: ping, connection or query.",
@@ -221,7 +267,14 @@ fn define_monitoring() {
         GucContext::Sighup,
         none,
     );
-    int_setting(c"repmgr.monitoring_history_keep", c"Age after which the primary deletes monitoring history (0: keep all).", &MONITORING_HISTORY_KEEP, 0, i32::MAX, s);
+    int_setting(
+        c"repmgr.monitoring_history_keep",
+        c"Age after which the primary deletes monitoring history (0: keep all).",
+        &MONITORING_HISTORY_KEEP,
+        0,
+        i32::MAX,
+        s,
+    );
     int_setting(
         c"repmgr.degraded_monitoring_timeout",
         c"Stop the worker after monitoring in degraded state this long (-1: never).",
@@ -230,9 +283,30 @@ fn define_monitoring() {
         i32::MAX,
         s,
     );
-    int_setting(c"repmgr.witness_sync_interval", c"Time between two copies of the node list to a witness.", &WITNESS_SYNC_INTERVAL, 1000, 3_600_000, ms);
-    int_setting(c"repmgr.log_status_interval", c"Time between two status lines in the log (0: none).", &LOG_STATUS_INTERVAL, 0, i32::MAX, s);
-    int_setting(c"repmgr.child_nodes_check_interval", c"Time between two checks of the primary's children.", &CHILD_NODES_CHECK_INTERVAL, 1000, 3_600_000, ms);
+    int_setting(
+        c"repmgr.witness_sync_interval",
+        c"Time between two copies of the node list to a witness.",
+        &WITNESS_SYNC_INTERVAL,
+        1000,
+        3_600_000,
+        ms,
+    );
+    int_setting(
+        c"repmgr.log_status_interval",
+        c"Time between two status lines in the log (0: none).",
+        &LOG_STATUS_INTERVAL,
+        0,
+        i32::MAX,
+        s,
+    );
+    int_setting(
+        c"repmgr.child_nodes_check_interval",
+        c"Time between two checks of the primary's children.",
+        &CHILD_NODES_CHECK_INTERVAL,
+        1000,
+        3_600_000,
+        ms,
+    );
     int_setting(
         c"repmgr.child_nodes_connected_min_count",
         c"Run child_nodes_disconnect_command when fewer children are attached (-1: off).",
@@ -276,7 +350,10 @@ fn define_monitoring() {
 }
 
 fn string(setting: &GucSetting<Option<CString>>) -> Option<String> {
-    setting.get().map(|c| c.to_string_lossy().into_owned()).filter(|s| !s.trim().is_empty())
+    setting
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .filter(|s| !s.trim().is_empty())
 }
 
 /// The current value of any server setting, without privilege checks (settings such as
@@ -345,7 +422,8 @@ impl MonitorSettings {
             check_type: CONNECTION_CHECK_TYPE.get(),
             history: MONITORING_HISTORY.get(),
             history_keep: seconds(MONITORING_HISTORY_KEEP.get()),
-            degraded_timeout: (DEGRADED_MONITORING_TIMEOUT.get() >= 0).then(|| Duration::from_secs(DEGRADED_MONITORING_TIMEOUT.get() as u64)),
+            degraded_timeout: (DEGRADED_MONITORING_TIMEOUT.get() >= 0)
+                .then(|| Duration::from_secs(DEGRADED_MONITORING_TIMEOUT.get() as u64)),
             witness_sync_interval: millis(WITNESS_SYNC_INTERVAL.get()),
             log_status_interval: seconds(LOG_STATUS_INTERVAL.get()),
             child_check_interval: millis(CHILD_NODES_CHECK_INTERVAL.get()),
@@ -377,7 +455,12 @@ impl Settings {
             use_replication_slots: USE_REPLICATION_SLOTS.get(),
             event_notification_command: string(&EVENT_NOTIFICATION_COMMAND),
             event_notifications: string(&EVENT_NOTIFICATIONS)
-                .map(|s| s.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect())
+                .map(|s| {
+                    s.split(',')
+                        .map(|e| e.trim().to_string())
+                        .filter(|e| !e.is_empty())
+                        .collect()
+                })
                 .unwrap_or_default(),
             peer_connect_timeout: Duration::from_millis(PEER_CONNECT_TIMEOUT.get() as u64),
             peer_statement_timeout: Duration::from_millis(PEER_STATEMENT_TIMEOUT.get() as u64),
@@ -388,7 +471,11 @@ impl Settings {
 
     /// "node 3 (db3)", the way every message names this node.
     pub fn describe(&self) -> String {
-        if self.node_id > 0 { format!("node {} (\"{}\")", self.node_id, self.node_name) } else { "this node".into() }
+        if self.node_id > 0 {
+            format!("node {} (\"{}\")", self.node_id, self.node_name)
+        } else {
+            "this node".into()
+        }
     }
 
     /// Checks what every registration needs: an id, a usable name and a valid conninfo.
@@ -399,8 +486,11 @@ impl Settings {
                 .hint("Set repmgr.node_id to a number unique in the cluster (1 or more) in postgresql.conf, then restart PostgreSQL."));
         }
         if let Err(why) = node::validate_name(&self.node_name) {
-            return Err(Failure::invalid(format!("invalid node name for node {}: {why}", self.node_id))
-                .hint("Set repmgr.node_name (or cluster_name) in postgresql.conf."));
+            return Err(Failure::invalid(format!(
+                "invalid node name for node {}: {why}",
+                self.node_id
+            ))
+            .hint("Set repmgr.node_name (or cluster_name) in postgresql.conf."));
         }
         let conninfo = self.conninfo.as_deref().ok_or_else(|| {
             Failure::config(format!("repmgr.conninfo is not set on {}", self.describe())).hint(
@@ -416,13 +506,18 @@ impl Settings {
     pub fn replication_user(&self, session_user: &str) -> String {
         self.replication_user
             .clone()
-            .or_else(|| self.conninfo.as_deref().and_then(|c| repmgr_core::conninfo::get(c, "user")))
+            .or_else(|| {
+                self.conninfo
+                    .as_deref()
+                    .and_then(|c| repmgr_core::conninfo::get(c, "user"))
+            })
             .unwrap_or_else(|| session_user.to_string())
     }
 
     /// The slot this node streams through, when slots are in use.
     pub fn slot_name(&self) -> Option<String> {
-        self.use_replication_slots.then(|| node::slot_name(self.node_id))
+        self.use_replication_slots
+            .then(|| node::slot_name(self.node_id))
     }
 
     /// Whether `event` should run the notification command.

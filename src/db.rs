@@ -49,7 +49,11 @@ fn spi_rows() -> Rows {
         let natts = (*desc).natts;
         for col in 1..=natts {
             let name = pg_sys::SPI_fname(desc, col);
-            rows.columns.push(if name.is_null() { String::new() } else { CStr::from_ptr(name).to_string_lossy().into_owned() });
+            rows.columns.push(if name.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(name).to_string_lossy().into_owned()
+            });
         }
         for i in 0..(*table).numvals as usize {
             let tuple = *(*table).vals.add(i);
@@ -69,7 +73,8 @@ impl Db for Local {
     fn read(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Rows> {
         let args = spi_args(params);
         Ok(Spi::connect(|c| {
-            c.select(sql, None, &args).expect("SPI reports failures as errors");
+            c.select(sql, None, &args)
+                .expect("SPI reports failures as errors");
             spi_rows()
         }))
     }
@@ -77,7 +82,8 @@ impl Db for Local {
     fn write(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Rows> {
         let args = spi_args(params);
         Ok(Spi::connect_mut(|c| {
-            c.update(sql, None, &args).expect("SPI reports failures as errors");
+            c.update(sql, None, &args)
+                .expect("SPI reports failures as errors");
             spi_rows()
         }))
     }

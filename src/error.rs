@@ -21,12 +21,20 @@ pub type Result<T> = std::result::Result<T, Failure>;
 
 impl Failure {
     pub fn new(code: PgSqlErrorCode, message: impl Into<String>) -> Failure {
-        Failure { code, message: message.into(), detail: None, hint: None }
+        Failure {
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
 
     /// The node is in the wrong state for the request (SQLSTATE 55000).
     pub fn state(message: impl Into<String>) -> Failure {
-        Failure::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message)
+        Failure::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            message,
+        )
     }
 
     /// A value given by the caller or in a setting is not acceptable (SQLSTATE 22023).
@@ -44,7 +52,8 @@ impl Failure {
     pub fn is_no_answer(&self) -> bool {
         matches!(
             self.code,
-            PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION | PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE
+            PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION
+                | PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE
         )
     }
 

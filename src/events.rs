@@ -36,7 +36,13 @@ pub struct Event {
 
 impl Event {
     pub fn new(node_id: i32, name: &'static str, details: impl Into<String>) -> Event {
-        Event { node_id, name, successful: true, details: details.into(), ..Default::default() }
+        Event {
+            node_id,
+            name,
+            successful: true,
+            details: details.into(),
+            ..Default::default()
+        }
     }
 
     pub fn about(mut self, node_id: i32, name: &str, conninfo_text: &str) -> Event {
@@ -53,14 +59,26 @@ impl Event {
 pub fn record(db: Option<&mut dyn Db>, settings: &Settings, mut ev: Event) -> Result<()> {
     ev.details = mask_text(&ev.details);
     let timestamp = match db {
-        Some(db) => crate::catalog::insert_event(db, ev.node_id, ev.name, ev.successful, &ev.details, ev.at)?,
-        None => Local.read("SELECT pg_catalog.now()::text", &[])?.get(0, 0).unwrap_or_default().to_string(),
+        Some(db) => crate::catalog::insert_event(
+            db,
+            ev.node_id,
+            ev.name,
+            ev.successful,
+            &ev.details,
+            ev.at,
+        )?,
+        None => Local
+            .read("SELECT pg_catalog.now()::text", &[])?
+            .get(0, 0)
+            .unwrap_or_default()
+            .to_string(),
     };
     if let Some(cmd) = settings.event_notification_command.clone()
-        && settings.notifies(ev.name) {
-            let line = render(&cmd, &ev, &timestamp);
-            register_xact_callback(PgXactCallbackEvent::Commit, move || notify(ev.name, line));
-        }
+        && settings.notifies(ev.name)
+    {
+        let line = render(&cmd, &ev, &timestamp);
+        register_xact_callback(PgXactCallbackEvent::Commit, move || notify(ev.name, line));
+    }
     Ok(())
 }
 
@@ -68,7 +86,11 @@ pub fn record(db: Option<&mut dyn Db>, settings: &Settings, mut ev: Event) -> Re
 fn render(cmd: &str, ev: &Event, timestamp: &str) -> String {
     let id = ev.node_id.to_string();
     let other = ev.other_node_id.map(|p| p.to_string()).unwrap_or_default();
-    let conn = ev.other_conninfo.as_deref().map(conninfo::mask).unwrap_or_default();
+    let conn = ev
+        .other_conninfo
+        .as_deref()
+        .map(conninfo::mask)
+        .unwrap_or_default();
     let values = [
         ('n', id.as_str()),
         ('e', ev.name),
@@ -85,6 +107,14 @@ fn render(cmd: &str, ev: &Event, timestamp: &str) -> String {
 /// Runs after commit, where raising an error would take the server down: only logs. The
 /// worker never waits (monitoring must go on); a session waits up to [`NOTIFY_WAIT`].
 fn notify(event: &str, line: String) {
-    let wait = if crate::worker::active() { Duration::ZERO } else { NOTIFY_WAIT };
-    crate::command::run(&format!("event_notification_command for event \"{event}\""), &line, wait);
+    let wait = if crate::worker::active() {
+        Duration::ZERO
+    } else {
+        NOTIFY_WAIT
+    };
+    crate::command::run(
+        &format!("event_notification_command for event \"{event}\""),
+        &line,
+        wait,
+    );
 }

@@ -18,8 +18,12 @@ use crate::peer::Peer;
 
 /// Writes `name = value` to postgresql.auto.conf. Must run inside a transaction.
 fn alter_system(name: &str, value: &str) -> Result<()> {
-    let sql = CString::new(format!("ALTER SYSTEM SET {} = {}", quote_identifier(name), quote_literal(value)))
-        .map_err(|_| Failure::invalid(format!("the value for {name} contains a NUL byte")))?;
+    let sql = CString::new(format!(
+        "ALTER SYSTEM SET {} = {}",
+        quote_identifier(name),
+        quote_literal(value)
+    ))
+    .map_err(|_| Failure::invalid(format!("the value for {name} contains a NUL byte")))?;
     unsafe {
         let list = pg_sys::raw_parser(sql.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
         let raw = (*(*list).elements).ptr_value as *mut pg_sys::RawStmt;
@@ -30,17 +34,36 @@ fn alter_system(name: &str, value: &str) -> Result<()> {
 
 /// The `primary_conninfo` this standby uses to stream from `upstream`.
 pub fn primary_conninfo(me: &NodeRecord, upstream: &NodeRecord) -> Result<String> {
-    let base = conninfo::without(&upstream.conninfo, &["dbname", "replication", "application_name", "fallback_application_name", "options"])
-        .and_then(|c| conninfo::with(&c, "user", &upstream.repluser))
-        .and_then(|c| conninfo::with(&c, "application_name", &me.node_name))
-        .map_err(|e| Failure::invalid(format!("the conninfo of {} is not valid: {e}", upstream.describe())))?;
+    let base = conninfo::without(
+        &upstream.conninfo,
+        &[
+            "dbname",
+            "replication",
+            "application_name",
+            "fallback_application_name",
+            "options",
+        ],
+    )
+    .and_then(|c| conninfo::with(&c, "user", &upstream.repluser))
+    .and_then(|c| conninfo::with(&c, "application_name", &me.node_name))
+    .map_err(|e| {
+        Failure::invalid(format!(
+            "the conninfo of {} is not valid: {e}",
+            upstream.describe()
+        ))
+    })?;
     Ok(base)
 }
 
 /// Streams from `upstream` from now on: makes sure this node's slot exists there (when slots
 /// are used), rewrites the replication settings, reloads, and records the new upstream on the
 /// primary. Returns a description of what happened. Runs in the worker, outside a transaction.
-pub fn repoint(settings: &Settings, me: &NodeRecord, upstream: &NodeRecord, primary: Option<&NodeRecord>) -> Result<String> {
+pub fn repoint(
+    settings: &Settings,
+    me: &NodeRecord,
+    upstream: &NodeRecord,
+    primary: Option<&NodeRecord>,
+) -> Result<String> {
     let conn = primary_conninfo(me, upstream)?;
     if let Some(slot) = me.slot_name.as_deref() {
         Peer::connect(&upstream.conninfo, &upstream.describe(), settings)?.run(
@@ -60,5 +83,9 @@ pub fn repoint(settings: &Settings, me: &NodeRecord, upstream: &NodeRecord, prim
             &[Some(&me.node_id.to_string()), Some(&upstream.node_id.to_string())],
         )?;
     }
-    Ok(format!("{} now follows {}", me.describe(), upstream.describe()))
+    Ok(format!(
+        "{} now follows {}",
+        me.describe(),
+        upstream.describe()
+    ))
 }

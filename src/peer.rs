@@ -26,7 +26,13 @@ fn latch_wait(events: u32, fd: RawFd, timeout: Duration) -> bool {
     let events = events | pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
     let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as std::ffi::c_long;
     unsafe {
-        let rc = pg_sys::WaitLatchOrSocket(pg_sys::MyLatch, events as i32, fd, ms, pg_sys::PG_WAIT_EXTENSION);
+        let rc = pg_sys::WaitLatchOrSocket(
+            pg_sys::MyLatch,
+            events as i32,
+            fd,
+            ms,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
         if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
             pg_sys::ResetLatch(pg_sys::MyLatch);
         }
@@ -47,12 +53,21 @@ pub fn sleep(d: Duration) -> bool {
 struct LatchWaiter;
 
 impl Waiter for LatchWaiter {
-    fn wait(&mut self, fd: RawFd, interest: Interest, timeout: Duration) -> std::result::Result<(), Interrupted> {
+    fn wait(
+        &mut self,
+        fd: RawFd,
+        interest: Interest,
+        timeout: Duration,
+    ) -> std::result::Result<(), Interrupted> {
         let socket = match interest {
             Interest::Read => pg_sys::WL_SOCKET_READABLE,
             Interest::Write => pg_sys::WL_SOCKET_WRITEABLE,
         };
-        if latch_wait(socket, fd, timeout) { Ok(()) } else { Err(Interrupted) }
+        if latch_wait(socket, fd, timeout) {
+            Ok(())
+        } else {
+            Err(Interrupted)
+        }
     }
 }
 
@@ -91,14 +106,23 @@ type Params = Vec<(&'static str, String)>;
 fn parameters(conninfo_text: &str, settings: &Settings) -> (Params, Params) {
     // libpq's own timeout is in whole seconds and only a backstop for our deadline.
     let defaults = vec![
-        ("connect_timeout", settings.peer_connect_timeout.as_secs().max(1).to_string()),
+        (
+            "connect_timeout",
+            settings.peer_connect_timeout.as_secs().max(1).to_string(),
+        ),
         ("keepalives", "1".into()),
         ("keepalives_idle", "5".into()),
         ("keepalives_interval", "1".into()),
         ("keepalives_count", "3".into()),
-        ("tcp_user_timeout", settings.peer_statement_timeout.as_millis().to_string()),
+        (
+            "tcp_user_timeout",
+            settings.peer_statement_timeout.as_millis().to_string(),
+        ),
     ];
-    let mut forced = vec![("application_name", "repmgr".to_string()), ("options", options_with(conninfo_text, settings))];
+    let mut forced = vec![
+        ("application_name", "repmgr".to_string()),
+        ("options", options_with(conninfo_text, settings)),
+    ];
     if conninfo::get(conninfo_text, "dbname").is_none() {
         forced.push(("dbname", settings.database.clone()));
     }
@@ -114,7 +138,13 @@ pub fn ping(conninfo_text: &str, settings: &Settings) -> bool {
     let (defaults, forced) = parameters(conninfo_text, settings);
     let deadline = Instant::now() + settings.peer_connect_timeout;
     matches!(
-        repmgr_pq::ping(conninfo_text, &borrowed(&defaults), &borrowed(&forced), deadline, &mut LatchWaiter),
+        repmgr_pq::ping(
+            conninfo_text,
+            &borrowed(&defaults),
+            &borrowed(&forced),
+            deadline,
+            &mut LatchWaiter
+        ),
         Ok(repmgr_pq::Ping::Up | repmgr_pq::Ping::Rejected(_))
     )
 }
@@ -126,9 +156,19 @@ impl Peer {
         let timeout = settings.peer_connect_timeout;
         let (defaults, forced) = parameters(conninfo_text, settings);
         let deadline = Instant::now() + timeout;
-        let conn = Conn::connect(conninfo_text, &borrowed(&defaults), &borrowed(&forced), deadline, &mut LatchWaiter)
-            .map_err(|e| peer_failure(e, label, timeout))?;
-        Ok(Peer { conn, label: label.to_string(), statement_timeout: settings.peer_statement_timeout })
+        let conn = Conn::connect(
+            conninfo_text,
+            &borrowed(&defaults),
+            &borrowed(&forced),
+            deadline,
+            &mut LatchWaiter,
+        )
+        .map_err(|e| peer_failure(e, label, timeout))?;
+        Ok(Peer {
+            conn,
+            label: label.to_string(),
+            statement_timeout: settings.peer_statement_timeout,
+        })
     }
 
     /// False once the connection failed or was abandoned; connect again.
@@ -164,7 +204,9 @@ fn sqlstate_code(state: &str) -> Option<PgSqlErrorCode> {
     if b.len() != 5 {
         return None;
     }
-    let code = b.iter().enumerate().fold(0i32, |acc, (i, c)| acc | (((i32::from(*c) - i32::from(b'0')) & 0x3F) << (6 * i)));
+    let code = b.iter().enumerate().fold(0i32, |acc, (i, c)| {
+        acc | (((i32::from(*c) - i32::from(b'0')) & 0x3F) << (6 * i))
+    });
     Some(PgSqlErrorCode::from(code))
 }
 

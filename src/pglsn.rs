@@ -29,7 +29,11 @@ impl IntoDatum for PgLsn {
 }
 
 impl FromDatum for PgLsn {
-    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<PgLsn> {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<PgLsn> {
         (!is_null).then(|| PgLsn(Lsn(datum.value() as u64)))
     }
 }

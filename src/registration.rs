@@ -30,11 +30,20 @@ fn in_recovery() -> bool {
 }
 
 fn session_user() -> Result<String> {
-    Ok(Local.read("SELECT session_user::text", &[])?.get(0, 0).unwrap_or_default().to_string())
+    Ok(Local
+        .read("SELECT session_user::text", &[])?
+        .get(0, 0)
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// This node's record as the settings describe it.
-fn own_record(settings: &Settings, conninfo_text: &str, node_type: NodeType, upstream: Option<i32>) -> Result<NodeRecord> {
+fn own_record(
+    settings: &Settings,
+    conninfo_text: &str,
+    node_type: NodeType,
+    upstream: Option<i32>,
+) -> Result<NodeRecord> {
     let repluser = settings.replication_user(&session_user()?);
     if repluser.len() > MAX_REPLUSER_LEN {
         return Err(Failure::invalid(format!(
@@ -50,20 +59,36 @@ fn own_record(settings: &Settings, conninfo_text: &str, node_type: NodeType, ups
         node_name: settings.node_name.clone(),
         node_type,
         location: settings.location.clone(),
-        priority: if node_type == NodeType::Witness { 0 } else { settings.priority },
+        priority: if node_type == NodeType::Witness {
+            0
+        } else {
+            settings.priority
+        },
         conninfo: conninfo_text.to_string(),
         repluser,
-        slot_name: if node_type == NodeType::Witness { None } else { settings.slot_name() },
+        slot_name: if node_type == NodeType::Witness {
+            None
+        } else {
+            settings.slot_name()
+        },
         config_file: settings.config_file.clone(),
     })
 }
 
 /// Refuses a name already held by another node id.
 fn check_name_free(nodes: &[NodeRecord], settings: &Settings) -> Result<()> {
-    match nodes.iter().find(|n| n.node_name == settings.node_name && n.node_id != settings.node_id) {
+    match nodes
+        .iter()
+        .find(|n| n.node_name == settings.node_name && n.node_id != settings.node_id)
+    {
         Some(other) => Err(Failure::new(
             PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
-            format!("cannot register {}: the name \"{}\" is already used by node {}", settings.describe(), settings.node_name, other.node_id),
+            format!(
+                "cannot register {}: the name \"{}\" is already used by node {}",
+                settings.describe(),
+                settings.node_name,
+                other.node_id
+            ),
         )
         .hint("Give each node a unique repmgr.node_name (or cluster_name) and restart it.")),
         None => Ok(()),
@@ -71,13 +96,23 @@ fn check_name_free(nodes: &[NodeRecord], settings: &Settings) -> Result<()> {
 }
 
 /// Refuses to overwrite an existing record unless forced.
-fn check_not_registered(nodes: &[NodeRecord], settings: &Settings, force: bool, function: &str) -> Result<()> {
+fn check_not_registered(
+    nodes: &[NodeRecord],
+    settings: &Settings,
+    force: bool,
+    function: &str,
+) -> Result<()> {
     match nodes.iter().find(|n| n.node_id == settings.node_id) {
         Some(rec) if !force => Err(Failure::new(
             PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-            format!("node {} is already registered, as {} \"{}\"", rec.node_id, rec.node_type, rec.node_name),
+            format!(
+                "node {} is already registered, as {} \"{}\"",
+                rec.node_id, rec.node_type, rec.node_name
+            ),
         )
-        .hint(format!("To update its record, run SELECT repmgr.{function}(force => true)."))),
+        .hint(format!(
+            "To update its record, run SELECT repmgr.{function}(force => true)."
+        ))),
         _ => Ok(()),
     }
 }
@@ -144,12 +179,16 @@ fn find_primary(settings: &Settings, local_nodes: &[NodeRecord]) -> Result<(Peer
         .collect();
     // Registered primaries first, as repmgr orders them.
     candidates.sort_by_key(|(c, _)| {
-        local_nodes.iter().find(|n| &n.conninfo == c).map_or(1, |n| i32::from(n.node_type != NodeType::Primary))
+        local_nodes
+            .iter()
+            .find(|n| &n.conninfo == c)
+            .map_or(1, |n| i32::from(n.node_type != NodeType::Primary))
     });
     if let Some(pc) = server_setting(c"primary_conninfo")
-        && let Ok(c) = conninfo::without(&pc, &["replication", "application_name", "dbname"]) {
-            candidates.push((c, "the upstream in primary_conninfo".into()));
-        }
+        && let Ok(c) = conninfo::without(&pc, &["replication", "application_name", "dbname"])
+    {
+        candidates.push((c, "the upstream in primary_conninfo".into()));
+    }
     let mut tried = Vec::new();
     for (c, label) in candidates {
         match probe(&c, &label, settings) {
@@ -169,14 +208,25 @@ fn find_primary(settings: &Settings, local_nodes: &[NodeRecord]) -> Result<(Peer
 /// Opens the registration transaction on the primary: locks the node list and reads it,
 /// finds the registered primary and checks this node's name is free. Returns the node list
 /// and the primary's record.
-fn begin_on_primary(primary: &mut Peer, settings: &Settings) -> Result<(Vec<NodeRecord>, NodeRecord)> {
+fn begin_on_primary(
+    primary: &mut Peer,
+    settings: &Settings,
+) -> Result<(Vec<NodeRecord>, NodeRecord)> {
     primary.write("BEGIN", &[])?;
     catalog::lock_nodes(primary)?;
     let nodes = catalog::nodes(primary)?;
-    let primary_rec = nodes.iter().find(|n| n.node_type == NodeType::Primary && n.active).cloned().ok_or_else(|| {
-        Failure::state(format!("cannot register {}: no active primary is registered on {}", settings.describe(), primary.label()))
+    let primary_rec = nodes
+        .iter()
+        .find(|n| n.node_type == NodeType::Primary && n.active)
+        .cloned()
+        .ok_or_else(|| {
+            Failure::state(format!(
+                "cannot register {}: no active primary is registered on {}",
+                settings.describe(),
+                primary.label()
+            ))
             .hint("Run SELECT repmgr.register_primary() on the primary first.")
-    })?;
+        })?;
     check_name_free(&nodes, settings)?;
     Ok((nodes, primary_rec))
 }
@@ -185,7 +235,10 @@ fn begin_on_primary(primary: &mut Peer, settings: &Settings) -> Result<(Vec<Node
 fn wait_for_replay(lsn: &str, timeout: Duration) -> Result<bool> {
     let deadline = Instant::now() + timeout;
     loop {
-        let rows = Local.read("SELECT pg_catalog.pg_last_wal_replay_lsn() >= $1::pg_lsn", &[Some(lsn)])?;
+        let rows = Local.read(
+            "SELECT pg_catalog.pg_last_wal_replay_lsn() >= $1::pg_lsn",
+            &[Some(lsn)],
+        )?;
         if rows.get(0, 0) == Some("t") {
             return Ok(true);
         }
@@ -208,7 +261,10 @@ pub fn register_primary(settings: &Settings, force: bool) -> Result<i32> {
     catalog::lock_nodes(&mut db)?;
     let nodes = catalog::nodes(&mut db)?;
     check_name_free(&nodes, settings)?;
-    if let Some(rec) = nodes.iter().find(|n| n.node_id == settings.node_id && n.node_type == NodeType::Witness) {
+    if let Some(rec) = nodes
+        .iter()
+        .find(|n| n.node_id == settings.node_id && n.node_type == NodeType::Witness)
+    {
         return Err(Failure::state(format!("cannot register {me} as a primary: this server is the witness {}", rec.describe()))
             .hint("A witness never becomes the primary. Unregister it with SELECT repmgr.unregister_node() first if it is being repurposed."));
     }
@@ -217,9 +273,14 @@ pub fn register_primary(settings: &Settings, force: bool) -> Result<i32> {
 
     // Another registered primary that is running as one would mean two writable primaries.
     let mut demoted = Vec::new();
-    for other in nodes.iter().filter(|n| n.node_type == NodeType::Primary && n.active && n.node_id != settings.node_id) {
+    for other in nodes
+        .iter()
+        .filter(|n| n.node_type == NodeType::Primary && n.active && n.node_id != settings.node_id)
+    {
         match probe(&other.conninfo, &other.describe(), settings) {
-            Probe::Reached(_, f) if !f.in_recovery && f.system_identifier == local.system_identifier => {
+            Probe::Reached(_, f)
+                if !f.in_recovery && f.system_identifier == local.system_identifier =>
+            {
                 return Err(Failure::state(format!(
                     "cannot register {me} as the primary: {} is registered as the active primary and is running as a primary",
                     other.describe()
@@ -230,15 +291,29 @@ pub fn register_primary(settings: &Settings, force: bool) -> Result<i32> {
         }
     }
     for other in &demoted {
-        notice!("repmgr: marking {} inactive: it is not running as this cluster's primary", other.describe());
+        notice!(
+            "repmgr: marking {} inactive: it is not running as this cluster's primary",
+            other.describe()
+        );
         catalog::set_active(&mut db, other.node_id, false)?;
     }
 
     let existing = nodes.iter().any(|n| n.node_id == settings.node_id);
     catalog::init_voting_term(&mut db)?;
-    catalog::upsert_node(&mut db, &own_record(settings, conninfo_text, NodeType::Primary, None)?)?;
-    let details = if existing { "existing primary record updated".to_string() } else { format!("{me} registered as primary") };
-    events::record(Some(&mut db), settings, Event::new(settings.node_id, "primary_register", details))?;
+    catalog::upsert_node(
+        &mut db,
+        &own_record(settings, conninfo_text, NodeType::Primary, None)?,
+    )?;
+    let details = if existing {
+        "existing primary record updated".to_string()
+    } else {
+        format!("{me} registered as primary")
+    };
+    events::record(
+        Some(&mut db),
+        settings,
+        Event::new(settings.node_id, "primary_register", details),
+    )?;
     Ok(settings.node_id)
 }
 
@@ -258,12 +333,14 @@ pub fn register_standby(settings: &Settings, upstream: Option<i32>, force: bool)
     check_own_conninfo(settings, conninfo_text, &local)?;
     let (mut primary, primary_facts) = find_primary(settings, &local_nodes)?;
     if primary_facts.system_identifier != local.system_identifier {
-        return Err(Failure::state(format!("{me} does not belong to the cluster of the primary it reached"))
-            .detail(format!(
-                "This standby has system identifier {}, the primary {}.",
-                local.system_identifier, primary_facts.system_identifier
-            ))
-            .hint("A standby must be cloned from its cluster's primary (repmgr standby clone)."));
+        return Err(Failure::state(format!(
+            "{me} does not belong to the cluster of the primary it reached"
+        ))
+        .detail(format!(
+            "This standby has system identifier {}, the primary {}.",
+            local.system_identifier, primary_facts.system_identifier
+        ))
+        .hint("A standby must be cloned from its cluster's primary (repmgr standby clone)."));
     }
 
     let (nodes, primary_rec) = begin_on_primary(&mut primary, settings)?;
@@ -276,12 +353,18 @@ pub fn register_standby(settings: &Settings, upstream: Option<i32>, force: bool)
                     .hint("Register the upstream node first, or omit upstream_node_id to stream from the primary.")
             })?;
             if rec.node_type == NodeType::Witness {
-                return Err(Failure::invalid(format!("cannot register {me}: upstream {} is a witness", rec.describe()))
-                    .hint("A standby streams from the primary or from another standby."));
+                return Err(Failure::invalid(format!(
+                    "cannot register {me}: upstream {} is a witness",
+                    rec.describe()
+                ))
+                .hint("A standby streams from the primary or from another standby."));
             }
             if !rec.active && !force {
-                return Err(Failure::state(format!("cannot register {me}: upstream {} is marked inactive", rec.describe()))
-                    .hint("Bring the upstream back first, or pass force => true."));
+                return Err(Failure::state(format!(
+                    "cannot register {me}: upstream {} is marked inactive",
+                    rec.describe()
+                ))
+                .hint("Bring the upstream back first, or pass force => true."));
             }
             rec
         }
@@ -289,18 +372,35 @@ pub fn register_standby(settings: &Settings, upstream: Option<i32>, force: bool)
     if !force {
         check_attached(settings, &mut primary, &primary_rec, &upstream_rec)?;
     }
-    let rec = own_record(settings, conninfo_text, NodeType::Standby, Some(upstream_rec.node_id))?;
+    let rec = own_record(
+        settings,
+        conninfo_text,
+        NodeType::Standby,
+        Some(upstream_rec.node_id),
+    )?;
     catalog::upsert_node(&mut primary, &rec)?;
     let details = format!(
         "standby registration succeeded; upstream node ID is {}{}",
         upstream_rec.node_id,
-        if force { " (force => true was used)" } else { "" }
+        if force {
+            " (force => true was used)"
+        } else {
+            ""
+        }
     );
-    let ev = Event::new(settings.node_id, "standby_register", details).about(primary_rec.node_id, &primary_rec.node_name, &primary_rec.conninfo);
+    let ev = Event::new(settings.node_id, "standby_register", details).about(
+        primary_rec.node_id,
+        &primary_rec.node_name,
+        &primary_rec.conninfo,
+    );
     events::record(Some(&mut primary), settings, ev)?;
     primary.write("COMMIT", &[])?;
 
-    let lsn = primary.read("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])?.get(0, 0).unwrap_or("0/0").to_string();
+    let lsn = primary
+        .read("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])?
+        .get(0, 0)
+        .unwrap_or("0/0")
+        .to_string();
     if !wait_for_replay(&lsn, REGISTER_SYNC_TIMEOUT)? {
         warning!(
             "repmgr: the record of {me} was written on {} but has not replayed on this standby within {} s",
@@ -312,7 +412,12 @@ pub fn register_standby(settings: &Settings, upstream: Option<i32>, force: bool)
 }
 
 /// Checks that this standby is streaming from `upstream` under its node name.
-fn check_attached(settings: &Settings, primary: &mut Peer, primary_rec: &NodeRecord, upstream: &NodeRecord) -> Result<()> {
+fn check_attached(
+    settings: &Settings,
+    primary: &mut Peer,
+    primary_rec: &NodeRecord,
+    upstream: &NodeRecord,
+) -> Result<()> {
     let sql = "SELECT count(*) FROM pg_catalog.pg_stat_replication WHERE application_name = $1";
     let params = [Some(settings.node_name.as_str())];
     let rows = if upstream.node_id == primary_rec.node_id {
@@ -342,44 +447,85 @@ pub fn register_witness(settings: &Settings, primary_conninfo: &str, force: bool
     let local = catalog::server_facts(&mut Local)?;
     let local_nodes = catalog::nodes(&mut Local)?;
     check_own_conninfo(settings, conninfo_text, &local)?;
-    let mut primary = Peer::connect(primary_conninfo, "the primary given in primary_conninfo", settings)?;
+    let mut primary = Peer::connect(
+        primary_conninfo,
+        "the primary given in primary_conninfo",
+        settings,
+    )?;
     let there = catalog::server_facts(&mut primary)?;
     if there.system_identifier == local.system_identifier {
         return Err(if there.node_id == Some(settings.node_id) {
-            Failure::invalid(format!("primary_conninfo given to {me} leads to this witness itself"))
-                .hint("Pass the connection string of the cluster's primary.")
+            Failure::invalid(format!(
+                "primary_conninfo given to {me} leads to this witness itself"
+            ))
+            .hint("Pass the connection string of the cluster's primary.")
         } else {
             Failure::invalid(format!("{me} cannot be a witness: it has the same system identifier as the primary"))
                 .hint("A witness must be a separate server created with initdb, never a clone of the cluster.")
         });
     }
     if there.in_recovery {
-        return Err(Failure::state(format!("primary_conninfo given to {me} leads to a standby, not the primary"))
-            .hint("Pass the connection string of the cluster's primary."));
+        return Err(Failure::state(format!(
+            "primary_conninfo given to {me} leads to a standby, not the primary"
+        ))
+        .hint("Pass the connection string of the cluster's primary."));
     }
 
     let (nodes, primary_rec) = begin_on_primary(&mut primary, settings)?;
-    if let Some(rec) = nodes.iter().find(|n| n.node_id == settings.node_id && n.node_type != NodeType::Witness) {
+    if let Some(rec) = nodes
+        .iter()
+        .find(|n| n.node_id == settings.node_id && n.node_type != NodeType::Witness)
+    {
         return Err(Failure::new(
             PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-            format!("cannot register {me} as a witness: node id {} already belongs to {}, a {}", rec.node_id, rec.describe(), rec.node_type),
+            format!(
+                "cannot register {me} as a witness: node id {} already belongs to {}, a {}",
+                rec.node_id,
+                rec.describe(),
+                rec.node_type
+            ),
         )
         .hint("Give the witness its own repmgr.node_id."));
     }
     check_not_registered(&nodes, settings, force, "register_witness")?;
-    let foreign = local_nodes.iter().filter(|n| n.node_id != settings.node_id).count();
+    let foreign = local_nodes
+        .iter()
+        .filter(|n| n.node_id != settings.node_id)
+        .count();
     if foreign > 0 && !force {
-        return Err(Failure::state(format!("{me} already holds {foreign} node record(s) of a cluster"))
-            .hint("Pass force => true to replace them with the primary's records."));
+        return Err(Failure::state(format!(
+            "{me} already holds {foreign} node record(s) of a cluster"
+        ))
+        .hint("Pass force => true to replace them with the primary's records."));
     }
 
-    let rec = own_record(settings, conninfo_text, NodeType::Witness, Some(primary_rec.node_id))?;
-    let mut copy: Vec<NodeRecord> = nodes.iter().filter(|n| n.node_id != settings.node_id).cloned().collect();
+    let rec = own_record(
+        settings,
+        conninfo_text,
+        NodeType::Witness,
+        Some(primary_rec.node_id),
+    )?;
+    let mut copy: Vec<NodeRecord> = nodes
+        .iter()
+        .filter(|n| n.node_id != settings.node_id)
+        .cloned()
+        .collect();
     copy.push(rec.clone());
     catalog::replace_nodes(&mut Local, &copy)?;
     catalog::upsert_node(&mut primary, &rec)?;
-    let ev = Event::new(settings.node_id, "witness_register", format!("witness registration succeeded; upstream node ID is {}", primary_rec.node_id))
-        .about(primary_rec.node_id, &primary_rec.node_name, &primary_rec.conninfo);
+    let ev = Event::new(
+        settings.node_id,
+        "witness_register",
+        format!(
+            "witness registration succeeded; upstream node ID is {}",
+            primary_rec.node_id
+        ),
+    )
+    .about(
+        primary_rec.node_id,
+        &primary_rec.node_name,
+        &primary_rec.conninfo,
+    );
     events::record(Some(&mut primary), settings, ev)?;
     primary.write("COMMIT", &[])?;
     Ok(settings.node_id)
@@ -389,15 +535,23 @@ pub fn unregister_node(settings: &Settings, node_id: Option<i32>, force: bool) -
     let target = match node_id.or((settings.node_id > 0).then_some(settings.node_id)) {
         Some(t) => t,
         None => {
-            return Err(Failure::config("repmgr.node_id is not set on this node, so there is no default node to unregister")
-                .hint("Pass the node id to unregister: SELECT repmgr.unregister_node(node_id)."));
+            return Err(Failure::config(
+                "repmgr.node_id is not set on this node, so there is no default node to unregister",
+            )
+            .hint("Pass the node id to unregister: SELECT repmgr.unregister_node(node_id)."));
         }
     };
     let local_nodes = catalog::nodes(&mut Local)?;
     let on_witness = !in_recovery()
-        && local_nodes.iter().any(|n| n.node_id == settings.node_id && n.node_type == NodeType::Witness);
+        && local_nodes
+            .iter()
+            .any(|n| n.node_id == settings.node_id && n.node_type == NodeType::Witness);
     // The primary owns the catalog; anywhere else, write there.
-    let mut remote = if in_recovery() || on_witness { Some(find_primary(settings, &local_nodes)?.0) } else { None };
+    let mut remote = if in_recovery() || on_witness {
+        Some(find_primary(settings, &local_nodes)?.0)
+    } else {
+        None
+    };
     let mut local = Local;
     let db: &mut dyn Db = match remote.as_mut() {
         Some(p) => {
@@ -408,12 +562,22 @@ pub fn unregister_node(settings: &Settings, node_id: Option<i32>, force: bool) -
     };
     catalog::lock_nodes(db)?;
     let nodes = catalog::nodes(db)?;
-    let rec = nodes.iter().find(|n| n.node_id == target).cloned().ok_or_else(|| {
-        Failure::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("node {target} is not registered"))
+    let rec = nodes
+        .iter()
+        .find(|n| n.node_id == target)
+        .cloned()
+        .ok_or_else(|| {
+            Failure::new(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                format!("node {target} is not registered"),
+            )
             .hint("SELECT * FROM repmgr.show_nodes lists the registered nodes.")
-    })?;
-    let downstream: Vec<String> =
-        nodes.iter().filter(|n| n.upstream_node_id == Some(target) && n.node_id != target).map(NodeRecord::describe).collect();
+        })?;
+    let downstream: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.upstream_node_id == Some(target) && n.node_id != target)
+        .map(NodeRecord::describe)
+        .collect();
     if !downstream.is_empty() && !force {
         return Err(Failure::new(
             PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
@@ -430,9 +594,14 @@ pub fn unregister_node(settings: &Settings, node_id: Option<i32>, force: bool) -
         if running {
             return Err(Failure::new(
                 PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
-                format!("cannot unregister {}: it is the active primary and it is running", rec.describe()),
+                format!(
+                    "cannot unregister {}: it is the active primary and it is running",
+                    rec.describe()
+                ),
             )
-            .hint("Unregister a primary once it has been demoted or stopped, or pass force => true."));
+            .hint(
+                "Unregister a primary once it has been demoted or stopped, or pass force => true.",
+            ));
         }
     }
     let db: &mut dyn Db = match remote.as_mut() {

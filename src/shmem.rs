@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use pgrx::prelude::*;
 use pgrx::{PGRXSharedMemory, PgLwLock, pg_shmem_init};
 
-
 /// Timestamp value meaning "never" for `upstream_last_seen`.
 pub const NEVER: i64 = i64::MIN;
 
@@ -73,7 +72,11 @@ impl Default for SharedState {
 impl SharedState {
     /// Whole seconds since the upstream was last seen, -1 if never (repmgr's convention).
     pub fn upstream_last_seen_secs(&self, now: i64) -> i32 {
-        if self.upstream_last_seen == NEVER { -1 } else { ((now - self.upstream_last_seen) / 1_000_000) as i32 }
+        if self.upstream_last_seen == NEVER {
+            -1
+        } else {
+            ((now - self.upstream_last_seen) / 1_000_000) as i32
+        }
     }
 
     /// Whether the worker whose pid is recorded is alive.
@@ -84,7 +87,12 @@ impl SharedState {
     /// The last error recorded on this node and when (`TimestampTz`).
     pub fn last_error(&self) -> Option<(String, i64)> {
         let len = usize::from(self.last_error_len);
-        (len > 0).then(|| (String::from_utf8_lossy(&self.last_error[..len]).into_owned(), self.last_error_at))
+        (len > 0).then(|| {
+            (
+                String::from_utf8_lossy(&self.last_error[..len]).into_owned(),
+                self.last_error_at,
+            )
+        })
     }
 }
 
@@ -130,7 +138,9 @@ pub fn set_paused(pause: bool) -> bool {
         return false;
     };
     if let Err(e) = std::fs::write(PAUSE_FILE, format!("{local}:{}", i32::from(pause))) {
-        pgrx::warning!("repmgr: could not persist the pause state in {PAUSE_FILE}: {e}; it will not survive a restart");
+        pgrx::warning!(
+            "repmgr: could not persist the pause state in {PAUSE_FILE}: {e}; it will not survive a restart"
+        );
     }
     true
 }
@@ -146,9 +156,10 @@ pub fn set_local_node_id(node_id: i32) {
             s.local_node_id = node_id;
         }
         if let Some((id, paused)) = saved
-            && id == s.local_node_id {
-                s.paused = paused;
-            }
+            && id == s.local_node_id
+        {
+            s.paused = paused;
+        }
     });
 }
 

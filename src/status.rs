@@ -74,7 +74,9 @@ pub fn node_status(settings: &Settings) -> Result<NodeStatus> {
     let upstream_end = lsn(&rows, 0, 6);
     let nodes = registered_nodes()?;
     let own = nodes.iter().find(|n| n.node_id == settings.node_id);
-    let upstream = own.and_then(|o| o.upstream_node_id).and_then(|u| nodes.iter().find(|n| n.node_id == u));
+    let upstream = own
+        .and_then(|o| o.upstream_node_id)
+        .and_then(|u| nodes.iter().find(|n| n.node_id == u));
     let role = live_role(in_recovery, own.map_or(NodeType::Primary, |o| o.node_type));
     Ok(NodeStatus {
         node_id: (settings.node_id > 0).then_some(settings.node_id),
@@ -89,8 +91,16 @@ pub fn node_status(settings: &Settings) -> Result<NodeStatus> {
         upstream_node_id: own.and_then(|o| o.upstream_node_id),
         upstream_node_name: upstream.map(|u| u.node_name.clone()),
         wal_receiver_status: rows.get(0, 5).map(str::to_string),
-        replication_lag_bytes: if in_recovery { bytes_between(receive, upstream_end) } else { None },
-        apply_lag_bytes: if in_recovery { bytes_between(replay, receive) } else { None },
+        replication_lag_bytes: if in_recovery {
+            bytes_between(receive, upstream_end)
+        } else {
+            None
+        },
+        apply_lag_bytes: if in_recovery {
+            bytes_between(replay, receive)
+        } else {
+            None
+        },
         replication_lag_seconds: rows.get(0, 7).and_then(|s| s.parse().ok()),
         active_slots: rows.get(0, 8).and_then(|s| s.parse().ok()).unwrap_or(0),
         inactive_slots: rows.get(0, 9).and_then(|s| s.parse().ok()).unwrap_or(0),
@@ -121,7 +131,10 @@ pub struct Lag {
 /// On a primary: every attached standby (registered or not). On a standby: itself.
 pub fn replication_lag(settings: &Settings) -> Result<Vec<Lag>> {
     let nodes = registered_nodes()?;
-    let in_recovery = Local.read("SELECT pg_catalog.pg_is_in_recovery()", &[])?.get(0, 0) == Some("t");
+    let in_recovery = Local
+        .read("SELECT pg_catalog.pg_is_in_recovery()", &[])?
+        .get(0, 0)
+        == Some("t");
     if in_recovery {
         let rows = Local.read(
             &format!(

@@ -79,7 +79,10 @@ mod tests {
     }
 
     fn node_count() -> i64 {
-        one("SELECT count(*) FROM repmgr.nodes").unwrap().parse().unwrap()
+        one("SELECT count(*) FROM repmgr.nodes")
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     fn columns(relation: &str) -> Vec<String> {
@@ -91,14 +94,28 @@ mod tests {
                 &[Some(relation)],
             )
             .unwrap_or_else(|f| f.raise());
-        rows.rows.into_iter().map(|r| r[0].clone().unwrap()).collect()
+        rows.rows
+            .into_iter()
+            .map(|r| r[0].clone().unwrap())
+            .collect()
     }
 
-    fn expect_failure<T: std::fmt::Debug>(r: Result<T, Failure>, code: PgSqlErrorCode, contains: &str) -> Failure {
+    fn expect_failure<T: std::fmt::Debug>(
+        r: Result<T, Failure>,
+        code: PgSqlErrorCode,
+        contains: &str,
+    ) -> Failure {
         let f = r.expect_err(contains);
         assert_eq!(f.code, code, "{f:?}");
-        assert!(f.message.contains(contains), "expected {contains:?} in {:?}", f.message);
-        assert!(f.hint.is_some(), "every refusal says what to do next: {f:?}");
+        assert!(
+            f.message.contains(contains),
+            "expected {contains:?} in {:?}",
+            f.message
+        );
+        assert!(
+            f.hint.is_some(),
+            "every refusal says what to do next: {f:?}"
+        );
         f
     }
 
@@ -116,7 +133,8 @@ mod tests {
 
     /// A conninfo that reaches this very test server over its Unix socket.
     fn self_conninfo() -> String {
-        let dir = one("SELECT split_part(current_setting('unix_socket_directories'), ',', 1)").unwrap();
+        let dir =
+            one("SELECT split_part(current_setting('unix_socket_directories'), ',', 1)").unwrap();
         let port = one("SELECT current_setting('port')").unwrap();
         let user = one("SELECT current_user::text").unwrap();
         format!("host={dir} port={port} dbname=pgrx_tests user={user}")
@@ -142,7 +160,13 @@ mod tests {
         );
         assert_eq!(
             columns("repmgr.events"),
-            ["node_id integer", "event text", "successful boolean", "event_timestamp timestamp with time zone", "details text"]
+            [
+                "node_id integer",
+                "event text",
+                "successful boolean",
+                "event_timestamp timestamp with time zone",
+                "details text"
+            ]
         );
         assert_eq!(
             columns("repmgr.monitoring_history"),
@@ -164,7 +188,9 @@ mod tests {
             one("SELECT condeferrable::text FROM pg_constraint WHERE conrelid = 'repmgr.nodes'::regclass AND contype = 'f'").as_deref(),
             Some("true")
         );
-        let bad_type = sql_error("INSERT INTO repmgr.nodes (node_id, node_name, type, conninfo, repluser, config_file) VALUES (5, 'x', 'bdr', '', 'u', '')");
+        let bad_type = sql_error(
+            "INSERT INTO repmgr.nodes (node_id, node_name, type, conninfo, repluser, config_file) VALUES (5, 'x', 'bdr', '', 'u', '')",
+        );
         assert_eq!(bad_type.code, PgSqlErrorCode::ERRCODE_CHECK_VIOLATION);
         let nulls = sql_error("INSERT INTO repmgr.events (node_id, event) VALUES (NULL, 'x')");
         assert_eq!(nulls.code, PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION);
@@ -208,9 +234,19 @@ mod tests {
         sql("INSERT INTO repmgr.monitoring_history VALUES
                (1, 2, now() - interval '2 s', now(), '0/3000000', '0/2000000', 999, 5),
                (1, 2, now(), now(), '0/3000000', '0/3000000', 2048, 0)");
-        let rows = sql("SELECT standby_name, replication_lag, replication_time_lag IS NOT NULL, apply_lag FROM repmgr.replication_status");
+        let rows = sql(
+            "SELECT standby_name, replication_lag, replication_time_lag IS NOT NULL, apply_lag FROM repmgr.replication_status",
+        );
         assert_eq!(rows.rows.len(), 1);
-        assert_eq!(rows.rows[0], [Some("b".into()), Some("2048 bytes".into()), Some("t".into()), Some("0 bytes".into())]);
+        assert_eq!(
+            rows.rows[0],
+            [
+                Some("b".into()),
+                Some("2048 bytes".into()),
+                Some("t".into()),
+                Some("0 bytes".into())
+            ]
+        );
     }
 
     #[pg_test]
@@ -219,20 +255,36 @@ mod tests {
             "SELECT string_agg(c::regclass::text, ',' ORDER BY c::regclass::text)
                FROM pg_extension e, unnest(e.extconfig) c WHERE e.extname = 'repmgr'",
         );
-        assert_eq!(dumped.as_deref(), Some("repmgr.events,repmgr.monitoring_history,repmgr.nodes,repmgr.voting_term"));
         assert_eq!(
-            one("SELECT pg_get_indexdef('repmgr.idx_monitoring_history_time'::regclass)").as_deref(),
-            Some("CREATE INDEX idx_monitoring_history_time ON repmgr.monitoring_history USING btree (last_monitor_time, standby_node_id)")
+            dumped.as_deref(),
+            Some("repmgr.events,repmgr.monitoring_history,repmgr.nodes,repmgr.voting_term")
+        );
+        assert_eq!(
+            one("SELECT pg_get_indexdef('repmgr.idx_monitoring_history_time'::regclass)")
+                .as_deref(),
+            Some(
+                "CREATE INDEX idx_monitoring_history_time ON repmgr.monitoring_history USING btree (last_monitor_time, standby_node_id)"
+            )
         );
         sql("INSERT INTO repmgr.voting_term VALUES (1)");
-        assert_eq!(sql_error("INSERT INTO repmgr.voting_term VALUES (2)").code, PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION);
+        assert_eq!(
+            sql_error("INSERT INTO repmgr.voting_term VALUES (2)").code,
+            PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION
+        );
         sql("DELETE FROM repmgr.voting_term");
-        assert_eq!(one("SELECT term::text FROM repmgr.voting_term").as_deref(), Some("1"), "the term row cannot be deleted");
+        assert_eq!(
+            one("SELECT term::text FROM repmgr.voting_term").as_deref(),
+            Some("1"),
+            "the term row cannot be deleted"
+        );
     }
 
     #[pg_test]
     fn register_primary_writes_record_term_and_event() {
-        assert_eq!(one("SELECT repmgr.register_primary()::text").as_deref(), Some("1"));
+        assert_eq!(
+            one("SELECT repmgr.register_primary()::text").as_deref(),
+            Some("1")
+        );
         let row = sql("SELECT node_id, upstream_node_id, active, node_name, type, location, priority, conninfo, repluser, slot_name,
                               config_file = current_setting('config_file')
                          FROM repmgr.nodes");
@@ -251,11 +303,19 @@ mod tests {
             Some("t"),
         ];
         assert_eq!(row.rows[0], expected.map(|v| v.map(str::to_string)));
-        assert_eq!(one("SELECT term::text FROM repmgr.voting_term").as_deref(), Some("1"));
+        assert_eq!(
+            one("SELECT term::text FROM repmgr.voting_term").as_deref(),
+            Some("1")
+        );
         let event = sql("SELECT node_id, event, successful, details FROM repmgr.events");
         assert_eq!(
             event.rows,
-            [[Some("1".into()), Some("primary_register".into()), Some("t".into()), Some("node 1 (\"alpha\") registered as primary".into())]]
+            [[
+                Some("1".into()),
+                Some("primary_register".into()),
+                Some("t".into()),
+                Some("node 1 (\"alpha\") registered as primary".into())
+            ]]
         );
     }
 
@@ -264,14 +324,24 @@ mod tests {
         sql("SELECT repmgr.register_primary()");
         let again = sql_error("SELECT repmgr.register_primary()");
         assert_eq!(again.code, PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT);
-        assert_eq!(again.message, "node 1 is already registered, as primary \"alpha\"");
-        assert_eq!(again.hint.as_deref(), Some("To update its record, run SELECT repmgr.register_primary(force => true)."));
+        assert_eq!(
+            again.message,
+            "node 1 is already registered, as primary \"alpha\""
+        );
+        assert_eq!(
+            again.hint.as_deref(),
+            Some("To update its record, run SELECT repmgr.register_primary(force => true).")
+        );
         assert_eq!(node_count(), 1);
         sql("UPDATE repmgr.nodes SET priority = 5");
         sql("SELECT repmgr.register_primary(force => true)");
-        assert_eq!(one("SELECT priority::text FROM repmgr.nodes").as_deref(), Some("70"));
         assert_eq!(
-            one("SELECT details FROM repmgr.events ORDER BY event_timestamp DESC, details LIMIT 1").as_deref(),
+            one("SELECT priority::text FROM repmgr.nodes").as_deref(),
+            Some("70")
+        );
+        assert_eq!(
+            one("SELECT details FROM repmgr.events ORDER BY event_timestamp DESC, details LIMIT 1")
+                .as_deref(),
             Some("existing primary record updated")
         );
     }
@@ -281,43 +351,86 @@ mod tests {
         let base = Settings::current();
         let mut s = base.clone();
         s.node_id = 0;
-        expect_failure(registration::register_primary(&s, false), PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR, "repmgr.node_id is not set");
+        expect_failure(
+            registration::register_primary(&s, false),
+            PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
+            "repmgr.node_id is not set",
+        );
         let mut s = base.clone();
         s.conninfo = None;
-        expect_failure(registration::register_primary(&s, false), PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR, "repmgr.conninfo is not set on node 1");
+        expect_failure(
+            registration::register_primary(&s, false),
+            PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
+            "repmgr.conninfo is not set on node 1",
+        );
         let mut s = base.clone();
         s.conninfo = Some("host=a password='s3cr3t-pw".into());
-        let f = expect_failure(registration::register_primary(&s, false), PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "not a valid connection string");
+        let f = expect_failure(
+            registration::register_primary(&s, false),
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "not a valid connection string",
+        );
         assert!(!format!("{f:?}").contains(PASSWORD), "{f:?}");
         let mut s = base.clone();
         s.node_name = "x".repeat(64);
-        expect_failure(registration::register_primary(&s, false), PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "64 bytes long");
+        expect_failure(
+            registration::register_primary(&s, false),
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "64 bytes long",
+        );
         let mut s = base.clone();
         s.replication_user = Some("u".repeat(64));
-        expect_failure(registration::register_primary(&s, false), PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "replication user name");
+        expect_failure(
+            registration::register_primary(&s, false),
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "replication user name",
+        );
         insert_node(2, "alpha", "standby", None, "host=b");
-        expect_failure(registration::register_primary(&base, false), PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, "already used by node 2");
+        expect_failure(
+            registration::register_primary(&base, false),
+            PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+            "already used by node 2",
+        );
         assert_eq!(node_count(), 1);
-        assert_eq!(one("SELECT count(*) FROM repmgr.events").as_deref(), Some("0"));
+        assert_eq!(
+            one("SELECT count(*) FROM repmgr.events").as_deref(),
+            Some("0")
+        );
     }
 
     #[pg_test]
     fn register_primary_refuses_a_witness_and_demotes_dead_primaries() {
         insert_node(1, "alpha", "witness", None, "host=a");
-        expect_failure(registration::register_primary(&Settings::current(), true), PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "is the witness");
+        expect_failure(
+            registration::register_primary(&Settings::current(), true),
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "is the witness",
+        );
         sql("DELETE FROM repmgr.nodes");
         // A registered primary that cannot be reached is not a running primary: mark it inactive.
         insert_node(9, "old", "primary", None, "host=127.0.0.1 port=1 dbname=x");
         registration::register_primary(&Settings::current(), false).unwrap_or_else(|f| f.raise());
-        assert_eq!(one("SELECT active::text FROM repmgr.nodes WHERE node_id = 9").as_deref(), Some("false"));
-        assert_eq!(one("SELECT active::text FROM repmgr.nodes WHERE node_id = 1").as_deref(), Some("true"));
+        assert_eq!(
+            one("SELECT active::text FROM repmgr.nodes WHERE node_id = 9").as_deref(),
+            Some("false")
+        );
+        assert_eq!(
+            one("SELECT active::text FROM repmgr.nodes WHERE node_id = 1").as_deref(),
+            Some("true")
+        );
     }
 
     #[pg_test]
     fn standby_registration_on_a_primary_is_refused() {
         let e = sql_error("SELECT repmgr.register_standby()");
-        assert_eq!(e.code, PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE);
-        assert_eq!(e.message, "cannot register node 1 (\"alpha\") as a standby: this server is not in recovery");
+        assert_eq!(
+            e.code,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+        );
+        assert_eq!(
+            e.message,
+            "cannot register node 1 (\"alpha\") as a standby: this server is not in recovery"
+        );
         assert!(e.hint.unwrap().contains("register_primary()"));
         let f = expect_failure(
             registration::register_standby(&Settings::current(), Some(1), false),
@@ -342,7 +455,11 @@ mod tests {
             PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
             "could not connect to the primary",
         );
-        expect_failure(registration::register_witness(&s, &self_conninfo(), false), PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "leads to this witness itself");
+        expect_failure(
+            registration::register_witness(&s, &self_conninfo(), false),
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "leads to this witness itself",
+        );
         assert_eq!(node_count(), 0);
     }
 
@@ -353,10 +470,17 @@ mod tests {
         s.node_id = 4;
         s.node_name = "delta".into();
         s.conninfo = Some(self_conninfo());
-        expect_failure(registration::register_primary(&s, false), PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "leads to a different server");
+        expect_failure(
+            registration::register_primary(&s, false),
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "leads to a different server",
+        );
         s.node_id = 1;
         s.node_name = "alpha".into();
-        assert_eq!(registration::register_primary(&s, false).unwrap_or_else(|f| f.raise()), 1);
+        assert_eq!(
+            registration::register_primary(&s, false).unwrap_or_else(|f| f.raise()),
+            1
+        );
     }
 
     #[pg_test]
@@ -364,24 +488,46 @@ mod tests {
         sql("SELECT repmgr.register_primary()");
         let e = sql_error("SELECT repmgr.unregister_node()");
         assert_eq!(e.code, PgSqlErrorCode::ERRCODE_OBJECT_IN_USE);
-        assert!(e.message.contains("it is the active primary and it is running"), "{e:?}");
+        assert!(
+            e.message
+                .contains("it is the active primary and it is running"),
+            "{e:?}"
+        );
         let e = sql_error("SELECT repmgr.unregister_node(99)");
         assert_eq!(e.code, PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT);
         assert_eq!(e.message, "node 99 is not registered");
         insert_node(2, "beta", "standby", Some(1), "host=b");
         insert_node(3, "gamma", "standby", Some(2), "host=c");
         let e = sql_error("SELECT repmgr.unregister_node(2)");
-        assert_eq!(e.code, PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST);
-        assert_eq!(e.message, "cannot unregister node 2 (\"beta\"): node 3 (\"gamma\") still use it as upstream");
+        assert_eq!(
+            e.code,
+            PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST
+        );
+        assert_eq!(
+            e.message,
+            "cannot unregister node 2 (\"beta\"): node 3 (\"gamma\") still use it as upstream"
+        );
         assert_eq!(node_count(), 3);
         sql("SELECT repmgr.unregister_node(3)");
         sql("SELECT repmgr.unregister_node(2)");
         assert_eq!(node_count(), 1);
-        let events = sql("SELECT node_id, event, details FROM repmgr.events WHERE event LIKE '%unregister' ORDER BY node_id");
-        assert_eq!(events.rows[0], [Some("2".into()), Some("standby_unregister".into()), Some("node 2 (\"beta\") unregistered by node 1 (\"alpha\")".into())]);
+        let events = sql(
+            "SELECT node_id, event, details FROM repmgr.events WHERE event LIKE '%unregister' ORDER BY node_id",
+        );
+        assert_eq!(
+            events.rows[0],
+            [
+                Some("2".into()),
+                Some("standby_unregister".into()),
+                Some("node 2 (\"beta\") unregistered by node 1 (\"alpha\")".into())
+            ]
+        );
         insert_node(2, "beta", "standby", Some(1), "host=b");
         sql("SELECT repmgr.unregister_node(1, force => true)");
-        assert_eq!(one("SELECT coalesce(upstream_node_id::text, 'cleared') FROM repmgr.nodes").as_deref(), Some("cleared"));
+        assert_eq!(
+            one("SELECT coalesce(upstream_node_id::text, 'cleared') FROM repmgr.nodes").as_deref(),
+            Some("cleared")
+        );
     }
 
     #[pg_test]
@@ -392,59 +538,141 @@ mod tests {
                     receive_lsn IS NULL, replication_lag_bytes IS NULL, apply_lag_bytes IS NULL, active_slots, inactive_slots
                FROM repmgr.node_status()",
         );
-        let got: Vec<_> = r.rows[0].iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
-        assert_eq!(got, ["1", "alpha", "primary", "primary", "f", "t", "t", "t", "t", "t", "0", "0"]);
-        assert_eq!(one("SELECT pg_typeof(current_lsn)::text FROM repmgr.node_status()").as_deref(), Some("pg_lsn"));
-        assert_eq!(one("SELECT (current_lsn <= pg_current_wal_lsn())::text FROM repmgr.node_status()").as_deref(), Some("true"));
-        assert_eq!(one("SELECT count(*) FROM repmgr.replication_lag()").as_deref(), Some("0"));
+        let got: Vec<_> = r.rows[0]
+            .iter()
+            .map(|v| v.as_deref().unwrap_or("NULL"))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "1", "alpha", "primary", "primary", "f", "t", "t", "t", "t", "t", "0", "0"
+            ]
+        );
+        assert_eq!(
+            one("SELECT pg_typeof(current_lsn)::text FROM repmgr.node_status()").as_deref(),
+            Some("pg_lsn")
+        );
+        assert_eq!(
+            one("SELECT (current_lsn <= pg_current_wal_lsn())::text FROM repmgr.node_status()")
+                .as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            one("SELECT count(*) FROM repmgr.replication_lag()").as_deref(),
+            Some("0")
+        );
     }
 
     #[pg_test]
     fn repmgr_compatible_shared_state_functions() {
         sql("SELECT repmgr.set_local_node_id(1)");
         sql("SELECT repmgr.set_local_node_id(2)");
-        assert_eq!(one("SELECT repmgr.get_local_node_id()::text").as_deref(), Some("1"), "set only once");
-        assert_eq!(one("SELECT repmgr.get_upstream_last_seen()::text").as_deref(), Some("-1"));
+        assert_eq!(
+            one("SELECT repmgr.get_local_node_id()::text").as_deref(),
+            Some("1"),
+            "set only once"
+        );
+        assert_eq!(
+            one("SELECT repmgr.get_upstream_last_seen()::text").as_deref(),
+            Some("-1")
+        );
         sql("SELECT repmgr.set_upstream_last_seen(7)");
-        assert_eq!(one("SELECT repmgr.get_upstream_last_seen()::text").as_deref(), Some("0"));
-        assert_eq!(one("SELECT repmgr.get_upstream_node_id()::text").as_deref(), Some("7"));
+        assert_eq!(
+            one("SELECT repmgr.get_upstream_last_seen()::text").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            one("SELECT repmgr.get_upstream_node_id()::text").as_deref(),
+            Some("7")
+        );
         let e = sql_error("SELECT repmgr.set_upstream_node_id(1)");
-        assert_eq!(e.message, "upstream node id cannot be the same as the local node id");
+        assert_eq!(
+            e.message,
+            "upstream node id cannot be the same as the local node id"
+        );
         sql("SELECT repmgr.set_upstream_node_id(3)");
-        assert_eq!(one("SELECT repmgr.get_upstream_node_id()::text").as_deref(), Some("3"));
-        assert_eq!(one("SELECT repmgr.get_new_primary()::text").as_deref(), Some("-1"));
+        assert_eq!(
+            one("SELECT repmgr.get_upstream_node_id()::text").as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            one("SELECT repmgr.get_new_primary()::text").as_deref(),
+            Some("-1")
+        );
         sql("SELECT repmgr.notify_follow_primary(5)");
-        assert_eq!(one("SELECT repmgr.get_new_primary()::text").as_deref(), Some("5"));
+        assert_eq!(
+            one("SELECT repmgr.get_new_primary()::text").as_deref(),
+            Some("5")
+        );
         sql("SELECT repmgr.reset_voting_status()");
-        assert_eq!(one("SELECT repmgr.get_new_primary()::text").as_deref(), Some("-1"));
+        assert_eq!(
+            one("SELECT repmgr.get_new_primary()::text").as_deref(),
+            Some("-1")
+        );
         sql("SELECT repmgr.notify_follow_primary(NULL)");
-        assert_eq!(one("SELECT repmgr.get_new_primary()::text").as_deref(), Some("-1"), "strict: NULL changes nothing");
-        assert_eq!(one("SELECT (repmgr.standby_get_last_updated() = '2000-01-01 00:00:00+00')::text").as_deref(), Some("true"));
+        assert_eq!(
+            one("SELECT repmgr.get_new_primary()::text").as_deref(),
+            Some("-1"),
+            "strict: NULL changes nothing"
+        );
+        assert_eq!(
+            one("SELECT (repmgr.standby_get_last_updated() = '2000-01-01 00:00:00+00')::text")
+                .as_deref(),
+            Some("true")
+        );
         let set = one("SELECT repmgr.standby_set_last_updated()::text").unwrap();
-        assert_eq!(one("SELECT repmgr.standby_get_last_updated()::text"), Some(set));
+        assert_eq!(
+            one("SELECT repmgr.standby_get_last_updated()::text"),
+            Some(set)
+        );
         // The monitoring worker runs here (it idles: the extension is not in its database).
         assert_eq!(
             one("SELECT (repmgr.get_repmgrd_pid() = (SELECT pid FROM pg_stat_activity WHERE backend_type = 'repmgr monitor'))::text").as_deref(),
             Some("true")
         );
-        assert_eq!(one("SELECT repmgr.repmgrd_is_running()::text").as_deref(), Some("true"));
-        assert_eq!(one("SELECT repmgr.get_wal_receiver_pid()::text").as_deref(), Some("0"));
+        assert_eq!(
+            one("SELECT repmgr.repmgrd_is_running()::text").as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            one("SELECT repmgr.get_wal_receiver_pid()::text").as_deref(),
+            Some("0")
+        );
         sql("SELECT repmgr.repmgrd_pause(true)");
-        assert_eq!(one("SELECT repmgr.repmgrd_is_paused()::text").as_deref(), Some("true"));
-        assert_eq!(std::fs::read_to_string("pg_stat/repmgrd_state.txt").unwrap(), "1:1");
+        assert_eq!(
+            one("SELECT repmgr.repmgrd_is_paused()::text").as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            std::fs::read_to_string("pg_stat/repmgrd_state.txt").unwrap(),
+            "1:1"
+        );
         sql("SELECT repmgr.repmgrd_pause(false)");
-        assert_eq!(std::fs::read_to_string("pg_stat/repmgrd_state.txt").unwrap(), "1:0");
-        assert_eq!(one("SELECT repmgr.repmgrd_is_paused()::text").as_deref(), Some("false"));
+        assert_eq!(
+            std::fs::read_to_string("pg_stat/repmgrd_state.txt").unwrap(),
+            "1:0"
+        );
+        assert_eq!(
+            one("SELECT repmgr.repmgrd_is_paused()::text").as_deref(),
+            Some("false")
+        );
         sql("SELECT repmgr.pause(true)");
-        assert_eq!(one("SELECT repmgr.repmgrd_is_paused()::text").as_deref(), Some("true"));
+        assert_eq!(
+            one("SELECT repmgr.repmgrd_is_paused()::text").as_deref(),
+            Some("true")
+        );
         sql("SELECT repmgr.pause(false)");
-        assert_eq!(one("SELECT repmgr.repmgrd_is_paused()::text").as_deref(), Some("false"));
+        assert_eq!(
+            one("SELECT repmgr.repmgrd_is_paused()::text").as_deref(),
+            Some("false")
+        );
 
         // The last error raised on this node is kept for node_status(); other tests raise
         // errors concurrently, so allow a few tries to observe our own.
         let seen = (0..20).any(|_| {
             let _ = sql_error("SELECT repmgr.unregister_node(4242)");
-            one("SELECT last_error FROM repmgr.node_status()").as_deref() == Some("node 4242 is not registered")
+            one("SELECT last_error FROM repmgr.node_status()").as_deref()
+                == Some("node 4242 is not registered")
         });
         assert!(seen, "last_error shows the latest failure");
         assert_eq!(one("SELECT (last_error_time > now() - interval '1 minute')::text FROM repmgr.node_status()").as_deref(), Some("true"));
@@ -467,24 +695,42 @@ mod tests {
         assert_eq!(e.message, "permission denied for schema repmgr");
         sql("GRANT USAGE ON SCHEMA repmgr TO repmgr_test_nobody");
         for (q, msg) in [
-            ("SELECT repmgr.get_new_primary()", "permission denied for function get_new_primary"),
-            ("SELECT repmgr.register_primary()", "permission denied for function register_primary"),
-            ("SELECT * FROM repmgr.nodes", "permission denied for table nodes"),
-            ("SELECT * FROM repmgr.show_nodes", "permission denied for view show_nodes"),
+            (
+                "SELECT repmgr.get_new_primary()",
+                "permission denied for function get_new_primary",
+            ),
+            (
+                "SELECT repmgr.register_primary()",
+                "permission denied for function register_primary",
+            ),
+            (
+                "SELECT * FROM repmgr.nodes",
+                "permission denied for table nodes",
+            ),
+            (
+                "SELECT * FROM repmgr.show_nodes",
+                "permission denied for view show_nodes",
+            ),
         ] {
             let e = attempt(|| {
                 sql("SET LOCAL ROLE repmgr_test_nobody");
                 sql(q);
             })
             .unwrap_err();
-            assert_eq!((e.code, e.message.as_str()), (PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, msg), "{q}");
+            assert_eq!(
+                (e.code, e.message.as_str()),
+                (PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, msg),
+                "{q}"
+            );
         }
         // What the README tells a DBA to grant is enough.
         sql("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA repmgr TO repmgr_test_nobody");
         sql("GRANT SELECT ON ALL TABLES IN SCHEMA repmgr TO repmgr_test_nobody");
         let ok = attempt(|| {
             sql("SET LOCAL ROLE repmgr_test_nobody");
-            let v = one("SELECT repmgr.get_new_primary()::text || (SELECT count(*) FROM repmgr.show_nodes)::text");
+            let v = one(
+                "SELECT repmgr.get_new_primary()::text || (SELECT count(*) FROM repmgr.show_nodes)::text",
+            );
             sql("RESET ROLE");
             v
         });
@@ -499,14 +745,22 @@ mod tests {
         );
         sql("SELECT repmgr.register_primary()");
         let shown = one("SELECT conninfo FROM repmgr.show_nodes").unwrap();
-        assert_eq!(shown, "host=127.0.0.1 port=1 dbname=pgrx_tests user=postgres password=********");
+        assert_eq!(
+            shown,
+            "host=127.0.0.1 port=1 dbname=pgrx_tests user=postgres password=********"
+        );
         let everything = one("SELECT string_agg(e::text, ' ') FROM repmgr.events e").unwrap();
         assert!(!everything.contains(PASSWORD));
         let status = one("SELECT s::text FROM repmgr.node_status() s").unwrap();
         assert!(!status.contains(PASSWORD));
         // An error that quotes a connection string masks it too.
         let e = attempt(|| {
-            registration::register_witness(&Settings::current(), "host=a password=s3cr3t-pw bogus", false).unwrap_or_else(|f| f.raise())
+            registration::register_witness(
+                &Settings::current(),
+                "host=a password=s3cr3t-pw bogus",
+                false,
+            )
+            .unwrap_or_else(|f| f.raise())
         })
         .unwrap_err();
         assert!(!format!("{e:?}").contains(PASSWORD), "{e:?}");

@@ -9,7 +9,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
 use pgrx::prelude::*;
 
 use crate::config::Settings;
@@ -82,7 +84,8 @@ fn exit(restart: bool) -> ! {
 /// shared memory first; a worker that finds the mark from a failed predecessor connects to no
 /// database instead, waits quietly until the database appears, and exits to be restarted.
 fn connect(settings: &Settings) {
-    let failed_before = shmem::update(|s| std::mem::replace(&mut s.worker_connecting, true)).unwrap_or(false);
+    let failed_before =
+        shmem::update(|s| std::mem::replace(&mut s.worker_connecting, true)).unwrap_or(false);
     if !failed_before {
         BackgroundWorker::connect_worker_to_spi(Some(&settings.database), None);
         shmem::update(|s| s.worker_connecting = false);
@@ -101,7 +104,10 @@ fn connect(settings: &Settings) {
         reload_if_asked();
         if database_exists(&settings.database) {
             shmem::update(|s| s.worker_connecting = false);
-            log!("repmgr: database \"{}\" now exists; restarting the monitoring worker to connect to it", settings.database);
+            log!(
+                "repmgr: database \"{}\" now exists; restarting the monitoring worker to connect to it",
+                settings.database
+            );
             exit(true);
         }
     }
@@ -122,8 +128,12 @@ fn database_exists(name: &str) -> bool {
                 break;
             }
             let header = (*tuple).t_data;
-            let form = header.cast::<u8>().add(usize::from((*header).t_hoff)).cast::<pg_sys::FormData_pg_database>();
-            if std::ffi::CStr::from_ptr((*form).datname.data.as_ptr()).to_bytes() == name.as_bytes() {
+            let form = header
+                .cast::<u8>()
+                .add(usize::from((*header).t_hoff))
+                .cast::<pg_sys::FormData_pg_database>();
+            if std::ffi::CStr::from_ptr((*form).datname.data.as_ptr()).to_bytes() == name.as_bytes()
+            {
                 found = true;
                 break;
             }
@@ -168,7 +178,11 @@ pub extern "C-unwind" fn repmgr_worker_main(_arg: pg_sys::Datum) {
             break false;
         }
     };
-    monitor.shutdown(if stop_for_good { "degraded monitoring timeout exceeded" } else { "TERM signal received" });
+    monitor.shutdown(if stop_for_good {
+        "degraded monitoring timeout exceeded"
+    } else {
+        "TERM signal received"
+    });
     shmem::update(|s| s.daemon_pid = -1);
     exit(!stop_for_good);
 }

@@ -23,31 +23,78 @@ pub struct Registered {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Seen {
     Unreachable,
-    Up { in_recovery: bool, timeline: Option<i32> },
+    Up {
+        in_recovery: bool,
+        timeline: Option<i32>,
+    },
 }
 
 /// repmgr's status column, and the problem it signals (if any).
 pub fn status(node: &Registered, seen: &Seen) -> (&'static str, Option<String>) {
     let who = format!("node \"{}\" (ID: {})", node.name, node.id);
     match (node.node_type, node.active, seen) {
-        (_, true, Seen::Unreachable) => ("? unreachable", Some(format!("{who} is registered as an active {} but is unreachable", node.node_type))),
+        (_, true, Seen::Unreachable) => (
+            "? unreachable",
+            Some(format!(
+                "{who} is registered as an active {} but is unreachable",
+                node.node_type
+            )),
+        ),
         (_, false, Seen::Unreachable) => ("- failed", None),
-        (NodeType::Primary, true, Seen::Up { in_recovery: false, .. }) => ("* running", None),
-        (NodeType::Primary, _, Seen::Up { in_recovery: true, .. }) => {
-            ("! running as standby", Some(format!("{who} is registered as primary but running as standby")))
-        }
-        (NodeType::Standby, true, Seen::Up { in_recovery: true, .. }) => ("  running", None),
-        (NodeType::Standby, _, Seen::Up { in_recovery: false, .. }) => {
-            ("! running as primary", Some(format!("{who} is registered as standby but running as primary")))
-        }
+        (
+            NodeType::Primary,
+            true,
+            Seen::Up {
+                in_recovery: false, ..
+            },
+        ) => ("* running", None),
+        (
+            NodeType::Primary,
+            _,
+            Seen::Up {
+                in_recovery: true, ..
+            },
+        ) => (
+            "! running as standby",
+            Some(format!(
+                "{who} is registered as primary but running as standby"
+            )),
+        ),
+        (
+            NodeType::Standby,
+            true,
+            Seen::Up {
+                in_recovery: true, ..
+            },
+        ) => ("  running", None),
+        (
+            NodeType::Standby,
+            _,
+            Seen::Up {
+                in_recovery: false, ..
+            },
+        ) => (
+            "! running as primary",
+            Some(format!(
+                "{who} is registered as standby but running as primary"
+            )),
+        ),
         (NodeType::Witness, true, Seen::Up { .. }) => ("* running", None),
-        (_, false, Seen::Up { .. }) => ("! running", Some(format!("{who} is registered as inactive but is running"))),
+        (_, false, Seen::Up { .. }) => (
+            "! running",
+            Some(format!("{who} is registered as inactive but is running")),
+        ),
     }
 }
 
 fn read_nodes(target: &Target) -> Result<Vec<Registered>, (i32, String)> {
     let info = target.conninfo().map_err(|e| (exit::ERR_BAD_CONFIG, e))?;
-    let mut c = conn::connect(&info).map_err(|e| (exit::ERR_DB_CONN, format!("could not connect to {}: {e}", conninfo::mask(&info))))?;
+    let mut c = conn::connect(&info).map_err(|e| {
+        (
+            exit::ERR_DB_CONN,
+            format!("could not connect to {}: {e}", conninfo::mask(&info)),
+        )
+    })?;
     let rows = conn::query(
         &mut c,
         "SELECT n.node_id, n.node_name, n.type, n.active, un.node_name, n.location, n.priority, n.conninfo
@@ -75,11 +122,22 @@ fn read_nodes(target: &Target) -> Result<Vec<Registered>, (i32, String)> {
 }
 
 fn look(node: &Registered) -> Seen {
-    let Ok(mut c) = conn::connect(&node.conninfo) else { return Seen::Unreachable };
-    match conn::query(&mut c, "SELECT in_recovery, timeline FROM repmgr.node_status()") {
-        Ok(rows) => Seen::Up { in_recovery: rows.get(0, 0) == Some("t"), timeline: rows.get(0, 1).and_then(|t| t.parse().ok()) },
+    let Ok(mut c) = conn::connect(&node.conninfo) else {
+        return Seen::Unreachable;
+    };
+    match conn::query(
+        &mut c,
+        "SELECT in_recovery, timeline FROM repmgr.node_status()",
+    ) {
+        Ok(rows) => Seen::Up {
+            in_recovery: rows.get(0, 0) == Some("t"),
+            timeline: rows.get(0, 1).and_then(|t| t.parse().ok()),
+        },
         Err(_) => match conn::query(&mut c, "SELECT pg_catalog.pg_is_in_recovery()") {
-            Ok(rows) => Seen::Up { in_recovery: rows.get(0, 0) == Some("t"), timeline: None },
+            Ok(rows) => Seen::Up {
+                in_recovery: rows.get(0, 0) == Some("t"),
+                timeline: None,
+            },
             Err(_) => Seen::Unreachable,
         },
     }
@@ -87,14 +145,37 @@ fn look(node: &Registered) -> Seen {
 
 /// Renders rows as repmgr's ` a | b ` table with a dashed rule under the header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let widths: Vec<usize> =
-        (0..header.len()).map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let line = |cells: Vec<&str>| {
-        cells.iter().enumerate().map(|(i, c)| format!(" {c:<w$} ", w = widths[i])).collect::<Vec<_>>().join("|").trim_end().to_string()
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!(" {c:<w$} ", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("|")
+            .trim_end()
+            .to_string()
     };
     let mut out = vec![line(header.to_vec())];
-    out.push(widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+"));
-    out.extend(rows.iter().map(|r| line(r.iter().map(String::as_str).collect())));
+    out.push(
+        widths
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("+"),
+    );
+    out.extend(
+        rows.iter()
+            .map(|r| line(r.iter().map(String::as_str).collect())),
+    );
     out.join("\n") + "\n"
 }
 
@@ -102,7 +183,9 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn show(target: &Target, csv: bool) -> i32 {
     let nodes = match read_nodes(target) {
         Ok(n) if n.is_empty() => {
-            eprintln!("ERROR: no nodes are registered; run SELECT repmgr.register_primary() on the primary first");
+            eprintln!(
+                "ERROR: no nodes are registered; run SELECT repmgr.register_primary() on the primary first"
+            );
             return exit::ERR_BAD_CONFIG;
         }
         Ok(n) => n,
@@ -122,12 +205,21 @@ pub fn show(target: &Target, csv: bool) -> i32 {
                 Seen::Unreachable => (-1, -1),
                 Seen::Up { in_recovery, .. } => (0, i32::from(in_recovery)),
             };
-            rows.push(vec![n.id.to_string(), availability.to_string(), recovery.to_string()]);
+            rows.push(vec![
+                n.id.to_string(),
+                availability.to_string(),
+                recovery.to_string(),
+            ]);
             continue;
         }
         let timeline = match (&seen, n.node_type) {
             (_, NodeType::Witness) => "n/a".to_string(),
-            (Seen::Up { timeline: Some(t), .. }, _) => t.to_string(),
+            (
+                Seen::Up {
+                    timeline: Some(t), ..
+                },
+                _,
+            ) => t.to_string(),
             _ => "?".to_string(),
         };
         rows.push(vec![
@@ -145,14 +237,28 @@ pub fn show(target: &Target, csv: bool) -> i32 {
     if csv {
         rows.iter().for_each(|r| println!("{}", r.join(",")));
     } else {
-        let header = ["ID", "Name", "Role", "Status", "Upstream", "Location", "Priority", "Timeline", "Connection string"];
+        let header = [
+            "ID",
+            "Name",
+            "Role",
+            "Status",
+            "Upstream",
+            "Location",
+            "Priority",
+            "Timeline",
+            "Connection string",
+        ];
         print!("{}", table(&header, &rows));
         if !warnings.is_empty() {
             eprintln!("\nWARNING: following issues were detected");
             warnings.iter().for_each(|w| eprintln!("  - {w}"));
         }
     }
-    if warnings.is_empty() { exit::SUCCESS } else { exit::ERR_NODE_STATUS }
+    if warnings.is_empty() {
+        exit::SUCCESS
+    } else {
+        exit::ERR_NODE_STATUS
+    }
 }
 
 #[cfg(test)]
@@ -174,22 +280,55 @@ mod tests {
 
     #[test]
     fn status_strings_follow_repmgr() {
-        let up = |r| Seen::Up { in_recovery: r, timeline: Some(1) };
-        assert_eq!(status(&node(NodeType::Primary, true), &up(false)), ("* running", None));
-        assert_eq!(status(&node(NodeType::Standby, true), &up(true)), ("  running", None));
-        assert_eq!(status(&node(NodeType::Witness, true), &up(false)), ("* running", None));
-        assert_eq!(status(&node(NodeType::Primary, false), &Seen::Unreachable), ("- failed", None));
+        let up = |r| Seen::Up {
+            in_recovery: r,
+            timeline: Some(1),
+        };
+        assert_eq!(
+            status(&node(NodeType::Primary, true), &up(false)),
+            ("* running", None)
+        );
+        assert_eq!(
+            status(&node(NodeType::Standby, true), &up(true)),
+            ("  running", None)
+        );
+        assert_eq!(
+            status(&node(NodeType::Witness, true), &up(false)),
+            ("* running", None)
+        );
+        assert_eq!(
+            status(&node(NodeType::Primary, false), &Seen::Unreachable),
+            ("- failed", None)
+        );
         let (s, w) = status(&node(NodeType::Primary, true), &Seen::Unreachable);
         assert_eq!(s, "? unreachable");
-        assert_eq!(w.unwrap(), "node \"a\" (ID: 1) is registered as an active primary but is unreachable");
-        assert_eq!(status(&node(NodeType::Standby, true), &up(false)).0, "! running as primary");
-        assert_eq!(status(&node(NodeType::Primary, true), &up(true)).0, "! running as standby");
-        assert_eq!(status(&node(NodeType::Standby, false), &up(true)).0, "! running");
+        assert_eq!(
+            w.unwrap(),
+            "node \"a\" (ID: 1) is registered as an active primary but is unreachable"
+        );
+        assert_eq!(
+            status(&node(NodeType::Standby, true), &up(false)).0,
+            "! running as primary"
+        );
+        assert_eq!(
+            status(&node(NodeType::Primary, true), &up(true)).0,
+            "! running as standby"
+        );
+        assert_eq!(
+            status(&node(NodeType::Standby, false), &up(true)).0,
+            "! running"
+        );
     }
 
     #[test]
     fn table_layout() {
-        let t = table(&["ID", "Name"], &[vec!["1".into(), "node1".into()], vec!["10".into(), "n".into()]]);
+        let t = table(
+            &["ID", "Name"],
+            &[
+                vec!["1".into(), "node1".into()],
+                vec!["10".into(), "n".into()],
+            ],
+        );
         assert_eq!(t, " ID | Name\n----+-------\n 1  | node1\n 10 | n\n");
     }
 }

@@ -22,7 +22,9 @@ impl Target {
     /// name; `-h/-p/-U` override its parts, and the database defaults to `repmgr`.
     pub fn conninfo(&self) -> Result<String, String> {
         let mut pairs: Vec<(String, String)> = match &self.dbname {
-            Some(d) if d.contains('=') || d.contains("://") => conninfo::parse(d).map_err(|e| format!("invalid -d/--dbname: {e}"))?,
+            Some(d) if d.contains('=') || d.contains("://") => {
+                conninfo::parse(d).map_err(|e| format!("invalid -d/--dbname: {e}"))?
+            }
             Some(d) => vec![("dbname".into(), d.clone())],
             None => Vec::new(),
         };
@@ -47,7 +49,10 @@ pub fn connect(conninfo_text: &str) -> Result<Conn, repmgr_pq::Error> {
     Conn::connect(
         conninfo_text,
         &[("connect_timeout", "5")],
-        &[("application_name", "repmgr"), ("options", "-c search_path=")],
+        &[
+            ("application_name", "repmgr"),
+            ("options", "-c search_path="),
+        ],
         Instant::now() + TIMEOUT,
         &mut PollWaiter,
     )
@@ -63,12 +68,30 @@ mod tests {
 
     #[test]
     fn builds_conninfo_from_options() {
-        let t = Target { host: Some("db1".into()), port: Some(5433), ..Default::default() };
+        let t = Target {
+            host: Some("db1".into()),
+            port: Some(5433),
+            ..Default::default()
+        };
         assert_eq!(t.conninfo().unwrap(), "host=db1 port=5433 dbname=repmgr");
-        let t = Target { dbname: Some("host=a dbname=x user=u".into()), user: Some("v".into()), ..Default::default() };
+        let t = Target {
+            dbname: Some("host=a dbname=x user=u".into()),
+            user: Some("v".into()),
+            ..Default::default()
+        };
         assert_eq!(t.conninfo().unwrap(), "host=a dbname=x user=v");
-        let t = Target { dbname: Some("mydb".into()), ..Default::default() };
+        let t = Target {
+            dbname: Some("mydb".into()),
+            ..Default::default()
+        };
         assert_eq!(t.conninfo().unwrap(), "dbname=mydb");
-        assert!(Target { dbname: Some("host='x".into()), ..Default::default() }.conninfo().is_err());
+        assert!(
+            Target {
+                dbname: Some("host='x".into()),
+                ..Default::default()
+            }
+            .conninfo()
+            .is_err()
+        );
     }
 }

@@ -44,11 +44,18 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    let target = conn::Target { dbname: cli.dbname, host: cli.host, port: cli.port, user: cli.username };
+    let target = conn::Target {
+        dbname: cli.dbname,
+        host: cli.host,
+        port: cli.port,
+        user: cli.username,
+    };
     let code = match (cli.object.as_str(), cli.action.as_str()) {
         ("cluster", "show") => cluster::show(&target, cli.csv),
         (object, action) => {
-            eprintln!("ERROR: unknown command \"{object} {action}\"; this version knows: cluster show");
+            eprintln!(
+                "ERROR: unknown command \"{object} {action}\"; this version knows: cluster show"
+            );
             exit::ERR_BAD_CONFIG
         }
     };

@@ -30,9 +30,19 @@ enum Attach {
 /// An event about a child.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChildEvent {
-    Disconnect { node_id: i32, details: String },
-    Reconnect { node_id: i32, details: String, after: Duration },
-    NewConnect { node_id: i32, details: String },
+    Disconnect {
+        node_id: i32,
+        details: String,
+    },
+    Reconnect {
+        node_id: i32,
+        details: String,
+        after: Duration,
+    },
+    NewConnect {
+        node_id: i32,
+        details: String,
+    },
 }
 
 /// Thresholds for `child_nodes_disconnect_command`, as repmgr defines them.
@@ -73,7 +83,10 @@ impl Children {
             let after = match (before, c.attached) {
                 (Some(Attach::Attached), true) => Attach::Attached,
                 (Some(Attach::Attached), false) => {
-                    events.push(ChildEvent::Disconnect { node_id: c.node_id, details: format!("{who} has disconnected") });
+                    events.push(ChildEvent::Disconnect {
+                        node_id: c.node_id,
+                        details: format!("{who} has disconnected"),
+                    });
                     Attach::Detached { since: now }
                 }
                 (Some(Attach::Detached { since }), true) => {
@@ -89,7 +102,10 @@ impl Children {
                 (Some(Attach::Unknown), true) | (None, true) if !first => {
                     events.push(ChildEvent::NewConnect {
                         node_id: c.node_id,
-                        details: format!("new {} \"{}\" (ID: {}) has connected", c.kind, c.name, c.node_id),
+                        details: format!(
+                            "new {} \"{}\" (ID: {}) has connected",
+                            c.kind, c.name, c.node_id
+                        ),
                     });
                     Attach::Attached
                 }
@@ -104,11 +120,26 @@ impl Children {
 
     /// Whether the disconnect command should run now (at most once until the count is
     /// satisfied again). Returns the reason when it should.
-    pub fn disconnect_command_due(&mut self, now: Duration, policy: &DisconnectPolicy) -> Option<String> {
+    pub fn disconnect_command_due(
+        &mut self,
+        now: Duration,
+        policy: &DisconnectPolicy,
+    ) -> Option<String> {
         let counted = |(c, _): &&(Child, Attach)| policy.include_witness || c.kind != "witness";
-        let total = self.known.values().filter(|(c, _)| c.kind != "witness").count() as i32
-            + i32::from(policy.include_witness && self.known.values().any(|(c, _)| c.kind == "witness"));
-        let connected = self.known.values().filter(counted).filter(|(_, a)| *a == Attach::Attached).count() as i32;
+        let total = self
+            .known
+            .values()
+            .filter(|(c, _)| c.kind != "witness")
+            .count() as i32
+            + i32::from(
+                policy.include_witness && self.known.values().any(|(c, _)| c.kind == "witness"),
+            );
+        let connected = self
+            .known
+            .values()
+            .filter(counted)
+            .filter(|(_, a)| *a == Attach::Attached)
+            .count() as i32;
         let required = if policy.connected_min_count > 0 {
             policy.connected_min_count
         } else if policy.disconnect_min_count > 0 {
@@ -132,12 +163,20 @@ impl Children {
             return None;
         }
         self.command_ran = true;
-        Some(format!("{connected} of {total} child nodes attached (required: {required})"))
+        Some(format!(
+            "{connected} of {total} child nodes attached (required: {required})"
+        ))
     }
 
     /// (attached, registered) counts for status lines.
     pub fn counts(&self) -> (usize, usize) {
-        (self.known.values().filter(|(_, a)| *a == Attach::Attached).count(), self.known.len())
+        (
+            self.known
+                .values()
+                .filter(|(_, a)| *a == Attach::Attached)
+                .count(),
+            self.known.len(),
+        )
     }
 }
 
@@ -148,18 +187,33 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     fn child(id: i32, attached: bool) -> Child {
-        Child { node_id: id, name: format!("node{id}"), kind: "standby".into(), attached }
+        Child {
+            node_id: id,
+            name: format!("node{id}"),
+            kind: "standby".into(),
+            attached,
+        }
     }
 
     #[test]
     fn disconnect_reconnect_and_new_connections() {
         let mut c = Children::new();
-        assert_eq!(c.observe(S, &[child(2, true), child(3, false)]), vec![], "startup reports nothing");
+        assert_eq!(
+            c.observe(S, &[child(2, true), child(3, false)]),
+            vec![],
+            "startup reports nothing"
+        );
         assert_eq!(
             c.observe(2 * S, &[child(2, false), child(3, true)]),
             vec![
-                ChildEvent::Disconnect { node_id: 2, details: "standby node \"node2\" (ID: 2) has disconnected".into() },
-                ChildEvent::NewConnect { node_id: 3, details: "new standby \"node3\" (ID: 3) has connected".into() },
+                ChildEvent::Disconnect {
+                    node_id: 2,
+                    details: "standby node \"node2\" (ID: 2) has disconnected".into()
+                },
+                ChildEvent::NewConnect {
+                    node_id: 3,
+                    details: "new standby \"node3\" (ID: 3) has connected".into()
+                },
             ]
         );
         assert_eq!(c.observe(3 * S, &[child(2, false), child(3, true)]), vec![]);
@@ -168,37 +222,69 @@ mod tests {
             vec![
                 ChildEvent::Reconnect {
                     node_id: 2,
-                    details: "standby node \"node2\" (ID: 2) has reconnected after 7 seconds".into(),
+                    details: "standby node \"node2\" (ID: 2) has reconnected after 7 seconds"
+                        .into(),
                     after: 7 * S
                 },
-                ChildEvent::NewConnect { node_id: 4, details: "new standby \"node4\" (ID: 4) has connected".into() },
+                ChildEvent::NewConnect {
+                    node_id: 4,
+                    details: "new standby \"node4\" (ID: 4) has connected".into()
+                },
             ]
         );
         assert_eq!(c.counts(), (3, 3));
-        assert_eq!(c.observe(10 * S, &[child(2, true)]), vec![], "unregistered children are forgotten");
+        assert_eq!(
+            c.observe(10 * S, &[child(2, true)]),
+            vec![],
+            "unregistered children are forgotten"
+        );
         assert_eq!(c.counts(), (1, 1));
     }
 
     #[test]
     fn disconnect_command_waits_for_the_timeout_and_runs_once() {
-        let policy = DisconnectPolicy { connected_min_count: -1, disconnect_min_count: -1, include_witness: false, timeout: 30 * S };
+        let policy = DisconnectPolicy {
+            connected_min_count: -1,
+            disconnect_min_count: -1,
+            include_witness: false,
+            timeout: 30 * S,
+        };
         let mut c = Children::new();
         c.observe(S, &[child(2, true), child(3, true)]);
         c.observe(2 * S, &[child(2, false), child(3, true)]);
-        assert_eq!(c.disconnect_command_due(40 * S, &policy), None, "one child is still attached");
+        assert_eq!(
+            c.disconnect_command_due(40 * S, &policy),
+            None,
+            "one child is still attached"
+        );
         c.observe(10 * S, &[child(2, false), child(3, false)]);
-        assert_eq!(c.disconnect_command_due(20 * S, &policy), None, "the last detach is only 10 s old");
-        assert_eq!(c.disconnect_command_due(41 * S, &policy).as_deref(), Some("0 of 2 child nodes attached (required: 1)"));
+        assert_eq!(
+            c.disconnect_command_due(20 * S, &policy),
+            None,
+            "the last detach is only 10 s old"
+        );
+        assert_eq!(
+            c.disconnect_command_due(41 * S, &policy).as_deref(),
+            Some("0 of 2 child nodes attached (required: 1)")
+        );
         assert_eq!(c.disconnect_command_due(50 * S, &policy), None, "runs once");
         c.observe(51 * S, &[child(2, true), child(3, false)]);
         assert_eq!(c.disconnect_command_due(52 * S, &policy), None);
         c.observe(53 * S, &[child(2, false), child(3, false)]);
-        assert!(c.disconnect_command_due(90 * S, &policy).is_some(), "armed again after recovery");
+        assert!(
+            c.disconnect_command_due(90 * S, &policy).is_some(),
+            "armed again after recovery"
+        );
     }
 
     #[test]
     fn children_never_seen_attached_do_not_trigger_the_command() {
-        let policy = DisconnectPolicy { connected_min_count: -1, disconnect_min_count: -1, include_witness: false, timeout: S };
+        let policy = DisconnectPolicy {
+            connected_min_count: -1,
+            disconnect_min_count: -1,
+            include_witness: false,
+            timeout: S,
+        };
         let mut c = Children::new();
         c.observe(S, &[child(2, false)]);
         assert_eq!(c.disconnect_command_due(100 * S, &policy), None);
@@ -209,14 +295,31 @@ mod tests {
         let mut c = Children::new();
         c.observe(S, &[child(2, true), child(3, true), child(4, true)]);
         c.observe(2 * S, &[child(2, false), child(3, true), child(4, true)]);
-        let min_connected = DisconnectPolicy { connected_min_count: 3, disconnect_min_count: -1, include_witness: false, timeout: S };
+        let min_connected = DisconnectPolicy {
+            connected_min_count: 3,
+            disconnect_min_count: -1,
+            include_witness: false,
+            timeout: S,
+        };
         assert!(c.disconnect_command_due(10 * S, &min_connected).is_some());
         let mut c = Children::new();
         c.observe(S, &[child(2, true), child(3, true), child(4, true)]);
         c.observe(2 * S, &[child(2, false), child(3, true), child(4, true)]);
-        let min_disconnected = DisconnectPolicy { connected_min_count: -1, disconnect_min_count: 2, include_witness: false, timeout: S };
-        assert_eq!(c.disconnect_command_due(10 * S, &min_disconnected), None, "one detached, two required");
+        let min_disconnected = DisconnectPolicy {
+            connected_min_count: -1,
+            disconnect_min_count: 2,
+            include_witness: false,
+            timeout: S,
+        };
+        assert_eq!(
+            c.disconnect_command_due(10 * S, &min_disconnected),
+            None,
+            "one detached, two required"
+        );
         c.observe(3 * S, &[child(2, false), child(3, false), child(4, true)]);
-        assert!(c.disconnect_command_due(10 * S, &min_disconnected).is_some());
+        assert!(
+            c.disconnect_command_due(10 * S, &min_disconnected)
+                .is_some()
+        );
     }
 }

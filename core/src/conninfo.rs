@@ -70,7 +70,10 @@ fn scan_pairs(s: &str, strict: bool) -> Result<Vec<Item>, ParseError> {
         skip_ws(&mut i);
         if i >= b.len() || b[i] != b'=' {
             if strict {
-                return Err(ParseError { offset: key_start, reason: "missing \"=\" after a key" });
+                return Err(ParseError {
+                    offset: key_start,
+                    reason: "missing \"=\" after a key",
+                });
             }
             continue;
         }
@@ -100,7 +103,10 @@ fn scan_pairs(s: &str, strict: bool) -> Result<Vec<Item>, ParseError> {
                 }
             }
             if !closed && strict {
-                return Err(ParseError { offset: value_start, reason: "unterminated quoted string" });
+                return Err(ParseError {
+                    offset: value_start,
+                    reason: "unterminated quoted string",
+                });
             }
         } else {
             while i < b.len() && !b[i].is_ascii_whitespace() {
@@ -113,9 +119,16 @@ fn scan_pairs(s: &str, strict: bool) -> Result<Vec<Item>, ParseError> {
             }
         }
         if key.is_empty() && strict {
-            return Err(ParseError { offset: key_start, reason: "empty key" });
+            return Err(ParseError {
+                offset: key_start,
+                reason: "empty key",
+            });
         }
-        items.push(Item { key, value, value_span: (value_start, i) });
+        items.push(Item {
+            key,
+            value,
+            value_span: (value_start, i),
+        });
     }
 }
 
@@ -124,12 +137,16 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 3 <= b.len()
-            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 3 <= b.len()
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
         out.push(b[i]);
         i += 1;
     }
@@ -157,17 +174,28 @@ fn split_uri(s: &str) -> UriParts<'_> {
     };
     let after = &rest[auth_len..];
     let (path, query) = match after.find('?') {
-        Some(q) => (&after[..q], Some((&after[q + 1..], scheme_end + auth_len + q + 1))),
+        Some(q) => (
+            &after[..q],
+            Some((&after[q + 1..], scheme_end + auth_len + q + 1)),
+        ),
         None => (after, None),
     };
     let dbname = path.strip_prefix('/').filter(|d| !d.is_empty());
-    UriParts { userinfo, hosts, dbname, query }
+    UriParts {
+        userinfo,
+        hosts,
+        dbname,
+        query,
+    }
 }
 
 /// Parses a connection string into ordered `(key, value)` pairs, in either form.
 pub fn parse(s: &str) -> Result<Vec<(String, String)>, ParseError> {
     if !is_uri(s) {
-        return Ok(scan_pairs(s, true)?.into_iter().map(|it| (it.key, it.value)).collect());
+        return Ok(scan_pairs(s, true)?
+            .into_iter()
+            .map(|it| (it.key, it.value))
+            .collect());
     }
     let p = split_uri(s.trim());
     let mut out = Vec::new();
@@ -211,7 +239,12 @@ pub fn parse(s: &str) -> Result<Vec<(String, String)>, ParseError> {
         for kv in q.split('&').filter(|kv| !kv.is_empty()) {
             match kv.split_once('=') {
                 Some((k, v)) => out.push((percent_decode(k), percent_decode(v))),
-                None => return Err(ParseError { offset: off, reason: "URI parameter without \"=\"" }),
+                None => {
+                    return Err(ParseError {
+                        offset: off,
+                        reason: "URI parameter without \"=\"",
+                    });
+                }
             }
         }
     }
@@ -220,12 +253,21 @@ pub fn parse(s: &str) -> Result<Vec<(String, String)>, ParseError> {
 
 /// The value of `key` (last occurrence wins, as in libpq), if present and parseable.
 pub fn get(s: &str, key: &str) -> Option<String> {
-    parse(s).ok()?.into_iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+    parse(s)
+        .ok()?
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
 }
 
 /// Quotes a value for a `key=value` string when it needs it.
 pub fn quote_value(v: &str) -> String {
-    if !v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\') {
+    if !v.is_empty()
+        && !v
+            .chars()
+            .any(|c| c.is_whitespace() || c == '\'' || c == '\\')
+    {
         return v.to_string();
     }
     let mut out = String::with_capacity(v.len() + 2);
@@ -242,20 +284,27 @@ pub fn quote_value(v: &str) -> String {
 
 /// Renders pairs as a `key=value` string.
 pub fn render(pairs: &[(String, String)]) -> String {
-    pairs.iter().map(|(k, v)| format!("{k}={}", quote_value(v))).collect::<Vec<_>>().join(" ")
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", quote_value(v)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Returns `s` (in `key=value` form) with `key` set to `value`, replacing earlier occurrences.
 pub fn with(s: &str, key: &str, value: &str) -> Result<String, ParseError> {
-    let mut pairs: Vec<(String, String)> = parse(s)?.into_iter().filter(|(k, _)| k != key).collect();
+    let mut pairs: Vec<(String, String)> =
+        parse(s)?.into_iter().filter(|(k, _)| k != key).collect();
     pairs.push((key.to_string(), value.to_string()));
     Ok(render(&pairs))
 }
 
 /// Returns `s` without the given keys, in `key=value` form.
 pub fn without(s: &str, keys: &[&str]) -> Result<String, ParseError> {
-    let pairs: Vec<(String, String)> =
-        parse(s)?.into_iter().filter(|(k, _)| !keys.contains(&k.as_str())).collect();
+    let pairs: Vec<(String, String)> = parse(s)?
+        .into_iter()
+        .filter(|(k, _)| !keys.contains(&k.as_str()))
+        .collect();
     Ok(render(&pairs))
 }
 
@@ -264,7 +313,11 @@ pub fn without(s: &str, keys: &[&str]) -> Result<String, ParseError> {
 /// Never fails: malformed input is masked as well as it can be scanned, and an unterminated
 /// quoted password hides the rest of the string.
 pub fn mask(s: &str) -> String {
-    if is_uri(s) { mask_uri(s) } else { mask_pairs(s) }
+    if is_uri(s) {
+        mask_uri(s)
+    } else {
+        mask_pairs(s)
+    }
 }
 
 /// Masks passwords wherever they appear in free text, such as a message quoting a connection
@@ -274,8 +327,12 @@ pub fn mask_in_text(text: &str) -> String {
     let mut out = String::with_capacity(masked.len());
     let mut rest = masked.as_str();
     while let Some(p) = rest.find("://") {
-        let start = rest[..p].rfind(|c: char| c.is_whitespace() || c == '"' || c == '\'').map_or(0, |i| i + 1);
-        let end = rest[p..].find(|c: char| c.is_whitespace() || c == '"' || c == '\'').map_or(rest.len(), |i| p + i);
+        let start = rest[..p]
+            .rfind(|c: char| c.is_whitespace() || c == '"' || c == '\'')
+            .map_or(0, |i| i + 1);
+        let end = rest[p..]
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'')
+            .map_or(rest.len(), |i| p + i);
         out.push_str(&rest[..start]);
         out.push_str(&mask_uri(&rest[start..end]));
         rest = &rest[end..];
@@ -301,16 +358,18 @@ fn mask_uri(s: &str) -> String {
     let p = split_uri(s);
     let mut cuts: Vec<(usize, usize)> = Vec::new();
     if let Some((ui, off)) = p.userinfo
-        && let Some(colon) = ui.find(':') {
-            cuts.push((off + colon + 1, off + ui.len()));
-        }
+        && let Some(colon) = ui.find(':')
+    {
+        cuts.push((off + colon + 1, off + ui.len()));
+    }
     if let Some((q, off)) = p.query {
         let mut start = off;
         for kv in q.split('&') {
             if let Some((k, _)) = kv.split_once('=')
-                && is_secret(&percent_decode(k)) {
-                    cuts.push((start + k.len() + 1, start + kv.len()));
-                }
+                && is_secret(&percent_decode(k))
+            {
+                cuts.push((start + k.len() + 1, start + kv.len()));
+            }
             start += kv.len() + 1;
         }
     }
@@ -330,7 +389,9 @@ mod tests {
     use super::*;
 
     fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -338,20 +399,36 @@ mod tests {
         let got = parse(r"host=db1  port = 5432 password='a b\'c' user=x\ y dbname=''").unwrap();
         assert_eq!(
             got,
-            pairs(&[("host", "db1"), ("port", "5432"), ("password", "a b'c"), ("user", "x y"), ("dbname", "")])
+            pairs(&[
+                ("host", "db1"),
+                ("port", "5432"),
+                ("password", "a b'c"),
+                ("user", "x y"),
+                ("dbname", "")
+            ])
         );
     }
 
     #[test]
     fn rejects_malformed_key_value() {
-        assert_eq!(parse("host").unwrap_err().reason, "missing \"=\" after a key");
-        assert_eq!(parse("host='db").unwrap_err().reason, "unterminated quoted string");
-        assert!(parse("host = ").is_ok(), "an empty value at the end is allowed by libpq");
+        assert_eq!(
+            parse("host").unwrap_err().reason,
+            "missing \"=\" after a key"
+        );
+        assert_eq!(
+            parse("host='db").unwrap_err().reason,
+            "unterminated quoted string"
+        );
+        assert!(
+            parse("host = ").is_ok(),
+            "an empty value at the end is allowed by libpq"
+        );
     }
 
     #[test]
     fn parses_uris() {
-        let got = parse("postgresql://u%40x:p%3Aw@h1:5432,h2/db?sslmode=require&password=zz").unwrap();
+        let got =
+            parse("postgresql://u%40x:p%3Aw@h1:5432,h2/db?sslmode=require&password=zz").unwrap();
         assert_eq!(
             got,
             pairs(&[
@@ -364,20 +441,49 @@ mod tests {
                 ("password", "zz"),
             ])
         );
-        assert_eq!(get("postgres://[::1]:6000/x", "host").as_deref(), Some("::1"));
-        assert_eq!(get("postgres://[::1]:6000/x", "port").as_deref(), Some("6000"));
+        assert_eq!(
+            get("postgres://[::1]:6000/x", "host").as_deref(),
+            Some("::1")
+        );
+        assert_eq!(
+            get("postgres://[::1]:6000/x", "port").as_deref(),
+            Some("6000")
+        );
     }
 
     #[test]
     fn masks_every_password_form() {
-        assert_eq!(mask("host=a password=secret user=u"), "host=a password=******** user=u");
-        assert_eq!(mask("password = 'se cret' host=a"), "password = ******** host=a");
-        assert_eq!(mask("PASSWORD=x sslpassword=y"), "PASSWORD=******** sslpassword=********");
-        assert_eq!(mask("host=a password='unterminated secret"), "host=a password=********");
-        assert_eq!(mask("postgresql://u:secret@h/db"), "postgresql://u:********@h/db");
-        assert_eq!(mask("postgresql://u@h/db?a=1&password=s&b=2"), "postgresql://u@h/db?a=1&password=********&b=2");
+        assert_eq!(
+            mask("host=a password=secret user=u"),
+            "host=a password=******** user=u"
+        );
+        assert_eq!(
+            mask("password = 'se cret' host=a"),
+            "password = ******** host=a"
+        );
+        assert_eq!(
+            mask("PASSWORD=x sslpassword=y"),
+            "PASSWORD=******** sslpassword=********"
+        );
+        assert_eq!(
+            mask("host=a password='unterminated secret"),
+            "host=a password=********"
+        );
+        assert_eq!(
+            mask("postgresql://u:secret@h/db"),
+            "postgresql://u:********@h/db"
+        );
+        assert_eq!(
+            mask("postgresql://u@h/db?a=1&password=s&b=2"),
+            "postgresql://u@h/db?a=1&password=********&b=2"
+        );
         assert_eq!(mask("host=a user=b"), "host=a user=b");
-        for s in ["password=s3cr3t", "x password=s3cr3t", "postgres://a:s3cr3t@b", "password='s3cr3t"] {
+        for s in [
+            "password=s3cr3t",
+            "x password=s3cr3t",
+            "postgres://a:s3cr3t@b",
+            "password='s3cr3t",
+        ] {
             assert!(!mask(s).contains("s3cr3t"), "{s}");
         }
     }
@@ -385,7 +491,9 @@ mod tests {
     #[test]
     fn masks_inside_free_text() {
         assert_eq!(
-            mask_in_text("could not reach \"host=a password=s3 x\" via postgres://u:s3@h/db, giving up"),
+            mask_in_text(
+                "could not reach \"host=a password=s3 x\" via postgres://u:s3@h/db, giving up"
+            ),
             "could not reach \"host=a password=******** x\" via postgres://u:********@h/db, giving up"
         );
         assert_eq!(mask_in_text("nothing secret here"), "nothing secret here");
@@ -394,10 +502,19 @@ mod tests {
     #[test]
     fn rewrites_keys_and_quotes_values() {
         assert_eq!(with("host=a port=1", "port", "2").unwrap(), "host=a port=2");
-        assert_eq!(with("host=a", "application_name", "my node").unwrap(), "host=a application_name='my node'");
-        assert_eq!(without("host=a replication=1 dbname=x", &["replication", "dbname"]).unwrap(), "host=a");
+        assert_eq!(
+            with("host=a", "application_name", "my node").unwrap(),
+            "host=a application_name='my node'"
+        );
+        assert_eq!(
+            without("host=a replication=1 dbname=x", &["replication", "dbname"]).unwrap(),
+            "host=a"
+        );
         assert_eq!(quote_value(r"it's\"), r"'it\'s\\'");
         let round = render(&pairs(&[("password", r"a 'b' \c"), ("host", "")]));
-        assert_eq!(parse(&round).unwrap(), pairs(&[("password", r"a 'b' \c"), ("host", "")]));
+        assert_eq!(
+            parse(&round).unwrap(),
+            pairs(&[("password", r"a 'b' \c"), ("host", "")])
+        );
     }
 }

@@ -114,29 +114,58 @@ pub fn plan(me: &Me, peers: &[Peer], rules: &Rules) -> Plan {
     }
     let lease = rules.timing.lease;
     if me.silence < lease {
-        return wait(format!("the primary was heard {} ms ago", me.silence.as_millis()));
+        return wait(format!(
+            "the primary was heard {} ms ago",
+            me.silence.as_millis()
+        ));
     }
-    let answered: Vec<(&Peer, &Answer)> = peers.iter().filter_map(|p| p.answer.as_ref().map(|a| (p, a))).collect();
+    let answered: Vec<(&Peer, &Answer)> = peers
+        .iter()
+        .filter_map(|p| p.answer.as_ref().map(|a| (p, a)))
+        .collect();
     if let Some((p, _)) = answered.iter().find(|(_, a)| a.leading) {
         return wait(format!("node {} answers as a working primary", p.node_id));
     }
-    let current = answered.iter().map(|(_, a)| a.term).chain(std::iter::once(me.term)).max().unwrap_or(0);
-    let voting: Vec<&(&Peer, &Answer)> = answered.iter().filter(|(p, a)| p.kind != Kind::Primary && a.in_recovery_or_witness(p)).collect();
+    let current = answered
+        .iter()
+        .map(|(_, a)| a.term)
+        .chain(std::iter::once(me.term))
+        .max()
+        .unwrap_or(0);
+    let voting: Vec<&(&Peer, &Answer)> = answered
+        .iter()
+        .filter(|(p, a)| p.kind != Kind::Primary && a.in_recovery_or_witness(p))
+        .collect();
     if rules.visibility_consensus {
         // A voter still in an older term hears a primary the others have already left behind.
-        if let Some((p, a)) = voting.iter().find(|(_, a)| a.term == current && a.silence < lease) {
-            return wait(format!("node {} heard the primary {} ms ago", p.node_id, a.silence.as_millis()));
+        if let Some((p, a)) = voting
+            .iter()
+            .find(|(_, a)| a.term == current && a.silence < lease)
+        {
+            return wait(format!(
+                "node {} heard the primary {} ms ago",
+                p.node_id,
+                a.silence.as_millis()
+            ));
         }
     }
     let voters = peers.len() + 1;
     let willing = 1 + voting.iter().filter(|(_, a)| a.silence >= lease).count();
     if willing < majority(voters) {
-        return wait(format!("only {willing} of {voters} voters have lost the primary; {} are needed", majority(voters)));
+        return wait(format!(
+            "only {willing} of {voters} voters have lost the primary; {} are needed",
+            majority(voters)
+        ));
     }
     if let Some(loc) = &rules.primary_location {
-        let seen = me.location == *loc || answered.iter().any(|(p, _)| p.location == *loc && p.kind != Kind::Primary);
+        let seen = me.location == *loc
+            || answered
+                .iter()
+                .any(|(p, _)| p.location == *loc && p.kind != Kind::Primary);
         if !seen {
-            return wait(format!("no node in the primary's location \"{loc}\" is visible; this may be a network split"));
+            return wait(format!(
+                "no node in the primary's location \"{loc}\" is visible; this may be a network split"
+            ));
         }
     }
     // Standbys that answered, with what they received.
@@ -145,9 +174,18 @@ pub fn plan(me: &Me, peers: &[Peer], rules: &Rules) -> Plan {
         .filter(|(p, a)| p.kind == Kind::Standby && a.in_recovery && !a.diverged)
         .filter_map(|(p, a)| a.lsn.map(|l| (*p, l)))
         .collect();
-    let most_advanced = standbys.iter().map(|(_, l)| *l).max().unwrap_or(0).max(me.lsn);
+    let most_advanced = standbys
+        .iter()
+        .map(|(_, l)| *l)
+        .max()
+        .unwrap_or(0)
+        .max(me.lsn);
     if me.lsn.saturating_add(rules.max_lag) < most_advanced {
-        return wait(format!("this node is {} bytes behind the most advanced standby (limit {})", most_advanced - me.lsn, rules.max_lag));
+        return wait(format!(
+            "this node is {} bytes behind the most advanced standby (limit {})",
+            most_advanced - me.lsn,
+            rules.max_lag
+        ));
     }
     let best = standbys
         .iter()
@@ -185,7 +223,11 @@ mod tests {
 
     fn rules() -> Rules {
         Rules {
-            timing: Timing { heartbeat: ms(250), fence: ms(1500), lease: ms(2500) },
+            timing: Timing {
+                heartbeat: ms(250),
+                fence: ms(1500),
+                lease: ms(2500),
+            },
             max_lag: 16 << 20,
             visibility_consensus: true,
             primary_location: Some("dc1".into()),
@@ -193,7 +235,16 @@ mod tests {
     }
 
     fn me(lsn: u64) -> Me {
-        Me { node_id: 2, term: 4, lsn, silence: ms(3000), location: "dc1".into(), priority: 100, automatic: true, paused: false }
+        Me {
+            node_id: 2,
+            term: 4,
+            lsn,
+            silence: ms(3000),
+            location: "dc1".into(),
+            priority: 100,
+            automatic: true,
+            paused: false,
+        }
     }
 
     fn standby(id: NodeId, lsn: u64, silence: u64) -> Peer {
@@ -203,12 +254,27 @@ mod tests {
             location: "dc1".into(),
             priority: 100,
             automatic: true,
-            answer: Some(Answer { term: 4, leading: false, in_recovery: true, silence: ms(silence), lsn: Some(lsn), unavailable: false, diverged: false }),
+            answer: Some(Answer {
+                term: 4,
+                leading: false,
+                in_recovery: true,
+                silence: ms(silence),
+                lsn: Some(lsn),
+                unavailable: false,
+                diverged: false,
+            }),
         }
     }
 
     fn dead_primary() -> Peer {
-        Peer { node_id: 1, kind: Kind::Primary, location: "dc1".into(), priority: 100, automatic: true, answer: None }
+        Peer {
+            node_id: 1,
+            kind: Kind::Primary,
+            location: "dc1".into(),
+            priority: 100,
+            automatic: true,
+            answer: None,
+        }
     }
 
     #[test]
@@ -219,58 +285,144 @@ mod tests {
         // Equal LSN: higher priority, then lower id.
         let mut p3 = standby(3, 1000, 3000);
         p3.priority = 150;
-        assert_eq!(plan(&me(1000), &[dead_primary(), p3.clone()], &rules()), Plan::Defer { to: 3 });
+        assert_eq!(
+            plan(&me(1000), &[dead_primary(), p3.clone()], &rules()),
+            Plan::Defer { to: 3 }
+        );
         p3.priority = 100;
-        assert_eq!(plan(&me(1000), &[dead_primary(), p3], &rules()), Plan::Stand { term: 5 });
+        assert_eq!(
+            plan(&me(1000), &[dead_primary(), p3], &rules()),
+            Plan::Stand { term: 5 }
+        );
     }
 
     #[test]
     fn no_majority_no_election() {
         // Two data nodes, no witness: the survivor alone is not a majority.
         let r = plan(&me(1000), &[dead_primary()], &rules());
-        assert_eq!(r, Plan::Wait { reason: "only 1 of 2 voters have lost the primary; 2 are needed".into() });
+        assert_eq!(
+            r,
+            Plan::Wait {
+                reason: "only 1 of 2 voters have lost the primary; 2 are needed".into()
+            }
+        );
         // With a witness that lost the primary too, it is.
-        let w = Peer { kind: Kind::Witness, priority: 0, answer: Some(Answer { lsn: None, in_recovery: false, ..standby(3, 0, 3000).answer.unwrap() }), ..standby(3, 0, 0) };
-        assert_eq!(plan(&me(1000), &[dead_primary(), w.clone()], &rules()), Plan::Stand { term: 5 });
+        let w = Peer {
+            kind: Kind::Witness,
+            priority: 0,
+            answer: Some(Answer {
+                lsn: None,
+                in_recovery: false,
+                ..standby(3, 0, 3000).answer.unwrap()
+            }),
+            ..standby(3, 0, 0)
+        };
+        assert_eq!(
+            plan(&me(1000), &[dead_primary(), w.clone()], &rules()),
+            Plan::Stand { term: 5 }
+        );
         // Witness down as well: nothing.
         let w_down = Peer { answer: None, ..w };
-        assert!(matches!(plan(&me(1000), &[dead_primary(), w_down], &rules()), Plan::Wait { .. }));
+        assert!(matches!(
+            plan(&me(1000), &[dead_primary(), w_down], &rules()),
+            Plan::Wait { .. }
+        ));
     }
 
     #[test]
     fn anyone_still_hearing_the_primary_cancels() {
         let peers = [dead_primary(), standby(3, 900, 400)];
-        assert_eq!(plan(&me(1000), &peers, &rules()), Plan::Wait { reason: "node 3 heard the primary 400 ms ago".into() });
-        let r = Rules { visibility_consensus: false, ..rules() };
-        assert!(matches!(plan(&me(1000), &peers, &r), Plan::Wait { .. }), "and without consensus, there is no majority");
+        assert_eq!(
+            plan(&me(1000), &peers, &rules()),
+            Plan::Wait {
+                reason: "node 3 heard the primary 400 ms ago".into()
+            }
+        );
+        let r = Rules {
+            visibility_consensus: false,
+            ..rules()
+        };
+        assert!(
+            matches!(plan(&me(1000), &peers, &r), Plan::Wait { .. }),
+            "and without consensus, there is no majority"
+        );
     }
 
     #[test]
     fn exclusions() {
         let peers = [dead_primary(), standby(3, 900, 3000)];
-        let zero = Me { priority: 0, ..me(1000) };
-        assert!(matches!(plan(&zero, &peers, &rules()), Plan::Wait { reason } if reason.contains("priority is 0")));
-        let manual = Me { automatic: false, ..me(1000) };
-        assert!(matches!(plan(&manual, &peers, &rules()), Plan::Wait { reason } if reason.contains("manual")));
+        let zero = Me {
+            priority: 0,
+            ..me(1000)
+        };
+        assert!(
+            matches!(plan(&zero, &peers, &rules()), Plan::Wait { reason } if reason.contains("priority is 0"))
+        );
+        let manual = Me {
+            automatic: false,
+            ..me(1000)
+        };
+        assert!(
+            matches!(plan(&manual, &peers, &rules()), Plan::Wait { reason } if reason.contains("manual"))
+        );
         // A priority-0 standby ahead does not make us defer, but we may not lag it too much.
         let mut p3 = standby(3, 1100, 3000);
         p3.priority = 0;
-        assert_eq!(plan(&me(1000), &[dead_primary(), p3.clone()], &rules()), Plan::Stand { term: 5 });
+        assert_eq!(
+            plan(&me(1000), &[dead_primary(), p3.clone()], &rules()),
+            Plan::Stand { term: 5 }
+        );
         p3.answer.as_mut().unwrap().lsn = Some(1000 + (16 << 20) + 1);
-        assert!(matches!(plan(&me(1000), &[dead_primary(), p3], &rules()), Plan::Wait { reason } if reason.contains("behind the most advanced")));
-        let r = Rules { primary_location: Some("dc2".into()), ..rules() };
-        assert!(matches!(plan(&me(1000), &peers, &r), Plan::Wait { reason } if reason.contains("location \"dc2\"")));
+        assert!(
+            matches!(plan(&me(1000), &[dead_primary(), p3], &rules()), Plan::Wait { reason } if reason.contains("behind the most advanced"))
+        );
+        let r = Rules {
+            primary_location: Some("dc2".into()),
+            ..rules()
+        };
+        assert!(
+            matches!(plan(&me(1000), &peers, &r), Plan::Wait { reason } if reason.contains("location \"dc2\""))
+        );
     }
 
     #[test]
     fn a_live_primary_or_a_recent_heartbeat_stops_everything() {
-        let alive = Peer { answer: Some(Answer { term: 4, leading: true, in_recovery: false, silence: ms(0), lsn: None, unavailable: false, diverged: false }), ..dead_primary() };
-        assert!(matches!(plan(&me(1000), &[alive.clone(), standby(3, 900, 3000)], &rules()), Plan::Wait { reason } if reason.contains("answers as a working primary")));
+        let alive = Peer {
+            answer: Some(Answer {
+                term: 4,
+                leading: true,
+                in_recovery: false,
+                silence: ms(0),
+                lsn: None,
+                unavailable: false,
+                diverged: false,
+            }),
+            ..dead_primary()
+        };
+        assert!(
+            matches!(plan(&me(1000), &[alive.clone(), standby(3, 900, 3000)], &rules()), Plan::Wait { reason } if reason.contains("answers as a working primary"))
+        );
         // A fenced old primary does not hold anything up.
-        let fenced = Peer { answer: Some(Answer { leading: false, silence: ms(9000), ..alive.answer.clone().unwrap() }), ..alive };
-        assert_eq!(plan(&me(1000), &[fenced, standby(3, 900, 3000)], &rules()), Plan::Stand { term: 5 });
-        let recent = Me { silence: ms(1000), ..me(1000) };
-        assert!(matches!(plan(&recent, &[dead_primary(), standby(3, 900, 3000)], &rules()), Plan::Wait { .. }));
+        let fenced = Peer {
+            answer: Some(Answer {
+                leading: false,
+                silence: ms(9000),
+                ..alive.answer.clone().unwrap()
+            }),
+            ..alive
+        };
+        assert_eq!(
+            plan(&me(1000), &[fenced, standby(3, 900, 3000)], &rules()),
+            Plan::Stand { term: 5 }
+        );
+        let recent = Me {
+            silence: ms(1000),
+            ..me(1000)
+        };
+        assert!(matches!(
+            plan(&recent, &[dead_primary(), standby(3, 900, 3000)], &rules()),
+            Plan::Wait { .. }
+        ));
         assert!(won(2, 3) && !won(1, 3) && won(3, 5) && !won(2, 4));
     }
 }

@@ -88,7 +88,11 @@ pub fn confirmations_needed(voters: usize) -> usize {
 
 /// The time since which the primary has held enough confirmations, given the confirmation
 /// times of the other voters; `None` when it has too few. With none needed, `now`.
-pub fn confirmed_since(now: Duration, confirmations: &[Duration], voters: usize) -> Option<Duration> {
+pub fn confirmed_since(
+    now: Duration,
+    confirmations: &[Duration],
+    voters: usize,
+) -> Option<Duration> {
     let needed = confirmations_needed(voters);
     if needed == 0 {
         return Some(now);
@@ -99,7 +103,12 @@ pub fn confirmed_since(now: Duration, confirmations: &[Duration], voters: usize)
 }
 
 /// Whether the primary may commit at `now`.
-pub fn may_commit(now: Duration, confirmations: &[Duration], voters: usize, fence: Duration) -> bool {
+pub fn may_commit(
+    now: Duration,
+    confirmations: &[Duration],
+    voters: usize,
+    fence: Duration,
+) -> bool {
     confirmed_since(now, confirmations, voters).is_some_and(|t| now.saturating_sub(t) < fence)
 }
 
@@ -123,13 +132,18 @@ pub struct PollReply {
     pub stamp: Stamp,
 }
 
-/// The primary's side of the lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Most voters a lease tracks (the catalog may hold more nodes; the rest are not counted).
+pub const MAX_VOTERS: usize = 32;
+
+/// The primary's side of the lease. Fixed-size and `Copy`, so that it can live in shared
+/// memory, where every backend checks it at commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
     pub term: u64,
     pub incarnation: u64,
     /// The other voters and when each last confirmed (on this node's clock).
-    confirmations: Vec<(NodeId, Option<Duration>)>,
+    confirmations: [(NodeId, Option<Duration>); MAX_VOTERS],
+    others: usize,
     /// The highest term a voter reported, when above ours.
     pub newer_term: Option<u64>,
 }
@@ -137,34 +151,81 @@ pub struct Lease {
 impl Lease {
     /// A lease for term `term`, with the other voters' ids. `granted` is when the votes that
     /// elected this node were requested: votes are confirmations.
-    pub fn new(term: u64, incarnation: u64, others: &[NodeId], granted: Option<(Duration, &[NodeId])>) -> Lease {
-        let confirmations = others
-            .iter()
-            .map(|id| (*id, granted.and_then(|(at, by)| by.contains(id).then_some(at))))
-            .collect();
-        Lease { term, incarnation, confirmations, newer_term: None }
+    pub fn new(
+        term: u64,
+        incarnation: u64,
+        others: &[NodeId],
+        granted: Option<(Duration, &[NodeId])>,
+    ) -> Lease {
+        let mut lease = Lease {
+            term,
+            incarnation,
+            confirmations: [(0, None); MAX_VOTERS],
+            others: 0,
+            newer_term: None,
+        };
+        lease.set_voters(others);
+        if let Some((at, by)) = granted {
+            for (id, t) in lease.confirmations[..lease.others].iter_mut() {
+                if by.contains(id) {
+                    *t = Some(at);
+                }
+            }
+        }
+        lease
     }
 
     /// Replaces the voter list (the catalog changed), keeping what is known of each voter.
     pub fn set_voters(&mut self, others: &[NodeId]) {
-        self.confirmations = others
-            .iter()
-            .map(|id| (*id, self.confirmations.iter().find(|(v, _)| v == id).and_then(|(_, t)| *t)))
-            .collect();
+        let mut next = [(0, None); MAX_VOTERS];
+        for (slot, id) in next.iter_mut().zip(others.iter()) {
+            *slot = (
+                *id,
+                self.confirmations[..self.others]
+                    .iter()
+                    .find(|(v, _)| v == id)
+                    .and_then(|(_, t)| *t),
+            );
+        }
+        self.confirmations = next;
+        self.others = others.len().min(MAX_VOTERS);
+    }
+
+    /// The other voters' ids.
+    pub fn others(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.confirmations[..self.others].iter().map(|(id, _)| *id)
     }
 
     /// Answers a poll from `voter` and counts the confirmation it echoes.
-    pub fn poll(&mut self, now: Duration, voter: NodeId, voter_term: u64, echo: Option<Stamp>, fence: Duration) -> PollReply {
+    pub fn poll(
+        &mut self,
+        now: Duration,
+        voter: NodeId,
+        voter_term: u64,
+        echo: Option<Stamp>,
+        fence: Duration,
+    ) -> PollReply {
         let accepted = voter_term <= self.term;
         if accepted {
             if let Some(stamp) = echo.filter(|s| s.incarnation == self.incarnation && s.at <= now)
-                && let Some((_, t)) = self.confirmations.iter_mut().find(|(v, _)| *v == voter) {
-                    *t = Some(t.map_or(stamp.at, |old| old.max(stamp.at)));
-                }
+                && let Some((_, t)) = self.confirmations[..self.others]
+                    .iter_mut()
+                    .find(|(v, _)| *v == voter)
+            {
+                *t = Some(t.map_or(stamp.at, |old| old.max(stamp.at)));
+            }
         } else {
             self.newer_term = Some(self.newer_term.map_or(voter_term, |t| t.max(voter_term)));
         }
-        PollReply { term: self.term, accepted, leading: self.may_commit(now, fence), stamp: Stamp { incarnation: self.incarnation, at: now } }
+        PollReply {
+            term: self.term,
+            accepted,
+            leading: self.may_commit(now, fence),
+            stamp: Stamp {
+                incarnation: self.incarnation,
+                at: now,
+            },
+        }
     }
 
     /// When a voter reported a newer term (a failed election raised it) while this primary
@@ -184,12 +245,15 @@ impl Lease {
 
     /// The voters' confirmation times, for [`may_commit`].
     pub fn confirmations(&self) -> Vec<Duration> {
-        self.confirmations.iter().filter_map(|(_, t)| *t).collect()
+        self.confirmations[..self.others]
+            .iter()
+            .filter_map(|(_, t)| *t)
+            .collect()
     }
 
     /// How many voters there are, this node included.
     pub fn voters(&self) -> usize {
-        self.confirmations.len() + 1
+        self.others + 1
     }
 
     pub fn may_commit(&self, now: Duration, fence: Duration) -> bool {
@@ -207,17 +271,34 @@ mod tests {
 
     #[test]
     fn timing_rules_name_themselves() {
-        let ok = Timing { heartbeat: ms(250), fence: ms(1500), lease: ms(2500) };
+        let ok = Timing {
+            heartbeat: ms(250),
+            fence: ms(1500),
+            lease: ms(2500),
+        };
         assert_eq!(ok.validate(), Ok(()));
-        let e = Timing { lease: ms(1700), ..ok }.validate().unwrap_err();
+        let e = Timing {
+            lease: ms(1700),
+            ..ok
+        }
+        .validate()
+        .unwrap_err();
         assert!(e.contains("repmgr.fence_timeout (1500 ms) plus the safety margin (250 ms) must stay below repmgr.lease_timeout (1700 ms)"), "{e}");
-        let e = Timing { heartbeat: ms(500), ..ok }.validate().unwrap_err();
+        let e = Timing {
+            heartbeat: ms(500),
+            ..ok
+        }
+        .validate()
+        .unwrap_err();
         assert!(e.contains("at least 4 × repmgr.heartbeat_interval"), "{e}");
     }
 
     #[test]
     fn confirmations_needed_follow_the_successor_majority() {
-        assert_eq!([1, 2, 3, 4, 5, 6, 7].map(confirmations_needed), [0, 0, 1, 1, 2, 2, 3]);
+        assert_eq!(
+            [1, 2, 3, 4, 5, 6, 7].map(confirmations_needed),
+            [0, 0, 1, 1, 2, 2, 3]
+        );
         assert_eq!(confirmed_since(ms(9), &[], 2), Some(ms(9)));
         assert_eq!(confirmed_since(ms(9), &[ms(3), ms(5)], 5), Some(ms(3)));
         assert_eq!(confirmed_since(ms(9), &[ms(5)], 5), None);
@@ -229,13 +310,28 @@ mod tests {
         assert!(!l.may_commit(ms(0), ms(1500)), "no confirmation yet");
         let r = l.poll(ms(100), 2, 3, None, ms(1500));
         assert!(r.accepted);
-        assert!(!l.may_commit(ms(100), ms(1500)), "a poll without echo confirms nothing");
+        assert!(
+            !l.may_commit(ms(100), ms(1500)),
+            "a poll without echo confirms nothing"
+        );
         l.poll(ms(350), 2, 3, Some(r.stamp), ms(1500));
         assert!(l.may_commit(ms(350), ms(1500)));
-        assert!(l.may_commit(ms(1599), ms(1500)), "dated by the stamp (100 ms)");
+        assert!(
+            l.may_commit(ms(1599), ms(1500)),
+            "dated by the stamp (100 ms)"
+        );
         assert!(!l.may_commit(ms(1600), ms(1500)));
         // A stamp from an earlier run of the server is ignored.
-        l.poll(ms(2000), 3, 3, Some(Stamp { incarnation: 76, at: ms(1900) }), ms(1500));
+        l.poll(
+            ms(2000),
+            3,
+            3,
+            Some(Stamp {
+                incarnation: 76,
+                at: ms(1900),
+            }),
+            ms(1500),
+        );
         assert!(!l.may_commit(ms(2000), ms(1500)));
     }
 
@@ -257,7 +353,11 @@ mod tests {
         assert_eq!(l.term, 6);
         let mut fenced = Lease::new(3, 1, &[2, 3], None);
         fenced.poll(ms(10), 3, 5, None, ms(1500));
-        assert_eq!(fenced.overtake(ms(20), ms(1500)), None, "a primary without its lease may have been replaced");
+        assert_eq!(
+            fenced.overtake(ms(20), ms(1500)),
+            None,
+            "a primary without its lease may have been replaced"
+        );
     }
 
     #[test]
@@ -266,6 +366,9 @@ mod tests {
         assert!(l.may_commit(ms(100), ms(1500)));
         l.set_voters(&[1, 3, 4, 5]);
         assert_eq!(l.voters(), 5);
-        assert!(!l.may_commit(ms(100), ms(1500)), "five voters need two confirmations");
+        assert!(
+            !l.may_commit(ms(100), ms(1500)),
+            "five voters need two confirmations"
+        );
     }
 }

@@ -46,7 +46,10 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         return Err("the node name is empty".into());
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(format!("the node name is {} bytes long; the limit is {MAX_NAME_LEN}", name.len()));
+        return Err(format!(
+            "the node name is {} bytes long; the limit is {MAX_NAME_LEN}",
+            name.len()
+        ));
     }
     if let Some(c) = name.chars().find(|c| !(' '..='~').contains(c)) {
         return Err(format!(
@@ -75,8 +78,16 @@ mod tests {
         assert!(validate_name("node1").is_ok());
         assert!(validate_name("db east 1").is_ok());
         assert!(validate_name("").is_err());
-        assert!(validate_name(&"x".repeat(64)).unwrap_err().contains("64 bytes"));
-        assert!(validate_name("nœud").unwrap_err().contains("printable ASCII"));
+        assert!(
+            validate_name(&"x".repeat(64))
+                .unwrap_err()
+                .contains("64 bytes")
+        );
+        assert!(
+            validate_name("nœud")
+                .unwrap_err()
+                .contains("printable ASCII")
+        );
         assert!(validate_name("a\tb").is_err());
         assert_eq!(slot_name(3), "repmgr_slot_3");
         assert_eq!(default_name(3), "node3");

@@ -106,7 +106,11 @@ mod tests {
     /// quoting from the shell's own point of view.
     fn sh(cmd: &str) -> String {
         let out = Command::new("/bin/sh").arg("-c").arg(cmd).output().unwrap();
-        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -115,9 +119,18 @@ mod tests {
     #[test]
     fn bare_single_and_double_contexts_are_all_safe() {
         let vals = [('d', NASTY), ('n', "7")];
-        assert_eq!(sh(&render("printf '%%s|' %d %n", &vals)), format!("{NASTY}|7|"));
-        assert_eq!(sh(&render("printf '%%s|' \"%d\" \"x%ny\"", &vals)), format!("{NASTY}|x7y|"));
-        assert_eq!(sh(&render("printf '%%s|' '%d' 'a%nb'", &vals)), format!("{NASTY}|a7b|"));
+        assert_eq!(
+            sh(&render("printf '%%s|' %d %n", &vals)),
+            format!("{NASTY}|7|")
+        );
+        assert_eq!(
+            sh(&render("printf '%%s|' \"%d\" \"x%ny\"", &vals)),
+            format!("{NASTY}|x7y|")
+        );
+        assert_eq!(
+            sh(&render("printf '%%s|' '%d' 'a%nb'", &vals)),
+            format!("{NASTY}|a7b|")
+        );
     }
 
     #[test]
@@ -125,6 +138,9 @@ mod tests {
         assert_eq!(render("a %% b %z c %", &[]), "a % b %z c %");
         assert_eq!(render("x %p y", &[('p', "")]), "x '' y");
         assert_eq!(render(r#"echo \"%n"#, &[('n', "1")]), r#"echo \"'1'"#);
-        assert_eq!(unknown_placeholders("%n %e %% %q %x", &['n', 'e']), vec!['q', 'x']);
+        assert_eq!(
+            unknown_placeholders("%n %e %% %q %x", &['n', 'e']),
+            vec!['q', 'x']
+        );
     }
 }

@@ -23,8 +23,13 @@ pub struct RetryPolicy {
 enum State {
     Up,
     /// Failing since `since`, with `failures` failed checks so far.
-    Retrying { since: Duration, failures: u32 },
-    Down { since: Duration },
+    Retrying {
+        since: Duration,
+        failures: u32,
+    },
+    Down {
+        since: Duration,
+    },
 }
 
 /// A transition worth an event.
@@ -48,7 +53,11 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(policy: RetryPolicy) -> Upstream {
-        Upstream { policy, state: State::Up, last_check: None }
+        Upstream {
+            policy,
+            state: State::Up,
+            last_check: None,
+        }
     }
 
     /// Applies new settings (after a reload) without forgetting the current state.
@@ -58,7 +67,9 @@ impl Upstream {
 
     /// When the next check is due.
     pub fn next_check(&self) -> Duration {
-        let Some(last) = self.last_check else { return Duration::ZERO };
+        let Some(last) = self.last_check else {
+            return Duration::ZERO;
+        };
         last + match self.state {
             State::Retrying { .. } => self.policy.retry_interval,
             State::Up | State::Down { .. } => self.policy.monitor_interval,
@@ -82,15 +93,35 @@ impl Upstream {
         self.last_check = Some(now);
         let (next, transition) = match (self.state, ok) {
             (State::Up, true) => (State::Up, None),
-            (State::Up, false) if self.policy.attempts == 0 => (State::Down { since: now }, Some(Transition::Disconnected)),
-            (State::Up, false) => (State::Retrying { since: now, failures: 1 }, Some(Transition::Disconnected)),
-            (State::Retrying { since, .. } | State::Down { since }, true) => {
-                (State::Up, Some(Transition::Reconnected { after: now.saturating_sub(since) }))
+            (State::Up, false) if self.policy.attempts == 0 => {
+                (State::Down { since: now }, Some(Transition::Disconnected))
             }
-            (State::Retrying { since, failures }, false) if failures >= self.policy.attempts => {
-                (State::Down { since }, Some(Transition::Down { after: now.saturating_sub(since) }))
-            }
-            (State::Retrying { since, failures }, false) => (State::Retrying { since, failures: failures + 1 }, None),
+            (State::Up, false) => (
+                State::Retrying {
+                    since: now,
+                    failures: 1,
+                },
+                Some(Transition::Disconnected),
+            ),
+            (State::Retrying { since, .. } | State::Down { since }, true) => (
+                State::Up,
+                Some(Transition::Reconnected {
+                    after: now.saturating_sub(since),
+                }),
+            ),
+            (State::Retrying { since, failures }, false) if failures >= self.policy.attempts => (
+                State::Down { since },
+                Some(Transition::Down {
+                    after: now.saturating_sub(since),
+                }),
+            ),
+            (State::Retrying { since, failures }, false) => (
+                State::Retrying {
+                    since,
+                    failures: failures + 1,
+                },
+                None,
+            ),
             (State::Down { since }, false) => (State::Down { since }, None),
         };
         self.state = next;
@@ -105,7 +136,11 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     fn policy(attempts: u32) -> RetryPolicy {
-        RetryPolicy { monitor_interval: S, attempts, retry_interval: S / 2 }
+        RetryPolicy {
+            monitor_interval: S,
+            attempts,
+            retry_interval: S / 2,
+        }
     }
 
     #[test]
@@ -115,15 +150,29 @@ mod tests {
         assert_eq!(u.observe(S, true), None);
         assert_eq!(u.next_check(), 2 * S);
         assert_eq!(u.observe(2 * S, false), Some(Transition::Disconnected));
-        assert_eq!(u.next_check(), 2 * S + S / 2, "retries come at the retry interval");
+        assert_eq!(
+            u.next_check(),
+            2 * S + S / 2,
+            "retries come at the retry interval"
+        );
         assert_eq!(u.observe(2 * S + S / 2, false), None);
         assert_eq!(u.observe(3 * S, false), None);
         assert!(!u.is_up());
-        assert_eq!(u.observe(3 * S + S / 2, false), Some(Transition::Down { after: 3 * S / 2 }));
+        assert_eq!(
+            u.observe(3 * S + S / 2, false),
+            Some(Transition::Down { after: 3 * S / 2 })
+        );
         assert_eq!(u.down_since(), Some(2 * S));
-        assert_eq!(u.next_check(), 4 * S + S / 2, "down: back to the monitoring interval");
+        assert_eq!(
+            u.next_check(),
+            4 * S + S / 2,
+            "down: back to the monitoring interval"
+        );
         assert_eq!(u.observe(4 * S + S / 2, false), None);
-        assert_eq!(u.observe(10 * S, true), Some(Transition::Reconnected { after: 8 * S }));
+        assert_eq!(
+            u.observe(10 * S, true),
+            Some(Transition::Reconnected { after: 8 * S })
+        );
         assert!(u.is_up());
     }
 
@@ -131,7 +180,10 @@ mod tests {
     fn recovery_during_retries_is_a_reconnect() {
         let mut u = Upstream::new(policy(3));
         u.observe(S, false);
-        assert_eq!(u.observe(S + S / 2, true), Some(Transition::Reconnected { after: S / 2 }));
+        assert_eq!(
+            u.observe(S + S / 2, true),
+            Some(Transition::Reconnected { after: S / 2 })
+        );
         assert_eq!(u.down_since(), None);
     }
 

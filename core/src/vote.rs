@@ -29,7 +29,10 @@ impl Durable {
         let mut it = text.split_whitespace();
         let term = it.next()?.parse().ok()?;
         let supports: NodeId = it.next()?.parse().ok()?;
-        Some(Durable { term, supports: (supports != 0).then_some(supports) })
+        Some(Durable {
+            term,
+            supports: (supports != 0).then_some(supports),
+        })
     }
 }
 
@@ -90,7 +93,14 @@ pub struct VoteReply {
 
 impl Voter {
     pub fn new(durable: Durable, started: Duration) -> Voter {
-        Voter { durable, last_heard: None, leader: None, started, echo: None, unled_since: None }
+        Voter {
+            durable,
+            last_heard: None,
+            leader: None,
+            started,
+            echo: None,
+            unled_since: None,
+        }
     }
 
     /// How long since the primary was last heard (or since this voter started).
@@ -106,7 +116,10 @@ impl Voter {
     /// Whether to ask the other voters who leads: the lease expired, or the primary heard has
     /// been without its lease for a while (it may have been replaced unseen).
     pub fn should_look_around(&self, now: Duration, timing: &Timing) -> bool {
-        self.lease_expired(now, timing) || self.unled_since.is_some_and(|t| now.saturating_sub(t) >= timing.lease / 2)
+        self.lease_expired(now, timing)
+            || self
+                .unled_since
+                .is_some_and(|t| now.saturating_sub(t) >= timing.lease / 2)
     }
 
     /// Applies a poll reply from `from`, received at `now`.
@@ -116,9 +129,17 @@ impl Voter {
     /// enough for an election, should one be possible), and so on. So a primary unable to
     /// gather its voters cannot block an election forever, and one that needs only this voter
     /// still gets back. Confirming less is always safe.
-    pub fn heard(&mut self, now: Duration, from: NodeId, reply: &PollReply, timing: &Timing) -> Heard {
+    pub fn heard(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        reply: &PollReply,
+        timing: &Timing,
+    ) -> Heard {
         let d = &mut self.durable;
-        let stale = !reply.accepted || reply.term < d.term || (reply.term == d.term && d.supports.is_some_and(|s| s != from));
+        let stale = !reply.accepted
+            || reply.term < d.term
+            || (reply.term == d.term && d.supports.is_some_and(|s| s != from));
         if stale {
             self.echo = None;
             return Heard::Stale;
@@ -150,7 +171,10 @@ impl Voter {
         if term <= self.durable.term {
             return false;
         }
-        self.durable = Durable { term, supports: None };
+        self.durable = Durable {
+            term,
+            supports: None,
+        };
         self.echo = None;
         self.leader = None;
         true
@@ -158,21 +182,44 @@ impl Voter {
 
     /// Decides a vote request at `now`. On a grant the caller must persist
     /// [`Voter::durable`] before answering.
-    pub fn decide(&mut self, now: Duration, req: &VoteRequest, facts: &VoterFacts, timing: &Timing) -> VoteReply {
+    pub fn decide(
+        &mut self,
+        now: Duration,
+        req: &VoteRequest,
+        facts: &VoterFacts,
+        timing: &Timing,
+    ) -> VoteReply {
         let term = self.durable.term;
-        let refuse = |reason: String| VoteReply { term, granted: false, reason };
+        let refuse = |reason: String| VoteReply {
+            term,
+            granted: false,
+            reason,
+        };
         if facts.is_primary {
             return refuse("this node is the primary".into());
         }
         if req.term < term {
-            return refuse(format!("term {} is older than this voter's term {term}", req.term));
+            return refuse(format!(
+                "term {} is older than this voter's term {term}",
+                req.term
+            ));
         }
         if req.term == term && self.durable.supports.is_some_and(|s| s != req.candidate) {
-            return refuse(format!("already supports node {} in term {term}", self.durable.supports.unwrap_or(0)));
+            return refuse(format!(
+                "already supports node {} in term {term}",
+                self.durable.supports.unwrap_or(0)
+            ));
         }
-        if req.term == term && self.durable.supports == Some(req.candidate) && self.leader == Some(req.candidate) {
+        if req.term == term
+            && self.durable.supports == Some(req.candidate)
+            && self.leader == Some(req.candidate)
+        {
             // A repeated request (an answer was lost): same term, same candidate.
-            return VoteReply { term, granted: true, reason: String::new() };
+            return VoteReply {
+                term,
+                granted: true,
+                reason: String::new(),
+            };
         }
         if !self.lease_expired(now, timing) {
             return refuse(format!(
@@ -185,13 +232,23 @@ impl Voter {
             return refuse(why.clone());
         }
         if let Some(mine) = facts.received_lsn.filter(|mine| *mine > req.lsn) {
-            return refuse(format!("the candidate has received less WAL ({}) than this voter ({mine})", req.lsn));
+            return refuse(format!(
+                "the candidate has received less WAL ({}) than this voter ({mine})",
+                req.lsn
+            ));
         }
-        self.durable = Durable { term: req.term, supports: Some(req.candidate) };
+        self.durable = Durable {
+            term: req.term,
+            supports: Some(req.candidate),
+        };
         self.last_heard = Some(now);
         self.leader = Some(req.candidate);
         self.echo = None;
-        VoteReply { term: req.term, granted: true, reason: String::new() }
+        VoteReply {
+            term: req.term,
+            granted: true,
+            reason: String::new(),
+        }
     }
 }
 
@@ -203,43 +260,99 @@ mod tests {
         Duration::from_millis(v)
     }
 
-    const T: Timing = Timing { heartbeat: Duration::from_millis(250), fence: Duration::from_millis(1500), lease: Duration::from_millis(2500) };
+    const T: Timing = Timing {
+        heartbeat: Duration::from_millis(250),
+        fence: Duration::from_millis(1500),
+        lease: Duration::from_millis(2500),
+    };
 
     fn reply(term: u64, at: u64) -> PollReply {
-        PollReply { term, accepted: true, leading: true, stamp: Stamp { incarnation: 1, at: ms(at) } }
+        PollReply {
+            term,
+            accepted: true,
+            leading: true,
+            stamp: Stamp {
+                incarnation: 1,
+                at: ms(at),
+            },
+        }
     }
 
     fn facts() -> VoterFacts {
-        VoterFacts { is_primary: false, received_lsn: Some(100), candidate_ineligible: None }
+        VoterFacts {
+            is_primary: false,
+            received_lsn: Some(100),
+            candidate_ineligible: None,
+        }
     }
 
     fn req(term: u64, candidate: NodeId, lsn: u64) -> VoteRequest {
-        VoteRequest { term, candidate, lsn }
+        VoteRequest {
+            term,
+            candidate,
+            lsn,
+        }
     }
 
     #[test]
     fn durable_state_round_trips() {
-        let d = Durable { term: 7, supports: Some(3) };
+        let d = Durable {
+            term: 7,
+            supports: Some(3),
+        };
         assert_eq!(Durable::decode(&d.encode()), Some(d));
-        assert_eq!(Durable::decode("4 0\n"), Some(Durable { term: 4, supports: None }));
+        assert_eq!(
+            Durable::decode("4 0\n"),
+            Some(Durable {
+                term: 4,
+                supports: None
+            })
+        );
         assert_eq!(Durable::decode("junk"), None);
     }
 
     #[test]
     fn hearing_the_primary_blocks_votes_for_the_lease() {
-        let mut v = Voter::new(Durable { term: 1, supports: None }, ms(0));
-        assert_eq!(v.heard(ms(3000), 1, &reply(1, 10), &T), Heard::Alive { persist: true });
-        assert_eq!(v.heard(ms(3250), 1, &reply(1, 20), &T), Heard::Alive { persist: false });
+        let mut v = Voter::new(
+            Durable {
+                term: 1,
+                supports: None,
+            },
+            ms(0),
+        );
+        assert_eq!(
+            v.heard(ms(3000), 1, &reply(1, 10), &T),
+            Heard::Alive { persist: true }
+        );
+        assert_eq!(
+            v.heard(ms(3250), 1, &reply(1, 20), &T),
+            Heard::Alive { persist: false }
+        );
         let r = v.decide(ms(5000), &req(2, 2, 100), &facts(), &T);
-        assert!(!r.granted && r.reason.contains("heard from the primary 1750 ms ago"), "{r:?}");
+        assert!(
+            !r.granted && r.reason.contains("heard from the primary 1750 ms ago"),
+            "{r:?}"
+        );
         let r = v.decide(ms(5750), &req(2, 2, 100), &facts(), &T);
         assert!(r.granted, "{r:?}");
-        assert_eq!(v.durable, Durable { term: 2, supports: Some(2) });
+        assert_eq!(
+            v.durable,
+            Durable {
+                term: 2,
+                supports: Some(2)
+            }
+        );
     }
 
     #[test]
     fn a_restarted_voter_waits_a_whole_lease() {
-        let mut v = Voter::new(Durable { term: 1, supports: Some(1) }, ms(10_000));
+        let mut v = Voter::new(
+            Durable {
+                term: 1,
+                supports: Some(1),
+            },
+            ms(10_000),
+        );
         assert!(!v.decide(ms(11_000), &req(2, 2, 100), &facts(), &T).granted);
         assert!(v.decide(ms(12_500), &req(2, 2, 100), &facts(), &T).granted);
     }
@@ -248,7 +361,10 @@ mod tests {
     fn one_vote_per_term() {
         let mut v = Voter::new(Durable::default(), ms(0));
         assert!(v.decide(ms(3000), &req(5, 2, 100), &facts(), &T).granted);
-        assert!(v.decide(ms(3001), &req(5, 2, 100), &facts(), &T).granted, "the same candidate may ask again");
+        assert!(
+            v.decide(ms(3001), &req(5, 2, 100), &facts(), &T).granted,
+            "the same candidate may ask again"
+        );
         let r = v.decide(ms(9000), &req(5, 3, 200), &facts(), &T);
         assert_eq!(r.reason, "already supports node 2 in term 5");
         let r = v.decide(ms(9000), &req(4, 3, 200), &facts(), &T);
@@ -258,45 +374,115 @@ mod tests {
     #[test]
     fn refusals() {
         let mut v = Voter::new(Durable::default(), ms(0));
-        let primary = VoterFacts { is_primary: true, ..facts() };
-        assert_eq!(v.decide(ms(9000), &req(1, 2, 100), &primary, &T).reason, "this node is the primary");
+        let primary = VoterFacts {
+            is_primary: true,
+            ..facts()
+        };
+        assert_eq!(
+            v.decide(ms(9000), &req(1, 2, 100), &primary, &T).reason,
+            "this node is the primary"
+        );
         let r = v.decide(ms(9000), &req(1, 2, 99), &facts(), &T);
         assert!(r.reason.contains("received less WAL"), "{r:?}");
-        let excluded = VoterFacts { candidate_ineligible: Some("node 2 has priority 0".into()), ..facts() };
-        assert_eq!(v.decide(ms(9000), &req(1, 2, 100), &excluded, &T).reason, "node 2 has priority 0");
+        let excluded = VoterFacts {
+            candidate_ineligible: Some("node 2 has priority 0".into()),
+            ..facts()
+        };
+        assert_eq!(
+            v.decide(ms(9000), &req(1, 2, 100), &excluded, &T).reason,
+            "node 2 has priority 0"
+        );
         assert_eq!(v.durable, Durable::default(), "refusals change nothing");
     }
 
     #[test]
     fn a_primary_without_its_lease_is_confirmed_for_one_lease_only() {
-        let mut v = Voter::new(Durable { term: 2, supports: Some(1) }, ms(0));
-        let unled = PollReply { leading: false, ..reply(2, 5) };
-        assert_eq!(v.heard(ms(1000), 1, &unled, &T), Heard::Alive { persist: false });
-        assert_eq!(v.heard(ms(3000), 1, &unled, &T), Heard::Alive { persist: false });
+        let mut v = Voter::new(
+            Durable {
+                term: 2,
+                supports: Some(1),
+            },
+            ms(0),
+        );
+        let unled = PollReply {
+            leading: false,
+            ..reply(2, 5)
+        };
+        assert_eq!(
+            v.heard(ms(1000), 1, &unled, &T),
+            Heard::Alive { persist: false }
+        );
+        assert_eq!(
+            v.heard(ms(3000), 1, &unled, &T),
+            Heard::Alive { persist: false }
+        );
         assert!(v.should_look_around(ms(3000), &T));
-        assert_eq!(v.heard(ms(3500), 1, &unled, &T), Heard::Stale, "given up after a lease");
+        assert_eq!(
+            v.heard(ms(3500), 1, &unled, &T),
+            Heard::Stale,
+            "given up after a lease"
+        );
         assert_eq!(v.echo, None);
-        assert_eq!(v.heard(ms(6000), 1, &unled, &T), Heard::Alive { persist: false }, "and tried again after another");
-        assert_eq!(v.heard(ms(3750), 1, &reply(2, 6), &T), Heard::Alive { persist: false }, "back once it leads again");
+        assert_eq!(
+            v.heard(ms(6000), 1, &unled, &T),
+            Heard::Alive { persist: false },
+            "and tried again after another"
+        );
+        assert_eq!(
+            v.heard(ms(3750), 1, &reply(2, 6), &T),
+            Heard::Alive { persist: false },
+            "back once it leads again"
+        );
     }
 
     #[test]
     fn a_newer_term_learnt_ends_support_for_the_old_primary() {
-        let mut v = Voter::new(Durable { term: 1, supports: Some(1) }, ms(0));
-        assert_eq!(v.heard(ms(100), 1, &reply(1, 5), &T), Heard::Alive { persist: false });
+        let mut v = Voter::new(
+            Durable {
+                term: 1,
+                supports: Some(1),
+            },
+            ms(0),
+        );
+        assert_eq!(
+            v.heard(ms(100), 1, &reply(1, 5), &T),
+            Heard::Alive { persist: false }
+        );
         assert!(v.learn_term(3));
         assert!(!v.learn_term(2));
-        assert_eq!(v.durable, Durable { term: 3, supports: None });
+        assert_eq!(
+            v.durable,
+            Durable {
+                term: 3,
+                supports: None
+            }
+        );
         assert_eq!(v.heard(ms(200), 1, &reply(1, 6), &T), Heard::Stale);
     }
 
     #[test]
     fn replies_from_an_older_or_unsupported_primary_are_stale() {
-        let mut v = Voter::new(Durable { term: 4, supports: Some(2) }, ms(0));
+        let mut v = Voter::new(
+            Durable {
+                term: 4,
+                supports: Some(2),
+            },
+            ms(0),
+        );
         assert_eq!(v.heard(ms(100), 1, &reply(3, 5), &T), Heard::Stale);
-        assert_eq!(v.heard(ms(100), 1, &reply(4, 5), &T), Heard::Stale, "supports node 2 in term 4");
-        assert_eq!(v.heard(ms(100), 2, &reply(4, 5), &T), Heard::Alive { persist: false });
-        let refused = PollReply { accepted: false, ..reply(4, 5) };
+        assert_eq!(
+            v.heard(ms(100), 1, &reply(4, 5), &T),
+            Heard::Stale,
+            "supports node 2 in term 4"
+        );
+        assert_eq!(
+            v.heard(ms(100), 2, &reply(4, 5), &T),
+            Heard::Alive { persist: false }
+        );
+        let refused = PollReply {
+            accepted: false,
+            ..reply(4, 5)
+        };
         assert_eq!(v.heard(ms(200), 2, &refused, &T), Heard::Stale);
         assert_eq!(v.echo, None);
     }

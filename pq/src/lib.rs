@@ -36,19 +36,29 @@ pub struct Interrupted;
 /// Waits for socket readiness. Implementations return when the socket may be ready, when the
 /// timeout passes (both are `Ok`: the client re-checks), or with `Err(Interrupted)`.
 pub trait Waiter {
-    fn wait(&mut self, fd: RawFd, interest: Interest, timeout: Duration) -> Result<(), Interrupted>;
+    fn wait(&mut self, fd: RawFd, interest: Interest, timeout: Duration)
+    -> Result<(), Interrupted>;
 }
 
 /// A [`Waiter`] for ordinary programs, built on `poll(2)`.
 pub struct PollWaiter;
 
 impl Waiter for PollWaiter {
-    fn wait(&mut self, fd: RawFd, interest: Interest, timeout: Duration) -> Result<(), Interrupted> {
+    fn wait(
+        &mut self,
+        fd: RawFd,
+        interest: Interest,
+        timeout: Duration,
+    ) -> Result<(), Interrupted> {
         let events = match interest {
             Interest::Read => libc::POLLIN,
             Interest::Write => libc::POLLOUT,
         };
-        let mut pfd = libc::pollfd { fd, events, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
         let ms = timeout.as_millis().min(i32::MAX as u128) as c_int;
         // EINTR and timeouts both return to the caller, which re-checks its deadline.
         unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -82,7 +92,13 @@ pub struct Error {
 
 impl Error {
     fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error { kind, message: message.into(), sqlstate: None, detail: None, hint: None }
+        Error {
+            kind,
+            message: message.into(),
+            sqlstate: None,
+            detail: None,
+            hint: None,
+        }
     }
 }
 
@@ -98,11 +114,21 @@ fn cstr_lossy(p: *const c_char) -> Option<String> {
     if p.is_null() {
         return None;
     }
-    Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().trim_end().to_string())
+    Some(
+        unsafe { CStr::from_ptr(p) }
+            .to_string_lossy()
+            .trim_end()
+            .to_string(),
+    )
 }
 
 fn cstring(s: &str) -> Result<CString, Error> {
-    CString::new(s).map_err(|_| Error::new(ErrorKind::Conninfo, "connection parameter contains a NUL byte"))
+    CString::new(s).map_err(|_| {
+        Error::new(
+            ErrorKind::Conninfo,
+            "connection parameter contains a NUL byte",
+        )
+    })
 }
 
 /// Checks a connection string with libpq's own parser. The error text never quotes the input.
@@ -143,7 +169,9 @@ pub fn ping(
         Ok(_) => Ok(Ping::Up),
         Err(e) if e.kind == ErrorKind::Interrupted => Err(Interrupted),
         // libpq prefixes what the server itself said with its severity.
-        Err(e) if e.kind == ErrorKind::Connect && e.message.contains("FATAL:") => Ok(Ping::Rejected(e.message)),
+        Err(e) if e.kind == ErrorKind::Connect && e.message.contains("FATAL:") => {
+            Ok(Ping::Rejected(e.message))
+        }
         Err(e) => Ok(Ping::NoResponse(e.message)),
     }
 }
@@ -162,10 +190,41 @@ impl Rows {
     }
 }
 
-/// An open connection. Dropping it closes the socket.
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Establishing; the value is what `PQconnectPoll` last asked for.
+    Connecting(Interest),
+    Idle,
+    /// A statement was sent and its results are not all in yet.
+    Busy,
+    /// Failed or abandoned mid-protocol: never reused.
+    Broken,
+}
+
+/// What a non-blocking step found.
+#[derive(Debug)]
+pub enum Step {
+    /// Connected, or the last statement's results were already collected: nothing to do.
+    Idle,
+    /// Wait until the socket is ready for this, then step again.
+    Wait(Interest),
+    /// The statement finished (an error the server reported is an `Err` here; the connection
+    /// stays usable).
+    Done(Result<Rows, Error>),
+}
+
+/// A connection. Dropping it closes the socket.
+///
+/// Everything is built on two non-blocking operations, [`Conn::start`] and [`Conn::step`], so
+/// a caller can keep a statement in flight while doing other work (the monitoring worker
+/// polls the primary that way); [`Conn::connect`] and [`Conn::query`] drive them to the end
+/// with a [`Waiter`] and a deadline.
 pub struct Conn {
     raw: NonNull<ffi::PGconn>,
-    broken: bool,
+    state: State,
+    rows: Rows,
+    error: Option<Error>,
 }
 
 // A PGconn may move between threads as long as one thread uses it at a time.
@@ -177,17 +236,20 @@ fn remaining(deadline: Instant) -> Option<Duration> {
 }
 
 impl Conn {
-    /// Connects. `defaults` apply unless the connection string sets them; `forced` always win.
-    pub fn connect(
+    /// Starts connecting without waiting. `defaults` apply unless the connection string sets
+    /// them; `forced` always win. Drive it with [`Conn::step`].
+    pub fn start(
         conninfo: &str,
         defaults: &[(&str, &str)],
         forced: &[(&str, &str)],
-        deadline: Instant,
-        waiter: &mut dyn Waiter,
     ) -> Result<Conn, Error> {
         let mut keys = Vec::new();
         let mut vals = Vec::new();
-        for (k, v) in defaults.iter().chain([("dbname", conninfo)].iter()).chain(forced.iter()) {
+        for (k, v) in defaults
+            .iter()
+            .chain([("dbname", conninfo)].iter())
+            .chain(forced.iter())
+        {
             keys.push(cstring(k)?);
             vals.push(cstring(v)?);
         }
@@ -196,34 +258,47 @@ impl Conn {
         kp.push(ptr::null());
         vp.push(ptr::null());
         let raw = unsafe { ffi::PQconnectStartParams(kp.as_ptr(), vp.as_ptr(), 1) };
-        let raw = NonNull::new(raw).ok_or_else(|| Error::new(ErrorKind::Connect, "out of memory"))?;
-        let conn = Conn { raw, broken: false };
+        let raw =
+            NonNull::new(raw).ok_or_else(|| Error::new(ErrorKind::Connect, "out of memory"))?;
+        let conn = Conn {
+            raw,
+            state: State::Connecting(Interest::Write),
+            rows: Rows::default(),
+            error: None,
+        };
         if conn.status_bad() {
-            return Err(conn.failure(ErrorKind::Connect));
-        }
-        let mut state = ffi::PostgresPollingStatusType::PGRES_POLLING_WRITING;
-        loop {
-            let interest = match state {
-                ffi::PostgresPollingStatusType::PGRES_POLLING_OK => break,
-                ffi::PostgresPollingStatusType::PGRES_POLLING_FAILED => {
-                    return Err(conn.failure(ErrorKind::Connect));
-                }
-                ffi::PostgresPollingStatusType::PGRES_POLLING_READING => Interest::Read,
-                _ => Interest::Write,
-            };
-            let left = remaining(deadline).ok_or_else(|| Error::new(ErrorKind::Timeout, "timed out while connecting"))?;
-            waiter
-                .wait(conn.socket(), interest, left)
-                .map_err(|_| Error::new(ErrorKind::Interrupted, "interrupted while connecting"))?;
-            state = unsafe { ffi::PQconnectPoll(conn.raw.as_ptr()) };
-        }
-        if unsafe { ffi::PQsetnonblocking(conn.raw.as_ptr(), 1) } != 0 {
             return Err(conn.failure(ErrorKind::Connect));
         }
         Ok(conn)
     }
 
-    fn socket(&self) -> RawFd {
+    /// Connects, waiting with `waiter` until `deadline`.
+    pub fn connect(
+        conninfo: &str,
+        defaults: &[(&str, &str)],
+        forced: &[(&str, &str)],
+        deadline: Instant,
+        waiter: &mut dyn Waiter,
+    ) -> Result<Conn, Error> {
+        let mut conn = Conn::start(conninfo, defaults, forced)?;
+        loop {
+            match conn.step()? {
+                Step::Idle => return Ok(conn),
+                Step::Wait(interest) => {
+                    let left = remaining(deadline).ok_or_else(|| {
+                        Error::new(ErrorKind::Timeout, "timed out while connecting")
+                    })?;
+                    waiter.wait(conn.socket(), interest, left).map_err(|_| {
+                        Error::new(ErrorKind::Interrupted, "interrupted while connecting")
+                    })?;
+                }
+                Step::Done(_) => unreachable!("no statement was sent"),
+            }
+        }
+    }
+
+    /// The socket to wait on.
+    pub fn socket(&self) -> RawFd {
         unsafe { ffi::PQsocket(self.raw.as_ptr()) }
     }
 
@@ -234,12 +309,35 @@ impl Conn {
 
     fn failure(&self, kind: ErrorKind) -> Error {
         let msg = cstr_lossy(unsafe { ffi::PQerrorMessage(self.raw.as_ptr()) }).unwrap_or_default();
-        Error::new(kind, if msg.is_empty() { "connection failed".to_string() } else { msg })
+        Error::new(
+            kind,
+            if msg.is_empty() {
+                "connection failed".to_string()
+            } else {
+                msg
+            },
+        )
+    }
+
+    /// Marks the connection unusable and returns `e` (for failures mid-protocol).
+    fn broken(&mut self, e: Error) -> Error {
+        self.state = State::Broken;
+        e
     }
 
     /// False once the connection has failed or been abandoned after a timeout.
     pub fn is_usable(&self) -> bool {
-        !self.broken && !self.status_bad()
+        self.state != State::Broken && !self.status_bad()
+    }
+
+    /// Whether a statement may be sent now.
+    pub fn is_idle(&self) -> bool {
+        self.state == State::Idle
+    }
+
+    /// Gives up on whatever is in progress (a deadline passed): the connection is not reused.
+    pub fn abandon(&mut self) {
+        self.state = State::Broken;
     }
 
     /// The server's version number (e.g. 150004).
@@ -247,40 +345,26 @@ impl Conn {
         unsafe { ffi::PQserverVersion(self.raw.as_ptr()) }
     }
 
-    /// Runs one statement with text parameters (`None` is SQL NULL) and returns text rows.
-    pub fn query(
-        &mut self,
-        sql: &str,
-        params: &[Option<&str>],
-        deadline: Instant,
-        waiter: &mut dyn Waiter,
-    ) -> Result<Rows, Error> {
-        if !self.is_usable() {
-            return Err(Error::new(ErrorKind::Connect, "the connection is no longer usable"));
+    /// Sends one statement with text parameters (`None` is SQL NULL) without waiting for it.
+    pub fn send(&mut self, sql: &str, params: &[Option<&str>]) -> Result<(), Error> {
+        if self.state != State::Idle || self.status_bad() {
+            return Err(Error::new(
+                ErrorKind::Connect,
+                "the connection is not ready for a statement",
+            ));
         }
-        let result = self.query_inner(sql, params, deadline, waiter);
-        if let Err(e) = &result
-            && e.kind != ErrorKind::Query {
-                // Mid-protocol state is unknown: never reuse this connection.
-                self.broken = true;
-            }
-        result
-    }
-
-    fn query_inner(
-        &mut self,
-        sql: &str,
-        params: &[Option<&str>],
-        deadline: Instant,
-        waiter: &mut dyn Waiter,
-    ) -> Result<Rows, Error> {
         let sql_c = cstring(sql)?;
-        let owned: Vec<Option<CString>> = params.iter().map(|p| p.map(cstring).transpose()).collect::<Result<_, _>>()?;
-        let ptrs: Vec<*const c_char> = owned.iter().map(|p| p.as_ref().map_or(ptr::null(), |c| c.as_ptr())).collect();
-        let conn = self.raw.as_ptr();
+        let owned: Vec<Option<CString>> = params
+            .iter()
+            .map(|p| p.map(cstring).transpose())
+            .collect::<Result<_, _>>()?;
+        let ptrs: Vec<*const c_char> = owned
+            .iter()
+            .map(|p| p.as_ref().map_or(ptr::null(), |c| c.as_ptr()))
+            .collect();
         let sent = unsafe {
             ffi::PQsendQueryParams(
-                conn,
+                self.raw.as_ptr(),
                 sql_c.as_ptr(),
                 ptrs.len() as c_int,
                 ptr::null(),
@@ -291,48 +375,118 @@ impl Conn {
             )
         };
         if sent != 1 {
-            return Err(self.failure(ErrorKind::Connect));
+            let e = self.failure(ErrorKind::Connect);
+            return Err(self.broken(e));
         }
-        let timeout = || Error::new(ErrorKind::Timeout, "timed out waiting for the server to answer");
-        let interrupted = || Error::new(ErrorKind::Interrupted, "interrupted while waiting for the server");
-        loop {
-            match unsafe { ffi::PQflush(conn) } {
-                0 => break,
-                1 => {
-                    let left = remaining(deadline).ok_or_else(timeout)?;
-                    waiter.wait(self.socket(), Interest::Write, left).map_err(|_| interrupted())?;
-                }
-                _ => return Err(self.failure(ErrorKind::Connect)),
-            }
-        }
-        let mut rows = Rows::default();
-        let mut error: Option<Error> = None;
-        loop {
-            if unsafe { ffi::PQconsumeInput(conn) } == 0 {
-                return Err(self.failure(ErrorKind::Connect));
-            }
-            while unsafe { ffi::PQisBusy(conn) } == 0 {
-                let res = unsafe { ffi::PQgetResult(conn) };
-                if res.is_null() {
-                    return match error {
-                        Some(e) => Err(e),
-                        None => Ok(rows),
-                    };
-                }
-                let r = ResultGuard(res);
-                match unsafe { ffi::PQresultStatus(res) } {
-                    ffi::ExecStatusType::PGRES_TUPLES_OK | ffi::ExecStatusType::PGRES_COMMAND_OK => {
-                        rows = r.rows();
+        self.state = State::Busy;
+        self.rows = Rows::default();
+        self.error = None;
+        Ok(())
+    }
+
+    /// Makes whatever progress is possible without blocking.
+    pub fn step(&mut self) -> Result<Step, Error> {
+        let conn = self.raw.as_ptr();
+        match self.state {
+            State::Broken => Err(Error::new(
+                ErrorKind::Connect,
+                "the connection is no longer usable",
+            )),
+            State::Idle => Ok(Step::Idle),
+            State::Connecting(_) => match unsafe { ffi::PQconnectPoll(conn) } {
+                ffi::PostgresPollingStatusType::PGRES_POLLING_OK => {
+                    if unsafe { ffi::PQsetnonblocking(conn, 1) } != 0 {
+                        let e = self.failure(ErrorKind::Connect);
+                        return Err(self.broken(e));
                     }
+                    self.state = State::Idle;
+                    Ok(Step::Idle)
+                }
+                ffi::PostgresPollingStatusType::PGRES_POLLING_FAILED => {
+                    let e = self.failure(ErrorKind::Connect);
+                    Err(self.broken(e))
+                }
+                ffi::PostgresPollingStatusType::PGRES_POLLING_READING => {
+                    self.state = State::Connecting(Interest::Read);
+                    Ok(Step::Wait(Interest::Read))
+                }
+                _ => {
+                    self.state = State::Connecting(Interest::Write);
+                    Ok(Step::Wait(Interest::Write))
+                }
+            },
+            State::Busy => {
+                match unsafe { ffi::PQflush(conn) } {
+                    0 => {}
+                    1 => return Ok(Step::Wait(Interest::Write)),
                     _ => {
-                        if error.is_none() {
-                            error = Some(r.error());
+                        let e = self.failure(ErrorKind::Connect);
+                        return Err(self.broken(e));
+                    }
+                }
+                if unsafe { ffi::PQconsumeInput(conn) } == 0 {
+                    let e = self.failure(ErrorKind::Connect);
+                    return Err(self.broken(e));
+                }
+                while unsafe { ffi::PQisBusy(conn) } == 0 {
+                    let res = unsafe { ffi::PQgetResult(conn) };
+                    if res.is_null() {
+                        self.state = State::Idle;
+                        let rows = std::mem::take(&mut self.rows);
+                        return Ok(Step::Done(match self.error.take() {
+                            Some(e) => Err(e),
+                            None => Ok(rows),
+                        }));
+                    }
+                    let r = ResultGuard(res);
+                    match unsafe { ffi::PQresultStatus(res) } {
+                        ffi::ExecStatusType::PGRES_TUPLES_OK
+                        | ffi::ExecStatusType::PGRES_COMMAND_OK => self.rows = r.rows(),
+                        _ => {
+                            self.error.get_or_insert_with(|| r.error());
                         }
                     }
                 }
+                Ok(Step::Wait(Interest::Read))
             }
-            let left = remaining(deadline).ok_or_else(timeout)?;
-            waiter.wait(self.socket(), Interest::Read, left).map_err(|_| interrupted())?;
+        }
+    }
+
+    /// Runs one statement and waits for its rows until `deadline`. A deadline that passes
+    /// abandons the connection.
+    pub fn query(
+        &mut self,
+        sql: &str,
+        params: &[Option<&str>],
+        deadline: Instant,
+        waiter: &mut dyn Waiter,
+    ) -> Result<Rows, Error> {
+        if !self.is_usable() {
+            return Err(Error::new(
+                ErrorKind::Connect,
+                "the connection is no longer usable",
+            ));
+        }
+        self.send(sql, params)?;
+        loop {
+            match self.step()? {
+                Step::Done(result) => return result,
+                Step::Idle => return Ok(Rows::default()),
+                Step::Wait(interest) => {
+                    let Some(left) = remaining(deadline) else {
+                        return Err(self.broken(Error::new(
+                            ErrorKind::Timeout,
+                            "timed out waiting for the server to answer",
+                        )));
+                    };
+                    if waiter.wait(self.socket(), interest, left).is_err() {
+                        return Err(self.broken(Error::new(
+                            ErrorKind::Interrupted,
+                            "interrupted while waiting for the server",
+                        )));
+                    }
+                }
+            }
         }
     }
 }
@@ -366,7 +520,9 @@ impl ResultGuard {
 
     fn rows(&self) -> Rows {
         let (n, m) = unsafe { (ffi::PQntuples(self.0), ffi::PQnfields(self.0)) };
-        let columns = (0..m).map(|c| cstr_lossy(unsafe { ffi::PQfname(self.0, c) }).unwrap_or_default()).collect();
+        let columns = (0..m)
+            .map(|c| cstr_lossy(unsafe { ffi::PQfname(self.0, c) }).unwrap_or_default())
+            .collect();
         let rows = (0..n)
             .map(|r| {
                 (0..m)
@@ -405,9 +561,15 @@ mod tests {
     }
 
     fn connect_port(port: u16, timeout: Duration) -> Error {
-        Conn::connect("host=127.0.0.1 dbname=x user=x", &[], &[("port", &port.to_string())], Instant::now() + timeout, &mut PollWaiter)
-            .err()
-            .expect("no server to complete a handshake")
+        Conn::connect(
+            "host=127.0.0.1 dbname=x user=x",
+            &[],
+            &[("port", &port.to_string())],
+            Instant::now() + timeout,
+            &mut PollWaiter,
+        )
+        .err()
+        .expect("no server to complete a handshake")
     }
 
     /// A listener that accepts TCP and never answers must not hold a connect past its deadline.
@@ -418,20 +580,33 @@ mod tests {
         let err = connect_port(l.local_addr().unwrap().port(), Duration::from_millis(300));
         let took = t0.elapsed();
         assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
-        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
     }
 
     #[test]
     fn ping_tells_silence_from_refusal() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port().to_string();
-        let got = ping("host=127.0.0.1", &[], &[("port", &port)], Instant::now() + Duration::from_millis(200), &mut PollWaiter);
+        let got = ping(
+            "host=127.0.0.1",
+            &[],
+            &[("port", &port)],
+            Instant::now() + Duration::from_millis(200),
+            &mut PollWaiter,
+        );
         assert!(matches!(got, Ok(Ping::NoResponse(_))), "{got:?}");
     }
 
     #[test]
     fn refused_connection_is_a_connect_error() {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let err = connect_port(port, Duration::from_secs(5));
         assert_eq!(err.kind, ErrorKind::Connect, "{err}");
     }

@@ -94,7 +94,11 @@ impl Config {
             witness,
             faults_for: Duration::from_secs(20),
             settle_for: Duration::from_secs(20),
-            timing: Timing { heartbeat: Duration::from_millis(250), fence: Duration::from_millis(1500), lease: Duration::from_millis(2500) },
+            timing: Timing {
+                heartbeat: Duration::from_millis(250),
+                fence: Duration::from_millis(1500),
+                lease: Duration::from_millis(2500),
+            },
         }
     }
 }
@@ -108,16 +112,27 @@ enum Role {
 
 #[derive(Debug, Clone)]
 enum Msg {
-    Poll { term: u64, echo: Option<Stamp> },
+    Poll {
+        term: u64,
+        echo: Option<Stamp>,
+    },
     PollReply(PollReply),
     /// The polled node is not a primary (the worker's poll then returns nothing at once).
     NotPrimary,
-    Ask { round: u64 },
+    Ask {
+        round: u64,
+    },
     /// `primary`: the primary this voter hears (or is), with its term.
-    Answer { round: u64, answer: Answer, primary: Option<(NodeId, u64)> },
+    Answer {
+        round: u64,
+        answer: Answer,
+        primary: Option<(NodeId, u64)>,
+    },
     VoteReq(VoteRequest),
     Vote(VoteReply),
-    NewPrimary { term: u64 },
+    NewPrimary {
+        term: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -148,8 +163,17 @@ impl Ord for Envelope {
 
 #[derive(Debug)]
 enum Phase {
-    Asking { round: u64, until: Duration, answers: Vec<(usize, Answer)> },
-    Voting { term: u64, until: Duration, asked_at: Duration, grants: Vec<usize> },
+    Asking {
+        round: u64,
+        until: Duration,
+        answers: Vec<(usize, Answer)>,
+    },
+    Voting {
+        term: u64,
+        until: Duration,
+        asked_at: Duration,
+        grants: Vec<usize>,
+    },
 }
 
 struct Node {
@@ -200,7 +224,11 @@ impl Node {
     }
 
     fn leading(&self, local: Duration, timing: &Timing) -> bool {
-        self.role == Role::Primary && self.lease.as_ref().is_some_and(|l| l.may_commit(local, timing.fence))
+        self.role == Role::Primary
+            && self
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.may_commit(local, timing.fence))
     }
 }
 
@@ -222,7 +250,11 @@ pub struct Violation {
 
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "seed {}: {}\n--- last events ---\n{}", self.seed, self.what, self.trace)
+        write!(
+            f,
+            "seed {}: {}\n--- last events ---\n{}",
+            self.seed, self.what, self.trace
+        )
     }
 }
 
@@ -301,7 +333,10 @@ impl World {
                 } else {
                     Role::Witness
                 };
-                let durable = Durable { term: 1, supports: Some(1) };
+                let durable = Durable {
+                    term: 1,
+                    supports: Some(1),
+                };
                 let rate_ppm = rng.range(0, 2 * half as u64) as i64 - half;
                 let offset = rng.range(0, 1_000_000_000);
                 let mut n = Node {
@@ -359,7 +394,8 @@ impl World {
         if self.trace.len() >= 300 {
             self.trace.pop_front();
         }
-        self.trace.push_back(format!("{:>9.3}s {line}", self.now as f64 / 1e6));
+        self.trace
+            .push_back(format!("{:>9.3}s {line}", self.now as f64 / 1e6));
     }
 
     fn violation(&self, what: String) -> Violation {
@@ -367,12 +403,21 @@ impl World {
         for l in &self.trace {
             let _ = writeln!(trace, "{l}");
         }
-        Violation { seed: self.cfg.seed, what, trace }
+        Violation {
+            seed: self.cfg.seed,
+            what,
+            trace,
+        }
     }
 
     /// Every other voter's id.
     fn others(&self, i: usize) -> Vec<NodeId> {
-        self.nodes.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, n)| n.id).collect()
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| n.id)
+            .collect()
     }
 
     fn send(&mut self, from: usize, to: usize, msg: Msg) {
@@ -380,9 +425,19 @@ impl World {
             return;
         }
         // Mostly LAN delays, sometimes a long one.
-        let delay = if self.rng.chance(self.slow_per_million) { self.rng.range(50 * MS, 800 * MS) } else { self.rng.range(100, 3 * MS) };
+        let delay = if self.rng.chance(self.slow_per_million) {
+            self.rng.range(50 * MS, 800 * MS)
+        } else {
+            self.rng.range(100, 3 * MS)
+        };
         self.seq += 1;
-        self.queue.push(Reverse(Envelope { at: self.now + delay, seq: self.seq, from, to, msg }));
+        self.queue.push(Reverse(Envelope {
+            at: self.now + delay,
+            seq: self.seq,
+            from,
+            to,
+            msg,
+        }));
     }
 
     fn deliver(&mut self) {
@@ -418,7 +473,9 @@ impl World {
                 let from_id = self.nodes[from].id;
                 let is_primary = self.nodes[to].role == Role::Primary;
                 let reply = match self.nodes[to].lease.as_mut() {
-                    Some(l) if is_primary => Msg::PollReply(l.poll(local, from_id, term, echo, timing.fence)),
+                    Some(l) if is_primary => {
+                        Msg::PollReply(l.poll(local, from_id, term, echo, timing.fence))
+                    }
                     _ => Msg::NotPrimary,
                 };
                 self.send(to, from, reply);
@@ -457,39 +514,62 @@ impl World {
                 let primary = if n.role == Role::Primary {
                     n.lease.as_ref().map(|l| (n.id, l.term))
                 } else {
-                    n.voter.leader.filter(|_| n.voter.silence(local) < timing.lease).map(|l| (l, n.durable.term))
+                    n.voter
+                        .leader
+                        .filter(|_| n.voter.silence(local) < timing.lease)
+                        .map(|l| (l, n.durable.term))
                 };
-                self.send(to, from, Msg::Answer { round, answer, primary });
+                self.send(
+                    to,
+                    from,
+                    Msg::Answer {
+                        round,
+                        answer,
+                        primary,
+                    },
+                );
             }
-            Msg::Answer { round, answer, primary } => {
+            Msg::Answer {
+                round,
+                answer,
+                primary,
+            } => {
                 // Poll the primary with the newest term that anyone hears (or is).
                 let me = &self.nodes[to];
-                if let Some((p, term)) = primary.filter(|(p, t)| *p != me.id && *t >= me.durable.term && me.role != Role::Primary)
-                    && term >= self.nodes[to].best_seen {
-                        self.nodes[to].best_seen = term;
-                        if self.nodes[to].source != Some((p - 1) as usize) {
-                            let id = self.nodes[to].id;
-                            self.log(format!("node {id} now polls node {p} (term {term})"));
-                        }
-                        self.nodes[to].follow((p - 1) as usize);
+                if let Some((p, term)) = primary.filter(|(p, t)| {
+                    *p != me.id && *t >= me.durable.term && me.role != Role::Primary
+                }) && term >= self.nodes[to].best_seen
+                {
+                    self.nodes[to].best_seen = term;
+                    if self.nodes[to].source != Some((p - 1) as usize) {
+                        let id = self.nodes[to].id;
+                        self.log(format!("node {id} now polls node {p} (term {term})"));
                     }
-                if let Some(Phase::Asking { round: r, answers, .. }) = self.nodes[to].phase.as_mut()
-                    && *r == round {
-                        let term = answer.term;
-                        answers.push((from, answer));
-                        let n = &mut self.nodes[to];
-                        if n.role != Role::Primary && n.voter.learn_term(term) {
-                            n.durable = n.voter.durable;
-                        }
+                    self.nodes[to].follow((p - 1) as usize);
+                }
+                if let Some(Phase::Asking {
+                    round: r, answers, ..
+                }) = self.nodes[to].phase.as_mut()
+                    && *r == round
+                {
+                    let term = answer.term;
+                    answers.push((from, answer));
+                    let n = &mut self.nodes[to];
+                    if n.role != Role::Primary && n.voter.learn_term(term) {
+                        n.durable = n.voter.durable;
                     }
+                }
             }
             Msg::VoteReq(req) => {
                 let candidate = (req.candidate - 1) as usize;
                 let facts = VoterFacts {
                     is_primary: self.nodes[to].role == Role::Primary,
                     // A diverged standby's WAL is on a timeline nobody continues: no yardstick.
-                    received_lsn: (self.nodes[to].role == Role::Standby && !self.nodes[to].diverged).then_some(self.nodes[to].lsn),
-                    candidate_ineligible: (self.nodes[candidate].role == Role::Witness).then(|| "a witness".to_string()),
+                    received_lsn: (self.nodes[to].role == Role::Standby
+                        && !self.nodes[to].diverged)
+                        .then_some(self.nodes[to].lsn),
+                    candidate_ineligible: (self.nodes[candidate].role == Role::Witness)
+                        .then(|| "a witness".to_string()),
                 };
                 let n = &mut self.nodes[to];
                 let reply = n.voter.decide(local, &req, &facts, &timing);
@@ -498,16 +578,22 @@ impl World {
                     // If it wins, it is the one to poll; if not, silence leads to a new look.
                     n.follow(candidate);
                     let (id, lsn) = (n.id, n.lsn);
-                    self.log(format!("node {id} (lsn {lsn}) votes for node {} in term {}", req.candidate, req.term));
+                    self.log(format!(
+                        "node {id} (lsn {lsn}) votes for node {} in term {}",
+                        req.candidate, req.term
+                    ));
                 }
                 self.send(to, from, Msg::Vote(reply));
             }
             Msg::Vote(reply) => {
                 let n = &mut self.nodes[to];
                 if let Some(Phase::Voting { term, grants, .. }) = n.phase.as_mut()
-                    && reply.granted && reply.term == *term && !grants.contains(&from) {
-                        grants.push(from);
-                    }
+                    && reply.granted
+                    && reply.term == *term
+                    && !grants.contains(&from)
+                {
+                    grants.push(from);
+                }
             }
             Msg::NewPrimary { term } => {
                 let n = &mut self.nodes[to];
@@ -527,14 +613,26 @@ impl World {
         let local = self.nodes[i].local(self.now);
         if self.nodes[i].role == Role::Primary {
             let id = self.nodes[i].id;
-            if let Some(term) = self.nodes[i].lease.as_mut().and_then(|l| l.overtake(local, timing.fence)) {
-                self.nodes[i].durable = Durable { term, supports: Some(id) };
-                self.log(format!("node {id} overtakes a failed election: now term {term}"));
+            if let Some(term) = self.nodes[i]
+                .lease
+                .as_mut()
+                .and_then(|l| l.overtake(local, timing.fence))
+            {
+                self.nodes[i].durable = Durable {
+                    term,
+                    supports: Some(id),
+                };
+                self.log(format!(
+                    "node {id} overtakes a failed election: now term {term}"
+                ));
             }
             let leading = self.nodes[i].leading(local, &timing);
             if leading != self.nodes[i].was_leading {
                 self.nodes[i].was_leading = leading;
-                self.log(format!("node {id} {} its lease", if leading { "holds" } else { "lost" }));
+                self.log(format!(
+                    "node {id} {} its lease",
+                    if leading { "holds" } else { "lost" }
+                ));
             }
             if leading {
                 self.nodes[i].lsn += self.rng.range(0, 4000);
@@ -544,7 +642,9 @@ impl World {
         }
         // Poll whoever we think is the primary.
         let n = &self.nodes[i];
-        let poll_due = local >= n.next_poll && n.poll_sent.is_none_or(|s| local.saturating_sub(s) > dur(POLL_TIMEOUT));
+        let poll_due = local >= n.next_poll
+            && n.poll_sent
+                .is_none_or(|s| local.saturating_sub(s) > dur(POLL_TIMEOUT));
         if let (Some(src), true) = (n.source, poll_due) {
             let (term, echo) = (n.durable.term, n.voter.echo);
             self.nodes[i].poll_sent = Some(local);
@@ -566,16 +666,28 @@ impl World {
                 let round = n.rounds + 1;
                 self.nodes[i].rounds = round;
                 self.nodes[i].best_seen = 0;
-                self.nodes[i].phase = Some(Phase::Asking { round, until: local + dur(ASK_WAIT), answers: Vec::new() });
+                self.nodes[i].phase = Some(Phase::Asking {
+                    round,
+                    until: local + dur(ASK_WAIT),
+                    answers: Vec::new(),
+                });
                 for j in 0..self.nodes.len() {
                     if j != i {
                         self.send(i, j, Msg::Ask { round });
                     }
                 }
             }
-            Some(Phase::Asking { round, until, answers }) => {
+            Some(Phase::Asking {
+                round,
+                until,
+                answers,
+            }) => {
                 if local < until && answers.len() + 1 < self.nodes.len() {
-                    self.nodes[i].phase = Some(Phase::Asking { round, until, answers });
+                    self.nodes[i].phase = Some(Phase::Asking {
+                        round,
+                        until,
+                        answers,
+                    });
                     return;
                 }
                 let backoff = dur(self.rng.range(200 * MS, 1000 * MS));
@@ -593,9 +705,16 @@ impl World {
                             Role::Witness => Kind::Witness,
                         },
                         location: "default".into(),
-                        priority: if self.nodes[j].role == Role::Witness { 0 } else { 100 },
+                        priority: if self.nodes[j].role == Role::Witness {
+                            0
+                        } else {
+                            100
+                        },
                         automatic: true,
-                        answer: answers.iter().find(|(k, _)| *k == j).map(|(_, a)| a.clone()),
+                        answer: answers
+                            .iter()
+                            .find(|(k, _)| *k == j)
+                            .map(|(_, a)| a.clone()),
                     })
                     .collect();
                 let n = &self.nodes[i];
@@ -609,7 +728,12 @@ impl World {
                     automatic: true,
                     paused: false,
                 };
-                let rules = Rules { timing, max_lag: 16 << 20, visibility_consensus: true, primary_location: None };
+                let rules = Rules {
+                    timing,
+                    max_lag: 16 << 20,
+                    visibility_consensus: true,
+                    primary_location: None,
+                };
                 let plan = election::plan(&me, &peers, &rules);
                 if !matches!(plan, Plan::Stand { .. }) {
                     let id = self.nodes[i].id;
@@ -617,10 +741,22 @@ impl World {
                 }
                 if let Plan::Stand { term } = plan {
                     let n = &mut self.nodes[i];
-                    n.durable = Durable { term, supports: Some(n.id) };
+                    n.durable = Durable {
+                        term,
+                        supports: Some(n.id),
+                    };
                     n.voter.durable = n.durable;
-                    let req = VoteRequest { term, candidate: n.id, lsn: n.lsn };
-                    n.phase = Some(Phase::Voting { term, until: local + dur(VOTE_WAIT), asked_at: local, grants: Vec::new() });
+                    let req = VoteRequest {
+                        term,
+                        candidate: n.id,
+                        lsn: n.lsn,
+                    };
+                    n.phase = Some(Phase::Voting {
+                        term,
+                        until: local + dur(VOTE_WAIT),
+                        asked_at: local,
+                        grants: Vec::new(),
+                    });
                     self.report.elections += 1;
                     let id = n.id;
                     self.log(format!("node {id} stands in term {term}"));
@@ -631,14 +767,24 @@ impl World {
                     }
                 }
             }
-            Some(Phase::Voting { term, until, asked_at, grants }) => {
+            Some(Phase::Voting {
+                term,
+                until,
+                asked_at,
+                grants,
+            }) => {
                 if self.nodes[i].durable.term != term {
                     return;
                 }
                 if election::won(grants.len() + 1, self.nodes.len()) {
                     self.promote(i, term, asked_at, &grants);
                 } else if local < until {
-                    self.nodes[i].phase = Some(Phase::Voting { term, until, asked_at, grants });
+                    self.nodes[i].phase = Some(Phase::Voting {
+                        term,
+                        until,
+                        asked_at,
+                        grants,
+                    });
                 } else {
                     self.nodes[i].retry_at = local + dur(self.rng.range(300 * MS, 1500 * MS));
                 }
@@ -648,21 +794,35 @@ impl World {
 
     fn promote(&mut self, i: usize, term: u64, asked_at: Duration, grants: &[usize]) {
         if let Some(prev) = self.winners.insert(term, i)
-            && prev != i {
-                panic_later(&mut self.trace, format!("term {term} won by nodes {} and {}", self.nodes[prev].id, self.nodes[i].id));
-            }
+            && prev != i
+        {
+            panic_later(
+                &mut self.trace,
+                format!(
+                    "term {term} won by nodes {} and {}",
+                    self.nodes[prev].id, self.nodes[i].id
+                ),
+            );
+        }
         let others = self.others(i);
         let grant_ids: Vec<NodeId> = grants.iter().map(|g| self.nodes[*g].id).collect();
         let n = &mut self.nodes[i];
         n.role = Role::Primary;
         n.incarnation += 1;
-        n.lease = Some(Lease::new(term, n.incarnation, &others, Some((asked_at, &grant_ids))));
+        n.lease = Some(Lease::new(
+            term,
+            n.incarnation,
+            &others,
+            Some((asked_at, &grant_ids)),
+        ));
         n.promoted_at = n.lsn;
         n.source = None;
         n.phase = None;
         self.report.promotions += 1;
         let (id, lsn) = (n.id, n.lsn);
-        self.log(format!("node {id} promoted in term {term} at lsn {lsn} with votes from {grant_ids:?}"));
+        self.log(format!(
+            "node {id} promoted in term {term} at lsn {lsn} with votes from {grant_ids:?}"
+        ));
         for j in 0..self.nodes.len() {
             if j != i {
                 self.send(i, j, Msg::NewPrimary { term });
@@ -673,7 +833,9 @@ impl World {
     /// Standbys receive WAL from their source while both run and the link is up.
     fn replicate(&mut self) {
         for i in 0..self.nodes.len() {
-            let Some(src) = self.nodes[i].source else { continue };
+            let Some(src) = self.nodes[i].source else {
+                continue;
+            };
             let ok = self.nodes[i].role == Role::Standby
                 && !self.nodes[i].diverged
                 && self.nodes[i].running(self.now)
@@ -703,12 +865,17 @@ impl World {
             .map(|n| n.id)
             .collect();
         if leaders.len() > 1 {
-            return Err(self.violation(format!("nodes {leaders:?} can all commit at the same moment")));
+            return Err(self.violation(format!(
+                "nodes {leaders:?} can all commit at the same moment"
+            )));
         }
         for i in 0..self.nodes.len() {
             let term = self.nodes[i].durable.term;
             if term < self.max_terms[i] {
-                return Err(self.violation(format!("node {}'s term went back from {} to {term}", self.nodes[i].id, self.max_terms[i])));
+                return Err(self.violation(format!(
+                    "node {}'s term went back from {} to {term}",
+                    self.nodes[i].id, self.max_terms[i]
+                )));
             }
             self.max_terms[i] = term;
         }
@@ -744,13 +911,20 @@ impl World {
                 if both {
                     self.blocked[other][victim] = true;
                 }
-                self.log(format!("link {id} -> {} cut{}", self.nodes[other].id, if both { " both ways" } else { " one way" }));
+                self.log(format!(
+                    "link {id} -> {} cut{}",
+                    self.nodes[other].id,
+                    if both { " both ways" } else { " one way" }
+                ));
                 let back = now + self.rng.range(500 * MS, 6000 * MS);
                 self.pending.push((back, victim, "reconnect"));
             }
         } else if self.rng.chance(1000) {
             self.loss_per_million = self.rng.range(0, 300_000);
-            self.log(format!("message loss now {}%", self.loss_per_million / 10_000));
+            self.log(format!(
+                "message loss now {}%",
+                self.loss_per_million / 10_000
+            ));
         }
     }
 
@@ -788,7 +962,12 @@ impl World {
 
     fn apply_pending(&mut self) {
         let now = self.now;
-        let due: Vec<(Us, usize, &'static str)> = self.pending.iter().copied().filter(|(t, _, _)| *t <= now).collect();
+        let due: Vec<(Us, usize, &'static str)> = self
+            .pending
+            .iter()
+            .copied()
+            .filter(|(t, _, _)| *t <= now)
+            .collect();
         self.pending.retain(|(t, _, _)| *t > now);
         for (_, i, what) in due {
             match what {

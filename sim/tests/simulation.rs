@@ -5,7 +5,10 @@
 use std::time::Instant;
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[test]
@@ -22,6 +25,9 @@ fn seeded_schedules_keep_every_invariant() {
             r.promotions,
             r.commits
         ),
-        Err(v) => panic!("{v}\nreplay: REPMGR_SIM_SEED={} REPMGR_SIM_SCHEDULES=1 cargo test -p repmgr-sim -- --nocapture", v.seed),
+        Err(v) => panic!(
+            "{v}\nreplay: REPMGR_SIM_SEED={} REPMGR_SIM_SCHEDULES=1 cargo test -p repmgr-sim -- --nocapture",
+            v.seed
+        ),
     }
 }

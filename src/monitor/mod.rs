@@ -65,7 +65,9 @@ impl Snapshot {
     }
 
     fn primary(&self) -> Option<&NodeRecord> {
-        self.nodes.iter().find(|n| n.node_type == NodeType::Primary && n.active)
+        self.nodes
+            .iter()
+            .find(|n| n.node_type == NodeType::Primary && n.active)
     }
 }
 
@@ -111,7 +113,12 @@ fn flush(outbox: &mut Vec<Event>, settings: &Settings, db: &mut dyn Db) {
         let mut rest = pending.into_iter();
         for ev in rest.by_ref() {
             if let Err(f) = events::record(Some(&mut *db), settings, ev.clone()) {
-                log!("repmgr: could not record event \"{}\" on {}: {}", ev.name, db.label(), crate::error::mask_text(&f.message));
+                log!(
+                    "repmgr: could not record event \"{}\" on {}: {}",
+                    ev.name,
+                    db.label(),
+                    crate::error::mask_text(&f.message)
+                );
                 return std::iter::once(ev).chain(rest).collect();
             }
         }
@@ -126,7 +133,11 @@ fn flush_to(outbox: &mut Vec<Event>, settings: &Settings, peers: &mut Peers, pri
     }
     match peers.get(primary, settings) {
         Ok(p) => flush(outbox, settings, p),
-        Err(f) => log!("repmgr: {} events wait for the primary: {}", outbox.len(), crate::error::mask_text(&f.message)),
+        Err(f) => log!(
+            "repmgr: {} events wait for the primary: {}",
+            outbox.len(),
+            crate::error::mask_text(&f.message)
+        ),
     }
 }
 
@@ -195,14 +206,20 @@ impl Monitor {
         if m.0 != m.1 && changes.is_empty() {
             changes.push("monitoring settings".into());
         }
-        if old.conninfo != self.settings.conninfo || old.peer_connect_timeout != self.settings.peer_connect_timeout {
+        if old.conninfo != self.settings.conninfo
+            || old.peer_connect_timeout != self.settings.peer_connect_timeout
+        {
             changes.push("connection settings".into());
             self.peers = Peers::default();
         }
         if let Some((_, u)) = self.upstream.as_mut() {
             u.set_policy(self.settings.monitor.retry);
         }
-        let details = if changes.is_empty() { "configuration reloaded; no monitoring setting changed".to_string() } else { format!("configuration reloaded: {}", changes.join("; ")) };
+        let details = if changes.is_empty() {
+            "configuration reloaded; no monitoring setting changed".to_string()
+        } else {
+            format!("configuration reloaded: {}", changes.join("; "))
+        };
         log!("repmgr: {}", details);
         self.queue(Event::new(self.settings.node_id, "repmgrd_reload", details));
     }
@@ -212,7 +229,10 @@ impl Monitor {
         ev.at.get_or_insert_with(timestamp_now);
         if self.outbox.len() >= OUTBOX_LIMIT {
             let dropped = self.outbox.remove(0);
-            log!("repmgr: no primary reachable for a while; dropping the oldest pending event \"{}\"", dropped.name);
+            log!(
+                "repmgr: no primary reachable for a while; dropping the oldest pending event \"{}\"",
+                dropped.name
+            );
         }
         self.outbox.push(ev);
     }
@@ -230,7 +250,10 @@ impl Monitor {
     /// Reads this node's state, or `None` while the extension is not created.
     fn snapshot(&self) -> Result<Option<Snapshot>> {
         in_transaction(|| {
-            let ext = Local.read("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'repmgr')", &[])?;
+            let ext = Local.read(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'repmgr')",
+                &[],
+            )?;
             if ext.get(0, 0) != Some("t") {
                 return Ok(None);
             }
@@ -251,7 +274,10 @@ impl Monitor {
                 receive_lsn: text(1),
                 last_replay: text(2),
                 apply_lag: text(3),
-                streaming: r.get(0, 4).map(|s| s.lines().map(str::to_string).collect()).unwrap_or_default(),
+                streaming: r
+                    .get(0, 4)
+                    .map(|s| s.lines().map(str::to_string).collect())
+                    .unwrap_or_default(),
                 taken_at: text(5).unwrap_or_default(),
             }))
         })
@@ -268,16 +294,23 @@ impl Monitor {
             Ok(Some(s)) => s,
             Ok(None) => {
                 let db = self.settings.database.clone();
-                return Ok(self.wait_for(format!("waiting for CREATE EXTENSION repmgr in database \"{db}\" before monitoring")));
+                return Ok(self.wait_for(format!(
+                    "waiting for CREATE EXTENSION repmgr in database \"{db}\" before monitoring"
+                )));
             }
             Err(f) => {
-                log!("repmgr: could not read this node's state: {}", crate::error::mask_text(&f.message));
+                log!(
+                    "repmgr: could not read this node's state: {}",
+                    crate::error::mask_text(&f.message)
+                );
                 return Ok(self.settings.monitor.retry.monitor_interval);
             }
         };
         let Some(me) = snap.node(self.settings.node_id).cloned() else {
             let me = self.me();
-            return Ok(self.wait_for(format!("waiting for {me} to be registered before monitoring")));
+            return Ok(self.wait_for(format!(
+                "waiting for {me} to be registered before monitoring"
+            )));
         };
         self.waiting = None;
         let role = match (snap.in_recovery, me.node_type) {
@@ -311,9 +344,14 @@ impl Monitor {
             shmem::update(|s| s.upstream_node_id = -1);
         }
         let what = match role {
-            Role::Primary => format!("monitoring cluster primary \"{}\" (ID: {})", me.node_name, me.node_id),
+            Role::Primary => format!(
+                "monitoring cluster primary \"{}\" (ID: {})",
+                me.node_name, me.node_id
+            ),
             Role::Standby | Role::Witness => {
-                let up = standby::upstream_of(me, snap).map_or("unknown".to_string(), |u| format!("\"{}\" (ID: {})", u.node_name, u.node_id));
+                let up = standby::upstream_of(me, snap).map_or("unknown".to_string(), |u| {
+                    format!("\"{}\" (ID: {})", u.node_name, u.node_id)
+                });
                 if role == Role::Witness {
                     format!("witness monitoring connection to primary node {up}")
                 } else {
@@ -322,7 +360,11 @@ impl Monitor {
             }
         };
         log!("repmgr: {} {what}", self.me());
-        let event = if self.started { "repmgrd_reload" } else { "repmgrd_start" };
+        let event = if self.started {
+            "repmgrd_reload"
+        } else {
+            "repmgrd_start"
+        };
         self.started = true;
         self.queue(Event::new(me.node_id, event, what));
     }
@@ -332,17 +374,28 @@ impl Monitor {
         if self.upstream.as_ref().map(|(id, _)| *id) != Some(upstream.node_id) {
             self.upstream = Some((upstream.node_id, Upstream::new(self.settings.monitor.retry)));
         }
-        self.upstream.as_ref().is_some_and(|(_, u)| u.is_up() && u.next_check() <= now)
+        self.upstream
+            .as_ref()
+            .is_some_and(|(_, u)| u.is_up() && u.next_check() <= now)
     }
 
     /// Checks the upstream when a check is due and reports what changed. `observed` is the
     /// outcome of an exchange the round already had with it, which then stands for the check.
     /// Returns whether the upstream is up.
-    fn watch_upstream(&mut self, now: Duration, upstream: &NodeRecord, observed: Option<bool>) -> bool {
+    fn watch_upstream(
+        &mut self,
+        now: Duration,
+        upstream: &NodeRecord,
+        observed: Option<bool>,
+    ) -> bool {
         if self.upstream.as_ref().map(|(id, _)| *id) != Some(upstream.node_id) {
             self.upstream = Some((upstream.node_id, Upstream::new(self.settings.monitor.retry)));
         }
-        let due = observed.is_some() || self.upstream.as_ref().is_some_and(|(_, u)| u.next_check() <= now);
+        let due = observed.is_some()
+            || self
+                .upstream
+                .as_ref()
+                .is_some_and(|(_, u)| u.next_check() <= now);
         if due {
             let ok = observed.unwrap_or_else(|| self.check(upstream));
             if ok {
@@ -354,7 +407,10 @@ impl Monitor {
             }
             let tracker = &mut self.upstream.as_mut().expect("set above").1;
             let policy = self.settings.monitor.retry;
-            let up = format!("upstream node \"{}\" (ID: {})", upstream.node_name, upstream.node_id);
+            let up = format!(
+                "upstream node \"{}\" (ID: {})",
+                upstream.node_name, upstream.node_id
+            );
             match tracker.observe(now, ok) {
                 Some(Transition::Disconnected) => {
                     log!(
@@ -362,15 +418,26 @@ impl Monitor {
                         policy.attempts,
                         policy.retry_interval.as_millis()
                     );
-                    self.queue(Event::new(self.settings.node_id, "repmgrd_upstream_disconnect", format!("unable to connect to {up}")));
+                    self.queue(Event::new(
+                        self.settings.node_id,
+                        "repmgrd_upstream_disconnect",
+                        format!("unable to connect to {up}"),
+                    ));
                 }
                 Some(Transition::Down { after }) => {
-                    warning!("repmgr: {up} has been unreachable for {} ms; monitoring in degraded state", after.as_millis());
+                    warning!(
+                        "repmgr: {up} has been unreachable for {} ms; monitoring in degraded state",
+                        after.as_millis()
+                    );
                 }
                 Some(Transition::Reconnected { after }) => {
                     let details = format!("reconnected to {up} after {} seconds", after.as_secs());
                     log!("repmgr: {details}");
-                    self.queue(Event::new(self.settings.node_id, "repmgrd_upstream_reconnect", details));
+                    self.queue(Event::new(
+                        self.settings.node_id,
+                        "repmgrd_upstream_reconnect",
+                        details,
+                    ));
                 }
                 None => {}
             }
@@ -380,13 +447,22 @@ impl Monitor {
 
     /// How long until the upstream's next check is due.
     fn until_next_check(&self) -> Duration {
-        let next = self.upstream.as_ref().map_or(self.settings.monitor.retry.monitor_interval, |(_, u)| u.next_check());
-        next.saturating_sub(self.clock.elapsed()).max(Duration::from_millis(10))
+        let next = self
+            .upstream
+            .as_ref()
+            .map_or(self.settings.monitor.retry.monitor_interval, |(_, u)| {
+                u.next_check()
+            });
+        next.saturating_sub(self.clock.elapsed())
+            .max(Duration::from_millis(10))
     }
 
     /// Stops the worker once the upstream has been down for `degraded_monitoring_timeout`.
     fn degraded_check(&self, now: Duration) -> std::result::Result<(), Stop> {
-        let (Some(limit), Some(since)) = (self.settings.monitor.degraded_timeout, self.upstream.as_ref().and_then(|(_, u)| u.down_since())) else {
+        let (Some(limit), Some(since)) = (
+            self.settings.monitor.degraded_timeout,
+            self.upstream.as_ref().and_then(|(_, u)| u.down_since()),
+        ) else {
             return Ok(());
         };
         if now.saturating_sub(since) <= limit {
@@ -404,9 +480,15 @@ impl Monitor {
         let settings = &self.settings;
         match settings.monitor.check_type {
             CheckType::Ping => peer::ping(&node.conninfo, settings),
-            CheckType::Connection => Peer::connect(&node.conninfo, &node.describe(), settings).is_ok(),
+            CheckType::Connection => {
+                Peer::connect(&node.conninfo, &node.describe(), settings).is_ok()
+            }
             CheckType::Query => {
-                let ok = self.peers.get(node, settings).and_then(|p| p.run("SELECT 1", &[])).is_ok();
+                let ok = self
+                    .peers
+                    .get(node, settings)
+                    .and_then(|p| p.run("SELECT 1", &[]))
+                    .is_ok();
                 if !ok {
                     self.peers.forget(node.node_id);
                 }
@@ -417,21 +499,34 @@ impl Monitor {
 
     /// Logs how things are, every `repmgr.log_status_interval`.
     fn status_line(&mut self, now: Duration, role: Role, snap: &Snapshot) {
-        let Some(every) = self.settings.monitor.log_status_interval else { return };
+        let Some(every) = self.settings.monitor.log_status_interval else {
+            return;
+        };
         if self.last_status_line.is_some_and(|t| now < t + every) {
             return;
         }
         self.last_status_line = Some(now);
-        let paused = if shmem::read().is_some_and(|s| s.paused) { " (paused: no automatic actions)" } else { "" };
+        let paused = if shmem::read().is_some_and(|s| s.paused) {
+            " (paused: no automatic actions)"
+        } else {
+            ""
+        };
         let state = match role {
             Role::Primary => {
                 let (attached, total) = self.children.counts();
                 format!("monitoring cluster primary; {attached} of {total} child nodes attached")
             }
             Role::Standby | Role::Witness => {
-                let up = self.upstream.as_ref().and_then(|(id, _)| snap.node(*id)).map_or("unknown".into(), NodeRecord::describe);
+                let up = self
+                    .upstream
+                    .as_ref()
+                    .and_then(|(id, _)| snap.node(*id))
+                    .map_or("unknown".into(), NodeRecord::describe);
                 match self.upstream.as_ref().and_then(|(_, u)| u.down_since()) {
-                    Some(since) => format!("monitoring upstream {up} in degraded state: unreachable for {} s", now.saturating_sub(since).as_secs()),
+                    Some(since) => format!(
+                        "monitoring upstream {up} in degraded state: unreachable for {} s",
+                        now.saturating_sub(since).as_secs()
+                    ),
                     None => format!("monitoring upstream {up} in normal state"),
                 }
             }
@@ -452,7 +547,12 @@ impl Monitor {
         crate::worker::finishing(|| {
             if self.role == Some(Role::Primary) {
                 flush(&mut self.outbox, &self.settings, &mut Local);
-            } else if let Some(primary) = self.snapshot().ok().flatten().and_then(|s| s.primary().cloned()) {
+            } else if let Some(primary) = self
+                .snapshot()
+                .ok()
+                .flatten()
+                .and_then(|s| s.primary().cloned())
+            {
                 flush_to(&mut self.outbox, &self.settings, &mut self.peers, &primary);
             }
         });

@@ -24,7 +24,12 @@ const TRIM_BATCHES: usize = 10;
 const DISCONNECT_COMMAND_WAIT: Duration = Duration::from_secs(10);
 
 impl Monitor {
-    pub(super) fn primary_round(&mut self, now: Duration, snap: &Snapshot, me: &NodeRecord) -> Duration {
+    pub(super) fn primary_round(
+        &mut self,
+        now: Duration,
+        snap: &Snapshot,
+        me: &NodeRecord,
+    ) -> Duration {
         if now >= self.next_child_check {
             self.check_children(now, snap, me);
             self.next_child_check = now + self.settings.monitor.child_check_interval;
@@ -39,7 +44,10 @@ impl Monitor {
 
     /// Whether a witness follows this primary: it is reachable and its worker's upstream is us.
     fn witness_attached(&mut self, witness: &NodeRecord, me: &NodeRecord) -> bool {
-        let answer = self.peers.get(witness, &self.settings).and_then(|p| p.run("SELECT repmgr.get_upstream_node_id()", &[]));
+        let answer = self
+            .peers
+            .get(witness, &self.settings)
+            .and_then(|p| p.run("SELECT repmgr.get_upstream_node_id()", &[]));
         match answer {
             Ok(rows) => rows.get(0, 0) == Some(me.node_id.to_string().as_str()),
             Err(_) => {
@@ -50,8 +58,12 @@ impl Monitor {
     }
 
     fn check_children(&mut self, now: Duration, snap: &Snapshot, me: &NodeRecord) {
-        let registered: Vec<NodeRecord> =
-            snap.nodes.iter().filter(|n| n.upstream_node_id == Some(me.node_id) && n.node_id != me.node_id).cloned().collect();
+        let registered: Vec<NodeRecord> = snap
+            .nodes
+            .iter()
+            .filter(|n| n.upstream_node_id == Some(me.node_id) && n.node_id != me.node_id)
+            .cloned()
+            .collect();
         let children: Vec<Child> = registered
             .iter()
             .map(|n| Child {
@@ -67,34 +79,62 @@ impl Monitor {
             .collect();
         for ev in self.children.observe(now, &children) {
             let (name, details) = match ev {
-                repmgr_core::children::ChildEvent::Disconnect { details, .. } => ("child_node_disconnect", details),
-                repmgr_core::children::ChildEvent::Reconnect { details, .. } => ("child_node_reconnect", details),
-                repmgr_core::children::ChildEvent::NewConnect { details, .. } => ("child_node_new_connect", details),
+                repmgr_core::children::ChildEvent::Disconnect { details, .. } => {
+                    ("child_node_disconnect", details)
+                }
+                repmgr_core::children::ChildEvent::Reconnect { details, .. } => {
+                    ("child_node_reconnect", details)
+                }
+                repmgr_core::children::ChildEvent::NewConnect { details, .. } => {
+                    ("child_node_new_connect", details)
+                }
             };
             log!("repmgr: {details}");
             self.queue(Event::new(me.node_id, name, details));
         }
         let paused = shmem::read().is_some_and(|s| s.paused);
-        let Some(command) = self.settings.monitor.disconnect_command.clone() else { return };
-        let Some(reason) = self.children.disconnect_command_due(now, &self.settings.monitor.disconnect) else { return };
+        let Some(command) = self.settings.monitor.disconnect_command.clone() else {
+            return;
+        };
+        let Some(reason) = self
+            .children
+            .disconnect_command_due(now, &self.settings.monitor.disconnect)
+        else {
+            return;
+        };
         if paused {
-            log!("repmgr: {reason}, but this node is paused: child_nodes_disconnect_command not run");
+            log!(
+                "repmgr: {reason}, but this node is paused: child_nodes_disconnect_command not run"
+            );
             return;
         }
         let line = template::render(&command, &[('p', &me.node_id.to_string())]);
         warning!("repmgr: {reason}; running child_nodes_disconnect_command");
-        let status = crate::command::run("child_nodes_disconnect_command", &line, DISCONNECT_COMMAND_WAIT);
-        let mut ev = Event::new(me.node_id, "child_nodes_disconnect_command", match status {
-            Some(s) => format!("{reason}; child_nodes_disconnect_command ran ({s})"),
-            None => format!("{reason}; child_nodes_disconnect_command still running after {} s", DISCONNECT_COMMAND_WAIT.as_secs()),
-        });
+        let status = crate::command::run(
+            "child_nodes_disconnect_command",
+            &line,
+            DISCONNECT_COMMAND_WAIT,
+        );
+        let mut ev = Event::new(
+            me.node_id,
+            "child_nodes_disconnect_command",
+            match status {
+                Some(s) => format!("{reason}; child_nodes_disconnect_command ran ({s})"),
+                None => format!(
+                    "{reason}; child_nodes_disconnect_command still running after {} s",
+                    DISCONNECT_COMMAND_WAIT.as_secs()
+                ),
+            },
+        );
         ev.successful = status.is_some_and(|s| s.success());
         self.queue(ev);
     }
 
     /// Deletes monitoring history older than `repmgr.monitoring_history_keep`, a batch at a time.
     fn trim_history(&mut self) {
-        let Some(keep) = self.settings.monitor.history_keep else { return };
+        let Some(keep) = self.settings.monitor.history_keep else {
+            return;
+        };
         let keep = keep.as_secs().to_string();
         for _ in 0..TRIM_BATCHES {
             let deleted = in_transaction(|| {
@@ -108,7 +148,10 @@ impl Monitor {
                     &[Some(&keep), Some(&TRIM_BATCH.to_string())],
                 )
             });
-            let n: i64 = deleted.ok().and_then(|r| r.get(0, 0).and_then(|v| v.parse().ok())).unwrap_or(0);
+            let n: i64 = deleted
+                .ok()
+                .and_then(|r| r.get(0, 0).and_then(|v| v.parse().ok()))
+                .unwrap_or(0);
             if n < TRIM_BATCH {
                 break;
             }

@@ -12,17 +12,31 @@ use crate::{follow, shmem};
 
 /// The node a standby (or witness) watches: its registered upstream, else the primary.
 pub(super) fn upstream_of<'a>(me: &NodeRecord, snap: &'a Snapshot) -> Option<&'a NodeRecord> {
-    me.upstream_node_id.and_then(|u| snap.node(u)).or_else(|| snap.primary())
+    me.upstream_node_id
+        .and_then(|u| snap.node(u))
+        .or_else(|| snap.primary())
 }
 
 impl Monitor {
-    pub(super) fn standby_round(&mut self, now: Duration, snap: &Snapshot, me: &NodeRecord) -> Result<Duration, Stop> {
+    pub(super) fn standby_round(
+        &mut self,
+        now: Duration,
+        snap: &Snapshot,
+        me: &NodeRecord,
+    ) -> Result<Duration, Stop> {
         let Some(upstream) = upstream_of(me, snap).cloned() else {
             let me = self.me();
-            return Ok(self.wait_for(format!("{me} has no registered upstream or primary to monitor")));
+            return Ok(self.wait_for(format!(
+                "{me} has no registered upstream or primary to monitor"
+            )));
         };
         let primary = snap.primary().filter(|p| p.node_id != me.node_id).cloned();
-        let history = self.settings.monitor.history.then_some(primary.as_ref()).flatten();
+        let history = self
+            .settings
+            .monitor
+            .history
+            .then_some(primary.as_ref())
+            .flatten();
         // One history row per due check. When the upstream is the primary, that write is itself
         // the check (a stronger one than a ping): no extra connection per round when all is well.
         let due = self.check_due(now, &upstream);
@@ -48,7 +62,9 @@ impl Monitor {
     /// lag measured against the primary's current WAL position. Returns whether the primary
     /// answered (an error it reports still proves it is alive).
     fn write_history(&mut self, snap: &Snapshot, me: &NodeRecord, primary: &NodeRecord) -> bool {
-        let (Some(receive), Some(apply_lag)) = (snap.receive_lsn.as_deref(), snap.apply_lag.as_deref()) else {
+        let (Some(receive), Some(apply_lag)) =
+            (snap.receive_lsn.as_deref(), snap.apply_lag.as_deref())
+        else {
             return self.check(primary);
         };
         let standby = me.node_id.to_string();
@@ -59,8 +75,18 @@ impl Monitor {
                    SELECT $1::int, $2::int, $3::timestamptz, $4::timestamptz, pg_catalog.pg_current_wal_lsn(), $5::pg_lsn,
                           GREATEST(pg_catalog.pg_current_wal_lsn() - $5::pg_lsn, 0)::bigint, GREATEST($6::bigint, 0)";
         let monitored = snap.taken_at.as_str();
-        let params = [Some(primary_id.as_str()), Some(standby.as_str()), Some(monitored), snap.last_replay.as_deref(), Some(receive), Some(apply_lag)];
-        let written = self.peers.get(primary, &self.settings).and_then(|p| p.run(sql, &params));
+        let params = [
+            Some(primary_id.as_str()),
+            Some(standby.as_str()),
+            Some(monitored),
+            snap.last_replay.as_deref(),
+            Some(receive),
+            Some(apply_lag),
+        ];
+        let written = self
+            .peers
+            .get(primary, &self.settings)
+            .and_then(|p| p.run(sql, &params));
         match written {
             Ok(_) => {
                 let now = super::timestamp_now();
@@ -69,7 +95,11 @@ impl Monitor {
             }
             Err(f) => {
                 self.peers.forget(primary.node_id);
-                debug1!("repmgr: could not write monitoring history on {}: {}", primary.describe(), crate::error::mask_text(&f.message));
+                debug1!(
+                    "repmgr: could not write monitoring history on {}: {}",
+                    primary.describe(),
+                    crate::error::mask_text(&f.message)
+                );
                 !f.is_no_answer()
             }
         }
@@ -87,13 +117,19 @@ impl Monitor {
             s.candidate_node_id = -1;
         });
         if target == shmem::ELECTION_RERUN_NOTIFICATION {
-            log!("repmgr: {} was asked to rerun the election, but no election is in progress here", self.me());
+            log!(
+                "repmgr: {} was asked to rerun the election, but no election is in progress here",
+                self.me()
+            );
             return;
         }
         let upstream = match snap.node(target) {
             Some(u) if u.node_id != me.node_id => u.clone(),
             _ => {
-                warning!("repmgr: {} was told to follow node {target}, which is not another registered node; ignoring", self.me());
+                warning!(
+                    "repmgr: {} was told to follow node {target}, which is not another registered node; ignoring",
+                    self.me()
+                );
                 return;
             }
         };
@@ -104,7 +140,12 @@ impl Monitor {
                 Event::new(me.node_id, "standby_follow", details)
             }
             Err(f) => {
-                let details = format!("{} could not follow {}: {}", self.me(), upstream.describe(), f.message);
+                let details = format!(
+                    "{} could not follow {}: {}",
+                    self.me(),
+                    upstream.describe(),
+                    f.message
+                );
                 warning!("repmgr: {}", crate::error::mask_text(&details));
                 let mut ev = Event::new(me.node_id, "standby_follow", details);
                 ev.successful = false;

@@ -13,7 +13,12 @@ use crate::db::Local;
 use crate::error::Result;
 
 impl Monitor {
-    pub(super) fn witness_round(&mut self, now: Duration, snap: &Snapshot, me: &NodeRecord) -> std::result::Result<Duration, Stop> {
+    pub(super) fn witness_round(
+        &mut self,
+        now: Duration,
+        snap: &Snapshot,
+        me: &NodeRecord,
+    ) -> std::result::Result<Duration, Stop> {
         let Some(primary) = upstream_of(me, snap).cloned() else {
             let me = self.me();
             return Ok(self.wait_for(format!("witness {me} has no registered primary to monitor")));
@@ -22,7 +27,10 @@ impl Monitor {
             if now >= self.next_witness_sync {
                 if let Err(f) = self.copy_nodes(snap, &primary) {
                     self.peers.forget(primary.node_id);
-                    log!("repmgr: witness could not copy the node list: {}", crate::error::mask_text(&f.message));
+                    log!(
+                        "repmgr: witness could not copy the node list: {}",
+                        crate::error::mask_text(&f.message)
+                    );
                 }
                 self.next_witness_sync = now + self.settings.monitor.witness_sync_interval;
             }
@@ -35,17 +43,24 @@ impl Monitor {
     /// Copies the node list from whichever registered node is running as primary (normally
     /// the one we watch), writing locally only when something changed.
     fn copy_nodes(&mut self, snap: &Snapshot, watched: &NodeRecord) -> Result<()> {
-        let candidates = std::iter::once(watched)
-            .chain(snap.nodes.iter().filter(|n| n.active && n.node_type != NodeType::Witness && n.node_id != watched.node_id));
+        let candidates = std::iter::once(watched).chain(snap.nodes.iter().filter(|n| {
+            n.active && n.node_type != NodeType::Witness && n.node_id != watched.node_id
+        }));
         for node in candidates {
-            let Ok(peer) = self.peers.get(node, &self.settings) else { continue };
+            let Ok(peer) = self.peers.get(node, &self.settings) else {
+                continue;
+            };
             if catalog::server_facts(peer)?.in_recovery {
                 continue;
             }
             let theirs = catalog::nodes(peer)?;
             if theirs != snap.nodes {
                 in_transaction(|| catalog::replace_nodes(&mut Local, &theirs))?;
-                log!("repmgr: witness copied {} node records from {}", theirs.len(), node.describe());
+                log!(
+                    "repmgr: witness copied {} node records from {}",
+                    theirs.len(),
+                    node.describe()
+                );
             }
             return Ok(());
         }

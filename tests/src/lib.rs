@@ -31,7 +31,10 @@ static SEQUENCE: AtomicU32 = AtomicU32::new(0);
 
 /// The PostgreSQL server binaries: `$REPMGR_PG_BINDIR`, else Debian's PostgreSQL 15.
 pub fn bindir() -> PathBuf {
-    std::env::var_os("REPMGR_PG_BINDIR").map_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"), PathBuf::from)
+    std::env::var_os("REPMGR_PG_BINDIR").map_or_else(
+        || PathBuf::from("/usr/lib/postgresql/15/bin"),
+        PathBuf::from,
+    )
 }
 
 /// The `repmgr` command line under test: `$REPMGR_CLI`, else the workspace's debug build
@@ -39,8 +42,10 @@ pub fn bindir() -> PathBuf {
 pub fn cli() -> PathBuf {
     std::env::var_os("REPMGR_CLI").map_or_else(
         || {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
+            let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+                || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+                PathBuf::from,
+            );
             target.join("debug/repmgr")
         },
         PathBuf::from,
@@ -74,7 +79,8 @@ fn run_pg_in(netns: Option<&str>, program: &str, args: &[&str]) -> Output {
     let mut cmd = match (netns, is_root()) {
         (Some(ns), _) => {
             let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "runuser", "-u", "postgres", "--"]).arg(&path);
+            c.args(["netns", "exec", ns, "runuser", "-u", "postgres", "--"])
+                .arg(&path);
             c
         }
         (None, true) => {
@@ -84,16 +90,26 @@ fn run_pg_in(netns: Option<&str>, program: &str, args: &[&str]) -> Output {
         }
         (None, false) => Command::new(&path),
     };
-    cmd.args(args).env("LC_ALL", "C").output().unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()))
+    cmd.args(args)
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()))
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 fn chown_postgres(path: &Path) {
     if is_root() {
-        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status().expect("chown");
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .status()
+            .expect("chown");
         assert!(status.success(), "chown {}", path.display());
     }
 }
@@ -127,12 +143,19 @@ pub struct Node {
 impl Node {
     /// How other nodes reach this node (over TCP).
     pub fn conninfo(&self) -> String {
-        format!("host={} port={} dbname=repmgr user=postgres connect_timeout=5{}", self.host, self.port, self.conninfo_extra)
+        format!(
+            "host={} port={} dbname=repmgr user=postgres connect_timeout=5{}",
+            self.host, self.port, self.conninfo_extra
+        )
     }
 
     /// How the test reaches this node: its Unix socket, which no network cut affects.
     pub fn local_conninfo(&self, dbname: &str) -> String {
-        format!("host={} port={} dbname={dbname} user=postgres connect_timeout=5", self.socket_dir.display(), self.port)
+        format!(
+            "host={} port={} dbname={dbname} user=postgres connect_timeout=5",
+            self.socket_dir.display(),
+            self.port
+        )
     }
 
     /// The postmaster's pid, while it runs.
@@ -160,7 +183,13 @@ pub struct NodeOptions {
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        NodeOptions { preload: true, extra_conf: Vec::new(), identity: true, conninfo_extra: String::new(), create_extension: true }
+        NodeOptions {
+            preload: true,
+            extra_conf: Vec::new(),
+            identity: true,
+            conninfo_extra: String::new(),
+            create_extension: true,
+        }
     }
 }
 
@@ -189,7 +218,10 @@ impl Cluster {
         fs::create_dir_all(ROOT).expect("create test root");
         fs::set_permissions(ROOT, fs::Permissions::from_mode(0o755)).expect("chmod test root");
         let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-        Cluster::at(&PathBuf::from(ROOT).join(format!("{name}-{}-{seq}", std::process::id())), None)
+        Cluster::at(
+            &PathBuf::from(ROOT).join(format!("{name}-{}-{seq}", std::process::id())),
+            None,
+        )
     }
 
     /// Creates a cluster in `dir` (replacing whatever was there) with fixed ports from
@@ -206,7 +238,14 @@ impl Cluster {
         fs::create_dir_all(&socket_dir).expect("create cluster dir");
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).expect("chmod cluster dir");
         chown_postgres(dir);
-        Cluster { dir: dir.to_path_buf(), socket_dir, nodes: Vec::new(), first_port, keep: false, network: None }
+        Cluster {
+            dir: dir.to_path_buf(),
+            socket_dir,
+            nodes: Vec::new(),
+            first_port,
+            keep: false,
+            network: None,
+        }
     }
 
     /// Like [`Cluster::new`], with every node in its own network namespace so that a test can
@@ -219,7 +258,9 @@ impl Cluster {
 
     /// The network of a cluster made with [`Cluster::with_network`].
     pub fn network(&self) -> &Network {
-        self.network.as_ref().expect("this cluster was made with Cluster::with_network")
+        self.network
+            .as_ref()
+            .expect("this cluster was made with Cluster::with_network")
     }
 
     /// Leaves the servers running and their files in place after this value is dropped.
@@ -228,7 +269,10 @@ impl Cluster {
     }
 
     pub fn node(&self, id: i32) -> &Node {
-        self.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id} in this cluster"))
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id} in this cluster"))
     }
 
     fn new_node(&mut self, id: i32, kind: Kind, opts: &NodeOptions) -> Node {
@@ -243,10 +287,16 @@ impl Cluster {
             host,
             netns,
             socket_dir: self.socket_dir.clone(),
-            conninfo_extra: opts.conninfo_extra.split_whitespace().map(|kv| format!(" {kv}")).collect(),
+            conninfo_extra: opts
+                .conninfo_extra
+                .split_whitespace()
+                .map(|kv| format!(" {kv}"))
+                .collect(),
             id,
             name: format!("node{id}"),
-            port: self.first_port.map_or_else(free_port, |p| p + (id - 1) as u16),
+            port: self
+                .first_port
+                .map_or_else(free_port, |p| p + (id - 1) as u16),
             kind,
             data: self.dir.join(format!("node{id}")),
             log: self.dir.join(format!("node{id}.log")),
@@ -279,19 +329,42 @@ impl Cluster {
 
     fn append_conf(&self, node: &Node, text: &str) {
         use std::io::Write;
-        let mut f = fs::OpenOptions::new().append(true).open(node.data.join("postgresql.conf")).expect("open postgresql.conf");
-        f.write_all(format!("\n# test settings\n{text}").as_bytes()).expect("write postgresql.conf");
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(node.data.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        f.write_all(format!("\n# test settings\n{text}").as_bytes())
+            .expect("write postgresql.conf");
     }
 
     fn initdb(&mut self, id: i32, kind: Kind, opts: &NodeOptions) -> Node {
         let node = self.new_node(id, kind, opts);
-        run_pg("initdb", &["-D", &node.data.to_string_lossy(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
+        run_pg(
+            "initdb",
+            &[
+                "-D",
+                &node.data.to_string_lossy(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
         self.append_conf(&node, &self.settings(&node, opts));
         if node.netns.is_some() {
             // initdb trusts loopback only; namespaced nodes talk over their own subnet.
             use std::io::Write;
-            let mut hba = fs::OpenOptions::new().append(true).open(node.data.join("pg_hba.conf")).expect("open pg_hba.conf");
-            hba.write_all(b"host all all 10.0.0.0/8 trust\nhost replication all 10.0.0.0/8 trust\n").expect("write pg_hba.conf");
+            let mut hba = fs::OpenOptions::new()
+                .append(true)
+                .open(node.data.join("pg_hba.conf"))
+                .expect("open pg_hba.conf");
+            hba.write_all(
+                b"host all all 10.0.0.0/8 trust\nhost replication all 10.0.0.0/8 trust\n",
+            )
+            .expect("write pg_hba.conf");
         }
         node
     }
@@ -360,21 +433,48 @@ impl Cluster {
     }
 
     pub fn start(&self, id: i32) {
-        assert!(self.try_start(id), "node {id} did not start; its log:\n{}", self.log(id));
+        assert!(
+            self.try_start(id),
+            "node {id} did not start; its log:\n{}",
+            self.log(id)
+        );
     }
 
     /// Starts a node; false if pg_ctl failed (after a crash, leftover processes may still
     /// hold the old shared memory for a moment).
     pub fn try_start(&self, id: i32) -> bool {
         let n = self.node(id);
-        let args = ["-D", &n.data.to_string_lossy(), "-l", &n.log.to_string_lossy(), "-w", "-t", "60", "start"];
-        run_pg_in(n.netns.as_deref(), "pg_ctl", &args).status.success()
+        let args = [
+            "-D",
+            &n.data.to_string_lossy(),
+            "-l",
+            &n.log.to_string_lossy(),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ];
+        run_pg_in(n.netns.as_deref(), "pg_ctl", &args)
+            .status
+            .success()
     }
 
     /// Stops a node cleanly (fast shutdown).
     pub fn stop(&self, id: i32) {
         let n = self.node(id);
-        run_pg("pg_ctl", &["-D", &n.data.to_string_lossy(), "-w", "-t", "60", "-m", "fast", "stop"]);
+        run_pg(
+            "pg_ctl",
+            &[
+                "-D",
+                &n.data.to_string_lossy(),
+                "-w",
+                "-t",
+                "60",
+                "-m",
+                "fast",
+                "stop",
+            ],
+        );
     }
 
     /// Kills the postmaster with SIGKILL, as a crash would.
@@ -396,7 +496,10 @@ impl Cluster {
 
     /// Sends `signal` to the node's monitoring worker and returns the worker's pid.
     pub fn signal_worker(&self, id: i32, signal: i32) -> i32 {
-        let pid: i32 = self.value(id, "SELECT repmgr.get_repmgrd_pid()").and_then(|p| p.parse().ok()).expect("a worker pid");
+        let pid: i32 = self
+            .value(id, "SELECT repmgr.get_repmgrd_pid()")
+            .and_then(|p| p.parse().ok())
+            .expect("a worker pid");
         assert!(pid > 0, "node {id} has no monitoring worker");
         unsafe { libc::kill(pid, signal) };
         pid
@@ -404,7 +507,13 @@ impl Cluster {
 
     /// Sets a server setting with ALTER SYSTEM and reloads.
     pub fn set(&self, id: i32, setting: &str, value: &str) {
-        self.sql(id, &format!("ALTER SYSTEM SET {setting} = '{}'", value.replace('\'', "''")));
+        self.sql(
+            id,
+            &format!(
+                "ALTER SYSTEM SET {setting} = '{}'",
+                value.replace('\'', "''")
+            ),
+        );
         self.sql(id, "SELECT pg_reload_conf()");
     }
 
@@ -416,12 +525,19 @@ impl Cluster {
 
     /// Runs one statement on a node, panicking with the server's message on failure.
     pub fn sql(&self, id: i32, sql: &str) -> Rows {
-        self.try_sql(id, sql).unwrap_or_else(|e| panic!("on node {id}: {sql}: {e} {:?}", e.detail))
+        self.try_sql(id, sql)
+            .unwrap_or_else(|e| panic!("on node {id}: {sql}: {e} {:?}", e.detail))
     }
 
     /// Runs one statement on a node in a fresh session.
     pub fn try_sql(&self, id: i32, sql: &str) -> Result<Rows, repmgr_pq::Error> {
-        let mut c = Conn::connect(&self.node(id).local_conninfo("repmgr"), &[], &[], Instant::now() + SQL_TIMEOUT, &mut PollWaiter)?;
+        let mut c = Conn::connect(
+            &self.node(id).local_conninfo("repmgr"),
+            &[],
+            &[],
+            Instant::now() + SQL_TIMEOUT,
+            &mut PollWaiter,
+        )?;
         c.query(sql, &[], Instant::now() + SQL_TIMEOUT, &mut PollWaiter)
     }
 
@@ -436,13 +552,21 @@ impl Cluster {
     }
 
     /// Polls `check` until it returns `Some`, failing the test after `timeout`.
-    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(v) = check() {
                 return v;
             }
-            assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -470,7 +594,13 @@ pub fn process_tree(pid: i32) -> Vec<i32> {
                     let p: i32 = e.file_name().to_str()?.parse().ok()?;
                     let stat = fs::read_to_string(e.path().join("stat")).ok()?;
                     // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-                    let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+                    let ppid = stat
+                        .rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse()
+                        .ok()?;
                     Some((p, ppid))
                 })
                 .collect()
@@ -480,7 +610,12 @@ pub fn process_tree(pid: i32) -> Vec<i32> {
     let mut i = 0;
     while i < tree.len() {
         let parent = tree[i];
-        tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
         i += 1;
     }
     tree
@@ -494,16 +629,38 @@ fn signal_tree(pid: i32, signal: i32) {
 
 /// Stops every server whose data directory is directly inside `dir`.
 pub fn stop_servers(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
-    for data in entries.flatten().map(|e| e.path()).filter(|p| p.join("postmaster.pid").exists()) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for data in entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("postmaster.pid").exists())
+    {
         // A frozen node must run again to shut down.
-        let postmaster = fs::read_to_string(data.join("postmaster.pid")).ok().and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
+        let postmaster = fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
         if let Some(pid) = postmaster.filter(|p| unsafe { libc::kill(*p, 0) } == 0) {
             signal_tree(pid, libc::SIGCONT);
         }
-        let _ = run_pg_unchecked("pg_ctl", &["-D", &data.to_string_lossy(), "-w", "-t", "30", "-m", "immediate", "stop"]);
+        let _ = run_pg_unchecked(
+            "pg_ctl",
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-w",
+                "-t",
+                "30",
+                "-m",
+                "immediate",
+                "stop",
+            ],
+        );
         // A server that ignored pg_ctl (stopped with SIGSTOP, say) is killed by the pid we started.
-        let pid = fs::read_to_string(data.join("postmaster.pid")).ok().and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
+        let pid = fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
         if let Some(pid) = pid.filter(|p| unsafe { libc::kill(*p, 0) } == 0) {
             unsafe {
                 libc::kill(pid, libc::SIGCONT);
@@ -520,17 +677,33 @@ pub fn destroy(dir: &Path) {
 }
 
 fn sharedir_extension() -> String {
-    let out = Command::new(bindir().join("pg_config")).arg("--sharedir").output();
-    let share = out.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    format!("{}/extension", share.unwrap_or_else(|| "/usr/share/postgresql/15".into()))
+    let out = Command::new(bindir().join("pg_config"))
+        .arg("--sharedir")
+        .output();
+    let share = out
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    format!(
+        "{}/extension",
+        share.unwrap_or_else(|| "/usr/share/postgresql/15".into())
+    )
 }
 
 /// Opens a client connection, panicking on failure.
 pub fn connect(conninfo: &str) -> Conn {
-    Conn::connect(conninfo, &[], &[], Instant::now() + SQL_TIMEOUT, &mut PollWaiter).unwrap_or_else(|e| panic!("connect {conninfo}: {e}"))
+    Conn::connect(
+        conninfo,
+        &[],
+        &[],
+        Instant::now() + SQL_TIMEOUT,
+        &mut PollWaiter,
+    )
+    .unwrap_or_else(|e| panic!("connect {conninfo}: {e}"))
 }
 
 /// Runs one statement on an open connection, panicking on failure.
 pub fn query(c: &mut Conn, sql: &str) -> Rows {
-    c.query(sql, &[], Instant::now() + SQL_TIMEOUT, &mut PollWaiter).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    c.query(sql, &[], Instant::now() + SQL_TIMEOUT, &mut PollWaiter)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }

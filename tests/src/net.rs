@@ -13,8 +13,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 static SEQUENCE: AtomicU32 = AtomicU32::new(0);
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap_or_else(|e| panic!("cannot run ip: {e}"));
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ip: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A switch (bridge) and the namespaces plugged into it.
@@ -27,10 +35,17 @@ pub struct Network {
 impl Network {
     /// Creates the switch. Panics with a clear message when not running as root.
     pub fn new() -> Network {
-        assert!(unsafe { libc::geteuid() } == 0, "network namespace tests need root (CI runs as root)");
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "network namespace tests need root (CI runs as root)"
+        );
         let seq = (std::process::id() * 8 + SEQUENCE.fetch_add(1, Ordering::Relaxed)) & 0xfff;
         let tag = format!("{seq:03x}");
-        let net = Network { subnet: format!("10.{}.{}", 100 + (seq >> 8), seq & 0xff), nodes: Vec::new(), tag };
+        let net = Network {
+            subnet: format!("10.{}.{}", 100 + (seq >> 8), seq & 0xff),
+            nodes: Vec::new(),
+            tag,
+        };
         let sw = net.switch();
         ip(&["netns", "add", &sw]);
         ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
@@ -62,11 +77,22 @@ impl Network {
         let (ns, sw, port) = (self.namespace(id), self.switch(), self.port(id));
         let inside = format!("rmg{}i{id}", self.tag);
         ip(&["netns", "add", &ns]);
-        ip(&["link", "add", &inside, "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw]);
+        ip(&[
+            "link", "add", &inside, "netns", &ns, "type", "veth", "peer", "name", &port, "netns",
+            &sw,
+        ]);
         ip(&["-n", &sw, "link", "set", &port, "master", "br0"]);
         ip(&["-n", &sw, "link", "set", &port, "up"]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ip(&["-n", &ns, "addr", "add", &format!("{}/24", self.address(id)), "dev", &inside]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/24", self.address(id)),
+            "dev",
+            &inside,
+        ]);
         ip(&["-n", &ns, "link", "set", &inside, "up"]);
         self.nodes.push(id);
     }
@@ -83,14 +109,42 @@ impl Network {
 
     /// Cuts the link between `a` and `b` only (both directions).
     pub fn cut(&self, a: i32, b: i32) {
-        ip(&["-n", &self.namespace(a), "route", "add", "blackhole", &format!("{}/32", self.address(b))]);
-        ip(&["-n", &self.namespace(b), "route", "add", "blackhole", &format!("{}/32", self.address(a))]);
+        ip(&[
+            "-n",
+            &self.namespace(a),
+            "route",
+            "add",
+            "blackhole",
+            &format!("{}/32", self.address(b)),
+        ]);
+        ip(&[
+            "-n",
+            &self.namespace(b),
+            "route",
+            "add",
+            "blackhole",
+            &format!("{}/32", self.address(a)),
+        ]);
     }
 
     /// Restores a link cut with [`Network::cut`].
     pub fn mend(&self, a: i32, b: i32) {
-        ip(&["-n", &self.namespace(a), "route", "del", "blackhole", &format!("{}/32", self.address(b))]);
-        ip(&["-n", &self.namespace(b), "route", "del", "blackhole", &format!("{}/32", self.address(a))]);
+        ip(&[
+            "-n",
+            &self.namespace(a),
+            "route",
+            "del",
+            "blackhole",
+            &format!("{}/32", self.address(b)),
+        ]);
+        ip(&[
+            "-n",
+            &self.namespace(b),
+            "route",
+            "del",
+            "blackhole",
+            &format!("{}/32", self.address(a)),
+        ]);
     }
 }
 
@@ -104,8 +158,12 @@ impl Drop for Network {
     fn drop(&mut self) {
         // Deleting a namespace deletes its interfaces, and the veth peers with them.
         for id in &self.nodes {
-            let _ = Command::new("ip").args(["netns", "del", &self.namespace(*id)]).output();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.namespace(*id)])
+                .output();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.switch()]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.switch()])
+            .output();
     }
 }

@@ -16,7 +16,10 @@ fn count(c: &Cluster, id: i32, sql: &str) -> i64 {
 fn primary_and_standby(name: &str) -> Cluster {
     let mut c = Cluster::new(name);
     c.init_primary(1, NodeOptions::default());
-    assert_eq!(c.value(1, "SELECT repmgr.register_primary()").as_deref(), Some("1"));
+    assert_eq!(
+        c.value(1, "SELECT repmgr.register_primary()").as_deref(),
+        Some("1")
+    );
     c.clone_standby(2, 1, NodeOptions::default());
     c
 }
@@ -24,15 +27,28 @@ fn primary_and_standby(name: &str) -> Cluster {
 #[test]
 fn primary_and_standby_register_and_report_lag() {
     let c = primary_and_standby("lag");
-    assert_eq!(c.value(2, "SELECT repmgr.register_standby()").as_deref(), Some("2"));
+    assert_eq!(
+        c.value(2, "SELECT repmgr.register_standby()").as_deref(),
+        Some("2")
+    );
 
     // The record was written on the primary and has replayed on the standby by the time
     // register_standby() returns.
     let on_standby = c.sql(2, "SELECT node_id, upstream_node_id, type, node_name, slot_name FROM repmgr.nodes ORDER BY node_id");
     let expect = |v: [&str; 5]| v.map(|s| (s != "NULL").then(|| s.to_string())).to_vec();
-    assert_eq!(on_standby.rows, [expect(["1", "NULL", "primary", "node1", "repmgr_slot_1"]), expect(["2", "1", "standby", "node2", "repmgr_slot_2"])]);
     assert_eq!(
-        c.value(1, "SELECT details FROM repmgr.events WHERE event = 'standby_register'").as_deref(),
+        on_standby.rows,
+        [
+            expect(["1", "NULL", "primary", "node1", "repmgr_slot_1"]),
+            expect(["2", "1", "standby", "node2", "repmgr_slot_2"])
+        ]
+    );
+    assert_eq!(
+        c.value(
+            1,
+            "SELECT details FROM repmgr.events WHERE event = 'standby_register'"
+        )
+        .as_deref(),
         Some("standby registration succeeded; upstream node ID is 1")
     );
     assert_eq!(
@@ -54,7 +70,10 @@ fn primary_and_standby_register_and_report_lag() {
     assert_eq!(lag.get(0, 0), Some("2"));
     assert_eq!(lag.get(0, 1), Some("node2"));
     assert_eq!(lag.get(0, 2), Some("streaming"));
-    assert!(lag.get(0, 5).unwrap().parse::<i64>().unwrap() >= written, "replayed everything written before");
+    assert!(
+        lag.get(0, 5).unwrap().parse::<i64>().unwrap() >= written,
+        "replayed everything written before"
+    );
     assert_eq!(lag.get(0, 6), Some("t"));
 
     // The standby's own view agrees once it has replayed.
@@ -71,8 +90,17 @@ fn primary_and_standby_register_and_report_lag() {
 /// Runs `sql` on `node`, expecting an error with `sqlstate` whose message contains `text`.
 fn refused(c: &Cluster, node: i32, sql: &str, sqlstate: &str, text: &str) -> repmgr_pq::Error {
     let e = c.try_sql(node, sql).expect_err(sql);
-    assert_eq!(e.sqlstate.as_deref(), Some(sqlstate), "{sql}: {e} / {:?}", e.detail);
-    assert!(e.message.contains(text), "{sql}: expected {text:?} in {:?}", e.message);
+    assert_eq!(
+        e.sqlstate.as_deref(),
+        Some(sqlstate),
+        "{sql}: {e} / {:?}",
+        e.detail
+    );
+    assert!(
+        e.message.contains(text),
+        "{sql}: expected {text:?} in {:?}",
+        e.message
+    );
     assert!(e.hint.is_some(), "{sql}: no hint in {e:?}");
     e
 }
@@ -83,30 +111,88 @@ fn bad_registrations_are_refused_and_change_nothing() {
     let catalog = |c: &Cluster| c.sql(1, "SELECT * FROM repmgr.nodes ORDER BY node_id").rows;
     let before = catalog(&c);
 
-    refused(&c, 2, "SELECT repmgr.register_primary()", "55000", "this server is a standby (in recovery)");
-    refused(&c, 1, "SELECT repmgr.register_standby()", "55000", "this server is not in recovery");
-    refused(&c, 2, "SELECT repmgr.register_standby(upstream_node_id => 9)", "23503", "upstream node 9 is not registered");
-    refused(&c, 2, "SELECT repmgr.register_standby(upstream_node_id => 2)", "22023", "cannot be its own upstream");
+    refused(
+        &c,
+        2,
+        "SELECT repmgr.register_primary()",
+        "55000",
+        "this server is a standby (in recovery)",
+    );
+    refused(
+        &c,
+        1,
+        "SELECT repmgr.register_standby()",
+        "55000",
+        "this server is not in recovery",
+    );
+    refused(
+        &c,
+        2,
+        "SELECT repmgr.register_standby(upstream_node_id => 9)",
+        "23503",
+        "upstream node 9 is not registered",
+    );
+    refused(
+        &c,
+        2,
+        "SELECT repmgr.register_standby(upstream_node_id => 2)",
+        "22023",
+        "cannot be its own upstream",
+    );
     assert_eq!(catalog(&c), before);
-    assert_eq!(count(&c, 1, "SELECT count(*) FROM repmgr.events WHERE event = 'standby_register'"), 0);
+    assert_eq!(
+        count(
+            &c,
+            1,
+            "SELECT count(*) FROM repmgr.events WHERE event = 'standby_register'"
+        ),
+        0
+    );
 
     // A standby that streams under another application_name cannot be matched by monitoring.
     c.stop(2);
     let port = c.node(1).port;
     let auto = c.node(2).data.join("postgresql.auto.conf");
-    fs::write(&auto, format!("primary_conninfo = 'host=127.0.0.1 port={port} user=postgres application_name=other'\n")).unwrap();
+    fs::write(
+        &auto,
+        format!(
+            "primary_conninfo = 'host=127.0.0.1 port={port} user=postgres application_name=other'\n"
+        ),
+    )
+    .unwrap();
     c.start(2);
     c.wait_for("the standby to stream as 'other'", WAIT, || {
-        (count(&c, 1, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'other'") == 1).then_some(())
+        (count(
+            &c,
+            1,
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'other'",
+        ) == 1)
+            .then_some(())
     });
-    let e = refused(&c, 2, "SELECT repmgr.register_standby()", "55000", "is not streaming from its upstream node 1 (\"node1\")");
+    let e = refused(
+        &c,
+        2,
+        "SELECT repmgr.register_standby()",
+        "55000",
+        "is not streaming from its upstream node 1 (\"node1\")",
+    );
     assert!(e.hint.unwrap().contains("application_name=node2"));
     assert_eq!(catalog(&c), before);
 
     // force => true registers it anyway.
-    assert_eq!(c.value(2, "SELECT repmgr.register_standby(force => true)").as_deref(), Some("2"));
+    assert_eq!(
+        c.value(2, "SELECT repmgr.register_standby(force => true)")
+            .as_deref(),
+        Some("2")
+    );
     let registered = catalog(&c);
-    refused(&c, 2, "SELECT repmgr.register_standby()", "42710", "node 2 is already registered");
+    refused(
+        &c,
+        2,
+        "SELECT repmgr.register_standby()",
+        "42710",
+        "node 2 is already registered",
+    );
 
     // A standby whose repmgr.conninfo leads to the primary would mislead every other node.
     c.stop(2);
@@ -115,13 +201,29 @@ fn bad_registrations_are_refused_and_change_nothing() {
     text.push_str(&format!("repmgr.conninfo = '{}'\n", c.node(1).conninfo()));
     fs::write(&conf, text).unwrap();
     c.start(2);
-    let e = refused(&c, 2, "SELECT repmgr.register_standby(force => true)", "22023", "leads to a different server");
+    let e = refused(
+        &c,
+        2,
+        "SELECT repmgr.register_standby(force => true)",
+        "22023",
+        "leads to a different server",
+    );
     assert!(e.detail.unwrap().contains("It reaches a primary"));
 
     // The primary is down: the standby says it cannot reach it, and nothing changes.
     c.stop(1);
-    let e = refused(&c, 2, "SELECT repmgr.unregister_node(2)", "08001", "could not reach the primary");
-    assert!(e.detail.unwrap().contains("could not connect to node 1 (\"node1\")"));
+    let e = refused(
+        &c,
+        2,
+        "SELECT repmgr.unregister_node(2)",
+        "08001",
+        "could not reach the primary",
+    );
+    assert!(
+        e.detail
+            .unwrap()
+            .contains("could not connect to node 1 (\"node1\")")
+    );
     c.start(1);
     assert_eq!(catalog(&c), registered);
 }
@@ -132,8 +234,18 @@ fn duplicate_names_and_ids_are_refused() {
     c.init_primary(1, NodeOptions::default());
     c.sql(1, "SELECT repmgr.register_primary()");
     // A standby configured with the primary's name.
-    c.clone_standby(2, 1, NodeOptions::default().conf("repmgr.node_name = 'node1'"));
-    refused(&c, 2, "SELECT repmgr.register_standby(force => true)", "23505", "the name \"node1\" is already used by node 1");
+    c.clone_standby(
+        2,
+        1,
+        NodeOptions::default().conf("repmgr.node_name = 'node1'"),
+    );
+    refused(
+        &c,
+        2,
+        "SELECT repmgr.register_standby(force => true)",
+        "23505",
+        "the name \"node1\" is already used by node 1",
+    );
     assert_eq!(count(&c, 1, "SELECT count(*) FROM repmgr.nodes"), 1);
 }
 
@@ -143,27 +255,78 @@ fn witness_copies_the_node_list() {
     c.sql(2, "SELECT repmgr.register_standby()");
     c.init_witness(3, NodeOptions::default());
     let primary = c.node(1).conninfo();
-    refused(&c, 3, &format!("SELECT repmgr.register_witness('{}')", c.node(2).conninfo()), "55000", "leads to a standby");
-    assert_eq!(c.value(3, &format!("SELECT repmgr.register_witness('{primary}')")).as_deref(), Some("3"));
-    let list = "SELECT node_id, type, upstream_node_id, priority FROM repmgr.nodes ORDER BY node_id";
-    assert_eq!(c.sql(3, list).rows, c.sql(1, list).rows, "the witness holds the primary's node list");
+    refused(
+        &c,
+        3,
+        &format!("SELECT repmgr.register_witness('{}')", c.node(2).conninfo()),
+        "55000",
+        "leads to a standby",
+    );
+    assert_eq!(
+        c.value(3, &format!("SELECT repmgr.register_witness('{primary}')"))
+            .as_deref(),
+        Some("3")
+    );
+    let list =
+        "SELECT node_id, type, upstream_node_id, priority FROM repmgr.nodes ORDER BY node_id";
+    assert_eq!(
+        c.sql(3, list).rows,
+        c.sql(1, list).rows,
+        "the witness holds the primary's node list"
+    );
     assert_eq!(c.sql(3, list).rows.len(), 3);
     assert_eq!(c.value(1, "SELECT type || ' ' || upstream_node_id || ' ' || priority FROM repmgr.nodes WHERE node_id = 3").as_deref(), Some("witness 1 0"));
-    assert_eq!(count(&c, 1, "SELECT count(*) FROM repmgr.events WHERE event = 'witness_register'"), 1);
-    assert_eq!(c.value(3, "SELECT role FROM repmgr.node_status()").as_deref(), Some("witness"));
-    refused(&c, 3, &format!("SELECT repmgr.register_witness('{primary}')"), "42710", "already registered");
+    assert_eq!(
+        count(
+            &c,
+            1,
+            "SELECT count(*) FROM repmgr.events WHERE event = 'witness_register'"
+        ),
+        1
+    );
+    assert_eq!(
+        c.value(3, "SELECT role FROM repmgr.node_status()")
+            .as_deref(),
+        Some("witness")
+    );
+    refused(
+        &c,
+        3,
+        &format!("SELECT repmgr.register_witness('{primary}')"),
+        "42710",
+        "already registered",
+    );
 
     // Unregistering the witness from itself removes it on the primary and in its own copy.
     c.sql(3, "SELECT repmgr.unregister_node()");
-    assert_eq!(count(&c, 1, "SELECT count(*) FROM repmgr.nodes WHERE node_id = 3"), 0);
-    assert_eq!(count(&c, 3, "SELECT count(*) FROM repmgr.nodes WHERE node_id = 3"), 0);
-    assert_eq!(count(&c, 1, "SELECT count(*) FROM repmgr.events WHERE event = 'witness_unregister'"), 1);
+    assert_eq!(
+        count(&c, 1, "SELECT count(*) FROM repmgr.nodes WHERE node_id = 3"),
+        0
+    );
+    assert_eq!(
+        count(&c, 3, "SELECT count(*) FROM repmgr.nodes WHERE node_id = 3"),
+        0
+    );
+    assert_eq!(
+        count(
+            &c,
+            1,
+            "SELECT count(*) FROM repmgr.events WHERE event = 'witness_unregister'"
+        ),
+        1
+    );
 }
 
 #[test]
 fn without_preload_the_catalog_and_compatible_functions_still_work() {
     let mut c = Cluster::new("nopreload");
-    c.init_primary(1, NodeOptions { preload: false, ..Default::default() });
+    c.init_primary(
+        1,
+        NodeOptions {
+            preload: false,
+            ..Default::default()
+        },
+    );
     // repmgr's documented results without shared memory.
     let r = c.sql(
         1,
@@ -172,23 +335,58 @@ fn without_preload_the_catalog_and_compatible_functions_still_work() {
                 repmgr.standby_get_last_updated(), repmgr.standby_set_last_updated(), repmgr.get_upstream_node_id(),
                 repmgr.get_wal_receiver_pid()",
     );
-    let expected: Vec<Option<String>> = ["-1", "-1"].iter().map(|s| Some(s.to_string())).chain(std::iter::repeat_n(None, 8)).collect();
+    let expected: Vec<Option<String>> = ["-1", "-1"]
+        .iter()
+        .map(|s| Some(s.to_string()))
+        .chain(std::iter::repeat_n(None, 8))
+        .collect();
     assert_eq!(r.rows[0], expected);
-    for f in ["notify_follow_primary(1)", "reset_voting_status()", "set_local_node_id(1)", "repmgrd_pause(true)", "set_upstream_node_id(2)"] {
+    for f in [
+        "notify_follow_primary(1)",
+        "reset_voting_status()",
+        "set_local_node_id(1)",
+        "repmgrd_pause(true)",
+        "set_upstream_node_id(2)",
+    ] {
         assert_eq!(c.sql(1, &format!("SELECT repmgr.{f}")).rows.len(), 1, "{f}");
     }
     // Our own functions that need the worker say what is missing.
-    refused(&c, 1, "SELECT repmgr.pause(true)", "55000", "needs the repmgr library in shared_preload_libraries");
+    refused(
+        &c,
+        1,
+        "SELECT repmgr.pause(true)",
+        "55000",
+        "needs the repmgr library in shared_preload_libraries",
+    );
     // Registration needs no shared memory: node settings are still read from postgresql.conf.
-    assert_eq!(c.value(1, "SELECT repmgr.register_primary()").as_deref(), Some("1"));
-    assert_eq!(c.value(1, "SELECT node_name FROM repmgr.show_nodes").as_deref(), Some("node1"));
+    assert_eq!(
+        c.value(1, "SELECT repmgr.register_primary()").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        c.value(1, "SELECT node_name FROM repmgr.show_nodes")
+            .as_deref(),
+        Some("node1")
+    );
 }
 
 #[test]
 fn missing_node_id_is_explained() {
     let mut c = Cluster::new("noid");
-    c.init_primary(1, NodeOptions { identity: false, ..Default::default() });
-    let e = refused(&c, 1, "SELECT repmgr.register_primary()", "F0000", "repmgr.node_id is not set");
+    c.init_primary(
+        1,
+        NodeOptions {
+            identity: false,
+            ..Default::default()
+        },
+    );
+    let e = refused(
+        &c,
+        1,
+        "SELECT repmgr.register_primary()",
+        "F0000",
+        "repmgr.node_id is not set",
+    );
     assert!(e.hint.unwrap().contains("postgresql.conf"));
     assert_eq!(count(&c, 1, "SELECT count(*) FROM repmgr.nodes"), 0);
 }
@@ -212,6 +410,11 @@ fn event_notification_runs_after_commit_with_quoted_values() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(!out.exists(), "a rolled-back registration must not notify");
     c.sql(1, "SELECT repmgr.register_primary()");
-    let line = c.wait_for("the notification", WAIT, || fs::read_to_string(&out).ok().filter(|s| s.ends_with('\n')));
-    assert_eq!(line, "1|primary_register|1|node 1 (\"node1\") registered as primary|\n");
+    let line = c.wait_for("the notification", WAIT, || {
+        fs::read_to_string(&out).ok().filter(|s| s.ends_with('\n'))
+    });
+    assert_eq!(
+        line,
+        "1|primary_register|1|node 1 (\"node1\") registered as primary|\n"
+    );
 }

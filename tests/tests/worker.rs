@@ -24,19 +24,29 @@ fn three_nodes(name: &str) -> Cluster {
 }
 
 fn int(c: &Cluster, id: i32, sql: &str) -> i64 {
-    c.value(id, sql).unwrap_or_else(|| panic!("NULL from {sql}")).parse().unwrap_or_else(|e| panic!("{sql}: {e}"))
+    c.value(id, sql)
+        .unwrap_or_else(|| panic!("NULL from {sql}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// Waits until `sql` on `id` returns a row.
 fn wait_row(c: &Cluster, id: i32, what: &str, sql: &str) -> repmgr_pq::Rows {
-    c.wait_for(what, WAIT, || c.try_sql(id, sql).ok().filter(|r| !r.rows.is_empty()))
+    c.wait_for(what, WAIT, || {
+        c.try_sql(id, sql).ok().filter(|r| !r.rows.is_empty())
+    })
 }
 
 #[test]
 fn history_fills_and_replication_status_is_live() {
     let c = three_nodes("history");
     c.wait_for("history rows from both standbys", WAIT, || {
-        (int(&c, 1, "SELECT count(DISTINCT standby_node_id) FROM repmgr.monitoring_history") == 2).then_some(())
+        (int(
+            &c,
+            1,
+            "SELECT count(DISTINCT standby_node_id) FROM repmgr.monitoring_history",
+        ) == 2)
+            .then_some(())
     });
     // At rest, both standbys report no lag, on the primary and (replicated) on a standby.
     for node in [1, 2] {
@@ -49,12 +59,31 @@ fn history_fills_and_replication_status_is_live() {
     // Replay paused on node 3: under writes, its apply lag grows while node 2 keeps up.
     c.sql(3, "SELECT pg_wal_replay_pause()");
     c.sql(1, "CREATE TABLE load (id int, pad text)");
-    let lag = |c: &Cluster| int(c, 1, "SELECT apply_lag FROM repmgr.monitoring_history WHERE standby_node_id = 3 ORDER BY last_monitor_time DESC LIMIT 1");
-    c.sql(1, "INSERT INTO load SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g");
-    let first = c.wait_for("apply lag on the paused standby", WAIT, || Some(lag(&c)).filter(|l| *l > 0));
-    c.sql(1, "INSERT INTO load SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g");
-    c.wait_for("apply lag to grow", WAIT, || (lag(&c) > first).then_some(()));
-    let status = c.sql(1, "SELECT apply_lag <> '0 bytes' FROM repmgr.replication_status WHERE standby_node_id = 3");
+    let lag = |c: &Cluster| {
+        int(
+            c,
+            1,
+            "SELECT apply_lag FROM repmgr.monitoring_history WHERE standby_node_id = 3 ORDER BY last_monitor_time DESC LIMIT 1",
+        )
+    };
+    c.sql(
+        1,
+        "INSERT INTO load SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g",
+    );
+    let first = c.wait_for("apply lag on the paused standby", WAIT, || {
+        Some(lag(&c)).filter(|l| *l > 0)
+    });
+    c.sql(
+        1,
+        "INSERT INTO load SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g",
+    );
+    c.wait_for("apply lag to grow", WAIT, || {
+        (lag(&c) > first).then_some(())
+    });
+    let status = c.sql(
+        1,
+        "SELECT apply_lag <> '0 bytes' FROM repmgr.replication_status WHERE standby_node_id = 3",
+    );
     assert_eq!(status.get(0, 0), Some("t"));
     c.wait_for("node 2 to report no lag", WAIT, || {
         let r = c.sql(1, "SELECT replication_lag, apply_lag FROM repmgr.replication_status WHERE standby_node_id = 2");
@@ -71,31 +100,86 @@ fn a_killed_standby_is_reported_disconnected_then_reconnected() {
     let primary = opts()
         .conf("repmgr.child_nodes_connected_min_count = 2")
         .conf("repmgr.child_nodes_disconnect_timeout = '1s'")
-        .conf(format!("repmgr.child_nodes_disconnect_command = 'echo %p >> {}'", marker.display()));
+        .conf(format!(
+            "repmgr.child_nodes_disconnect_command = 'echo %p >> {}'",
+            marker.display()
+        ));
     c.init_primary(1, primary);
     c.sql(1, "SELECT repmgr.register_primary()");
     for id in [2, 3] {
         c.clone_standby(id, 1, opts());
         c.sql(id, "SELECT repmgr.register_standby()");
     }
-    wait_row(&c, 1, "the primary's worker to start", "SELECT 1 FROM repmgr.events WHERE event = 'repmgrd_start' AND node_id = 1");
+    wait_row(
+        &c,
+        1,
+        "the primary's worker to start",
+        "SELECT 1 FROM repmgr.events WHERE event = 'repmgrd_start' AND node_id = 1",
+    );
     // Let the primary see both standbys attached before the crash.
     std::thread::sleep(Duration::from_secs(2));
     c.kill9(2);
-    let details = wait_row(&c, 1, "child_node_disconnect", "SELECT details FROM repmgr.events WHERE event = 'child_node_disconnect'");
-    assert_eq!(details.get(0, 0), Some("standby node \"node2\" (ID: 2) has disconnected"));
+    let details = wait_row(
+        &c,
+        1,
+        "child_node_disconnect",
+        "SELECT details FROM repmgr.events WHERE event = 'child_node_disconnect'",
+    );
+    assert_eq!(
+        details.get(0, 0),
+        Some("standby node \"node2\" (ID: 2) has disconnected")
+    );
     // Two children required, one left: after the timeout the command runs, once.
-    let ev = wait_row(&c, 1, "child_nodes_disconnect_command", "SELECT successful::text, details FROM repmgr.events WHERE event = 'child_nodes_disconnect_command'");
+    let ev = wait_row(
+        &c,
+        1,
+        "child_nodes_disconnect_command",
+        "SELECT successful::text, details FROM repmgr.events WHERE event = 'child_nodes_disconnect_command'",
+    );
     assert_eq!(ev.get(0, 0), Some("true"), "{ev:?}");
-    assert!(ev.get(0, 1).unwrap().starts_with("1 of 2 child nodes attached (required: 2)"), "{ev:?}");
+    assert!(
+        ev.get(0, 1)
+            .unwrap()
+            .starts_with("1 of 2 child nodes attached (required: 2)"),
+        "{ev:?}"
+    );
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "1\n");
-    c.wait_for("node 2's processes to go", WAIT, || c.node(2).pid().is_none().then_some(()));
+    c.wait_for("node 2's processes to go", WAIT, || {
+        c.node(2).pid().is_none().then_some(())
+    });
     // The orphaned backends of a killed postmaster leave on their own; retry the start.
-    c.wait_for("node 2 to start again", WAIT, || c.try_start(2).then_some(()));
-    let details = wait_row(&c, 1, "child_node_reconnect", "SELECT details FROM repmgr.events WHERE event = 'child_node_reconnect'");
-    assert!(details.get(0, 0).unwrap().starts_with("standby node \"node2\" (ID: 2) has reconnected after "), "{details:?}");
-    assert_eq!(int(&c, 1, "SELECT count(*) FROM repmgr.events WHERE event = 'child_node_disconnect' AND details LIKE '%node3%'"), 0);
-    assert_eq!(int(&c, 1, "SELECT count(*) FROM repmgr.events WHERE event = 'child_nodes_disconnect_command'"), 1);
+    c.wait_for("node 2 to start again", WAIT, || {
+        c.try_start(2).then_some(())
+    });
+    let details = wait_row(
+        &c,
+        1,
+        "child_node_reconnect",
+        "SELECT details FROM repmgr.events WHERE event = 'child_node_reconnect'",
+    );
+    assert!(
+        details
+            .get(0, 0)
+            .unwrap()
+            .starts_with("standby node \"node2\" (ID: 2) has reconnected after "),
+        "{details:?}"
+    );
+    assert_eq!(
+        int(
+            &c,
+            1,
+            "SELECT count(*) FROM repmgr.events WHERE event = 'child_node_disconnect' AND details LIKE '%node3%'"
+        ),
+        0
+    );
+    assert_eq!(
+        int(
+            &c,
+            1,
+            "SELECT count(*) FROM repmgr.events WHERE event = 'child_nodes_disconnect_command'"
+        ),
+        1
+    );
 }
 
 #[test]
@@ -109,15 +193,31 @@ fn the_primary_trims_old_monitoring_history() {
          UNION ALL SELECT 1, 2, now() - interval '1 hour', NULL, '0/0', '0/0', 0, 0",
     );
     c.sql(1, "SELECT repmgr.register_primary()");
-    c.wait_for("old history to go", WAIT, || (int(&c, 1, "SELECT count(*) FROM repmgr.monitoring_history") == 1).then_some(()));
-    assert_eq!(int(&c, 1, "SELECT count(*) FROM repmgr.monitoring_history WHERE last_monitor_time > now() - interval '1 day'"), 1);
+    c.wait_for("old history to go", WAIT, || {
+        (int(&c, 1, "SELECT count(*) FROM repmgr.monitoring_history") == 1).then_some(())
+    });
+    assert_eq!(
+        int(
+            &c,
+            1,
+            "SELECT count(*) FROM repmgr.monitoring_history WHERE last_monitor_time > now() - interval '1 day'"
+        ),
+        1
+    );
 }
 
 #[test]
 fn a_frozen_primary_stalls_no_standby_and_promotes_nobody() {
     let c = three_nodes("frozen");
     for id in [2, 3] {
-        wait_row(&c, 1, "both standby workers to start", &format!("SELECT 1 FROM repmgr.events WHERE event = 'repmgrd_start' AND node_id = {id}"));
+        wait_row(
+            &c,
+            1,
+            "both standby workers to start",
+            &format!(
+                "SELECT 1 FROM repmgr.events WHERE event = 'repmgrd_start' AND node_id = {id}"
+            ),
+        );
     }
     let freeze_at = c.value(1, "SELECT now()::text").unwrap();
     c.freeze(1);
@@ -129,7 +229,10 @@ fn a_frozen_primary_stalls_no_standby_and_promotes_nobody() {
     let mut longest = Duration::ZERO;
     while frozen.elapsed() < Duration::from_secs(7) {
         for (i, id) in [2, 3].into_iter().enumerate() {
-            let round = c.value(id, "SELECT worker_last_round::text FROM repmgr.node_status()");
+            let round = c.value(
+                id,
+                "SELECT worker_last_round::text FROM repmgr.node_status()",
+            );
             if round != last[i] {
                 longest = longest.max(since[i].elapsed());
                 last[i] = round;
@@ -141,9 +244,16 @@ fn a_frozen_primary_stalls_no_standby_and_promotes_nobody() {
     for s in since {
         longest = longest.max(s.elapsed());
     }
-    assert!(longest < Duration::from_secs(4), "a standby worker went {longest:?} without finishing a round");
+    assert!(
+        longest < Duration::from_secs(4),
+        "a standby worker went {longest:?} without finishing a round"
+    );
     for id in [2, 3] {
-        assert_eq!(c.value(id, "SELECT pg_is_in_recovery()::text").as_deref(), Some("true"), "no promotion");
+        assert_eq!(
+            c.value(id, "SELECT pg_is_in_recovery()::text").as_deref(),
+            Some("true"),
+            "no promotion"
+        );
     }
     c.thaw(1);
     // The standbys recorded the disconnect when it happened and write it once the primary is
@@ -161,12 +271,32 @@ fn a_frozen_primary_stalls_no_standby_and_promotes_nobody() {
             ),
         );
         let after: f64 = r.get(0, 0).unwrap().parse().unwrap();
-        assert!((0.0..=4.0).contains(&after), "node {id} recorded the disconnect {after} s after the freeze");
-        assert!(r.get(0, 1).unwrap().starts_with("reconnected to upstream node \"node1\" (ID: 1) after "));
-        assert_eq!(c.value(id, "SELECT pg_is_in_recovery()::text").as_deref(), Some("true"));
+        assert!(
+            (0.0..=4.0).contains(&after),
+            "node {id} recorded the disconnect {after} s after the freeze"
+        );
+        assert!(
+            r.get(0, 1)
+                .unwrap()
+                .starts_with("reconnected to upstream node \"node1\" (ID: 1) after ")
+        );
+        assert_eq!(
+            c.value(id, "SELECT pg_is_in_recovery()::text").as_deref(),
+            Some("true")
+        );
     }
-    assert_eq!(int(&c, 1, "SELECT count(*) FROM repmgr.nodes WHERE type = 'primary'"), 1);
-    assert!(c.log(2).contains("repmgr: unable to connect to upstream node \"node1\" (ID: 1)"));
+    assert_eq!(
+        int(
+            &c,
+            1,
+            "SELECT count(*) FROM repmgr.nodes WHERE type = 'primary'"
+        ),
+        1
+    );
+    assert!(
+        c.log(2)
+            .contains("repmgr: unable to connect to upstream node \"node1\" (ID: 1)")
+    );
 }
 
 #[test]
@@ -174,36 +304,83 @@ fn sighup_applies_a_new_monitor_interval_without_restart() {
     let c = three_nodes("reload");
     let pid = int(&c, 2, "SELECT repmgr.get_repmgrd_pid()");
     let rows_in = |c: &Cluster, secs: u64| {
-        let before = int(c, 1, "SELECT count(*) FROM repmgr.monitoring_history WHERE standby_node_id = 2");
+        let before = int(
+            c,
+            1,
+            "SELECT count(*) FROM repmgr.monitoring_history WHERE standby_node_id = 2",
+        );
         std::thread::sleep(Duration::from_secs(secs));
-        int(c, 1, "SELECT count(*) FROM repmgr.monitoring_history WHERE standby_node_id = 2") - before
+        int(
+            c,
+            1,
+            "SELECT count(*) FROM repmgr.monitoring_history WHERE standby_node_id = 2",
+        ) - before
     };
-    wait_row(&c, 1, "history from node 2", "SELECT 1 FROM repmgr.monitoring_history WHERE standby_node_id = 2");
+    wait_row(
+        &c,
+        1,
+        "history from node 2",
+        "SELECT 1 FROM repmgr.monitoring_history WHERE standby_node_id = 2",
+    );
     let slow = rows_in(&c, 3);
     c.set(2, "repmgr.monitor_interval", "200ms");
-    wait_row(&c, 1, "the repmgrd_reload event", "SELECT 1 FROM repmgr.events WHERE node_id = 2 AND event = 'repmgrd_reload' AND details LIKE '%monitor_interval 200 ms%'");
+    wait_row(
+        &c,
+        1,
+        "the repmgrd_reload event",
+        "SELECT 1 FROM repmgr.events WHERE node_id = 2 AND event = 'repmgrd_reload' AND details LIKE '%monitor_interval 200 ms%'",
+    );
     let fast = rows_in(&c, 3);
     assert!((2..=4).contains(&slow), "{slow} rows in 3 s at 1 s");
     assert!(fast >= 10, "{fast} rows in 3 s at 200 ms");
-    assert_eq!(int(&c, 2, "SELECT repmgr.get_repmgrd_pid()"), pid, "the worker was not restarted");
+    assert_eq!(
+        int(&c, 2, "SELECT repmgr.get_repmgrd_pid()"),
+        pid,
+        "the worker was not restarted"
+    );
 }
 
 #[test]
 fn sigterm_stops_the_worker_promptly_and_the_postmaster_restarts_it() {
     let c = three_nodes("sigterm");
-    wait_row(&c, 1, "node 2's worker to start", "SELECT 1 FROM repmgr.events WHERE event = 'repmgrd_start' AND node_id = 2");
+    wait_row(
+        &c,
+        1,
+        "node 2's worker to start",
+        "SELECT 1 FROM repmgr.events WHERE event = 'repmgrd_start' AND node_id = 2",
+    );
     let sent = Instant::now();
     let pid = c.signal_worker(2, libc::SIGTERM);
-    c.wait_for("the worker to exit", WAIT, || (unsafe { libc::kill(pid, 0) } != 0).then_some(()));
+    c.wait_for("the worker to exit", WAIT, || {
+        (unsafe { libc::kill(pid, 0) } != 0).then_some(())
+    });
     let stopped = sent.elapsed();
-    assert!(stopped < Duration::from_secs(1), "the worker took {stopped:?} to stop");
+    assert!(
+        stopped < Duration::from_secs(1),
+        "the worker took {stopped:?} to stop"
+    );
     let new_pid = c.wait_for("a new worker", WAIT, || {
         let p = int(&c, 2, "SELECT repmgr.get_repmgrd_pid()");
-        (p > 0 && p != i64::from(pid) && c.value(2, "SELECT repmgr.repmgrd_is_running()::text").as_deref() == Some("true")).then_some(p)
+        (p > 0
+            && p != i64::from(pid)
+            && c.value(2, "SELECT repmgr.repmgrd_is_running()::text")
+                .as_deref()
+                == Some("true"))
+        .then_some(p)
     });
     assert_ne!(new_pid, i64::from(pid));
-    wait_row(&c, 1, "repmgrd_shutdown", "SELECT 1 FROM repmgr.events WHERE node_id = 2 AND event = 'repmgrd_shutdown' AND details = 'TERM signal received'");
-    wait_row(&c, 1, "repmgrd_start again", "SELECT 1 FROM repmgr.events WHERE node_id = 2 AND event = 'repmgrd_start' HAVING count(*) = 2");
+    wait_row(
+        &c,
+        1,
+        "repmgrd_shutdown",
+        "SELECT 1 FROM repmgr.events WHERE node_id = 2 AND event = 'repmgrd_shutdown' AND details = 'TERM signal received'",
+    );
+    wait_row(
+        &c,
+        1,
+        "repmgrd_start again",
+        "SELECT 1 FROM repmgr.events WHERE node_id = 2 AND event = 'repmgrd_start' HAVING count(*) = 2",
+    );
 }
 
 #[test]
@@ -212,57 +389,137 @@ fn the_witness_keeps_its_node_list_in_sync() {
     c.init_primary(1, opts());
     c.sql(1, "SELECT repmgr.register_primary()");
     c.init_witness(3, opts().conf("repmgr.witness_sync_interval = '1s'"));
-    c.sql(3, &format!("SELECT repmgr.register_witness('{}')", c.node(1).conninfo()));
+    c.sql(
+        3,
+        &format!("SELECT repmgr.register_witness('{}')", c.node(1).conninfo()),
+    );
     c.clone_standby(2, 1, opts());
     c.sql(2, "SELECT repmgr.register_standby()");
     let list = "SELECT node_id, type, upstream_node_id FROM repmgr.nodes ORDER BY node_id";
-    c.wait_for("the witness to copy the new standby", WAIT, || (c.sql(3, list).rows == c.sql(1, list).rows).then_some(()));
+    c.wait_for("the witness to copy the new standby", WAIT, || {
+        (c.sql(3, list).rows == c.sql(1, list).rows).then_some(())
+    });
     assert_eq!(c.sql(3, list).rows.len(), 3);
     c.sql(1, "UPDATE repmgr.nodes SET priority = 7 WHERE node_id = 2");
-    c.wait_for("the witness to copy the change", WAIT, || (int(&c, 3, "SELECT priority FROM repmgr.nodes WHERE node_id = 2") == 7).then_some(()));
+    c.wait_for("the witness to copy the change", WAIT, || {
+        (int(&c, 3, "SELECT priority FROM repmgr.nodes WHERE node_id = 2") == 7).then_some(())
+    });
     // It tracks the primary's reachability, and the primary sees it attached.
     let seen = int(&c, 3, "SELECT repmgr.get_upstream_last_seen()");
-    assert!((0..=2).contains(&seen), "witness last saw the primary {seen} s ago");
+    assert!(
+        (0..=2).contains(&seen),
+        "witness last saw the primary {seen} s ago"
+    );
     assert_eq!(int(&c, 3, "SELECT repmgr.get_upstream_node_id()"), 1);
     let status = c.sql(1, "SELECT node_id, role, reachable, worker_running, paused FROM repmgr.daemon_status() ORDER BY node_id");
     let expected = |v: [&str; 5]| v.map(|s| Some(s.to_string())).to_vec();
     assert_eq!(
         status.rows,
-        [expected(["1", "primary", "t", "t", "f"]), expected(["2", "standby", "t", "t", "f"]), expected(["3", "witness", "t", "t", "f"])]
+        [
+            expected(["1", "primary", "t", "t", "f"]),
+            expected(["2", "standby", "t", "t", "f"]),
+            expected(["3", "witness", "t", "t", "f"])
+        ]
     );
 }
 
 #[test]
 fn a_notification_makes_a_standby_follow_another_upstream() {
     let c = three_nodes("follow");
-    wait_row(&c, 3, "node 3's worker", "SELECT 1 FROM repmgr.node_status() WHERE worker_last_round IS NOT NULL");
+    wait_row(
+        &c,
+        3,
+        "node 3's worker",
+        "SELECT 1 FROM repmgr.node_status() WHERE worker_last_round IS NOT NULL",
+    );
     c.sql(3, "SELECT repmgr.notify_follow_primary(2)");
-    wait_row(&c, 2, "node 3 to stream from node 2", "SELECT 1 FROM pg_stat_replication WHERE application_name = 'node3' AND state = 'streaming'");
-    assert_eq!(int(&c, 1, "SELECT upstream_node_id FROM repmgr.nodes WHERE node_id = 3"), 2);
-    assert_eq!(c.value(2, "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'repmgr_slot_3'").as_deref(), Some("true"));
-    let ev = wait_row(&c, 1, "standby_follow", "SELECT successful::text, details FROM repmgr.events WHERE event = 'standby_follow'");
+    wait_row(
+        &c,
+        2,
+        "node 3 to stream from node 2",
+        "SELECT 1 FROM pg_stat_replication WHERE application_name = 'node3' AND state = 'streaming'",
+    );
+    assert_eq!(
+        int(
+            &c,
+            1,
+            "SELECT upstream_node_id FROM repmgr.nodes WHERE node_id = 3"
+        ),
+        2
+    );
+    assert_eq!(
+        c.value(
+            2,
+            "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'repmgr_slot_3'"
+        )
+        .as_deref(),
+        Some("true")
+    );
+    let ev = wait_row(
+        &c,
+        1,
+        "standby_follow",
+        "SELECT successful::text, details FROM repmgr.events WHERE event = 'standby_follow'",
+    );
     assert_eq!(ev.get(0, 0), Some("true"));
-    assert_eq!(ev.get(0, 1), Some("node 3 (\"node3\") now follows node 2 (\"node2\")"));
+    assert_eq!(
+        ev.get(0, 1),
+        Some("node 3 (\"node3\") now follows node 2 (\"node2\")")
+    );
     // Data written on the primary reaches node 3 through node 2.
     c.sql(1, "CREATE TABLE cascade AS SELECT 42 AS answer");
-    c.wait_for("the row on node 3", WAIT, || c.try_sql(3, "SELECT answer FROM cascade").ok().filter(|r| r.get(0, 0) == Some("42")));
+    c.wait_for("the row on node 3", WAIT, || {
+        c.try_sql(3, "SELECT answer FROM cascade")
+            .ok()
+            .filter(|r| r.get(0, 0) == Some("42"))
+    });
 }
 
 #[test]
 fn the_worker_waits_quietly_for_its_database_extension_and_registration() {
     let mut c = Cluster::new("quiet");
-    c.init_primary(1, NodeOptions { create_extension: false, ..Default::default() });
+    c.init_primary(
+        1,
+        NodeOptions {
+            create_extension: false,
+            ..Default::default()
+        },
+    );
     std::thread::sleep(Duration::from_secs(4));
-    let missing = c.log(1).matches("database \"repmgr\" does not exist").count();
-    assert!(missing <= 2, "{missing} lines about the missing database in 4 s:\n{}", c.log(1));
+    let missing = c
+        .log(1)
+        .matches("database \"repmgr\" does not exist")
+        .count();
+    assert!(
+        missing <= 2,
+        "{missing} lines about the missing database in 4 s:\n{}",
+        c.log(1)
+    );
     let node = c.node(1).clone();
     c.create_extension(&node);
-    c.wait_for("the worker to wait for registration", WAIT, || c.log(1).contains("waiting for node 1 (\"node1\") to be registered").then_some(()));
+    c.wait_for("the worker to wait for registration", WAIT, || {
+        c.log(1)
+            .contains("waiting for node 1 (\"node1\") to be registered")
+            .then_some(())
+    });
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(c.log(1).matches("to be registered").count(), 1, "logged once:\n{}", c.log(1));
+    assert_eq!(
+        c.log(1).matches("to be registered").count(),
+        1,
+        "logged once:\n{}",
+        c.log(1)
+    );
     c.sql(1, "SELECT repmgr.register_primary()");
-    let ev = wait_row(&c, 1, "repmgrd_start", "SELECT details FROM repmgr.events WHERE event = 'repmgrd_start'");
-    assert_eq!(ev.get(0, 0), Some("monitoring cluster primary \"node1\" (ID: 1)"));
+    let ev = wait_row(
+        &c,
+        1,
+        "repmgrd_start",
+        "SELECT details FROM repmgr.events WHERE event = 'repmgrd_start'",
+    );
+    assert_eq!(
+        ev.get(0, 0),
+        Some("monitoring cluster primary \"node1\" (ID: 1)")
+    );
     assert!(!c.log(1).contains("ERROR"), "{}", c.log(1));
 }
 
@@ -270,23 +527,44 @@ fn the_worker_waits_quietly_for_its_database_extension_and_registration() {
 fn a_partitioned_standby_reports_the_cut_and_the_repair() {
     let mut c = Cluster::with_network("partition");
     // A short sender timeout lets the primary notice a silent standby quickly.
-    let o = || opts().conf("wal_sender_timeout = '2s'").conf("wal_receiver_timeout = '2s'");
+    let o = || {
+        opts()
+            .conf("wal_sender_timeout = '2s'")
+            .conf("wal_receiver_timeout = '2s'")
+    };
     c.init_primary(1, o());
     c.sql(1, "SELECT repmgr.register_primary()");
     c.clone_standby(2, 1, o());
     c.sql(2, "SELECT repmgr.register_standby()");
-    wait_row(&c, 1, "node 2's worker to start", "SELECT 1 FROM repmgr.events WHERE event = 'repmgrd_start' AND node_id = 2");
+    wait_row(
+        &c,
+        1,
+        "node 2's worker to start",
+        "SELECT 1 FROM repmgr.events WHERE event = 'repmgrd_start' AND node_id = 2",
+    );
     std::thread::sleep(Duration::from_secs(2));
 
     let cut_at = c.value(1, "SELECT now()::text").unwrap();
     c.network().isolate(2);
     // The primary sees its child go; the standby, cut off, keeps its events until it can
     // write them.
-    wait_row(&c, 1, "child_node_disconnect", "SELECT 1 FROM repmgr.events WHERE event = 'child_node_disconnect'");
+    wait_row(
+        &c,
+        1,
+        "child_node_disconnect",
+        "SELECT 1 FROM repmgr.events WHERE event = 'child_node_disconnect'",
+    );
     c.wait_for("node 2 to see its upstream fail", WAIT, || {
         (int(&c, 2, "SELECT repmgr.get_upstream_last_seen()") >= 3).then_some(())
     });
-    assert_eq!(int(&c, 1, "SELECT count(*) FROM repmgr.events WHERE node_id = 2 AND event = 'repmgrd_upstream_disconnect'"), 0);
+    assert_eq!(
+        int(
+            &c,
+            1,
+            "SELECT count(*) FROM repmgr.events WHERE node_id = 2 AND event = 'repmgrd_upstream_disconnect'"
+        ),
+        0
+    );
     c.network().rejoin(2);
     let r = wait_row(
         &c,
@@ -299,8 +577,16 @@ fn a_partitioned_standby_reports_the_cut_and_the_repair() {
         ),
     );
     let after: f64 = r.get(0, 0).unwrap().parse().unwrap();
-    assert!((0.0..=4.0).contains(&after), "the disconnect was recorded {after} s after the cut");
-    wait_row(&c, 1, "child_node_reconnect", "SELECT 1 FROM repmgr.events WHERE event = 'child_node_reconnect'");
+    assert!(
+        (0.0..=4.0).contains(&after),
+        "the disconnect was recorded {after} s after the cut"
+    );
+    wait_row(
+        &c,
+        1,
+        "child_node_reconnect",
+        "SELECT 1 FROM repmgr.events WHERE event = 'child_node_reconnect'",
+    );
 
     // A pairwise cut (standby to primary only) behaves the same from the standby's side.
     c.network().cut(1, 2);

@@ -58,33 +58,56 @@ impl Task {
 
     /// Runs a command with output passed through; fails with its description.
     fn run(&self, mut cmd: Command, what: &str) -> Result {
-        let status = cmd.status().map_err(|e| format!("{what}: cannot start: {e}"))?;
-        if status.success() { Ok(()) } else { Err(format!("{what} failed ({status})")) }
+        let status = cmd
+            .status()
+            .map_err(|e| format!("{what}: cannot start: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("{what} failed ({status})"))
+        }
     }
 
     /// Like [`Task::run`], but also collects the `test result:` summary lines.
     fn run_tests(&self, mut cmd: Command, what: &str, summary: &mut Vec<String>) -> Result {
-        let mut child = cmd.stdout(Stdio::piped()).spawn().map_err(|e| format!("{what}: cannot start: {e}"))?;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{what}: cannot start: {e}"))?;
         let stdout = child.stdout.take().expect("piped stdout");
-        for line in BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
+        for line in BufReader::new(stdout)
+            .lines()
+            .map_while(std::result::Result::ok)
+        {
             println!("{line}");
             // Runners with no tests (doc tests, binaries) would only bury the real results.
-            if line.trim_start().starts_with("test result:") && !line.contains(" 0 passed; 0 failed;") {
+            if line.trim_start().starts_with("test result:")
+                && !line.contains(" 0 passed; 0 failed;")
+            {
                 summary.push(format!("{what}: {}", line.trim()));
             }
         }
         let status = child.wait().map_err(|e| format!("{what}: {e}"))?;
-        if status.success() { Ok(()) } else { Err(format!("{what} failed ({status})")) }
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("{what} failed ({status})"))
+        }
     }
 }
 
 fn path_with_cargo_bin() -> String {
-    let home = env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", env::var("HOME").unwrap_or_default()));
+    let home = env::var("CARGO_HOME")
+        .unwrap_or_else(|_| format!("{}/.cargo", env::var("HOME").unwrap_or_default()));
     format!("{home}/bin:{}", env::var("PATH").unwrap_or_default())
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 fn installed(package: &str) -> bool {
@@ -112,37 +135,75 @@ fn setup(t: &Task) -> Result {
     if missing.is_empty() {
         println!("          all present: {}", PACKAGES.join(" "));
     } else {
-        if !is_root() && Command::new("sudo").arg("-n").arg("true").status().map(|s| !s.success()).unwrap_or(true) {
-            return Err(format!("missing packages {missing:?}; run as root or install them: apt-get install {}", missing.join(" ")));
+        if !is_root()
+            && Command::new("sudo")
+                .arg("-n")
+                .arg("true")
+                .status()
+                .map(|s| !s.success())
+                .unwrap_or(true)
+        {
+            return Err(format!(
+                "missing packages {missing:?}; run as root or install them: apt-get install {}",
+                missing.join(" ")
+            ));
         }
         println!("          installing: {}", missing.join(" "));
         let mut update = as_root("apt-get");
-        update.args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive");
+        update
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive");
         t.run(update, "apt-get update")?;
         let mut install = as_root("apt-get");
-        install.args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
+        install
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive");
         t.run(install, "apt-get install")?;
     }
     if installed("postgresql-15-repmgr") {
-        println!("          WARNING: Debian's postgresql-15-repmgr is installed; installing this extension replaces its repmgr.so and repmgr.control");
+        println!(
+            "          WARNING: Debian's postgresql-15-repmgr is installed; installing this extension replaces its repmgr.so and repmgr.control"
+        );
     }
 
     t.step("setup: cargo-pgrx");
-    let version = t.cargo().args(["pgrx", "--version"]).output().ok().filter(|o| o.status.success());
-    let have = version.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let version = t
+        .cargo()
+        .args(["pgrx", "--version"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let have = version
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     if have.ends_with(PGRX_VERSION) {
         println!("          present: {have}");
     } else {
-        println!("          installing cargo-pgrx {PGRX_VERSION} (found: {})", if have.is_empty() { "none" } else { &have });
+        println!(
+            "          installing cargo-pgrx {PGRX_VERSION} (found: {})",
+            if have.is_empty() { "none" } else { &have }
+        );
         let mut c = t.cargo();
-        c.args(["install", "cargo-pgrx", "--version", PGRX_VERSION, "--locked"]);
+        c.args([
+            "install",
+            "cargo-pgrx",
+            "--version",
+            PGRX_VERSION,
+            "--locked",
+        ]);
         t.run(c, "cargo install cargo-pgrx")?;
     }
 
     t.step("setup: pgrx init for PostgreSQL 15");
-    let pgrx_home = env::var("PGRX_HOME").unwrap_or_else(|_| format!("{}/.pgrx", env::var("HOME").unwrap_or_default()));
-    let config = std::fs::read_to_string(Path::new(&pgrx_home).join("config.toml")).unwrap_or_default();
-    if config.lines().any(|l| l.replace(' ', "") == format!("pg15=\"{PG_CONFIG}\"")) {
+    let pgrx_home = env::var("PGRX_HOME")
+        .unwrap_or_else(|_| format!("{}/.pgrx", env::var("HOME").unwrap_or_default()));
+    let config =
+        std::fs::read_to_string(Path::new(&pgrx_home).join("config.toml")).unwrap_or_default();
+    if config
+        .lines()
+        .any(|l| l.replace(' ', "") == format!("pg15=\"{PG_CONFIG}\""))
+    {
         println!("          present: {pgrx_home}/config.toml");
     } else {
         let mut c = t.cargo();
@@ -154,7 +215,11 @@ fn setup(t: &Task) -> Result {
 
 /// Installs the extension into the PostgreSQL tree and builds the command line.
 fn install(t: &Task, release: bool) -> Result {
-    t.step(if release { "install the extension into PostgreSQL 15 (release build)" } else { "install the extension into PostgreSQL 15" });
+    t.step(if release {
+        "install the extension into PostgreSQL 15 (release build)"
+    } else {
+        "install the extension into PostgreSQL 15"
+    });
     let mut c = t.cargo();
     c.args(["pgrx", "install", "--pg-config", PG_CONFIG]);
     if release {
@@ -176,15 +241,39 @@ fn test(t: &Task) -> Result {
 
     t.step("unit tests (pure Rust crates)");
     let mut c = t.cargo();
-    c.args(["test", "--workspace", "--exclude", "repmgr", "--exclude", "repmgr-tests"]);
+    c.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "repmgr",
+        "--exclude",
+        "repmgr-tests",
+    ]);
     t.run_tests(c, "unit tests", &mut summary)?;
 
     t.step("in-server tests (cargo pgrx test)");
     let mut mk = as_root("install");
-    mk.args(["-d", "-o", "postgres", "-g", "postgres", "-m", "0700", PGRX_TEST_DIR]);
+    mk.args([
+        "-d",
+        "-o",
+        "postgres",
+        "-g",
+        "postgres",
+        "-m",
+        "0700",
+        PGRX_TEST_DIR,
+    ]);
     t.run(mk, "create the pgrx test directory")?;
     let mut c = t.cargo();
-    c.args(["pgrx", "test", "pg15", "--runas", "postgres", "--pgdata", PGRX_TEST_DIR]);
+    c.args([
+        "pgrx",
+        "test",
+        "pg15",
+        "--runas",
+        "postgres",
+        "--pgdata",
+        PGRX_TEST_DIR,
+    ]);
     t.run_tests(c, "in-server tests", &mut summary)?;
 
     install(t, false)?;
@@ -203,7 +292,16 @@ fn test(t: &Task) -> Result {
 fn demo(t: &Task, stop: bool) -> Result {
     let sandbox = |action: &str| {
         let mut c = t.cargo();
-        c.args(["run", "--quiet", "-p", "repmgr-tests", "--bin", "repmgr-sandbox", "--", action]);
+        c.args([
+            "run",
+            "--quiet",
+            "-p",
+            "repmgr-tests",
+            "--bin",
+            "repmgr-sandbox",
+            "--",
+            action,
+        ]);
         c
     };
     if stop {
@@ -214,13 +312,32 @@ fn demo(t: &Task, stop: bool) -> Result {
     install(t, false)?;
     t.step("install the repmgr command line into the cargo bin directory");
     let mut c = t.cargo();
-    c.args(["install", "--quiet", "--path", "cli", "--locked", "--debug", "--force", "--target-dir", "target"]);
+    c.args([
+        "install",
+        "--quiet",
+        "--path",
+        "cli",
+        "--locked",
+        "--debug",
+        "--force",
+        "--target-dir",
+        "target",
+    ]);
     t.run(c, "cargo install --path cli")?;
     t.step("start the sandbox");
     t.run(sandbox("start"), "repmgr-sandbox start")?;
     t.step("repmgr cluster show");
     let mut show = Command::new("repmgr");
-    show.env("PATH", path_with_cargo_bin()).args(["-h", "127.0.0.1", "-p", "55431", "-U", "postgres", "cluster", "show"]);
+    show.env("PATH", path_with_cargo_bin()).args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "55431",
+        "-U",
+        "postgres",
+        "cluster",
+        "show",
+    ]);
     t.run(show, "repmgr cluster show")?;
     println!(
         "\nThe sandbox is running. Connect with:\n  psql -h 127.0.0.1 -p 55431 -U postgres repmgr\n  repmgr -h 127.0.0.1 -p 55431 -U postgres cluster show\nStop it with: cargo xtask demo --stop"
@@ -233,13 +350,29 @@ fn bench(t: &Task, args: &[&str]) -> Result {
     install(t, true)?;
     t.step(&format!("benchmark: {}", args.join(" ")));
     let mut c = t.cargo();
-    c.args(["run", "--quiet", "--release", "-p", "repmgr-tests", "--bin", "repmgr-bench", "--"]).args(args);
+    c.args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "repmgr-tests",
+        "--bin",
+        "repmgr-bench",
+        "--",
+    ])
+    .args(args);
     t.run(c, "repmgr-bench")
 }
 
 fn main() -> ExitCode {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-    let t = Task { start: Instant::now(), root };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let t = Task {
+        start: Instant::now(),
+        root,
+    };
     let args: Vec<String> = env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {

@@ -23,11 +23,23 @@ fn usage() -> ExitCode {
 /// that have exited and been waited for (fields 14-17 of stat(5)).
 fn cpu_seconds_of(pid: i32, reaped: bool) -> f64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
     // After the command name comes field 3 (state).
-    let tick = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let tick = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     let own = tick(14) + tick(15);
-    (if reaped { own + tick(16) + tick(17) } else { own }) / TICKS_PER_SECOND
+    (if reaped {
+        own + tick(16) + tick(17)
+    } else {
+        own
+    }) / TICKS_PER_SECOND
 }
 
 fn cpu_seconds(pid: i32) -> f64 {
@@ -67,16 +79,25 @@ fn memory_kb(pid: i32, file: &str, key: &str) -> u64 {
 }
 
 fn worker_pid(c: &Cluster, id: i32) -> i32 {
-    c.value(id, "SELECT repmgr.get_repmgrd_pid()").and_then(|p| p.parse().ok()).unwrap_or(-1)
+    c.value(id, "SELECT repmgr.get_repmgrd_pid()")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(-1)
 }
 
 fn pgbench(c: &Cluster, args: &[&str]) -> String {
     let node = c.node(1);
     let socket = node.local_conninfo("bench");
     let mut cmd = Command::new("runuser");
-    cmd.args(["-u", "postgres", "--"]).arg(bindir().join("pgbench")).args(args).arg(socket);
+    cmd.args(["-u", "postgres", "--"])
+        .arg(bindir().join("pgbench"))
+        .args(args)
+        .arg(socket);
     let out = cmd.output().expect("run pgbench");
-    assert!(out.status.success(), "pgbench failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pgbench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -84,7 +105,13 @@ fn tps(report: &str) -> f64 {
     report
         .lines()
         .find(|l| l.starts_with("tps = "))
-        .and_then(|l| l.trim_start_matches("tps = ").split_whitespace().next()?.parse().ok())
+        .and_then(|l| {
+            l.trim_start_matches("tps = ")
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .expect("pgbench printed tps")
 }
 
@@ -104,7 +131,9 @@ fn preload(c: &Cluster, on: bool) {
         c.start(id);
     }
     if on {
-        c.wait_for("both workers", Duration::from_secs(30), || (worker_pid(c, 1) > 0 && worker_pid(c, 2) > 0).then_some(()));
+        c.wait_for("both workers", Duration::from_secs(30), || {
+            (worker_pid(c, 1) > 0 && worker_pid(c, 2) > 0).then_some(())
+        });
     }
 }
 
@@ -112,7 +141,10 @@ fn overhead(pairs: usize, seconds: u64, idle: u64) {
     let started = Instant::now();
     let mut c = Cluster::new("bench-overhead");
     // Preloading is switched in postgresql.auto.conf, so the base configuration has none.
-    let opts = || NodeOptions { preload: false, ..Default::default() };
+    let opts = || NodeOptions {
+        preload: false,
+        ..Default::default()
+    };
     c.init_primary(1, opts());
     c.sql(1, "SELECT repmgr.register_primary()");
     c.clone_standby(2, 1, opts());
@@ -137,7 +169,10 @@ fn overhead(pairs: usize, seconds: u64, idle: u64) {
         );
     }
     let history = c.value(1, "SELECT count(*) || ' rows, ' || pg_total_relation_size('repmgr.monitoring_history') || ' bytes' FROM repmgr.monitoring_history");
-    println!("monitoring_history after the idle period: {}", history.unwrap_or_default());
+    println!(
+        "monitoring_history after the idle period: {}",
+        history.unwrap_or_default()
+    );
     let with = idle_cluster_cpu(&c, idle);
     preload(&c, false);
     let without = idle_cluster_cpu(&c, idle);
@@ -146,7 +181,9 @@ fn overhead(pairs: usize, seconds: u64, idle: u64) {
         with - without
     );
 
-    println!("\n== pgbench on the primary (scale 10, 4 clients): repmgr preloaded vs not, {pairs} pairs of {seconds} s runs, ABBA order");
+    println!(
+        "\n== pgbench on the primary (scale 10, 4 clients): repmgr preloaded vs not, {pairs} pairs of {seconds} s runs, ABBA order"
+    );
     let node = c.node(1).clone();
     let init = Command::new("runuser")
         .args(["-u", "postgres", "--"])
@@ -155,25 +192,45 @@ fn overhead(pairs: usize, seconds: u64, idle: u64) {
         .arg(node.local_conninfo("bench"))
         .output()
         .expect("pgbench -i");
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     let secs = seconds.to_string();
     let mut with = Vec::new();
     let mut without = Vec::new();
     for pair in 1..=pairs {
         // ABBA order, so that a drift in the machine over the run favours neither side.
-        let order = if pair % 2 == 1 { [true, false] } else { [false, true] };
+        let order = if pair % 2 == 1 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         for on in order {
             preload(&c, on);
             c.sql(1, "CHECKPOINT");
             // pgbench vacuums its tables first, so every run starts from the same state.
             let t = tps(&pgbench(&c, &["-c", "4", "-j", "2", "-T", &secs]));
-            println!("pair {pair}: {:<22} {t:>9.1} tps", if on { "with repmgr worker" } else { "without repmgr" });
+            println!(
+                "pair {pair}: {:<22} {t:>9.1} tps",
+                if on {
+                    "with repmgr worker"
+                } else {
+                    "without repmgr"
+                }
+            );
             if on { with.push(t) } else { without.push(t) }
         }
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (a, b) = (mean(&with), mean(&without));
-    let spread = |v: &[f64]| (v.iter().cloned().fold(f64::MAX, f64::min), v.iter().cloned().fold(f64::MIN, f64::max));
+    let spread = |v: &[f64]| {
+        (
+            v.iter().cloned().fold(f64::MAX, f64::min),
+            v.iter().cloned().fold(f64::MIN, f64::max),
+        )
+    };
     println!(
         "mean with repmgr {a:.1} tps (min {:.1}, max {:.1}); without {b:.1} tps (min {:.1}, max {:.1}); difference {:+.2}%",
         spread(&with).0,
@@ -187,12 +244,22 @@ fn overhead(pairs: usize, seconds: u64, idle: u64) {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(mode) = args.first() else { return usage() };
+    let Some(mode) = args.first() else {
+        return usage();
+    };
     let opt = |name: &str, default: u64| {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     };
     match mode.as_str() {
-        "overhead" => overhead(opt("--pairs", 3) as usize, opt("--seconds", 30), opt("--idle", 60)),
+        "overhead" => overhead(
+            opt("--pairs", 3) as usize,
+            opt("--seconds", 30),
+            opt("--idle", 60),
+        ),
         _ => return usage(),
     }
     ExitCode::SUCCESS

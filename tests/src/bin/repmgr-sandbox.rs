@@ -13,8 +13,14 @@ fn start() {
     // Running it again starts over from a clean sandbox.
     let mut c = Cluster::at(Path::new(DIR), Some(FIRST_PORT));
     let primary = c.init_primary(1, NodeOptions::default());
-    println!("          node1: primary on 127.0.0.1:{} (data in {})", primary.port, primary.data.display());
-    let id = c.value(1, "SELECT repmgr.register_primary()").unwrap_or_default();
+    println!(
+        "          node1: primary on 127.0.0.1:{} (data in {})",
+        primary.port,
+        primary.data.display()
+    );
+    let id = c
+        .value(1, "SELECT repmgr.register_primary()")
+        .unwrap_or_default();
     println!("          SELECT repmgr.register_primary() returned {id}");
     c.keep();
 }
