@@ -71,6 +71,9 @@ fn node_status() -> TableIterator<
         name!(last_error_time, Option<TimestampWithTimeZone>),
         name!(worker_pid, Option<i32>),
         name!(worker_last_round, Option<TimestampWithTimeZone>),
+        name!(term, Option<i64>),
+        name!(fenced, bool),
+        name!(diverged, bool),
     ),
 > {
     let s = status::node_status(&Settings::current()).or_raise();
@@ -85,6 +88,15 @@ fn node_status() -> TableIterator<
     let worker_last_round = shared
         .filter(|st| st.last_round_at != 0)
         .and_then(|st| TimestampWithTimeZone::try_from(st.last_round_at).ok());
+    let term = shared.map(|st| {
+        st.failover
+            .voter
+            .durable
+            .term
+            .max(st.failover.lease.map_or(0, |l| l.term)) as i64
+    });
+    let fenced = !s.in_recovery && crate::fence::refusal().is_some();
+    let diverged = shared.is_some_and(|st| st.failover.diverged);
     TableIterator::once((
         s.node_id,
         s.node_name,
@@ -107,6 +119,9 @@ fn node_status() -> TableIterator<
         last_error_time,
         worker_pid,
         worker_last_round,
+        term,
+        fenced,
+        diverged,
     ))
 }
 

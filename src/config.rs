@@ -10,6 +10,7 @@ use std::time::Duration;
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use repmgr_core::children::DisconnectPolicy;
+use repmgr_core::lease::Timing;
 use repmgr_core::node;
 use repmgr_core::upstream::RetryPolicy;
 
@@ -54,6 +55,27 @@ static CHILD_NODES_CONNECTED_INCLUDE_WITNESS: GucSetting<bool> = GucSetting::<bo
 static CHILD_NODES_DISCONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(30);
 static CHILD_NODES_DISCONNECT_COMMAND: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
+static HEARTBEAT_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(200);
+static FENCE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(1600);
+static LEASE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(2100);
+static MAX_LAG_ON_FAILOVER: GucSetting<i32> = GucSetting::<i32>::new(16 << 20);
+static PRIMARY_VISIBILITY_CONSENSUS: GucSetting<bool> = GucSetting::<bool>::new(true);
+static FAILOVER_VALIDATION_COMMAND: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+static ELECTION_RERUN_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(15_000);
+static STANDBY_DISCONNECT_ON_FAILOVER: GucSetting<bool> = GucSetting::<bool>::new(false);
+static FENCE_ACTION: GucSetting<FenceAction> = GucSetting::<FenceAction>::new(FenceAction::Fence);
+
+/// What a primary does when it loses its lease.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FenceAction {
+    /// Refuse every commit that wrote something; reads go on.
+    #[name = c"fence"]
+    Fence,
+    /// Stop the server (fast shutdown).
+    #[name = c"shutdown"]
+    Shutdown,
+}
 
 /// How a node checks that its upstream is alive.
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -218,8 +240,86 @@ pub fn define(preloading: bool) {
         ms,
     );
     define_monitoring();
+    define_failover();
     // Typos such as repmgr.nodeid are refused instead of silently ignored.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"repmgr".as_ptr()) };
+}
+
+/// The failover protocol's settings, all reloadable (see docs/failover.md for the trade-offs).
+fn define_failover() {
+    let ms = GucFlags::UNIT_MS;
+    int_setting(
+        c"repmgr.heartbeat_interval",
+        c"How often every voter confirms the primary.",
+        &HEARTBEAT_INTERVAL,
+        10,
+        60_000,
+        ms,
+    );
+    int_setting(
+        c"repmgr.fence_timeout",
+        c"A primary without enough fresh confirmations for this long refuses commits.",
+        &FENCE_TIMEOUT,
+        100,
+        600_000,
+        ms,
+    );
+    int_setting(
+        c"repmgr.lease_timeout",
+        c"A voter that heard nothing from the primary for this long may vote for a successor.",
+        &LEASE_TIMEOUT,
+        100,
+        600_000,
+        ms,
+    );
+    int_setting(
+        c"repmgr.max_lag_on_failover",
+        c"A standby this far behind the most advanced one is never promoted.",
+        &MAX_LAG_ON_FAILOVER,
+        0,
+        i32::MAX,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_bool_guc(
+        c"repmgr.primary_visibility_consensus",
+        c"Cancel an election while any voter still hears the primary.",
+        c"",
+        &PRIMARY_VISIBILITY_CONSENSUS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"repmgr.failover_validation_command",
+        c"Shell command that must succeed before a standby stands for election (%n %a %v %u %t).",
+        c"",
+        &FAILOVER_VALIDATION_COMMAND,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    int_setting(
+        c"repmgr.election_rerun_interval",
+        c"Wait after failover_validation_command refused an election.",
+        &ELECTION_RERUN_INTERVAL,
+        0,
+        3_600_000,
+        ms,
+    );
+    GucRegistry::define_bool_guc(
+        c"repmgr.standby_disconnect_on_failover",
+        c"Stop this standby's WAL receiver before an election, so positions compare still.",
+        c"",
+        &STANDBY_DISCONNECT_ON_FAILOVER,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"repmgr.fence_action",
+        c"What a primary that lost its lease does: fence (refuse writes) or shutdown.",
+        c"",
+        &FENCE_ACTION,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
 }
 
 /// The monitoring worker's settings, all reloadable.
@@ -349,6 +449,11 @@ fn define_monitoring() {
     );
 }
 
+/// `repmgr.node_id`, for code that runs before settings are snapshotted (shared memory setup).
+pub fn node_id() -> i32 {
+    NODE_ID.get()
+}
+
 fn string(setting: &GucSetting<Option<CString>>) -> Option<String> {
     setting
         .get()
@@ -385,6 +490,42 @@ pub struct Settings {
     /// The PostgreSQL configuration file holding these settings, for `nodes.config_file`.
     pub config_file: String,
     pub monitor: MonitorSettings,
+    pub failover: FailoverSettings,
+}
+
+/// What the failover protocol reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailoverSettings {
+    /// The timing, or why the configured combination is refused.
+    pub timing: std::result::Result<Timing, String>,
+    /// `repmgr.failover = automatic`.
+    pub automatic: bool,
+    pub max_lag: u64,
+    pub visibility_consensus: bool,
+    pub validation_command: Option<String>,
+    pub election_rerun_interval: Duration,
+    pub disconnect_on_failover: bool,
+    pub fence_action: FenceAction,
+}
+
+impl FailoverSettings {
+    fn current() -> FailoverSettings {
+        let timing = Timing {
+            heartbeat: millis(HEARTBEAT_INTERVAL.get()),
+            fence: millis(FENCE_TIMEOUT.get()),
+            lease: millis(LEASE_TIMEOUT.get()),
+        };
+        FailoverSettings {
+            timing: timing.validate().map(|()| timing),
+            automatic: FAILOVER.get() == FailoverMode::Automatic,
+            max_lag: MAX_LAG_ON_FAILOVER.get().max(0) as u64,
+            visibility_consensus: PRIMARY_VISIBILITY_CONSENSUS.get(),
+            validation_command: string(&FAILOVER_VALIDATION_COMMAND),
+            election_rerun_interval: millis(ELECTION_RERUN_INTERVAL.get()),
+            disconnect_on_failover: STANDBY_DISCONNECT_ON_FAILOVER.get(),
+            fence_action: FENCE_ACTION.get(),
+        }
+    }
 }
 
 /// What the monitoring worker reads.
@@ -466,6 +607,7 @@ impl Settings {
             peer_statement_timeout: Duration::from_millis(PEER_STATEMENT_TIMEOUT.get() as u64),
             config_file: server_setting(c"config_file").unwrap_or_default(),
             monitor: MonitorSettings::current(),
+            failover: FailoverSettings::current(),
         }
     }
 

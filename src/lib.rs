@@ -8,16 +8,21 @@ use pgrx::prelude::*;
 
 mod api;
 mod catalog;
+mod clock;
 mod command;
 mod compat;
 mod config;
 mod db;
+mod durable;
 mod error;
 mod events;
+mod failover;
+mod fence;
 mod follow;
 mod monitor;
 mod peer;
 mod pglsn;
+mod protocol;
 mod registration;
 mod shmem;
 mod status;
@@ -37,6 +42,7 @@ pub extern "C-unwind" fn _PG_init() {
     config::define(preloading);
     if preloading {
         shmem::init();
+        fence::install();
         worker::register();
     }
 }

@@ -15,6 +15,9 @@ use pgrx::prelude::*;
 use repmgr_core::conninfo;
 use repmgr_pq::{Conn, ErrorKind, Interest, Interrupted, Waiter};
 
+use std::collections::HashMap;
+
+use crate::catalog::NodeRecord;
 use crate::config::Settings;
 use crate::db::{Db, Rows};
 use crate::error::{Failure, Result};
@@ -47,6 +50,15 @@ fn latch_wait(events: u32, fd: RawFd, timeout: Duration) -> bool {
 /// Sleeps without ignoring cancel requests or shutdown. Returns false when the worker must stop.
 pub fn sleep(d: Duration) -> bool {
     latch_wait(0, pg_sys::PGINVALID_SOCKET, d)
+}
+
+/// Like [`sleep`], returning early when `socket` is ready.
+pub fn wait(socket: Option<(RawFd, Interest)>, d: Duration) -> bool {
+    match socket {
+        None => sleep(d),
+        Some((fd, Interest::Read)) => latch_wait(pg_sys::WL_SOCKET_READABLE, fd, d),
+        Some((fd, Interest::Write)) => latch_wait(pg_sys::WL_SOCKET_WRITEABLE, fd, d),
+    }
 }
 
 /// Waits on the socket and the process latch together.
@@ -103,7 +115,7 @@ type Params = Vec<(&'static str, String)>;
 
 /// Connection parameters every peer connection gets: `(defaults, forced)`, see
 /// [`repmgr_pq::Conn::connect`].
-fn parameters(conninfo_text: &str, settings: &Settings) -> (Params, Params) {
+pub fn parameters(conninfo_text: &str, settings: &Settings) -> (Params, Params) {
     // libpq's own timeout is in whole seconds and only a backstop for our deadline.
     let defaults = vec![
         (
@@ -129,7 +141,7 @@ fn parameters(conninfo_text: &str, settings: &Settings) -> (Params, Params) {
     (defaults, forced)
 }
 
-fn borrowed<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+pub fn borrowed<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     v.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
@@ -232,5 +244,32 @@ fn peer_failure(e: repmgr_pq::Error, label: &str, timeout: Duration) -> Failure 
             f.hint = e.hint;
             f
         }
+    }
+}
+
+/// Connections to other nodes, kept across rounds and reopened when they break or the
+/// node's conninfo changes.
+#[derive(Default)]
+pub struct PeerCache {
+    open: HashMap<i32, (String, Peer)>,
+}
+
+impl PeerCache {
+    /// A usable connection to `node`, reusing the last one when it is still good.
+    pub fn get(&mut self, node: &NodeRecord, settings: &Settings) -> Result<&mut Peer> {
+        let stale = match self.open.get(&node.node_id) {
+            Some((conninfo, p)) => conninfo != &node.conninfo || !p.is_usable(),
+            None => true,
+        };
+        if stale {
+            self.open.remove(&node.node_id);
+            let p = Peer::connect(&node.conninfo, &node.describe(), settings)?;
+            self.open.insert(node.node_id, (node.conninfo.clone(), p));
+        }
+        Ok(&mut self.open.get_mut(&node.node_id).expect("just inserted").1)
+    }
+
+    pub fn forget(&mut self, node_id: i32) {
+        self.open.remove(&node_id);
     }
 }

@@ -4,12 +4,15 @@
 //! hands out shared memory only then). Every accessor therefore returns `None` when it is
 //! absent, and callers fall back to the values repmgr documents for that case. Like repmgr's,
 //! this state is wiped by a server restart, except the pause flag, which is also kept in a
-//! small file under the data directory.
+//! small file under the data directory, and the failover protocol's durable state, which is
+//! read back from its own file (see [`crate::durable`]) whenever shared memory is set up.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use pgrx::prelude::*;
 use pgrx::{PGRXSharedMemory, PgLwLock, pg_shmem_init};
+use repmgr_core::lease::{Lease, Timing};
+use repmgr_core::vote::{Durable, Voter};
 
 /// Timestamp value meaning "never" for `upstream_last_seen`.
 pub const NEVER: i64 = i64::MIN;
@@ -22,9 +25,63 @@ pub const ELECTION_RERUN_NOTIFICATION: i32 = -2;
 /// `voting_status` when no election is in progress (repmgr's VS_NO_VOTE).
 pub const NO_VOTE: i32 = 0;
 
+/// The failover protocol's state on this node. The worker polls, elects and watches the
+/// lease; backends answer other nodes' polls and vote requests, and check the lease at every
+/// commit that wrote something.
+#[derive(Copy, Clone, Debug)]
+pub struct FailoverState {
+    pub node_id: i32,
+    pub voter: Voter,
+    /// Present while this node runs as a primary in the protocol.
+    pub lease: Option<Lease>,
+    /// Whether commits are checked against the lease.
+    pub armed: bool,
+    /// The timing in force (validated settings, published by the worker).
+    pub timing: Timing,
+    /// The WAL position where this node's timeline began when it was promoted.
+    pub switch_lsn: u64,
+    /// This standby cannot follow the current primary: its timeline diverged.
+    pub diverged: bool,
+}
+
+/// The timing used until the worker publishes the configured one.
+pub const DEFAULT_TIMING: Timing = Timing {
+    heartbeat: std::time::Duration::from_millis(200),
+    fence: std::time::Duration::from_millis(1600),
+    lease: std::time::Duration::from_millis(2100),
+};
+
+impl FailoverState {
+    /// What a node knows when its shared memory is set up: its saved term and support, and,
+    /// if it was a primary, a lease with no confirmation (fenced until its voters confirm).
+    fn at_start() -> FailoverState {
+        let node_id = crate::config::node_id();
+        let now = crate::clock::now();
+        let saved = crate::durable::load(node_id);
+        let durable = saved.as_ref().map_or(Durable::default(), |s| s.durable);
+        // Unique across restarts and reboots, so no stamp from an earlier run is counted.
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        let lease = saved
+            .and_then(|s| s.lease_voters)
+            .map(|voters| Lease::new(durable.term, incarnation, &voters, None));
+        FailoverState {
+            node_id,
+            voter: Voter::new(durable, now),
+            armed: lease.is_some(),
+            lease,
+            timing: DEFAULT_TIMING,
+            switch_lsn: 0,
+            diverged: false,
+        }
+    }
+}
+
 #[derive(Copy, Clone)]
 #[repr(C)]
 pub struct SharedState {
+    pub failover: FailoverState,
     pub local_node_id: i32,
     pub daemon_pid: i32,
     pub paused: bool,
@@ -50,6 +107,7 @@ pub struct SharedState {
 impl Default for SharedState {
     fn default() -> Self {
         SharedState {
+            failover: FailoverState::at_start(),
             local_node_id: -1,
             daemon_pid: -1,
             paused: false,

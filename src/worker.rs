@@ -162,6 +162,9 @@ pub extern "C-unwind" fn repmgr_worker_main(_arg: pg_sys::Datum) {
         settings.monitor.retry.monitor_interval.as_millis()
     );
     let mut monitor = Monitor::new(settings);
+    // Monitoring rounds come every repmgr.monitor_interval; the failover protocol ticks in
+    // between (every heartbeat, or when its poll's socket is ready).
+    let mut next_round = std::time::Instant::now();
     let stop_for_good = loop {
         if shutdown_requested() {
             break false;
@@ -169,12 +172,16 @@ pub extern "C-unwind" fn repmgr_worker_main(_arg: pg_sys::Datum) {
         if reload_if_asked() {
             monitor.reload(Settings::current());
         }
-        let pause = match monitor.round() {
-            Ok(pause) => pause,
-            Err(crate::monitor::Stop) => break true,
-        };
+        if std::time::Instant::now() >= next_round || monitor.round_wanted() {
+            match monitor.round() {
+                Ok(pause) => next_round = std::time::Instant::now() + pause,
+                Err(crate::monitor::Stop) => break true,
+            }
+        }
+        let wait = monitor.tick_failover();
         crate::command::reap();
-        if !peer::sleep(pause) {
+        let until_round = next_round.saturating_duration_since(std::time::Instant::now());
+        if !peer::wait(wait.socket, wait.timeout.min(until_round)) {
             break false;
         }
     };

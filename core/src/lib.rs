@@ -5,6 +5,7 @@
 
 pub mod children;
 pub mod conninfo;
+pub mod durable;
 pub mod election;
 pub mod lease;
 pub mod lsn;

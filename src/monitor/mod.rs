@@ -11,7 +11,6 @@ mod primary;
 mod standby;
 mod witness;
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
@@ -26,12 +25,23 @@ use crate::config::{CheckType, Settings};
 use crate::db::{Db, Local};
 use crate::error::Result;
 use crate::events::{self, Event};
-use crate::peer::{self, Peer};
+use crate::failover::Failover;
+use crate::peer::{self, Peer, PeerCache as Peers};
 use crate::shmem;
 
 /// The worker must stop and not be restarted.
 #[derive(Debug)]
 pub struct Stop;
+
+/// How long a repointed standby may take to stream before the follow is reported failed.
+const FOLLOW_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A repointing waiting for streaming to be confirmed.
+struct PendingFollow {
+    target: NodeRecord,
+    since: Duration,
+    event: &'static str,
+}
 
 /// Most events kept while no primary can take them; older ones are dropped (and logged).
 const OUTBOX_LIMIT: usize = 1000;
@@ -68,32 +78,6 @@ impl Snapshot {
         self.nodes
             .iter()
             .find(|n| n.node_type == NodeType::Primary && n.active)
-    }
-}
-
-/// Connections to other nodes, kept across rounds.
-#[derive(Default)]
-struct Peers {
-    open: HashMap<i32, (String, Peer)>,
-}
-
-impl Peers {
-    /// A usable connection to `node`, reusing the last one when it is still good.
-    fn get(&mut self, node: &NodeRecord, settings: &Settings) -> Result<&mut Peer> {
-        let stale = match self.open.get(&node.node_id) {
-            Some((conninfo, p)) => conninfo != &node.conninfo || !p.is_usable(),
-            None => true,
-        };
-        if stale {
-            self.open.remove(&node.node_id);
-            let p = Peer::connect(&node.conninfo, &node.describe(), settings)?;
-            self.open.insert(node.node_id, (node.conninfo.clone(), p));
-        }
-        Ok(&mut self.open.get_mut(&node.node_id).expect("just inserted").1)
-    }
-
-    fn forget(&mut self, node_id: i32) {
-        self.open.remove(&node_id);
     }
 }
 
@@ -162,11 +146,16 @@ pub struct Monitor {
     next_witness_sync: Duration,
     last_status_line: Option<Duration>,
     started: bool,
+    /// The failover protocol's side of this worker.
+    failover: Failover,
+    pending_follow: Option<PendingFollow>,
 }
 
 impl Monitor {
     pub fn new(settings: Settings) -> Monitor {
         Monitor {
+            failover: Failover::new(settings.clone()),
+            pending_follow: None,
             settings,
             clock: Instant::now(),
             peers: Peers::default(),
@@ -189,6 +178,7 @@ impl Monitor {
 
     /// Applies reloaded settings and reports what changed.
     pub fn reload(&mut self, new: Settings) {
+        self.failover.reload(new.clone());
         let old = std::mem::replace(&mut self.settings, new);
         let m = (&old.monitor, &self.settings.monitor);
         let mut changes = Vec::new();
@@ -199,6 +189,17 @@ impl Monitor {
                 m.1.retry.attempts,
                 m.1.retry.retry_interval.as_millis()
             ));
+        }
+        if old.failover != self.settings.failover {
+            changes.push(match &self.settings.failover.timing {
+                Ok(t) => format!(
+                    "failover settings (heartbeat {} ms, fence {} ms, lease {} ms)",
+                    t.heartbeat.as_millis(),
+                    t.fence.as_millis(),
+                    t.lease.as_millis()
+                ),
+                Err(rule) => format!("failover timing refused: {rule}"),
+            });
         }
         if m.0.check_type != m.1.check_type {
             changes.push(format!("connection_check_type {:?}", m.1.check_type).to_lowercase());
@@ -283,6 +284,21 @@ impl Monitor {
         })
     }
 
+    /// One step of the failover protocol (between rounds too): what to wait for next.
+    pub fn tick_failover(&mut self) -> crate::failover::Wait {
+        let wait = self.failover.tick();
+        for ev in std::mem::take(&mut self.failover.outbox) {
+            self.queue(ev);
+        }
+        wait
+    }
+
+    /// Whether a round should run now rather than at its time: a follow notification is
+    /// waiting (following fast is part of a failover).
+    pub fn round_wanted(&self) -> bool {
+        shmem::read().is_some_and(|s| s.follow_new_primary && !s.paused)
+    }
+
     /// One round. Returns how long to wait before the next, or [`Stop`].
     pub fn round(&mut self) -> std::result::Result<Duration, Stop> {
         let now = self.clock.elapsed();
@@ -318,6 +334,7 @@ impl Monitor {
             (false, NodeType::Witness) => Role::Witness,
             (false, _) => Role::Primary,
         };
+        self.failover.observe(&snap.nodes, &me, snap.in_recovery);
         if self.role != Some(role) {
             self.enter(role, &snap, &me);
         }

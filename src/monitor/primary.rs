@@ -38,7 +38,10 @@ impl Monitor {
             self.trim_history();
             self.next_housekeeping = now + TRIM_EVERY;
         }
-        flush(&mut self.outbox, &self.settings, &mut Local);
+        // A fenced primary cannot write its own catalog; its events wait.
+        if crate::fence::refusal().is_none() {
+            flush(&mut self.outbox, &self.settings, &mut Local);
+        }
         self.settings.monitor.retry.monitor_interval
     }
 

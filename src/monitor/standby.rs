@@ -30,29 +30,55 @@ impl Monitor {
                 "{me} has no registered upstream or primary to monitor"
             )));
         };
-        let primary = snap.primary().filter(|p| p.node_id != me.node_id).cloned();
+        // The primary as the failover protocol knows it: newer than this copy of the catalog
+        // right after a failover.
+        let primary = self
+            .failover
+            .current_primary()
+            .or_else(|| snap.primary().cloned())
+            .filter(|p| p.node_id != me.node_id);
         let history = self
             .settings
             .monitor
             .history
             .then_some(primary.as_ref())
             .flatten();
-        // One history row per due check. When the upstream is the primary, that write is itself
-        // the check (a stronger one than a ping): no extra connection per round when all is well.
         let due = self.check_due(now, &upstream);
-        let to_upstream = history.is_some_and(|p| p.node_id == upstream.node_id);
-        let observed = match history {
-            Some(p) if due && to_upstream => Some(self.write_history(snap, me, p)),
-            _ => None,
+        // When the upstream is the primary this node confirms every heartbeat, those polls
+        // are the check: no extra connection, and no wait on a frozen primary.
+        let polled = primary
+            .as_ref()
+            .is_some_and(|p| p.node_id == upstream.node_id);
+        let quiet = self.failover.timing().heartbeat * 2 + Duration::from_millis(200);
+        let observed = if polled {
+            self.failover.silence().map(|s| s < quiet)
+        } else {
+            None
         };
-        if self.watch_upstream(now, &upstream, observed) {
-            if let (Some(p), true, false) = (history, due, to_upstream) {
+        let up = self.watch_upstream(now, &upstream, observed);
+        if up {
+            if let (Some(p), true) = (history, due) {
                 self.write_history(snap, me, p);
             }
             if let Some(p) = primary.as_ref() {
                 flush_to(&mut self.outbox, &self.settings, &mut self.peers, p);
             }
         }
+        // The upstream is gone but the cluster has a primary elsewhere (a failover happened,
+        // or a cascading upstream died): stream from it.
+        let paused = shmem::read().is_some_and(|s| s.paused);
+        if let Some(p) = primary.as_ref().filter(|p| p.node_id != upstream.node_id) {
+            if self
+                .upstream
+                .as_ref()
+                .is_some_and(|(_, u)| u.down_since().is_some())
+                && !paused
+                && self.pending_follow.is_none()
+            {
+                self.start_follow(now, snap, me, p, "repmgrd_failover_follow");
+            }
+        }
+        self.confirm_follow(now, me);
         self.follow_if_told(snap, me);
         self.degraded_check(now)?;
         Ok(self.until_next_check())
@@ -118,7 +144,7 @@ impl Monitor {
         });
         if target == shmem::ELECTION_RERUN_NOTIFICATION {
             log!(
-                "repmgr: {} was asked to rerun the election, but no election is in progress here",
+                "repmgr: {} was asked to rerun the election; its next look around does",
                 self.me()
             );
             return;
@@ -133,27 +159,136 @@ impl Monitor {
                 return;
             }
         };
-        let primary = snap.primary().cloned();
-        let mut ev = match follow::repoint(&self.settings, me, &upstream, primary.as_ref()) {
-            Ok(details) => {
-                log!("repmgr: {details}");
-                Event::new(me.node_id, "standby_follow", details)
-            }
-            Err(f) => {
-                let details = format!(
-                    "{} could not follow {}: {}",
-                    self.me(),
-                    upstream.describe(),
-                    f.message
-                );
-                warning!("repmgr: {}", crate::error::mask_text(&details));
-                let mut ev = Event::new(me.node_id, "standby_follow", details);
-                ev.successful = false;
-                ev
-            }
+        // Told by a new primary whose election replaced ours: that is a failover follow.
+        let failover = self
+            .failover
+            .current_primary()
+            .is_some_and(|p| p.node_id == target)
+            && me.upstream_node_id.is_some_and(|u| u != target)
+            && !self.upstream.as_ref().is_some_and(|(_, u)| u.is_up());
+        let now = self.clock.elapsed();
+        self.start_follow(
+            now,
+            snap,
+            me,
+            &upstream,
+            if failover {
+                "repmgrd_failover_follow"
+            } else {
+                "standby_follow"
+            },
+        );
+    }
+
+    /// Repoints this standby at `target`, unless its timeline diverged from `target`'s; the
+    /// event is recorded once streaming is confirmed (see [`Monitor::confirm_follow`]).
+    fn start_follow(
+        &mut self,
+        now: Duration,
+        snap: &Snapshot,
+        me: &NodeRecord,
+        target: &NodeRecord,
+        event: &'static str,
+    ) {
+        let fail = |m: &mut Monitor, details: String| {
+            warning!("repmgr: {}", crate::error::mask_text(&details));
+            let mut ev = Event::new(me.node_id, event, details).about(
+                target.node_id,
+                &target.node_name,
+                &target.conninfo,
+            );
+            ev.successful = false;
+            m.queue(ev);
         };
-        ev = ev.about(upstream.node_id, &upstream.node_name, &upstream.conninfo);
+        // A standby that received WAL past the point where the new primary's timeline began
+        // cannot follow it: PostgreSQL would refuse. It stays put and says so.
+        let switch: Option<u64> = self
+            .peers
+            .get(target, &self.settings)
+            .and_then(|p| p.run("SELECT switch_lsn FROM repmgr.vote_info()", &[]))
+            .ok()
+            .and_then(|r| r.get(0, 0).and_then(|v| v.parse().ok()));
+        let received: Option<u64> = snap
+            .receive_lsn
+            .as_deref()
+            .and_then(repmgr_core::lsn::Lsn::parse)
+            .map(|l| l.0);
+        if let (Some(sw), Some(rx)) = (switch.filter(|s| *s > 0), received) {
+            if rx > sw {
+                shmem::update(|s| s.failover.diverged = true);
+                return fail(
+                    self,
+                    format!(
+                        "{} cannot follow {}: it received WAL up to {} but that node's timeline began at {}; it needs repmgr node rejoin",
+                        me.describe(),
+                        target.describe(),
+                        repmgr_core::lsn::Lsn(rx),
+                        repmgr_core::lsn::Lsn(sw)
+                    ),
+                );
+            }
+        }
+        let primary = self
+            .failover
+            .current_primary()
+            .or_else(|| snap.primary().cloned());
+        match follow::repoint(&self.settings, me, target, primary.as_ref()) {
+            Ok(details) => {
+                log!("repmgr: {details}; waiting for it to stream");
+                self.pending_follow = Some(super::PendingFollow {
+                    target: target.clone(),
+                    since: now,
+                    event,
+                });
+                self.upstream = None;
+            }
+            Err(f) => fail(
+                self,
+                format!(
+                    "{} could not follow {}: {}",
+                    me.describe(),
+                    target.describe(),
+                    f.message
+                ),
+            ),
+        }
+    }
+
+    /// Records the follow event once this standby streams from its new upstream (or gives up
+    /// waiting after a while).
+    fn confirm_follow(&mut self, now: Duration, me: &NodeRecord) {
+        let Some(p) = self.pending_follow.as_ref() else {
+            return;
+        };
+        let target = p.target.clone();
+        let streaming = self
+            .peers
+            .get(&target, &self.settings)
+            .and_then(|c| c.run("SELECT 1 FROM pg_catalog.pg_stat_replication WHERE application_name = $1 AND state = 'streaming'", &[Some(&me.node_name)]))
+            .is_ok_and(|r| !r.rows.is_empty());
+        let (event, since) = (p.event, p.since);
+        let waited = now.saturating_sub(since);
+        if !streaming && waited < super::FOLLOW_CONFIRM_TIMEOUT {
+            return;
+        }
+        self.pending_follow = None;
+        let mut ev = if streaming {
+            let details = format!("{} now follows {}", me.describe(), target.describe());
+            log!("repmgr: {details}");
+            Event::new(me.node_id, event, details)
+        } else {
+            let details = format!(
+                "{} repointed to {} but is not streaming after {} s",
+                me.describe(),
+                target.describe(),
+                waited.as_secs()
+            );
+            warning!("repmgr: {details}");
+            let mut ev = Event::new(me.node_id, event, details);
+            ev.successful = false;
+            ev
+        };
+        ev = ev.about(target.node_id, &target.node_name, &target.conninfo);
         self.queue(ev);
-        self.upstream = None;
     }
 }

@@ -11,6 +11,7 @@ use super::{Monitor, Snapshot, Stop, flush_to, in_transaction};
 use crate::catalog::{self, NodeRecord};
 use crate::db::Local;
 use crate::error::Result;
+use crate::events::Event;
 
 impl Monitor {
     pub(super) fn witness_round(
@@ -19,11 +20,22 @@ impl Monitor {
         snap: &Snapshot,
         me: &NodeRecord,
     ) -> std::result::Result<Duration, Stop> {
-        let Some(primary) = upstream_of(me, snap).cloned() else {
+        // The primary the failover protocol knows (a newer one after a failover), else the
+        // registered upstream.
+        let Some(primary) = self
+            .failover
+            .current_primary()
+            .or_else(|| upstream_of(me, snap).cloned())
+        else {
             let me = self.me();
             return Ok(self.wait_for(format!("witness {me} has no registered primary to monitor")));
         };
-        if self.watch_upstream(now, &primary, None) {
+        let quiet = self.failover.timing().heartbeat * 2 + Duration::from_millis(200);
+        let observed = self.failover.silence().map(|s| s < quiet);
+        if self.watch_upstream(now, &primary, observed) {
+            if me.upstream_node_id != Some(primary.node_id) {
+                self.witness_follows(me, &primary);
+            }
             if now >= self.next_witness_sync {
                 if let Err(f) = self.copy_nodes(snap, &primary) {
                     self.peers.forget(primary.node_id);
@@ -38,6 +50,35 @@ impl Monitor {
         }
         self.degraded_check(now)?;
         Ok(self.until_next_check())
+    }
+
+    /// Records on the new primary that this witness now follows it.
+    fn witness_follows(&mut self, me: &NodeRecord, primary: &NodeRecord) {
+        let done = self.peers.get(primary, &self.settings).and_then(|p| {
+            p.run(
+                "UPDATE repmgr.nodes SET upstream_node_id = $2::int WHERE node_id = $1::int",
+                &[
+                    Some(&me.node_id.to_string()),
+                    Some(&primary.node_id.to_string()),
+                ],
+            )
+        });
+        if done.is_ok() {
+            let details = format!(
+                "witness {} now follows primary {}",
+                me.describe(),
+                primary.describe()
+            );
+            log!("repmgr: {details}");
+            self.queue(
+                Event::new(me.node_id, "repmgrd_failover_follow", details).about(
+                    primary.node_id,
+                    &primary.node_name,
+                    &primary.conninfo,
+                ),
+            );
+            self.next_witness_sync = Duration::ZERO;
+        }
     }
 
     /// Copies the node list from whichever registered node is running as primary (normally

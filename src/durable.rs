@@ -1,0 +1,32 @@
+//! Keeping this node's failover state on disk (format: `repmgr_core::durable`).
+//!
+//! One small file in the data directory, replaced atomically (written aside, fsynced, renamed,
+//! directory fsynced) before the node acts on what it records: a vote is never given twice in
+//! a term, even across a crash. A copy brought by pg_basebackup or pg_rewind names another
+//! node and is ignored.
+
+use std::fs::{self, File};
+use std::io::Write;
+
+use repmgr_core::durable::Saved;
+use repmgr_core::lease::NodeId;
+
+/// Relative to the data directory, the working directory of every server process.
+const FILE: &str = "repmgr_failover.state";
+const TEMP: &str = "repmgr_failover.state.tmp";
+
+/// This node's saved state, if the file exists and is this node's.
+pub fn load(node_id: NodeId) -> Option<Saved> {
+    let saved = Saved::decode(&fs::read_to_string(FILE).ok()?)?;
+    (saved.node_id == node_id).then_some(saved)
+}
+
+/// Saves durably. The caller must not act on the state until this returns `Ok`.
+pub fn save(saved: &Saved) -> std::io::Result<()> {
+    let mut f = File::create(TEMP)?;
+    f.write_all(saved.encode().as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(TEMP, FILE)?;
+    File::open(".")?.sync_all()
+}

@@ -1,0 +1,753 @@
+//! The worker's side of automatic failover.
+//!
+//! On a standby or witness: confirm the primary every heartbeat (an asynchronous poll, so the
+//! worker never waits on a frozen primary), look around when it goes quiet, and — a standby
+//! that may be promoted — stand for election, promote, and tell the others to follow. On a
+//! primary: keep the lease's voter list current, move past failed elections, and notice when
+//! the lease is lost (fence, or shut down). Every decision is a pure function of
+//! `repmgr-core` (`vote`, `lease`, `election`); this module gathers what they need and carries
+//! out what they decide, in the order the simulator (`sim/`) checks.
+
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use pgrx::prelude::*;
+use repmgr_core::election::{self, Answer, Kind, Me, Peer as Candidate, Plan, Rules};
+use repmgr_core::lease::{Lease, NodeId, PollReply, Stamp, Timing};
+use repmgr_core::node::NodeType;
+use repmgr_core::template;
+use repmgr_core::vote::Heard;
+use repmgr_pq::{Conn, Interest, Step};
+
+use crate::catalog::NodeRecord;
+use crate::config::{FenceAction, Settings};
+use crate::db::{Db, Local};
+use crate::events::Event;
+use crate::peer::{Peer, PeerCache};
+use crate::shmem::{self, DEFAULT_TIMING};
+use crate::{clock, protocol};
+
+/// What the worker should wait for before calling [`Failover::tick`] again.
+pub struct Wait {
+    pub socket: Option<(RawFd, Interest)>,
+    pub timeout: Duration,
+}
+
+/// An asynchronous poll connection to the primary.
+struct Polling {
+    target: NodeRecord,
+    conn: Conn,
+    /// When the statement in flight (or the connection attempt) started.
+    since: Duration,
+    busy: bool,
+}
+
+/// Events and log lines the failover side produced, for the monitor to record.
+pub type Outbox = Vec<Event>;
+
+pub struct Failover {
+    settings: Settings,
+    timing: Timing,
+    /// The registered nodes and this node, as of the last monitoring round.
+    nodes: Vec<NodeRecord>,
+    me: Option<NodeRecord>,
+    in_recovery: bool,
+    polling: Option<Polling>,
+    next_poll: Duration,
+    /// A primary learnt from other voters, newer than what the catalog copy says.
+    leader_hint: Option<(NodeId, u64)>,
+    peers: PeerCache,
+    retry_at: Duration,
+    last_plan: Option<String>,
+    was_leading: Option<bool>,
+    pub outbox: Outbox,
+}
+
+fn node_kind(t: NodeType) -> Kind {
+    match t {
+        NodeType::Primary => Kind::Primary,
+        NodeType::Standby => Kind::Standby,
+        NodeType::Witness => Kind::Witness,
+    }
+}
+
+/// An id for this run of the server: stamps from an earlier run are never counted.
+pub fn incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+}
+
+/// A small pseudo-random backoff, so candidates that failed together do not retry together.
+fn jitter(lo: Duration, hi: Duration) -> Duration {
+    let seed = clock::now().subsec_nanos() as u64 ^ u64::from(unsafe { pg_sys::MyProcPid } as u32);
+    lo + Duration::from_micros(seed % (hi.saturating_sub(lo).as_micros().max(1) as u64))
+}
+
+impl Failover {
+    pub fn new(settings: Settings) -> Failover {
+        let mut f = Failover {
+            timing: DEFAULT_TIMING,
+            settings,
+            nodes: Vec::new(),
+            me: None,
+            in_recovery: true,
+            polling: None,
+            next_poll: Duration::ZERO,
+            leader_hint: None,
+            peers: PeerCache::default(),
+            retry_at: Duration::ZERO,
+            last_plan: None,
+            was_leading: None,
+            outbox: Vec::new(),
+        };
+        f.apply_timing();
+        f
+    }
+
+    /// Takes reloaded settings; an invalid timing combination is refused, keeping the last one.
+    pub fn reload(&mut self, settings: Settings) {
+        self.settings = settings;
+        self.peers = PeerCache::default();
+        self.apply_timing();
+    }
+
+    fn apply_timing(&mut self) {
+        match &self.settings.failover.timing {
+            Ok(t) => self.timing = *t,
+            Err(rule) => warning!(
+                "repmgr: refusing the failover timing settings: {rule}; keeping heartbeat {} ms, fence {} ms, lease {} ms",
+                self.timing.heartbeat.as_millis(),
+                self.timing.fence.as_millis(),
+                self.timing.lease.as_millis()
+            ),
+        }
+        let timing = self.timing;
+        shmem::update(|s| s.failover.timing = timing);
+    }
+
+    /// Settings for election traffic: short deadlines, so a dead voter costs little.
+    fn election_settings(&self) -> Settings {
+        let mut s = self.settings.clone();
+        let budget = (self.timing.heartbeat * 2).max(Duration::from_millis(300));
+        s.peer_connect_timeout = s.peer_connect_timeout.min(budget);
+        s.peer_statement_timeout = s.peer_statement_timeout.min(budget);
+        s
+    }
+
+    /// The monitoring round's view of the catalog and of this node.
+    pub fn observe(&mut self, nodes: &[NodeRecord], me: &NodeRecord, in_recovery: bool) {
+        self.nodes = nodes.to_vec();
+        self.me = Some(me.clone());
+        self.in_recovery = in_recovery;
+    }
+
+    /// The timing in force.
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    /// How long this node's voter has heard nothing from the primary; `None` before it first
+    /// heard it (right after a start, when silence says nothing yet).
+    pub fn silence(&self) -> Option<Duration> {
+        let st = shmem::read()?;
+        st.failover.voter.last_heard?;
+        Some(st.failover.voter.silence(clock::now()))
+    }
+
+    fn is_primary(&self) -> bool {
+        !self.in_recovery
+            && self
+                .me
+                .as_ref()
+                .is_some_and(|m| m.node_type != NodeType::Witness)
+    }
+
+    /// The other active voters.
+    fn others(&self) -> Vec<&NodeRecord> {
+        let me = self.me.as_ref().map_or(0, |m| m.node_id);
+        self.nodes
+            .iter()
+            .filter(|n| n.active && n.node_id != me)
+            .collect()
+    }
+
+    /// One step: never blocks, except during an election (bounded by short deadlines).
+    pub fn tick(&mut self) -> Wait {
+        let idle = Wait {
+            socket: None,
+            timeout: self.timing.heartbeat,
+        };
+        if self.me.is_none() {
+            return idle;
+        }
+        if self.is_primary() {
+            self.polling = None;
+            self.keep_lease();
+            return idle;
+        }
+        self.drop_lease_if_any();
+        let socket = self.poll();
+        let now = clock::now();
+        let look =
+            shmem::read().is_some_and(|s| s.failover.voter.should_look_around(now, &self.timing));
+        if look && now >= self.retry_at {
+            self.look_around();
+        }
+        let timeout = self
+            .next_poll
+            .saturating_sub(clock::now())
+            .clamp(Duration::from_millis(5), self.timing.heartbeat);
+        Wait { socket, timeout }
+    }
+
+    /// The primary this node should follow and confirm: one learnt from other voters in a
+    /// term at least ours, else the one it last heard or voted for, else the catalog's.
+    pub fn current_primary(&self) -> Option<NodeRecord> {
+        let me = self.me.as_ref()?.node_id;
+        let voter = shmem::read().map(|s| s.failover.voter);
+        let term = voter.map_or(0, |v| v.durable.term);
+        let pick = |id: NodeId| {
+            self.nodes
+                .iter()
+                .find(|n| n.node_id == id && id != me)
+                .cloned()
+        };
+        self.leader_hint
+            .filter(|(_, t)| *t >= term)
+            .and_then(|(id, _)| pick(id))
+            .or_else(|| voter.and_then(|v| v.leader).and_then(pick))
+            .or_else(|| {
+                self.nodes
+                    .iter()
+                    .find(|n| n.node_type == NodeType::Primary && n.active && n.node_id != me)
+                    .cloned()
+            })
+    }
+
+    fn target(&self) -> Option<NodeRecord> {
+        self.current_primary()
+    }
+
+    /// Drives the poll connection. Returns the socket to wait on, if any.
+    fn poll(&mut self) -> Option<(RawFd, Interest)> {
+        let target = self.target()?;
+        let now = clock::now();
+        let budget = self.timing.heartbeat * 2;
+        if self.polling.as_ref().is_some_and(|p| {
+            p.target.node_id != target.node_id || p.target.conninfo != target.conninfo
+        }) {
+            self.polling = None;
+            self.next_poll = now;
+        }
+        if self.polling.is_none() {
+            if now < self.next_poll {
+                return None;
+            }
+            let settings = &self.settings;
+            let (defaults, forced) = crate::peer::parameters(&target.conninfo, settings);
+            match Conn::start(
+                &target.conninfo,
+                &crate::peer::borrowed(&defaults),
+                &crate::peer::borrowed(&forced),
+            ) {
+                Ok(conn) => {
+                    self.polling = Some(Polling {
+                        target: target.clone(),
+                        conn,
+                        since: now,
+                        busy: false,
+                    })
+                }
+                Err(_) => {
+                    self.next_poll = now + self.timing.heartbeat;
+                    return None;
+                }
+            }
+        }
+        let p = self.polling.as_mut().expect("set above");
+        loop {
+            match p.conn.step() {
+                Err(_) => break,
+                Ok(Step::Wait(interest)) => {
+                    if now.saturating_sub(p.since) > budget {
+                        // Connecting or answering took too long: start afresh next time.
+                        break;
+                    }
+                    return Some((p.conn.socket(), interest));
+                }
+                Ok(Step::Idle) => {
+                    if now < self.next_poll {
+                        return None;
+                    }
+                    let (term, echo) = shmem::read().map_or((0, None), |s| {
+                        (s.failover.voter.durable.term, s.failover.voter.echo)
+                    });
+                    let me = self.me.as_ref().map_or(0, |m| m.node_id).to_string();
+                    let term = term.to_string();
+                    let inc = echo.map(|e| e.incarnation.to_string());
+                    let at = echo.map(|e| e.at.as_micros().to_string());
+                    let sent = p.conn.send(
+                        "SELECT term, accepted, holds_lease, incarnation, at_us FROM repmgr.lease_poll($1::int, $2::bigint, $3::bigint, $4::bigint)",
+                        &[Some(&me), Some(&term), inc.as_deref(), at.as_deref()],
+                    );
+                    if sent.is_err() {
+                        break;
+                    }
+                    p.since = now;
+                    p.busy = true;
+                    self.next_poll = now + self.timing.heartbeat;
+                }
+                Ok(Step::Done(result)) => {
+                    p.busy = false;
+                    let from = p.target.node_id;
+                    if let Ok(rows) = result {
+                        if let (Some(term), Some(inc), Some(at)) =
+                            (rows.get(0, 0), rows.get(0, 3), rows.get(0, 4))
+                        {
+                            let reply = PollReply {
+                                term: term.parse().unwrap_or(0),
+                                accepted: rows.get(0, 1) == Some("t"),
+                                leading: rows.get(0, 2) == Some("t"),
+                                stamp: Stamp {
+                                    incarnation: inc.parse().unwrap_or(0),
+                                    at: Duration::from_micros(at.parse().unwrap_or(0)),
+                                },
+                            };
+                            self.heard(from, &reply);
+                        }
+                    }
+                    return None;
+                }
+            }
+        }
+        self.polling = None;
+        self.next_poll = now + self.timing.heartbeat;
+        None
+    }
+
+    /// Applies a poll reply to this node's voter, saving a changed term before it is echoed.
+    fn heard(&mut self, from: NodeId, reply: &PollReply) {
+        let now = clock::now();
+        let timing = self.timing;
+        shmem::update(|s| {
+            let before = s.failover.voter;
+            if let Heard::Alive { persist: true } =
+                s.failover.voter.heard(now, from, reply, &timing)
+            {
+                if !protocol::persist(&s.failover) {
+                    s.failover.voter = before;
+                }
+            }
+        });
+    }
+
+    /// A primary in the protocol holds a lease over the current voters, moves past failed
+    /// elections, and reacts when it loses the lease.
+    fn keep_lease(&mut self) {
+        let others: Vec<NodeId> = self.others().iter().map(|n| n.node_id).collect();
+        let now = clock::now();
+        let me = self.me.as_ref().map_or(0, |m| m.node_id);
+        let fence = self.timing.fence;
+        let (leading, newer) = shmem::update(|s| {
+            let f = &mut s.failover;
+            let mut changed = false;
+            match f.lease.as_mut() {
+                None => {
+                    let term = f.voter.durable.term.max(1);
+                    // A primary that had no lease (first start under the protocol, or just
+                    // registered) waits for its voters like any other: it cannot know it was
+                    // not replaced. With two voters or fewer none is needed.
+                    f.lease = Some(Lease::new(term, incarnation(), &others, None));
+                    changed = true;
+                }
+                Some(l) => {
+                    if l.others().collect::<Vec<_>>() != others {
+                        l.set_voters(&others);
+                        changed = true;
+                    }
+                    if l.overtake(now, fence).is_some() {
+                        changed = true;
+                    }
+                }
+            }
+            f.armed = true;
+            f.voter.durable.supports = Some(me);
+            if changed {
+                protocol::persist(f);
+            }
+            let l = f.lease.expect("set above");
+            (l.may_commit(now, fence), l.newer_term)
+        })
+        .unwrap_or((true, None));
+        if self.was_leading != Some(leading) {
+            if self.was_leading.is_some() {
+                if leading {
+                    log!("repmgr: node {me} holds its lease again: commits are allowed");
+                } else {
+                    let replaced = newer.map_or(String::new(), |t| format!("; a voter is in term {t}, so this node was probably replaced and needs repmgr node rejoin"));
+                    warning!(
+                        "repmgr: node {me} lost its lease: commits that write are refused{replaced}"
+                    );
+                    let mut ev = Event::new(
+                        me,
+                        "repmgrd_failover_abort",
+                        format!("node {me} fenced: not confirmed by enough voters{replaced}"),
+                    );
+                    ev.successful = false;
+                    self.outbox.push(ev);
+                    if self.settings.failover.fence_action == FenceAction::Shutdown {
+                        warning!("repmgr: repmgr.fence_action = shutdown: stopping the server");
+                        unsafe { libc::kill(pg_sys::PostmasterPid, libc::SIGINT) };
+                    }
+                }
+            }
+            self.was_leading = Some(leading);
+        }
+    }
+
+    /// A node that runs as a standby or witness holds no lease.
+    fn drop_lease_if_any(&mut self) {
+        self.was_leading = None;
+        shmem::update(|s| {
+            if s.failover.lease.is_some() {
+                s.failover.lease = None;
+                s.failover.armed = false;
+                protocol::persist(&s.failover);
+            }
+        });
+    }
+
+    /// Asks every other voter how things look; learns newer terms and who leads; a standby that
+    /// may be promoted then decides whether to stand.
+    fn look_around(&mut self) {
+        let es = self.election_settings();
+        let others: Vec<NodeRecord> = self.others().into_iter().cloned().collect();
+        let mut answers: Vec<(NodeRecord, Option<(Answer, Option<(NodeId, u64)>, u64)>)> =
+            Vec::new();
+        for n in others {
+            let got = self.peers.get(&n, &es).and_then(|p| {
+                p.run(
+                    "SELECT term, holds_lease, in_recovery, silence_ms, lsn, paused, diverged, primary_id, primary_term, switch_lsn FROM repmgr.vote_info()",
+                    &[],
+                )
+            });
+            let parsed = match got {
+                Ok(r) if !r.rows.is_empty() => {
+                    let int = |c: usize| r.get(0, c).and_then(|v| v.parse::<i64>().ok());
+                    let answer = Answer {
+                        term: int(0).unwrap_or(0) as u64,
+                        leading: r.get(0, 1) == Some("t"),
+                        in_recovery: r.get(0, 2) == Some("t"),
+                        silence: Duration::from_millis(int(3).unwrap_or(0).max(0) as u64),
+                        lsn: int(4).map(|l| l as u64),
+                        unavailable: r.get(0, 5) == Some("t") || r.get(0, 6) == Some("t"),
+                        diverged: r.get(0, 6) == Some("t"),
+                    };
+                    let primary = int(7).zip(int(8)).map(|(p, t)| (p as NodeId, t as u64));
+                    Some((answer, primary, int(9).unwrap_or(0) as u64))
+                }
+                Ok(_) => None,
+                Err(_) => {
+                    self.peers.forget(n.node_id);
+                    None
+                }
+            };
+            answers.push((n, parsed));
+        }
+        let now = clock::now();
+        self.retry_at = now + jitter(Duration::from_millis(200), Duration::from_millis(1000));
+        // Learn: a newer term ends support for the old primary; follow the newest primary.
+        let me = self.me.clone().expect("checked by tick");
+        let newest = answers
+            .iter()
+            .filter_map(|(_, a)| a.as_ref().map(|(a, _, _)| a.term))
+            .max()
+            .unwrap_or(0);
+        shmem::update(|s| {
+            if s.failover.voter.learn_term(newest) {
+                protocol::persist(&s.failover);
+            }
+        });
+        let my_term = shmem::read().map_or(0, |s| s.failover.voter.durable.term);
+        self.leader_hint = answers
+            .iter()
+            .filter_map(|(_, a)| a.as_ref().and_then(|(_, p, _)| *p))
+            .filter(|(p, t)| *p != me.node_id && *t >= my_term)
+            .max_by_key(|(_, t)| *t);
+        if !self.in_recovery || me.node_type == NodeType::Witness {
+            return;
+        }
+        let st = shmem::read().expect("the worker runs with shared memory");
+        let f = st.failover;
+        let my_lsn = protocol_received_lsn();
+        let primary_location = self
+            .nodes
+            .iter()
+            .find(|n| n.node_type == NodeType::Primary && n.active)
+            .map(|p| p.location.clone());
+        let me_view = Me {
+            node_id: me.node_id,
+            term: f.voter.durable.term,
+            lsn: my_lsn.unwrap_or(0),
+            silence: f.voter.silence(now),
+            location: me.location.clone(),
+            priority: me.priority,
+            automatic: self.settings.failover.automatic,
+            paused: st.paused || f.diverged,
+        };
+        let peers: Vec<Candidate> = answers
+            .iter()
+            .map(|(n, a)| Candidate {
+                node_id: n.node_id,
+                kind: node_kind(n.node_type),
+                location: n.location.clone(),
+                priority: n.priority,
+                automatic: true,
+                answer: a.as_ref().map(|(a, _, _)| a.clone()),
+            })
+            .collect();
+        let rules = Rules {
+            timing: self.timing,
+            max_lag: self.settings.failover.max_lag,
+            visibility_consensus: self.settings.failover.visibility_consensus,
+            primary_location,
+        };
+        match election::plan(&me_view, &peers, &rules) {
+            Plan::Stand { term } => self.stand(
+                term,
+                &me,
+                my_lsn.unwrap_or(0),
+                &answers.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+            ),
+            other => {
+                let text = match other {
+                    Plan::Defer { to } => format!("node {to} is the better candidate"),
+                    Plan::Wait { reason } => reason,
+                    Plan::Stand { .. } => unreachable!(),
+                };
+                if self.last_plan.as_ref() != Some(&text) && me_view.silence >= self.timing.lease {
+                    log!(
+                        "repmgr: {} lost the primary but does not stand for election: {text}",
+                        me.describe()
+                    );
+                    if !self.settings.failover.automatic && self.last_plan.is_none() {
+                        self.outbox.push(Event::new(
+                            me.node_id,
+                            "standby_disconnect_manual",
+                            format!(
+                                "{} lost the primary; repmgr.failover is manual",
+                                me.describe()
+                            ),
+                        ));
+                    }
+                }
+                self.last_plan = Some(text);
+            }
+        }
+    }
+
+    /// Runs the vote in `term`; promotes on a majority.
+    fn stand(&mut self, term: u64, me: &NodeRecord, lsn: u64, voters: &[NodeRecord]) {
+        if let Some(cmd) = self.settings.failover.validation_command.clone() {
+            let visible = voters.len() + 1;
+            let line = template::render(
+                &cmd,
+                &[
+                    ('n', &me.node_id.to_string()),
+                    ('a', &me.node_name),
+                    ('v', &visible.to_string()),
+                    ('u', &visible.to_string()),
+                    ('t', &(self.nodes.len()).to_string()),
+                ],
+            );
+            let ok = crate::command::run(
+                "failover_validation_command",
+                &line,
+                Duration::from_secs(10),
+            )
+            .is_some_and(|s| s.success());
+            if !ok {
+                log!(
+                    "repmgr: failover_validation_command refused the election; trying again in {} ms",
+                    self.settings.failover.election_rerun_interval.as_millis()
+                );
+                self.retry_at = clock::now() + self.settings.failover.election_rerun_interval;
+                return;
+            }
+        }
+        let saved = shmem::update(|s| {
+            let before = s.failover.voter.durable;
+            s.failover.voter.durable = repmgr_core::vote::Durable {
+                term,
+                supports: Some(me.node_id),
+            };
+            let ok = protocol::persist(&s.failover);
+            if !ok {
+                s.failover.voter.durable = before;
+            }
+            ok
+        });
+        if saved != Some(true) {
+            return;
+        }
+        log!(
+            "repmgr: {} stands for election in term {term}",
+            me.describe()
+        );
+        let asked_at = clock::now();
+        let es = self.election_settings();
+        let total = voters.len() + 1;
+        let mut grants: Vec<NodeId> = Vec::new();
+        // The failed primary last: it is the one most likely not to answer.
+        let mut order: Vec<&NodeRecord> = voters.iter().collect();
+        order.sort_by_key(|n| n.node_type == NodeType::Primary);
+        let (term_s, me_s, lsn_s) = (term.to_string(), me.node_id.to_string(), lsn.to_string());
+        for n in order {
+            if election::won(grants.len() + 1, total) {
+                break;
+            }
+            let answer = self.peers.get(n, &es).and_then(|p| {
+                p.run("SELECT granted, reason FROM repmgr.request_vote($1::bigint, $2::int, $3::bigint)", &[Some(&term_s), Some(&me_s), Some(&lsn_s)])
+            });
+            match answer {
+                Ok(r) if r.get(0, 0) == Some("t") => grants.push(n.node_id),
+                Ok(r) => log!(
+                    "repmgr: {} refused its vote in term {term}: {}",
+                    n.describe(),
+                    r.get(0, 1).unwrap_or("no reason")
+                ),
+                Err(_) => self.peers.forget(n.node_id),
+            }
+        }
+        if !election::won(grants.len() + 1, total) {
+            log!(
+                "repmgr: {} lost the election in term {term}: {} of {total} votes",
+                me.describe(),
+                grants.len() + 1
+            );
+            self.retry_at =
+                clock::now() + jitter(Duration::from_millis(300), Duration::from_millis(1500));
+            return;
+        }
+        self.promote(term, asked_at, &grants, me, lsn);
+    }
+
+    /// Becomes the primary of `term`: lease first (the votes are its confirmations), then
+    /// pg_promote, the catalog, the event, and a word to every other node.
+    fn promote(
+        &mut self,
+        term: u64,
+        asked_at: Duration,
+        grants: &[NodeId],
+        me: &NodeRecord,
+        lsn: u64,
+    ) {
+        let others: Vec<NodeId> = self.others().iter().map(|n| n.node_id).collect();
+        shmem::update(|s| {
+            s.failover.lease = Some(Lease::new(
+                term,
+                incarnation(),
+                &others,
+                Some((asked_at, grants)),
+            ));
+            s.failover.armed = true;
+            s.failover.switch_lsn = lsn;
+            protocol::persist(&s.failover);
+        });
+        let old = self
+            .nodes
+            .iter()
+            .find(|n| n.node_type == NodeType::Primary && n.active)
+            .cloned();
+        let promoted = crate::monitor::in_transaction(|| {
+            Local.read("SELECT pg_catalog.pg_promote(true, 60)", &[])
+        })
+        .ok()
+        .is_some_and(|r| r.get(0, 0) == Some("t"));
+        if !promoted {
+            warning!(
+                "repmgr: {} won the election in term {term} but pg_promote() failed",
+                me.describe()
+            );
+            let mut ev = Event::new(
+                me.node_id,
+                "repmgrd_promote_error",
+                format!(
+                    "{} won term {term} but could not be promoted",
+                    me.describe()
+                ),
+            );
+            ev.successful = false;
+            self.outbox.push(ev);
+            shmem::update(|s| {
+                s.failover.lease = None;
+                s.failover.armed = false;
+                protocol::persist(&s.failover);
+            });
+            return;
+        }
+        self.in_recovery = false;
+        let recorded = crate::monitor::in_transaction(|| -> crate::error::Result<()> {
+            let id = me.node_id.to_string();
+            Local.write("UPDATE repmgr.nodes SET active = false WHERE type = 'primary' AND active AND node_id <> $1::int", &[Some(&id)])?;
+            Local.write("UPDATE repmgr.nodes SET type = 'primary', upstream_node_id = NULL, active = true WHERE node_id = $1::int", &[Some(&id)])?;
+            Local.write(
+                "UPDATE repmgr.voting_term SET term = $1::int",
+                &[Some(&term.to_string())],
+            )?;
+            Ok(())
+        });
+        if let Err(f) = recorded {
+            warning!(
+                "repmgr: promoted, but could not update the catalog: {}",
+                f.message
+            );
+        }
+        let details = match &old {
+            Some(o) => format!(
+                "{} promoted to primary in term {term}; {} is no longer primary",
+                me.describe(),
+                o.describe()
+            ),
+            None => format!("{} promoted to primary in term {term}", me.describe()),
+        };
+        log!("repmgr: {details}");
+        let mut ev = Event::new(me.node_id, "repmgrd_failover_promote", details);
+        if let Some(o) = &old {
+            ev = ev.about(o.node_id, &o.node_name, &o.conninfo);
+        }
+        self.outbox.push(ev);
+        let es = self.election_settings();
+        let id = me.node_id.to_string();
+        for n in self
+            .others()
+            .into_iter()
+            .filter(|n| n.node_type != NodeType::Primary)
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            if let Err(f) = Peer::connect(&n.conninfo, &n.describe(), &es).and_then(|mut p| {
+                p.run("SELECT repmgr.notify_follow_primary($1::int)", &[Some(&id)])
+            }) {
+                log!(
+                    "repmgr: could not tell {} to follow: {}",
+                    n.describe(),
+                    crate::error::mask_text(&f.message)
+                );
+            }
+        }
+    }
+}
+
+/// This standby's received WAL position in bytes.
+fn protocol_received_lsn() -> Option<u64> {
+    crate::monitor::in_transaction(|| {
+        Local.read(
+            "SELECT (pg_catalog.pg_last_wal_receive_lsn() - '0/0')::bigint",
+            &[],
+        )
+    })
+    .ok()
+    .and_then(|r| r.get(0, 0).and_then(|v| v.parse().ok()))
+}
