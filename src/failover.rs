@@ -33,6 +33,10 @@ pub struct Wait {
     pub timeout: Duration,
 }
 
+/// A voter's pre-vote answer: how things look there, the primary it follows (with its term),
+/// and where that node's timeline began.
+type PreVote = (Answer, Option<(NodeId, u64)>, u64);
+
 /// An asynchronous poll connection to the primary.
 struct Polling {
     target: NodeRecord,
@@ -40,6 +44,8 @@ struct Polling {
     /// When the statement in flight (or the connection attempt) started.
     since: Duration,
     busy: bool,
+    /// The statement in flight only echoes a fresh stamp.
+    echo_poll: bool,
 }
 
 /// Events and log lines the failover side produced, for the monitor to record.
@@ -54,12 +60,15 @@ pub struct Failover {
     in_recovery: bool,
     polling: Option<Polling>,
     next_poll: Duration,
+    /// Echo the stamp just received without waiting for the next heartbeat.
+    echo_now: bool,
     /// A primary learnt from other voters, newer than what the catalog copy says.
     leader_hint: Option<(NodeId, u64)>,
     peers: PeerCache,
     retry_at: Duration,
     last_plan: Option<String>,
     was_leading: Option<bool>,
+    reported_replaced: bool,
     pub outbox: Outbox,
 }
 
@@ -94,11 +103,13 @@ impl Failover {
             in_recovery: true,
             polling: None,
             next_poll: Duration::ZERO,
+            echo_now: false,
             leader_hint: None,
             peers: PeerCache::default(),
             retry_at: Duration::ZERO,
             last_plan: None,
             was_leading: None,
+            reported_replaced: false,
             outbox: Vec::new(),
         };
         f.apply_timing();
@@ -257,6 +268,7 @@ impl Failover {
                         conn,
                         since: now,
                         busy: false,
+                        echo_poll: false,
                     })
                 }
                 Err(_) => {
@@ -277,7 +289,10 @@ impl Failover {
                     return Some((p.conn.socket(), interest));
                 }
                 Ok(Step::Idle) => {
-                    if now < self.next_poll {
+                    // A fresh stamp is echoed at once, so the primary counts a confirmation
+                    // at most one heartbeat old; regular polls come every heartbeat.
+                    let echo_poll = self.echo_now;
+                    if !echo_poll && now < self.next_poll {
                         return None;
                     }
                     let (term, echo) = shmem::read().map_or((0, None), |s| {
@@ -296,28 +311,37 @@ impl Failover {
                     }
                     p.since = now;
                     p.busy = true;
-                    self.next_poll = now + self.timing.heartbeat;
+                    p.echo_poll = echo_poll;
+                    self.echo_now = false;
+                    if !echo_poll {
+                        self.next_poll = now + self.timing.heartbeat;
+                    }
                 }
                 Ok(Step::Done(result)) => {
                     p.busy = false;
                     let from = p.target.node_id;
-                    if let Ok(rows) = result {
-                        if let (Some(term), Some(inc), Some(at)) =
+                    let regular = !p.echo_poll;
+                    let mut alive = false;
+                    if let Ok(rows) = result
+                        && let (Some(term), Some(inc), Some(at)) =
                             (rows.get(0, 0), rows.get(0, 3), rows.get(0, 4))
-                        {
-                            let reply = PollReply {
-                                term: term.parse().unwrap_or(0),
-                                accepted: rows.get(0, 1) == Some("t"),
-                                leading: rows.get(0, 2) == Some("t"),
-                                stamp: Stamp {
-                                    incarnation: inc.parse().unwrap_or(0),
-                                    at: Duration::from_micros(at.parse().unwrap_or(0)),
-                                },
-                            };
-                            self.heard(from, &reply);
-                        }
+                    {
+                        let reply = PollReply {
+                            term: term.parse().unwrap_or(0),
+                            accepted: rows.get(0, 1) == Some("t"),
+                            leading: rows.get(0, 2) == Some("t"),
+                            stamp: Stamp {
+                                incarnation: inc.parse().unwrap_or(0),
+                                at: Duration::from_micros(at.parse().unwrap_or(0)),
+                            },
+                        };
+                        alive = self.heard(from, &reply);
                     }
-                    return None;
+                    if !(alive && regular) {
+                        return None;
+                    }
+                    self.echo_now = true;
+                    return self.poll();
                 }
             }
         }
@@ -327,19 +351,22 @@ impl Failover {
     }
 
     /// Applies a poll reply to this node's voter, saving a changed term before it is echoed.
-    fn heard(&mut self, from: NodeId, reply: &PollReply) {
+    /// Returns whether the primary was heard (its stamp is to be echoed).
+    fn heard(&mut self, from: NodeId, reply: &PollReply) -> bool {
         let now = clock::now();
         let timing = self.timing;
         shmem::update(|s| {
             let before = s.failover.voter;
-            if let Heard::Alive { persist: true } =
-                s.failover.voter.heard(now, from, reply, &timing)
-            {
-                if !protocol::persist(&s.failover) {
+            match s.failover.voter.heard(now, from, reply, &timing) {
+                Heard::Alive { persist: true } if !protocol::persist(&s.failover) => {
                     s.failover.voter = before;
+                    false
                 }
+                Heard::Alive { .. } => true,
+                Heard::Stale => false,
             }
-        });
+        })
+        .unwrap_or(false)
     }
 
     /// A primary in the protocol holds a lease over the current voters, moves past failed
@@ -381,6 +408,7 @@ impl Failover {
         })
         .unwrap_or((true, None));
         if self.was_leading != Some(leading) {
+            self.mark_read_only(!leading);
             if self.was_leading.is_some() {
                 if leading {
                     log!("repmgr: node {me} holds its lease again: commits are allowed");
@@ -404,6 +432,40 @@ impl Failover {
             }
             self.was_leading = Some(leading);
         }
+        if let (false, Some(t), false) = (leading, newer, self.reported_replaced) {
+            self.reported_replaced = true;
+            warning!(
+                "repmgr: node {me} was replaced: its voters are in term {t}; it stays fenced and needs repmgr node rejoin"
+            );
+        }
+        if leading {
+            self.reported_replaced = false;
+        }
+    }
+
+    /// Makes new sessions on a fenced primary read-only by default, so that clients routing
+    /// with `target_session_attrs=read-write` skip it, and undoes that once it holds its lease
+    /// again (a restart keeps the marking: a fenced node restarts fenced).
+    fn mark_read_only(&mut self, fenced: bool) {
+        let on = crate::config::server_setting(c"default_transaction_read_only").as_deref()
+            == Some("on");
+        if on == fenced {
+            return;
+        }
+        let done = crate::monitor::in_transaction(|| {
+            if fenced {
+                crate::follow::alter_system("default_transaction_read_only", "on")
+            } else {
+                crate::follow::alter_system_reset("default_transaction_read_only")
+            }
+        });
+        match done {
+            Ok(()) => crate::follow::reload_configuration(),
+            Err(f) => warning!(
+                "repmgr: could not change default_transaction_read_only: {}",
+                f.message
+            ),
+        }
     }
 
     /// A node that runs as a standby or witness holds no lease.
@@ -423,8 +485,7 @@ impl Failover {
     fn look_around(&mut self) {
         let es = self.election_settings();
         let others: Vec<NodeRecord> = self.others().into_iter().cloned().collect();
-        let mut answers: Vec<(NodeRecord, Option<(Answer, Option<(NodeId, u64)>, u64)>)> =
-            Vec::new();
+        let mut answers: Vec<(NodeRecord, Option<PreVote>)> = Vec::new();
         for n in others {
             let got = self.peers.get(&n, &es).and_then(|p| {
                 p.run(

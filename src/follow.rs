@@ -16,20 +16,36 @@ use crate::config::Settings;
 use crate::error::{Failure, Result};
 use crate::peer::Peer;
 
-/// Writes `name = value` to postgresql.auto.conf. Must run inside a transaction.
-fn alter_system(name: &str, value: &str) -> Result<()> {
-    let sql = CString::new(format!(
-        "ALTER SYSTEM SET {} = {}",
-        quote_identifier(name),
-        quote_literal(value)
-    ))
-    .map_err(|_| Failure::invalid(format!("the value for {name} contains a NUL byte")))?;
+/// Runs one ALTER SYSTEM statement through PostgreSQL's own code (SPI refuses ALTER SYSTEM).
+/// Must run inside a transaction, as a superuser.
+fn alter_system_statement(sql: String) -> Result<()> {
+    let sql =
+        CString::new(sql).map_err(|_| Failure::invalid("a setting value contains a NUL byte"))?;
     unsafe {
         let list = pg_sys::raw_parser(sql.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
         let raw = (*(*list).elements).ptr_value as *mut pg_sys::RawStmt;
         pg_sys::AlterSystemSetConfigFile((*raw).stmt as *mut pg_sys::AlterSystemStmt);
     }
     Ok(())
+}
+
+/// Writes `name = value` to postgresql.auto.conf. Must run inside a transaction.
+pub fn alter_system(name: &str, value: &str) -> Result<()> {
+    alter_system_statement(format!(
+        "ALTER SYSTEM SET {} = {}",
+        quote_identifier(name),
+        quote_literal(value)
+    ))
+}
+
+/// Removes `name` from postgresql.auto.conf. Must run inside a transaction.
+pub fn alter_system_reset(name: &str) -> Result<()> {
+    alter_system_statement(format!("ALTER SYSTEM RESET {}", quote_identifier(name)))
+}
+
+/// Makes the server re-read its configuration, as `pg_reload_conf()` does.
+pub fn reload_configuration() {
+    unsafe { libc::kill(pg_sys::PostmasterPid, libc::SIGHUP) };
 }
 
 /// The `primary_conninfo` this standby uses to stream from `upstream`.
@@ -76,7 +92,7 @@ pub fn repoint(
         alter_system("primary_conninfo", &conn)?;
         alter_system("primary_slot_name", me.slot_name.as_deref().unwrap_or(""))
     })?;
-    unsafe { libc::kill(pg_sys::PostmasterPid, libc::SIGHUP) };
+    reload_configuration();
     if let Some(p) = primary {
         Peer::connect(&p.conninfo, &p.describe(), settings)?.run(
             "UPDATE repmgr.nodes SET upstream_node_id = $2::int, type = 'standby', active = true WHERE node_id = $1::int",

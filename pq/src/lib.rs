@@ -230,6 +230,8 @@ pub struct Conn {
 // A PGconn may move between threads as long as one thread uses it at a time.
 unsafe impl Send for Conn {}
 
+unsafe extern "C" fn ignore_notice(_arg: *mut std::ffi::c_void, _message: *const c_char) {}
+
 fn remaining(deadline: Instant) -> Option<Duration> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() { None } else { Some(left) }
@@ -260,6 +262,9 @@ impl Conn {
         let raw = unsafe { ffi::PQconnectStartParams(kp.as_ptr(), vp.as_ptr(), 1) };
         let raw =
             NonNull::new(raw).ok_or_else(|| Error::new(ErrorKind::Connect, "out of memory"))?;
+        // Notices (a NOTICE from the server) would go to this process's stderr, which is the
+        // server log inside PostgreSQL: drop them.
+        unsafe { ffi::PQsetNoticeProcessor(raw.as_ptr(), Some(ignore_notice), ptr::null_mut()) };
         let conn = Conn {
             raw,
             state: State::Connecting(Interest::Write),

@@ -67,16 +67,15 @@ impl Monitor {
         // The upstream is gone but the cluster has a primary elsewhere (a failover happened,
         // or a cascading upstream died): stream from it.
         let paused = shmem::read().is_some_and(|s| s.paused);
-        if let Some(p) = primary.as_ref().filter(|p| p.node_id != upstream.node_id) {
-            if self
+        if let Some(p) = primary.as_ref().filter(|p| p.node_id != upstream.node_id)
+            && self
                 .upstream
                 .as_ref()
                 .is_some_and(|(_, u)| u.down_since().is_some())
-                && !paused
-                && self.pending_follow.is_none()
-            {
-                self.start_follow(now, snap, me, p, "repmgrd_failover_follow");
-            }
+            && !paused
+            && self.pending_follow.is_none()
+        {
+            self.start_follow(now, snap, me, p, "repmgrd_failover_follow");
         }
         self.confirm_follow(now, me);
         self.follow_if_told(snap, me);
@@ -213,20 +212,20 @@ impl Monitor {
             .as_deref()
             .and_then(repmgr_core::lsn::Lsn::parse)
             .map(|l| l.0);
-        if let (Some(sw), Some(rx)) = (switch.filter(|s| *s > 0), received) {
-            if rx > sw {
-                shmem::update(|s| s.failover.diverged = true);
-                return fail(
-                    self,
-                    format!(
-                        "{} cannot follow {}: it received WAL up to {} but that node's timeline began at {}; it needs repmgr node rejoin",
-                        me.describe(),
-                        target.describe(),
-                        repmgr_core::lsn::Lsn(rx),
-                        repmgr_core::lsn::Lsn(sw)
-                    ),
-                );
-            }
+        if let (Some(sw), Some(rx)) = (switch.filter(|s| *s > 0), received)
+            && rx > sw
+        {
+            shmem::update(|s| s.failover.diverged = true);
+            return fail(
+                self,
+                format!(
+                    "{} cannot follow {}: it received WAL up to {} but that node's timeline began at {}; it needs repmgr node rejoin",
+                    me.describe(),
+                    target.describe(),
+                    repmgr_core::lsn::Lsn(rx),
+                    repmgr_core::lsn::Lsn(sw)
+                ),
+            );
         }
         let primary = self
             .failover

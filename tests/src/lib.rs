@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use repmgr_pq::{Conn, PollWaiter, Rows};
 
+pub mod load;
 mod net;
 pub use net::Network;
 
@@ -515,6 +516,38 @@ impl Cluster {
             ),
         );
         self.sql(id, "SELECT pg_reload_conf()");
+    }
+
+    /// A multi-host connection string over the given nodes, as an application would use. It
+    /// goes through the nodes' Unix sockets, which reach every node even across network cuts:
+    /// a client that can still reach a fenced old primary must not be able to write there.
+    pub fn multi_host(&self, ids: &[i32]) -> String {
+        let nodes: Vec<&Node> = ids.iter().map(|id| self.node(*id)).collect();
+        let hosts: Vec<String> = nodes
+            .iter()
+            .map(|n| n.socket_dir.display().to_string())
+            .collect();
+        let ports: Vec<String> = nodes.iter().map(|n| n.port.to_string()).collect();
+        format!(
+            "host={} port={} dbname=repmgr user=postgres",
+            hosts.join(","),
+            ports.join(",")
+        )
+    }
+
+    /// The node among `ids` that runs as a primary and may commit, if exactly one does.
+    pub fn writable(&self, ids: &[i32]) -> Vec<i32> {
+        ids.iter()
+            .copied()
+            .filter(|id| {
+                self.try_sql(
+                    *id,
+                    "SELECT (NOT in_recovery AND NOT fenced)::text FROM repmgr.node_status()",
+                )
+                .ok()
+                .is_some_and(|r| r.get(0, 0) == Some("true"))
+            })
+            .collect()
     }
 
     /// Removes a setting made with [`Cluster::set`] and reloads.

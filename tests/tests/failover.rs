@@ -1,39 +1,511 @@
-//! Automatic failover on real clusters.
+//! Automatic failover on real clusters, under a write load that records every acknowledged
+//! commit. Every wait has a deadline; every cluster is torn down, whatever happens.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use repmgr_tests::load::{Load, longest_gap, wall};
 use repmgr_tests::{Cluster, NodeOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn three_nodes(name: &str) -> Cluster {
+fn int(c: &Cluster, id: i32, sql: &str) -> i64 {
+    c.value(id, sql)
+        .unwrap_or_else(|| panic!("NULL from {sql}"))
+        .parse()
+        .unwrap()
+}
+
+/// A registered cluster: primary 1, standbys 2..=n, each with `opts(id)`.
+fn cluster(name: &str, standbys: &[i32], opts: impl Fn(i32) -> NodeOptions) -> Cluster {
     let mut c = Cluster::new(name);
+    c.init_primary(1, opts(1));
+    c.sql(1, "SELECT repmgr.register_primary()");
+    for id in standbys {
+        c.clone_standby(*id, 1, opts(*id));
+        c.sql(*id, "SELECT repmgr.register_standby()");
+    }
+    c
+}
+
+fn add_witness(c: &mut Cluster, id: i32) {
+    c.init_witness(id, NodeOptions::default());
+    c.sql(
+        id,
+        &format!("SELECT repmgr.register_witness('{}')", c.node(1).conninfo()),
+    );
+}
+
+/// Waits until node 1 holds its lease and every standby confirms it.
+fn settled(c: &Cluster, voters: &[i32]) {
+    c.wait_for("the primary's lease", WAIT, || {
+        (c.writable(&[1]) == [1]).then_some(())
+    });
+    for id in voters {
+        c.wait_for("every voter to hear the primary", WAIT, || {
+            c.try_sql(*id, "SELECT 1 FROM repmgr.vote_info() WHERE primary_id = 1")
+                .ok()
+                .filter(|r| !r.rows.is_empty())
+        });
+    }
+}
+
+/// Waits until exactly one of `ids` is a writable primary, and returns it.
+fn new_primary(c: &Cluster, ids: &[i32]) -> i32 {
+    c.wait_for("a new primary", WAIT, || {
+        let w = c.writable(ids);
+        (w.len() == 1).then(|| w[0])
+    })
+}
+
+/// Every acknowledged value must be on `node`.
+fn none_lost(c: &Cluster, node: i32, table: &str, acks: &[(i64, Instant)]) {
+    let present: HashSet<i64> = c
+        .sql(node, &format!("SELECT id FROM {table}"))
+        .rows
+        .iter()
+        .filter_map(|r| r[0].as_deref()?.parse().ok())
+        .collect();
+    let lost: Vec<i64> = acks
+        .iter()
+        .map(|(v, _)| *v)
+        .filter(|v| !present.contains(v))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged commits missing on node {node}: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+}
+
+/// Acknowledged commits that may be missing on `node` are only those the old primary
+/// confirmed before `node` was promoted (asynchronous replication loses them): none after.
+fn nothing_confirmed_after_promotion(
+    c: &Cluster,
+    node: i32,
+    table: &str,
+    acks: &[(i64, Instant)],
+) -> usize {
+    let promoted: f64 = c
+        .value(node, "SELECT EXTRACT(epoch FROM event_timestamp)::text FROM repmgr.events WHERE event = 'repmgrd_failover_promote' ORDER BY event_timestamp DESC LIMIT 1")
+        .expect("a promotion event")
+        .parse()
+        .unwrap();
+    let present: HashSet<i64> = c
+        .sql(node, &format!("SELECT id FROM {table}"))
+        .rows
+        .iter()
+        .filter_map(|r| r[0].as_deref()?.parse().ok())
+        .collect();
+    let late: Vec<i64> = acks
+        .iter()
+        .filter(|(v, t)| !present.contains(v) && wall(*t) >= promoted)
+        .map(|(v, _)| *v)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "commits confirmed after the promotion are missing on node {node}: {late:?}"
+    );
+    acks.iter().filter(|(v, _)| !present.contains(v)).count()
+}
+
+/// Waits until every standby has replayed everything the primary wrote.
+fn caught_up(c: &Cluster, primary: i32, standbys: &[i32]) {
+    let lsn = c
+        .value(primary, "SELECT pg_current_wal_lsn()::text")
+        .unwrap();
+    for id in standbys {
+        c.wait_for("the standby to catch up", WAIT, || {
+            (c.value(
+                *id,
+                &format!("SELECT (pg_last_wal_replay_lsn() >= '{lsn}')::text"),
+            )
+            .as_deref()
+                == Some("true"))
+            .then_some(())
+        });
+    }
+}
+
+#[test]
+fn kill_9_of_the_primary_promotes_one_standby_and_the_other_follows() {
+    let c = cluster("kill9", &[2, 3], |_| NodeOptions::default());
+    settled(&c, &[2, 3]);
+    let load = Load::start(
+        &c.multi_host(&[1, 2, 3]),
+        "acked",
+        Duration::from_millis(10),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    // The standbys are caught up when the primary dies: nothing acknowledged may be lost.
+    load.pause();
+    caught_up(&c, 1, &[2, 3]);
+    let crash = Instant::now();
+    c.kill9(1);
+    load.resume();
+    let new = new_primary(&c, &[2, 3]);
+    let promoted = crash.elapsed();
+    let other = if new == 2 { 3 } else { 2 };
+    c.wait_for("the other standby to stream from the new primary", WAIT, || {
+        c.try_sql(new, &format!("SELECT 1 FROM pg_stat_replication WHERE application_name = 'node{other}' AND state = 'streaming'"))
+            .ok()
+            .filter(|r| !r.rows.is_empty())
+    });
+    let following = crash.elapsed();
+    c.wait_for("writes on the new primary", WAIT, || {
+        (load.acks().last().is_some_and(|(_, t)| *t > crash)).then_some(())
+    });
+    let acks = load.stop();
+    let first_after = acks
+        .iter()
+        .find(|(_, t)| *t > crash)
+        .map(|(_, t)| *t - crash)
+        .unwrap();
+    println!(
+        "writable new primary (node {new}) after {promoted:?}, other standby streaming after {following:?}, first commit after the crash at {first_after:?}"
+    );
+    none_lost(&c, new, "acked", &acks);
+    assert_eq!(
+        int(
+            &c,
+            new,
+            "SELECT count(*) FROM repmgr.nodes WHERE type = 'primary' AND active"
+        ),
+        1
+    );
+    assert_eq!(
+        c.value(new, "SELECT type FROM repmgr.nodes WHERE node_id = 1")
+            .as_deref(),
+        Some("primary")
+    );
+    assert_eq!(
+        c.value(
+            new,
+            "SELECT active::text FROM repmgr.nodes WHERE node_id = 1"
+        )
+        .as_deref(),
+        Some("false")
+    );
+    c.wait_for("the promote and follow events", WAIT, || {
+        let r = c.sql(new, "SELECT event FROM repmgr.events WHERE event IN ('repmgrd_failover_promote', 'repmgrd_failover_follow') ORDER BY 1");
+        (r.rows.len() == 2).then_some(())
+    });
+    assert!(int(&c, new, "SELECT term FROM repmgr.voting_term") >= 2);
+}
+
+#[test]
+fn a_frozen_primary_is_replaced_and_never_confirms_another_commit() {
+    let c = cluster("freeze", &[2, 3], |_| NodeOptions::default());
+    settled(&c, &[2, 3]);
+    // A session on the primary with a write in progress and a local-only commit.
+    let mut session = repmgr_tests::connect(&c.node(1).conninfo());
+    for q in [
+        "SET synchronous_commit = local",
+        "CREATE TABLE pending (x int)",
+        "BEGIN",
+        "INSERT INTO pending VALUES (1)",
+    ] {
+        repmgr_tests::query(&mut session, q);
+    }
+    c.freeze(1);
+    let new = new_primary(&c, &[2, 3]);
+    c.sql(new, "CREATE TABLE after_promotion AS SELECT 1 AS x");
+    c.thaw(1);
+    // The moment it wakes, the old primary's pending commit is refused.
+    let err = session
+        .query(
+            "COMMIT",
+            &[],
+            Instant::now() + WAIT,
+            &mut repmgr_pq::PollWaiter,
+        )
+        .expect_err("the old primary must not confirm a commit after the promotion");
+    assert_eq!(err.sqlstate.as_deref(), Some("25006"), "{err}");
+    assert!(err.message.contains("is fenced"), "{}", err.message);
+    // New writes fail too; reads work; it reports itself fenced.
+    let w = c
+        .try_sql(1, "INSERT INTO pending VALUES (2)")
+        .expect_err("writes on the fenced node");
+    assert_eq!(w.sqlstate.as_deref(), Some("25006"));
+    assert_eq!(
+        c.value(1, "SELECT count(*)::text FROM pending").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        c.value(1, "SELECT fenced::text FROM repmgr.node_status()")
+            .as_deref(),
+        Some("true")
+    );
+    // It stays fenced: its voters have moved on.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(c.writable(&[1, 2, 3]), [new]);
+}
+
+#[test]
+fn a_primary_cut_off_by_the_network_is_replaced_and_stays_fenced() {
+    let mut c = Cluster::with_network("netsplit");
     c.init_primary(1, NodeOptions::default());
     c.sql(1, "SELECT repmgr.register_primary()");
     for id in [2, 3] {
         c.clone_standby(id, 1, NodeOptions::default());
         c.sql(id, "SELECT repmgr.register_standby()");
     }
-    c
+    settled(&c, &[2, 3]);
+    // Asymmetric first: the primary loses node 2 only. Node 3 still confirms it, and node 2
+    // hears from node 3 that the primary lives: no election.
+    c.network().cut(1, 2);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        c.writable(&[1, 2, 3]),
+        [1],
+        "a primary that still has its quorum keeps it"
+    );
+    c.network().mend(1, 2);
+    settled(&c, &[2, 3]);
+    // Now cut it off entirely.
+    let load = Load::start(
+        &c.multi_host(&[1, 2, 3]),
+        "acked",
+        Duration::from_millis(10),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    load.pause();
+    caught_up(&c, 1, &[2, 3]);
+    c.network().isolate(1);
+    load.resume();
+    let new = new_primary(&c, &[2, 3]);
+    assert_eq!(
+        c.value(1, "SELECT fenced::text FROM repmgr.node_status()")
+            .as_deref(),
+        Some("true")
+    );
+    c.wait_for("writes on the new primary", WAIT, || {
+        (load.acks().len() > 10).then_some(())
+    });
+    c.network().rejoin(1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        c.writable(&[1, 2, 3]),
+        [new],
+        "after the link heals the old primary stays fenced"
+    );
+    let acks = load.stop();
+    // The isolated primary kept its lease (and confirmed commits) for at most
+    // repmgr.fence_timeout after it lost its voters; asynchronous replication loses those.
+    // Nothing it confirmed after the new primary's promotion can be missing.
+    let lost = nothing_confirmed_after_promotion(&c, new, "acked", &acks);
+    println!(
+        "{lost} commits confirmed by the isolated primary within its last lease period were lost (asynchronous replication)"
+    );
+    // Fenced, read-only for new sessions (so read-write routing skips it), and it says why.
+    let e = c.try_sql(1, "CREATE TABLE t (x int)").expect_err("fenced");
+    assert_eq!(e.sqlstate.as_deref(), Some("25006"), "{e}");
+    assert_eq!(
+        c.value(1, "SELECT fenced::text FROM repmgr.node_status()")
+            .as_deref(),
+        Some("true")
+    );
+    c.wait_for("the old primary to report it needs rejoin", WAIT, || {
+        c.log(1).contains("needs repmgr node rejoin").then_some(())
+    });
 }
 
 #[test]
-fn kill_9_of_the_primary_promotes_one_standby_and_the_other_follows() {
-    let c = three_nodes("kill9");
-    // Wait until the protocol runs: the primary holds its lease.
-    c.wait_for("the primary's lease", WAIT, || (c.value(1, "SELECT (NOT fenced)::text FROM repmgr.node_status()").as_deref() == Some("true")).then_some(()));
-    std::thread::sleep(Duration::from_secs(2));
-    let crash = Instant::now();
+fn two_data_nodes_and_a_witness() {
+    let mut c = cluster("witness-failover", &[2], |_| NodeOptions::default());
+    add_witness(&mut c, 3);
+    settled(&c, &[2, 3]);
     c.kill9(1);
-    let new = c.wait_for("a new primary", WAIT, || {
-        [2, 3].into_iter().find(|id| c.try_sql(*id, "SELECT pg_is_in_recovery()").ok().and_then(|r| r.get(0, 0).map(str::to_string)).as_deref() == Some("f"))
+    assert_eq!(new_primary(&c, &[2]), 2);
+    drop(c);
+    // With the witness gone too, a lone standby never promotes.
+    let mut c = cluster("witness-down", &[2], |_| NodeOptions::default());
+    add_witness(&mut c, 3);
+    settled(&c, &[2, 3]);
+    c.stop(3);
+    c.kill9(1);
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        c.value(2, "SELECT pg_is_in_recovery()::text").as_deref(),
+        Some("true")
+    );
+    assert!(
+        c.log(2).contains("does not stand for election"),
+        "{}",
+        c.log(2)
+    );
+}
+
+#[test]
+fn exclusions_priority_zero_manual_and_lag() {
+    // Priority 0: never promoted, even with the most WAL.
+    let c = cluster("priority0", &[2, 3], |id| {
+        if id == 2 {
+            NodeOptions::default().conf("repmgr.priority = 0")
+        } else {
+            NodeOptions::default()
+        }
     });
-    println!("promoted node {new} after {:?}", crash.elapsed());
-    let other = if new == 2 { 3 } else { 2 };
-    c.wait_for("the other standby to stream from the new primary", WAIT, || {
-        c.try_sql(new, &format!("SELECT 1 FROM pg_stat_replication WHERE application_name = 'node{other}' AND state = 'streaming'")).ok().filter(|r| !r.rows.is_empty())
+    settled(&c, &[2, 3]);
+    c.kill9(1);
+    assert_eq!(new_primary(&c, &[2, 3]), 3);
+    drop(c);
+    // failover = manual everywhere: nobody acts alone, and says so.
+    let c = cluster("manual", &[2, 3], |id| {
+        if id > 1 {
+            NodeOptions::default().conf("repmgr.failover = manual")
+        } else {
+            NodeOptions::default()
+        }
     });
-    println!("follower streaming after {:?}", crash.elapsed());
-    c.sql(new, "CREATE TABLE after_failover AS SELECT 1 AS x");
-    println!("{}", c.log(new).lines().filter(|l| l.contains("repmgr")).collect::<Vec<_>>().join("\n"));
+    settled(&c, &[2, 3]);
+    c.kill9(1);
+    std::thread::sleep(Duration::from_secs(6));
+    for id in [2, 3] {
+        assert_eq!(
+            c.value(id, "SELECT pg_is_in_recovery()::text").as_deref(),
+            Some("true")
+        );
+        assert!(
+            c.log(id).contains("repmgr.failover is manual"),
+            "{}",
+            c.log(id)
+        );
+    }
+    drop(c);
+    // The only eligible standby lags the priority-0 one by more than max_lag_on_failover.
+    let c = cluster("lagging", &[2, 3], |id| match id {
+        2 => NodeOptions::default().conf("repmgr.priority = 0"),
+        3 => NodeOptions::default().conf("repmgr.max_lag_on_failover = '64kB'"),
+        _ => NodeOptions::default(),
+    });
+    settled(&c, &[2, 3]);
+    // Node 3 stops receiving WAL while the primary writes a few megabytes.
+    c.set(3, "primary_conninfo", "host=127.0.0.1 port=1");
+    c.sql(
+        1,
+        "CREATE TABLE bulk AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 20000) g",
+    );
+    caught_up(&c, 1, &[2]);
+    c.kill9(1);
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        c.value(3, "SELECT pg_is_in_recovery()::text").as_deref(),
+        Some("true")
+    );
+    assert!(
+        c.log(3).contains("behind the most advanced standby"),
+        "{}",
+        c.log(3)
+    );
+}
+
+#[test]
+fn a_cascaded_standby_reattaches_to_the_primary_when_its_upstream_dies() {
+    let mut c = cluster("cascade", &[2], |_| NodeOptions::default());
+    c.clone_standby(3, 2, NodeOptions::default());
+    c.sql(3, "SELECT repmgr.register_standby(upstream_node_id => 2)");
+    c.wait_for("node 3 to stream from node 2", WAIT, || {
+        c.try_sql(
+            2,
+            "SELECT 1 FROM pg_stat_replication WHERE application_name = 'node3'",
+        )
+        .ok()
+        .filter(|r| !r.rows.is_empty())
+    });
+    c.kill9(2);
+    c.wait_for("node 3 to stream from the primary", WAIT, || {
+        c.try_sql(1, "SELECT 1 FROM pg_stat_replication WHERE application_name = 'node3' AND state = 'streaming'").ok().filter(|r| !r.rows.is_empty())
+    });
+    c.wait_for("the follow event", WAIT, || {
+        c.try_sql(1, "SELECT 1 FROM repmgr.events WHERE node_id = 3 AND event = 'repmgrd_failover_follow' AND successful").ok().filter(|r| !r.rows.is_empty())
+    });
+    assert_eq!(
+        int(
+            &c,
+            1,
+            "SELECT upstream_node_id FROM repmgr.nodes WHERE node_id = 3"
+        ),
+        1
+    );
+    assert_eq!(
+        c.writable(&[1, 3]),
+        [1],
+        "no election: the primary never went away"
+    );
+}
+
+#[test]
+fn back_to_back_failovers_keep_slots_for_the_survivors() {
+    // With a witness, the third data node still has a majority after two losses of primary.
+    let mut c = cluster("twice", &[2, 3], |_| NodeOptions::default());
+    add_witness(&mut c, 4);
+    settled(&c, &[2, 3, 4]);
+    c.kill9(1);
+    let first = new_primary(&c, &[2, 3]);
+    let survivor = if first == 2 { 3 } else { 2 };
+    c.wait_for("the survivor to stream from the first new primary", WAIT, || {
+        c.try_sql(first, &format!("SELECT 1 FROM pg_stat_replication WHERE application_name = 'node{survivor}' AND state = 'streaming'"))
+            .ok()
+            .filter(|r| !r.rows.is_empty())
+    });
+    assert_eq!(c.value(first, &format!("SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = 'repmgr_slot_{survivor}'")).as_deref(), Some("1"));
+    c.wait_for("the witness to follow", WAIT, || {
+        (int(
+            &c,
+            4,
+            &format!(
+                "SELECT count(*) FROM repmgr.nodes WHERE node_id = {first} AND type = 'primary'"
+            ),
+        ) == 1)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    c.kill9(first);
+    assert_eq!(new_primary(&c, &[survivor]), survivor);
+    c.sql(survivor, "CREATE TABLE after_two AS SELECT 1 AS x");
+}
+
+#[test]
+fn short_stalls_cause_no_failover_and_no_fencing() {
+    // Default settings: a 1 s freeze.
+    let c = cluster("stall", &[2, 3], |_| NodeOptions::default());
+    settled(&c, &[2, 3]);
+    c.sql(1, "CREATE TABLE stall (x int)");
+    for _ in 0..3 {
+        c.freeze(1);
+        std::thread::sleep(Duration::from_secs(1));
+        c.thaw(1);
+        // Committing right after waking must work.
+        c.sql(1, "INSERT INTO stall VALUES (1)");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(c.writable(&[1, 2, 3]), [1]);
+    assert!(!c.log(1).contains("lost its lease"), "{}", c.log(1));
+    for id in [2, 3] {
+        assert!(!c.log(id).contains("stands for election"), "{}", c.log(id));
+    }
+    drop(c);
+    // Other settings: a freeze of half the lease.
+    let fast = || {
+        NodeOptions::default()
+            .conf("repmgr.heartbeat_interval = '100ms'")
+            .conf("repmgr.fence_timeout = '900ms'")
+            .conf("repmgr.lease_timeout = '1400ms'")
+    };
+    let c = cluster("stall-fast", &[2, 3], |_| fast());
+    settled(&c, &[2, 3]);
+    for _ in 0..3 {
+        c.freeze(1);
+        std::thread::sleep(Duration::from_millis(700));
+        c.thaw(1);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(c.writable(&[1, 2, 3]), [1]);
+    assert!(!c.log(1).contains("lost its lease"), "{}", c.log(1));
+    let load = Load::start(&c.multi_host(&[1]), "acked", Duration::from_millis(10));
+    std::thread::sleep(Duration::from_secs(1));
+    let acks = load.stop();
+    assert!(longest_gap(&acks, acks[0].1).is_none_or(|(g, _)| g < Duration::from_millis(500)));
 }

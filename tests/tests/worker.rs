@@ -208,7 +208,15 @@ fn the_primary_trims_old_monitoring_history() {
 
 #[test]
 fn a_frozen_primary_stalls_no_standby_and_promotes_nobody() {
-    let c = three_nodes("frozen");
+    // Monitoring only: with repmgr.failover = manual the standbys watch and report but never
+    // stand for election (automatic failover has its own tests).
+    let mut c = Cluster::new("frozen");
+    c.init_primary(1, opts());
+    c.sql(1, "SELECT repmgr.register_primary()");
+    for id in [2, 3] {
+        c.clone_standby(id, 1, opts().conf("repmgr.failover = manual"));
+        c.sql(id, "SELECT repmgr.register_standby()");
+    }
     for id in [2, 3] {
         wait_row(
             &c,

@@ -1,0 +1,139 @@
+//! A steady write load that records every acknowledged commit, for failover tests and
+//! benchmarks.
+//!
+//! A thread inserts consecutive integers, one small transaction every `every`, through a
+//! multi-host connection string with `target_session_attrs=read-write`, as an application
+//! would; after an error it reconnects (to whichever node is writable) and goes on. Each
+//! acknowledged integer is recorded with the moment its commit returned.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use repmgr_pq::{Conn, PollWaiter};
+
+/// An acknowledged commit: the value and when its commit returned.
+pub type Ack = (i64, Instant);
+
+/// Wall-clock time of an acknowledgement, in seconds since the epoch, to compare with
+/// timestamps the servers record (same machine, same clock).
+pub fn wall(at: Instant) -> f64 {
+    let age = Instant::now().saturating_duration_since(at);
+    (std::time::SystemTime::now() - age)
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts writing into `table` (created if missing) through `conninfo`.
+    pub fn start(conninfo: &str, table: &str, every: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let paused = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let (s, p, a) = (stop.clone(), paused.clone(), acks.clone());
+        let conninfo = format!("{conninfo} target_session_attrs=read-write connect_timeout=2");
+        let table = table.to_string();
+        let handle = std::thread::spawn(move || {
+            let mut next: i64 = 1;
+            let mut conn: Option<Conn> = None;
+            let timeout = Duration::from_secs(2);
+            while !s.load(Ordering::Relaxed) {
+                if p.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                if conn.as_ref().is_none_or(|c| !c.is_usable()) {
+                    conn = Conn::connect(
+                        &conninfo,
+                        &[],
+                        &[],
+                        Instant::now() + timeout,
+                        &mut PollWaiter,
+                    )
+                    .ok();
+                    if let Some(c) = conn.as_mut() {
+                        let create =
+                            format!("CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY)");
+                        if c.query(&create, &[], Instant::now() + timeout, &mut PollWaiter)
+                            .is_err()
+                        {
+                            conn = None;
+                        }
+                    }
+                    if conn.is_none() {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                }
+                let c = conn.as_mut().expect("connected above");
+                let v = next.to_string();
+                let sql = format!("INSERT INTO {table} VALUES ($1::bigint)");
+                match c.query(&sql, &[Some(&v)], Instant::now() + timeout, &mut PollWaiter) {
+                    Ok(_) => {
+                        a.lock().expect("acks").push((next, Instant::now()));
+                        next += 1;
+                    }
+                    // A refused commit (fenced) or a broken connection: try elsewhere.
+                    Err(_) => conn = None,
+                }
+                std::thread::sleep(every);
+            }
+        });
+        Load {
+            stop,
+            paused,
+            acks,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::Relaxed);
+        // Let a write in flight finish.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::Relaxed);
+    }
+
+    /// The acknowledged commits so far.
+    pub fn acks(&self) -> Vec<Ack> {
+        self.acks.lock().expect("acks").clone()
+    }
+
+    /// Stops the writer and returns every acknowledged commit.
+    pub fn stop(mut self) -> Vec<Ack> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        self.acks()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The longest time without an acknowledged commit among `acks` after `from`, and where it
+/// started: (gap, last ack before it).
+pub fn longest_gap(acks: &[Ack], from: Instant) -> Option<(Duration, Instant)> {
+    acks.windows(2)
+        .filter(|w| w[1].1 >= from)
+        .map(|w| (w[1].1 - w[0].1, w[0].1))
+        .max_by_key(|(g, _)| *g)
+}
