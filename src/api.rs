@@ -210,3 +210,22 @@ fn pause(pause: bool) {
             .raise();
     }
 }
+
+/// What could stop this node, or the cluster, from failing over safely: one row per check,
+/// with status OK, WARNING or CRITICAL and what to do about it.
+#[pg_extern(volatile)]
+fn node_check() -> TableIterator<
+    'static,
+    (
+        name!(check, String),
+        name!(status, String),
+        name!(details, String),
+    ),
+> {
+    let checks = crate::check::node_check(&Settings::current()).or_raise();
+    TableIterator::new(
+        checks
+            .into_iter()
+            .map(|c| (c.name.to_string(), c.status.to_string(), c.details)),
+    )
+}

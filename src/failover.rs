@@ -25,7 +25,7 @@ use crate::db::{Db, Local};
 use crate::events::Event;
 use crate::peer::{Peer, PeerCache};
 use crate::shmem::{self, DEFAULT_TIMING};
-use crate::{clock, protocol};
+use crate::{clock, manual, protocol};
 
 /// What the worker should wait for before calling [`Failover::tick`] again.
 pub struct Wait {
@@ -46,6 +46,17 @@ struct Polling {
     busy: bool,
     /// The statement in flight only echoes a fresh stamp.
     echo_poll: bool,
+}
+
+/// One loss of the primary, as a standby lives it: from its lease running out until it hears
+/// a primary again.
+#[derive(Clone, Copy)]
+struct Outage {
+    /// The primary lost, and when it was last heard.
+    leader: Option<NodeId>,
+    since: Duration,
+    /// The WAL receiver was stopped for the election.
+    disconnected: bool,
 }
 
 /// Events and log lines the failover side produced, for the monitor to record.
@@ -69,6 +80,9 @@ pub struct Failover {
     last_plan: Option<String>,
     was_leading: Option<bool>,
     reported_replaced: bool,
+    outage: Option<Outage>,
+    /// The term of a promotion not yet written to the catalog.
+    unrecorded: Option<u64>,
     pub outbox: Outbox,
 }
 
@@ -110,6 +124,8 @@ impl Failover {
             last_plan: None,
             was_leading: None,
             reported_replaced: false,
+            outage: None,
+            unrecorded: None,
             outbox: Vec::new(),
         };
         f.apply_timing();
@@ -199,6 +215,7 @@ impl Failover {
         }
         self.drop_lease_if_any();
         let socket = self.poll();
+        self.track_outage();
         let now = clock::now();
         let look =
             shmem::read().is_some_and(|s| s.failover.voter.should_look_around(now, &self.timing));
@@ -238,6 +255,38 @@ impl Failover {
 
     fn target(&self) -> Option<NodeRecord> {
         self.current_primary()
+    }
+
+    /// Notices the start and end of an outage; a standby that hears the same primary again
+    /// records that the failover was called off (`repmgrd_failover_abort`).
+    fn track_outage(&mut self) {
+        let Some(v) = shmem::read().map(|s| s.failover.voter) else {
+            return;
+        };
+        let now = clock::now();
+        if v.lease_expired(now, &self.timing) {
+            if self.outage.is_none() {
+                self.outage = Some(Outage {
+                    leader: v.leader,
+                    since: v.last_heard.unwrap_or(v.started),
+                    disconnected: false,
+                });
+            }
+            return;
+        }
+        let Some(o) = self.outage.take() else { return };
+        let Some(me) = self.me.as_ref() else { return };
+        if o.leader.is_some() && v.leader == o.leader && me.node_type == NodeType::Standby {
+            let details = format!(
+                "{} hears primary node {} again after {} ms without it; no failover took place",
+                me.describe(),
+                o.leader.unwrap_or(0),
+                now.saturating_sub(o.since).as_millis()
+            );
+            log!("repmgr: {details}");
+            self.outbox
+                .push(Event::new(me.node_id, "repmgrd_failover_abort", details));
+        }
     }
 
     /// Drives the poll connection. Returns the socket to wait on, if any.
@@ -411,19 +460,20 @@ impl Failover {
             self.mark_read_only(!leading);
             if self.was_leading.is_some() {
                 if leading {
-                    log!("repmgr: node {me} holds its lease again: commits are allowed");
+                    let details = format!("node {me} holds its lease again: commits are allowed");
+                    log!("repmgr: {details}");
+                    self.outbox
+                        .push(Event::new(me, "repmgrd_primary_unfenced", details));
                 } else {
                     let replaced = newer.map_or(String::new(), |t| format!("; a voter is in term {t}, so this node was probably replaced and needs repmgr node rejoin"));
                     warning!(
                         "repmgr: node {me} lost its lease: commits that write are refused{replaced}"
                     );
-                    let mut ev = Event::new(
+                    self.outbox.push(Event::new(
                         me,
-                        "repmgrd_failover_abort",
+                        "repmgrd_primary_fenced",
                         format!("node {me} fenced: not confirmed by enough voters{replaced}"),
-                    );
-                    ev.successful = false;
-                    self.outbox.push(ev);
+                    ));
                     if self.settings.failover.fence_action == FenceAction::Shutdown {
                         warning!("repmgr: repmgr.fence_action = shutdown: stopping the server");
                         unsafe { libc::kill(pg_sys::PostmasterPid, libc::SIGINT) };
@@ -440,6 +490,40 @@ impl Failover {
         }
         if leading {
             self.reported_replaced = false;
+            self.record_promotion();
+        }
+    }
+
+    /// Writes this node's promotion to the catalog: it is the primary, the old one is not,
+    /// and the term. A new primary without its lease yet (the votes are stale by the time
+    /// pg_promote returns, or the promotion was forced) cannot commit: it tries again on every
+    /// tick until it holds its lease.
+    fn record_promotion(&mut self) {
+        let (Some(term), Some(me)) = (self.unrecorded, self.me.as_ref()) else {
+            return;
+        };
+        let id = me.node_id.to_string();
+        let recorded = crate::monitor::write_transaction(|| {
+            Local.write("UPDATE repmgr.nodes SET active = false WHERE type = 'primary' AND active AND node_id <> $1::int", &[Some(&id)])?;
+            Local.write("UPDATE repmgr.nodes SET type = 'primary', upstream_node_id = NULL, active = true WHERE node_id = $1::int", &[Some(&id)])?;
+            Local.write(
+                "UPDATE repmgr.voting_term SET term = $1::int",
+                &[Some(&term.to_string())],
+            )
+        });
+        match recorded {
+            Ok(_) => self.unrecorded = None,
+            Err(f) if crate::fence::refusal().is_some() => debug1!(
+                "repmgr: the promotion waits for the lease to reach the catalog: {}",
+                f.message
+            ),
+            Err(f) => {
+                warning!(
+                    "repmgr: promoted, but could not update the catalog: {}",
+                    f.message
+                );
+                self.unrecorded = None;
+            }
         }
     }
 
@@ -447,8 +531,11 @@ impl Failover {
     /// with `target_session_attrs=read-write` skip it, and undoes that once it holds its lease
     /// again (a restart keeps the marking: a fenced node restarts fenced).
     fn mark_read_only(&mut self, fenced: bool) {
-        let on = crate::config::server_setting(c"default_transaction_read_only").as_deref()
-            == Some("on");
+        // The configuration file's value: the worker's own session keeps writes enabled.
+        let on = unsafe {
+            let v = pg_sys::GetConfigOptionResetString(c"default_transaction_read_only".as_ptr());
+            !v.is_null() && std::ffi::CStr::from_ptr(v).to_bytes() == b"on"
+        };
         if on == fenced {
             return;
         }
@@ -480,9 +567,9 @@ impl Failover {
         });
     }
 
-    /// Asks every other voter how things look; learns newer terms and who leads; a standby that
-    /// may be promoted then decides whether to stand.
-    fn look_around(&mut self) {
+    /// Asks every other voter how things look (the pre-vote), and learns from the answers: a
+    /// newer term ends support for the old primary, and the newest primary is the one to follow.
+    fn ask_around(&mut self) -> Vec<(NodeRecord, Option<PreVote>)> {
         let es = self.election_settings();
         let others: Vec<NodeRecord> = self.others().into_iter().cloned().collect();
         let mut answers: Vec<(NodeRecord, Option<PreVote>)> = Vec::new();
@@ -516,10 +603,7 @@ impl Failover {
             };
             answers.push((n, parsed));
         }
-        let now = clock::now();
-        self.retry_at = now + jitter(Duration::from_millis(200), Duration::from_millis(1000));
-        // Learn: a newer term ends support for the old primary; follow the newest primary.
-        let me = self.me.clone().expect("checked by tick");
+        let me = self.me.as_ref().map_or(0, |m| m.node_id);
         let newest = answers
             .iter()
             .filter_map(|(_, a)| a.as_ref().map(|(a, _, _)| a.term))
@@ -534,13 +618,27 @@ impl Failover {
         self.leader_hint = answers
             .iter()
             .filter_map(|(_, a)| a.as_ref().and_then(|(_, p, _)| *p))
-            .filter(|(p, t)| *p != me.node_id && *t >= my_term)
+            .filter(|(p, t)| *p != me && *t >= my_term)
             .max_by_key(|(_, t)| *t);
+        answers
+    }
+
+    /// The lease ran out here: look around; a standby that may be promoted then decides
+    /// whether to stand.
+    fn look_around(&mut self) {
+        let answers = self.ask_around();
+        let now = clock::now();
+        self.retry_at = now + jitter(Duration::from_millis(200), Duration::from_millis(1000));
+        let me = self.me.clone().expect("checked by tick");
         if !self.in_recovery || me.node_type == NodeType::Witness {
             return;
         }
         let st = shmem::read().expect("the worker runs with shared memory");
         let f = st.failover;
+        if self.settings.failover.disconnect_on_failover && f.voter.lease_expired(now, &self.timing)
+        {
+            self.disconnect_wal_receiver(&me);
+        }
         let my_lsn = protocol_received_lsn();
         let primary_location = self
             .nodes
@@ -608,35 +706,72 @@ impl Failover {
         }
     }
 
-    /// Runs the vote in `term`; promotes on a majority.
-    fn stand(&mut self, term: u64, me: &NodeRecord, lsn: u64, voters: &[NodeRecord]) {
-        if let Some(cmd) = self.settings.failover.validation_command.clone() {
-            let visible = voters.len() + 1;
-            let line = template::render(
-                &cmd,
-                &[
-                    ('n', &me.node_id.to_string()),
-                    ('a', &me.node_name),
-                    ('v', &visible.to_string()),
-                    ('u', &visible.to_string()),
-                    ('t', &(self.nodes.len()).to_string()),
-                ],
-            );
-            let ok = crate::command::run(
-                "failover_validation_command",
-                &line,
-                Duration::from_secs(10),
-            )
-            .is_some_and(|s| s.success());
-            if !ok {
-                log!(
-                    "repmgr: failover_validation_command refused the election; trying again in {} ms",
-                    self.settings.failover.election_rerun_interval.as_millis()
-                );
-                self.retry_at = clock::now() + self.settings.failover.election_rerun_interval;
-                return;
-            }
+    /// `repmgr.standby_disconnect_on_failover`: stops this standby's WAL receiver once per
+    /// outage, so the positions compared in the election stop moving. The startup process
+    /// starts a new one after `wal_retrieve_retry_interval`, or the follow repoints it.
+    fn disconnect_wal_receiver(&mut self, me: &NodeRecord) {
+        if self.outage.is_some_and(|o| o.disconnected) {
+            return;
         }
+        if let Some(o) = self.outage.as_mut() {
+            o.disconnected = true;
+        }
+        let stopped = crate::monitor::in_transaction(|| {
+            Local.read(
+                "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_wal_receiver",
+                &[],
+            )
+        });
+        if stopped.is_ok_and(|r| r.get(0, 0) == Some("t")) {
+            log!(
+                "repmgr: {} stopped its WAL receiver for the election (repmgr.standby_disconnect_on_failover)",
+                me.describe()
+            );
+        }
+    }
+
+    /// Runs `repmgr.failover_validation_command`, if set. Returns whether the election may go on.
+    fn validated(&mut self, me: &NodeRecord, voters: &[NodeRecord]) -> bool {
+        let Some(cmd) = self.settings.failover.validation_command.clone() else {
+            return true;
+        };
+        let visible = voters.len() + 1;
+        let line = template::render(
+            &cmd,
+            &[
+                ('n', &me.node_id.to_string()),
+                ('a', &me.node_name),
+                ('v', &visible.to_string()),
+                ('u', &visible.to_string()),
+                ('t', &(self.nodes.len()).to_string()),
+            ],
+        );
+        let ok = crate::command::run(
+            "failover_validation_command",
+            &line,
+            Duration::from_secs(10),
+        )
+        .is_some_and(|s| s.success());
+        if !ok {
+            log!(
+                "repmgr: failover_validation_command refused the election; trying again in {} ms",
+                self.settings.failover.election_rerun_interval.as_millis()
+            );
+            self.retry_at = clock::now() + self.settings.failover.election_rerun_interval;
+        }
+        ok
+    }
+
+    /// Supports itself in `term` (saved before anyone is asked), then asks `voters` for their
+    /// votes until a majority is reached. `None` when its own vote could not be saved.
+    fn campaign(
+        &mut self,
+        term: u64,
+        me: &NodeRecord,
+        lsn: u64,
+        voters: &[NodeRecord],
+        manual: bool,
+    ) -> Option<Campaign> {
         let saved = shmem::update(|s| {
             let before = s.failover.voter.durable;
             s.failover.voter.durable = repmgr_core::vote::Durable {
@@ -650,48 +785,187 @@ impl Failover {
             ok
         });
         if saved != Some(true) {
-            return;
+            return None;
         }
         log!(
             "repmgr: {} stands for election in term {term}",
             me.describe()
         );
-        let asked_at = clock::now();
+        let mut c = Campaign {
+            asked_at: clock::now(),
+            total: voters.len() + 1,
+            grants: Vec::new(),
+            refusals: Vec::new(),
+        };
         let es = self.election_settings();
-        let total = voters.len() + 1;
-        let mut grants: Vec<NodeId> = Vec::new();
         // The failed primary last: it is the one most likely not to answer.
         let mut order: Vec<&NodeRecord> = voters.iter().collect();
         order.sort_by_key(|n| n.node_type == NodeType::Primary);
         let (term_s, me_s, lsn_s) = (term.to_string(), me.node_id.to_string(), lsn.to_string());
+        let manual_s = manual.to_string();
         for n in order {
-            if election::won(grants.len() + 1, total) {
+            if c.won() {
                 break;
             }
             let answer = self.peers.get(n, &es).and_then(|p| {
-                p.run("SELECT granted, reason FROM repmgr.request_vote($1::bigint, $2::int, $3::bigint)", &[Some(&term_s), Some(&me_s), Some(&lsn_s)])
+                p.run(
+                    "SELECT granted, reason FROM repmgr.request_vote($1::bigint, $2::int, $3::bigint, $4::boolean)",
+                    &[Some(&term_s), Some(&me_s), Some(&lsn_s), Some(&manual_s)],
+                )
             });
             match answer {
-                Ok(r) if r.get(0, 0) == Some("t") => grants.push(n.node_id),
-                Ok(r) => log!(
-                    "repmgr: {} refused its vote in term {term}: {}",
-                    n.describe(),
-                    r.get(0, 1).unwrap_or("no reason")
-                ),
-                Err(_) => self.peers.forget(n.node_id),
+                Ok(r) if r.get(0, 0) == Some("t") => c.grants.push(n.node_id),
+                Ok(r) => {
+                    let why = r.get(0, 1).unwrap_or("no reason").to_string();
+                    log!(
+                        "repmgr: {} refused its vote in term {term}: {why}",
+                        n.describe()
+                    );
+                    c.refusals.push(format!("{}: {why}", n.describe()));
+                }
+                Err(f) => {
+                    self.peers.forget(n.node_id);
+                    c.refusals.push(format!(
+                        "{}: no answer ({})",
+                        n.describe(),
+                        crate::error::mask_text(&f.message)
+                    ));
+                }
             }
         }
-        if !election::won(grants.len() + 1, total) {
+        Some(c)
+    }
+
+    /// Runs the vote in `term`; promotes on a majority.
+    fn stand(&mut self, term: u64, me: &NodeRecord, lsn: u64, voters: &[NodeRecord]) {
+        if !self.validated(me, voters) {
+            return;
+        }
+        let Some(c) = self.campaign(term, me, lsn, voters, false) else {
+            return;
+        };
+        if !c.won() {
             log!(
-                "repmgr: {} lost the election in term {term}: {} of {total} votes",
+                "repmgr: {} lost the election in term {term}: {} of {} votes",
                 me.describe(),
-                grants.len() + 1
+                c.grants.len() + 1,
+                c.total
             );
             self.retry_at =
                 clock::now() + jitter(Duration::from_millis(300), Duration::from_millis(1500));
             return;
         }
-        self.promote(term, asked_at, &grants, me, lsn);
+        // Failures are logged and recorded as events inside.
+        let _ = self.promote(term, &c, me, lsn, "repmgrd_failover_promote");
+    }
+
+    /// `repmgr.promote()`: promotes this standby in a new term, refused while a working
+    /// primary answers. Without `force`, only with a majority of votes and no reachable standby
+    /// ahead of it. Returns what happened, or why not (with a hint, see [`manual::refusal`]).
+    pub fn manual_promote(&mut self, force: bool) -> Result<String, String> {
+        let me = self.me.clone().ok_or("this node is not registered")?;
+        if !self.in_recovery {
+            return Err(manual::refusal(
+                format!(
+                    "{} is not a standby: it is already running as {}",
+                    me.describe(),
+                    if me.node_type == NodeType::Witness {
+                        "the witness"
+                    } else {
+                        "a primary"
+                    }
+                ),
+                "Run repmgr.promote() on the standby to promote.",
+            ));
+        }
+        let answers = self.ask_around();
+        if let Some((n, _)) = answers
+            .iter()
+            .find(|(_, a)| a.as_ref().is_some_and(|(a, _, _)| a.leading))
+        {
+            return Err(manual::refusal(
+                format!(
+                    "{} is a working primary: repmgr.promote() refuses while the cluster has one",
+                    n.describe()
+                ),
+                "To change roles safely, use repmgr standby switchover; to replace a primary that is about to go, stop it first.",
+            ));
+        }
+        let now = clock::now();
+        let st = shmem::read().ok_or("no shared memory")?;
+        let f = st.failover;
+        if f.diverged {
+            return Err(manual::refusal(
+                format!(
+                    "{}'s timeline diverged from the cluster's: promoting it would lose what the primary wrote since",
+                    me.describe()
+                ),
+                "Rejoin it with repmgr node rejoin, or promote another standby.",
+            ));
+        }
+        let silence = f.voter.silence(now);
+        if f.voter.last_heard.is_some() && !f.voter.lease_expired(now, &self.timing) && !force {
+            return Err(manual::refusal(
+                format!(
+                    "{} heard from the primary {} ms ago (the lease is {} ms): it may still be running",
+                    me.describe(),
+                    silence.as_millis(),
+                    self.timing.lease.as_millis()
+                ),
+                "Wait until the lease has run out and try again, or pass force => true if you know the primary is gone.",
+            ));
+        }
+        let lsn = protocol_received_lsn().unwrap_or(0);
+        let ahead = answers.iter().find_map(|(n, a)| {
+            let (a, _, _) = a.as_ref()?;
+            (a.in_recovery && !a.diverged && a.lsn? > lsn)
+                .then(|| (n.describe(), a.lsn.unwrap_or(0)))
+        });
+        if let (Some((who, theirs)), false) = (&ahead, force) {
+            return Err(manual::refusal(
+                format!(
+                    "{who} has received more WAL ({}) than {} ({}): promoting this node would lose the difference",
+                    repmgr_core::lsn::Lsn(*theirs),
+                    me.describe(),
+                    repmgr_core::lsn::Lsn(lsn)
+                ),
+                "Promote that node instead, or pass force => true to accept losing those transactions.",
+            ));
+        }
+        let term = answers
+            .iter()
+            .filter_map(|(_, a)| a.as_ref().map(|(a, _, _)| a.term))
+            .chain([f.voter.durable.term, f.lease.map_or(0, |l| l.term)])
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let voters: Vec<NodeRecord> = answers.iter().map(|(n, _)| n.clone()).collect();
+        let c = self.campaign(term, &me, lsn, &voters, true).ok_or(
+            "could not save this node's own vote in the data directory (see the server log)",
+        )?;
+        if !c.won() && !force {
+            return Err(manual::refusal(
+                format!(
+                    "{} got {} of {} votes in term {term}; a majority ({}) is needed: {}",
+                    me.describe(),
+                    c.grants.len() + 1,
+                    c.total,
+                    repmgr_core::lease::majority(c.total),
+                    c.refusals.join("; ")
+                ),
+                "Bring the other voters back, or pass force => true if you know the old primary is gone (with three voters or more the node then stays fenced until a majority confirms it).",
+            ));
+        }
+        let details = self.promote(term, &c, &me, lsn, "standby_promote")?;
+        Ok(if c.won() {
+            details
+        } else {
+            format!(
+                "{details} (forced: {} of {} votes)",
+                c.grants.len() + 1,
+                c.total
+            )
+        })
     }
 
     /// Becomes the primary of `term`: lease first (the votes are its confirmations), then
@@ -699,18 +973,18 @@ impl Failover {
     fn promote(
         &mut self,
         term: u64,
-        asked_at: Duration,
-        grants: &[NodeId],
+        c: &Campaign,
         me: &NodeRecord,
         lsn: u64,
-    ) {
+        event: &'static str,
+    ) -> Result<String, String> {
         let others: Vec<NodeId> = self.others().iter().map(|n| n.node_id).collect();
         shmem::update(|s| {
             s.failover.lease = Some(Lease::new(
                 term,
                 incarnation(),
                 &others,
-                Some((asked_at, grants)),
+                Some((c.asked_at, &c.grants)),
             ));
             s.failover.armed = true;
             s.failover.switch_lsn = lsn;
@@ -727,18 +1001,12 @@ impl Failover {
         .ok()
         .is_some_and(|r| r.get(0, 0) == Some("t"));
         if !promoted {
-            warning!(
-                "repmgr: {} won the election in term {term} but pg_promote() failed",
+            let details = format!(
+                "{} won the election in term {term} but pg_promote() failed or did not finish within 60 s",
                 me.describe()
             );
-            let mut ev = Event::new(
-                me.node_id,
-                "repmgrd_promote_error",
-                format!(
-                    "{} won term {term} but could not be promoted",
-                    me.describe()
-                ),
-            );
+            warning!("repmgr: {details}");
+            let mut ev = Event::new(me.node_id, "repmgrd_promote_error", details.clone());
             ev.successful = false;
             self.outbox.push(ev);
             shmem::update(|s| {
@@ -746,25 +1014,12 @@ impl Failover {
                 s.failover.armed = false;
                 protocol::persist(&s.failover);
             });
-            return;
+            return Err(manual::refusal(details, "See the server log of this node."));
         }
         self.in_recovery = false;
-        let recorded = crate::monitor::in_transaction(|| -> crate::error::Result<()> {
-            let id = me.node_id.to_string();
-            Local.write("UPDATE repmgr.nodes SET active = false WHERE type = 'primary' AND active AND node_id <> $1::int", &[Some(&id)])?;
-            Local.write("UPDATE repmgr.nodes SET type = 'primary', upstream_node_id = NULL, active = true WHERE node_id = $1::int", &[Some(&id)])?;
-            Local.write(
-                "UPDATE repmgr.voting_term SET term = $1::int",
-                &[Some(&term.to_string())],
-            )?;
-            Ok(())
-        });
-        if let Err(f) = recorded {
-            warning!(
-                "repmgr: promoted, but could not update the catalog: {}",
-                f.message
-            );
-        }
+        self.outage = None;
+        self.unrecorded = Some(term);
+        self.record_promotion();
         let details = match &old {
             Some(o) => format!(
                 "{} promoted to primary in term {term}; {} is no longer primary",
@@ -774,7 +1029,7 @@ impl Failover {
             None => format!("{} promoted to primary in term {term}", me.describe()),
         };
         log!("repmgr: {details}");
-        let mut ev = Event::new(me.node_id, "repmgrd_failover_promote", details);
+        let mut ev = Event::new(me.node_id, event, details.clone());
         if let Some(o) = &old {
             ev = ev.about(o.node_id, &o.node_name, &o.conninfo);
         }
@@ -798,6 +1053,23 @@ impl Failover {
                 );
             }
         }
+        Ok(details)
+    }
+}
+
+/// The votes a candidate gathered in one term.
+struct Campaign {
+    /// When the first vote was asked: the votes confirm the new lease from then.
+    asked_at: Duration,
+    /// Voters, the candidate included.
+    total: usize,
+    grants: Vec<NodeId>,
+    refusals: Vec<String>,
+}
+
+impl Campaign {
+    fn won(&self) -> bool {
+        election::won(self.grants.len() + 1, self.total)
     }
 }
 

@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod catalog;
+mod check;
 mod clock;
 mod command;
 mod compat;
@@ -19,6 +20,7 @@ mod events;
 mod failover;
 mod fence;
 mod follow;
+mod manual;
 mod monitor;
 mod peer;
 mod pglsn;

@@ -165,8 +165,9 @@ fn vote_info() -> TableIterator<
     ))
 }
 
-/// Why `candidate` may not be promoted, from this node's copy of the catalog.
-fn candidate_ineligible(candidate: i32) -> Option<String> {
+/// Why `candidate` may not be promoted, from this node's copy of the catalog. A manual
+/// promotion (`repmgr.promote()`) may pick a node automatic failover never would.
+fn candidate_ineligible(candidate: i32, manual: bool) -> Option<String> {
     let nodes = catalog::nodes(&mut Local).ok()?;
     match nodes.iter().find(|n| n.node_id == candidate) {
         None => Some(format!("node {candidate} is not registered")),
@@ -174,18 +175,20 @@ fn candidate_ineligible(candidate: i32) -> Option<String> {
             Some(format!("{} is not a standby", n.describe()))
         }
         Some(n) if !n.active => Some(format!("{} is inactive", n.describe())),
+        Some(_) if manual => None,
         Some(n) => {
             election::ineligible(n.priority, true).map(|why| format!("{}: {why}", n.describe()))
         }
     }
 }
 
-/// A candidate asks for this node's vote in `term`.
+/// A candidate asks for this node's vote in `term` (`manual`: for `repmgr.promote()`).
 #[pg_extern(volatile)]
 fn request_vote(
     term: i64,
     candidate: i32,
     lsn: i64,
+    manual: default!(bool, false),
 ) -> TableIterator<
     'static,
     (
@@ -213,7 +216,7 @@ fn request_vote(
         } else {
             None
         },
-        candidate_ineligible: candidate_ineligible(candidate),
+        candidate_ineligible: candidate_ineligible(candidate, manual),
     };
     let req = VoteRequest {
         term: term.max(0) as u64,

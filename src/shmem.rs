@@ -78,10 +78,67 @@ impl FailoverState {
     }
 }
 
+/// A manual action a backend asks of the worker.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `repmgr.promote()`: `force` promotes without a majority of the voters.
+    Promote { force: bool },
+    /// `repmgr.follow()`: stream from this node.
+    Follow { node_id: i32 },
+}
+
+/// The one manual request slot: a backend submits, the worker takes it, works, and answers.
+#[derive(Copy, Clone)]
+pub struct Request {
+    /// Number of the newest request submitted.
+    seq: u64,
+    /// Number of the newest request answered; `seq > done` while one is in progress.
+    done: u64,
+    action: Option<Action>,
+    ok: bool,
+    answer: [u8; ERROR_CAPACITY],
+    answer_len: u16,
+}
+
+impl Request {
+    const EMPTY: Request = Request {
+        seq: 0,
+        done: 0,
+        action: None,
+        ok: false,
+        answer: [0; ERROR_CAPACITY],
+        answer_len: 0,
+    };
+
+    fn answer(&mut self, seq: u64, outcome: &std::result::Result<String, String>) {
+        if seq != self.seq || self.done == seq {
+            return;
+        }
+        let text = match outcome {
+            Ok(t) | Err(t) => t,
+        };
+        self.answer_len = copy_text(&mut self.answer, text);
+        self.ok = outcome.is_ok();
+        self.done = seq;
+        self.action = None;
+    }
+}
+
+/// Copies as much of `text` as fits, cut on a character boundary. Returns the length.
+fn copy_text(buf: &mut [u8; ERROR_CAPACITY], text: &str) -> u16 {
+    let mut len = text.len().min(ERROR_CAPACITY);
+    while !text.is_char_boundary(len) {
+        len -= 1;
+    }
+    buf[..len].copy_from_slice(&text.as_bytes()[..len]);
+    len as u16
+}
+
 #[derive(Copy, Clone)]
 #[repr(C)]
 pub struct SharedState {
     pub failover: FailoverState,
+    pub request: Request,
     pub local_node_id: i32,
     pub daemon_pid: i32,
     pub paused: bool,
@@ -108,6 +165,7 @@ impl Default for SharedState {
     fn default() -> Self {
         SharedState {
             failover: FailoverState::at_start(),
+            request: Request::EMPTY,
             local_node_id: -1,
             daemon_pid: -1,
             paused: false,
@@ -225,13 +283,76 @@ pub fn set_local_node_id(node_id: i32) {
 pub fn record_error(message: &str) {
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     update(|s| {
-        // Cut on a character boundary so the stored text stays valid UTF-8.
-        let mut len = message.len().min(ERROR_CAPACITY);
-        while !message.is_char_boundary(len) {
-            len -= 1;
-        }
-        s.last_error[..len].copy_from_slice(&message.as_bytes()[..len]);
-        s.last_error_len = len as u16;
+        s.last_error_len = copy_text(&mut s.last_error, message);
         s.last_error_at = now;
+    });
+}
+
+/// Hands `action` to the worker and wakes it. Returns the request's number, or why not.
+pub fn submit(action: Action) -> std::result::Result<u64, String> {
+    let (seq, pid) = update(|s| {
+        let r = &mut s.request;
+        if r.seq > r.done && s.daemon_pid > 0 {
+            return Err(match r.action {
+                Some(a) => format!("another manual request ({a:?}) is waiting for the worker"),
+                None => "the worker is still carrying out another manual request".to_string(),
+            });
+        }
+        r.seq += 1;
+        r.done = r.done.max(r.seq - 1);
+        r.action = Some(action);
+        Ok((r.seq, s.daemon_pid))
+    })
+    .ok_or("repmgr is not in shared_preload_libraries")??;
+    wake(pid);
+    Ok(seq)
+}
+
+/// Sets the latch of the process `pid` (the worker), if it still runs.
+fn wake(pid: i32) {
+    if pid <= 0 {
+        return;
+    }
+    unsafe {
+        let proc = pg_sys::BackendPidGetProc(pid);
+        if !proc.is_null() {
+            pg_sys::SetLatch(&raw mut (*proc).procLatch);
+        }
+    }
+}
+
+/// The answer to request `seq`, once the worker gave it.
+pub fn answer(seq: u64) -> Option<std::result::Result<String, String>> {
+    let s = read()?;
+    let r = &s.request;
+    (r.seq == seq && r.done == seq).then(|| {
+        let text = String::from_utf8_lossy(&r.answer[..usize::from(r.answer_len)]).into_owned();
+        if r.ok { Ok(text) } else { Err(text) }
+    })
+}
+
+/// Whether a manual request waits for the worker.
+pub fn request_waiting() -> bool {
+    read().is_some_and(|s| s.request.action.is_some())
+}
+
+/// The worker takes the waiting request, if any.
+pub fn take_request() -> Option<(u64, Action)> {
+    update(|s| s.request.action.take().map(|a| (s.request.seq, a))).flatten()
+}
+
+/// The worker answers request `seq`.
+pub fn finish_request(seq: u64, outcome: &std::result::Result<String, String>) {
+    update(|s| s.request.answer(seq, outcome));
+}
+
+/// A starting worker answers a request its predecessor left unfinished.
+pub fn abandon_request() {
+    update(|s| {
+        let seq = s.request.seq;
+        s.request.answer(
+            seq,
+            &Err("the monitoring worker restarted while carrying out this request; check repmgr.node_status() and try again".into()),
+        );
     });
 }

@@ -564,6 +564,82 @@ mod tests {
     }
 
     #[pg_test]
+    fn node_check_speaks_up_about_quorum_and_settings() {
+        sql("SELECT repmgr.register_primary()");
+        let status = |check: &str| {
+            let q = format!(
+                "SELECT status || ': ' || details FROM repmgr.node_check() WHERE \"check\" = '{check}'"
+            );
+            Local
+                .read(&q, &[])
+                .unwrap_or_else(|f| f.raise())
+                .get(0, 0)
+                .map(str::to_string)
+                .unwrap_or_default()
+        };
+        assert_eq!(status("role"), "OK: registered and running as primary");
+        assert!(
+            status("worker").starts_with("OK: running (pid "),
+            "{}",
+            status("worker")
+        );
+        assert!(
+            status("failover quorum").starts_with("WARNING: a single node"),
+            "{}",
+            status("failover quorum")
+        );
+        assert_eq!(
+            status("failover settings"),
+            "OK: heartbeat 200 ms, fence 1600 ms, lease 2100 ms"
+        );
+        // Two data nodes and no witness: any loss leaves no majority.
+        insert_node(2, "beta", "standby", Some(1), "host=127.0.0.1 port=1");
+        let quorum = status("failover quorum");
+        assert!(
+            quorum.starts_with("CRITICAL: only 2 voters (2 data nodes, 0 witness)"),
+            "{quorum}"
+        );
+        assert!(quorum.contains("register a witness"), "{quorum}");
+        insert_node(3, "gamma", "witness", None, "host=127.0.0.1 port=1");
+        assert!(
+            status("failover quorum")
+                .starts_with("OK: 3 voters (1 witness): an election needs 2 votes"),
+            "{}",
+            status("failover quorum")
+        );
+        // An invalid timing combination is reported with the rule it breaks.
+        let mut s = Settings::current();
+        s.failover.timing = Err("fence_timeout must be below lease_timeout".into());
+        let checks = crate::check::node_check(&s).unwrap_or_else(|f| f.raise());
+        let timing = checks
+            .iter()
+            .find(|c| c.name == "failover settings")
+            .unwrap();
+        assert_eq!(timing.status, "CRITICAL");
+        assert!(
+            timing
+                .details
+                .contains("fence_timeout must be below lease_timeout")
+        );
+    }
+
+    #[pg_test]
+    fn manual_requests_go_through_the_worker() {
+        // This server's worker watches database "postgres", which has no extension: it answers
+        // at once with why it cannot act, rather than leaving the caller waiting.
+        for q in ["SELECT repmgr.promote()", "SELECT repmgr.follow(2)"] {
+            let e = sql_error(q);
+            assert_eq!(
+                e.code,
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "{e:?}"
+            );
+            assert!(e.message.contains("CREATE EXTENSION repmgr"), "{e:?}");
+            assert!(e.hint.is_some(), "{e:?}");
+        }
+    }
+
+    #[pg_test]
     fn repmgr_compatible_shared_state_functions() {
         sql("SELECT repmgr.set_local_node_id(1)");
         sql("SELECT repmgr.set_local_node_id(2)");

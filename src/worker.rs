@@ -151,8 +151,20 @@ pub extern "C-unwind" fn repmgr_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let settings = Settings::current();
     connect(&settings);
+    // A fenced primary makes new sessions read-only by default; the worker's own writes
+    // (its catalog, once the lease is back) must not inherit that from a reload it has not
+    // processed yet. A session value outranks the configuration file.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"default_transaction_read_only".as_ptr(),
+            c"off".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        );
+    }
     let pid = unsafe { pg_sys::MyProcPid };
     shmem::update(|s| s.daemon_pid = pid);
+    shmem::abandon_request();
     if settings.node_id > 0 {
         shmem::set_local_node_id(settings.node_id);
     }

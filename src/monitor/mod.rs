@@ -41,6 +41,8 @@ struct PendingFollow {
     target: NodeRecord,
     since: Duration,
     event: &'static str,
+    /// The `repmgr.follow()` request waiting for the outcome, if any.
+    request: Option<u64>,
 }
 
 /// Most events kept while no primary can take them; older ones are dropped (and logged).
@@ -84,6 +86,15 @@ impl Snapshot {
 /// Runs `f` in a transaction of its own, as the worker must for any local SQL.
 pub(crate) fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
     BackgroundWorker::transaction(AssertUnwindSafe(f))
+}
+
+/// Runs `f`, which writes to this node, in a transaction of its own. On a fenced primary its
+/// commit would fail, and an error at commit ends the worker, so it is not even started.
+pub(crate) fn write_transaction<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    match crate::fence::refusal() {
+        Some(fenced) => Err(fenced),
+        None => in_transaction(f),
+    }
 }
 
 /// Writes pending events through `db`, inside a local transaction so that notification
@@ -240,6 +251,13 @@ impl Monitor {
 
     /// Logs why the worker idles, once per reason.
     fn wait_for(&mut self, reason: String) -> Duration {
+        if let Some((seq, _)) = shmem::take_request() {
+            let refusal = crate::manual::refusal(
+                format!("the monitoring worker is not monitoring yet: {reason}"),
+                "Create the extension and register this node first (see the server log of this node).",
+            );
+            shmem::finish_request(seq, &Err(refusal));
+        }
         if self.waiting.as_ref() != Some(&reason) {
             log!("repmgr: {reason}");
             self.waiting = Some(reason);
@@ -296,7 +314,7 @@ impl Monitor {
     /// Whether a round should run now rather than at its time: a follow notification is
     /// waiting (following fast is part of a failover).
     pub fn round_wanted(&self) -> bool {
-        shmem::read().is_some_and(|s| s.follow_new_primary && !s.paused)
+        shmem::read().is_some_and(|s| s.follow_new_primary && !s.paused) || shmem::request_waiting()
     }
 
     /// One round. Returns how long to wait before the next, or [`Stop`].
@@ -338,6 +356,9 @@ impl Monitor {
         if self.role != Some(role) {
             self.enter(role, &snap, &me);
         }
+        if let Some((seq, action)) = shmem::take_request() {
+            self.manual(now, seq, action, role, &snap, &me);
+        }
         let pause = match role {
             Role::Primary => self.primary_round(now, &snap, &me),
             Role::Standby => self.standby_round(now, &snap, &me)?,
@@ -347,6 +368,61 @@ impl Monitor {
         shmem::update(|s| s.last_round_at = finished);
         self.status_line(now, role, &snap);
         Ok(pause)
+    }
+
+    /// Carries out a `repmgr.promote()` or `repmgr.follow()` request; a follow is answered once
+    /// streaming is confirmed.
+    fn manual(
+        &mut self,
+        now: Duration,
+        seq: u64,
+        action: shmem::Action,
+        role: Role,
+        snap: &Snapshot,
+        me: &NodeRecord,
+    ) {
+        if role != Role::Standby {
+            let what = if role == Role::Primary {
+                "the primary"
+            } else {
+                "the witness"
+            };
+            let hint = "Run it on a standby.";
+            return shmem::finish_request(
+                seq,
+                &Err(crate::manual::refusal(
+                    format!("{} is not a standby: it runs as {what}", me.describe()),
+                    hint,
+                )),
+            );
+        }
+        match action {
+            shmem::Action::Promote { force } => {
+                let outcome = self.failover.manual_promote(force);
+                shmem::finish_request(seq, &outcome);
+            }
+            shmem::Action::Follow { node_id } => {
+                let target = snap.node(node_id).filter(|t| {
+                    t.node_id != me.node_id && t.active && t.node_type != NodeType::Witness
+                });
+                let Some(target) = target.cloned() else {
+                    return shmem::finish_request(
+                        seq,
+                        &Err(crate::manual::refusal(
+                            format!(
+                                "node {node_id} cannot be followed: it must be another active, registered primary or standby"
+                            ),
+                            "See SELECT * FROM repmgr.show_nodes.",
+                        )),
+                    );
+                };
+                if let Err(why) =
+                    self.start_follow(now, snap, me, &target, "standby_follow", Some(seq))
+                {
+                    shmem::finish_request(seq, &Err(why));
+                }
+            }
+        }
     }
 
     /// Starts monitoring in `role`: fresh trackers and a `repmgrd_start` (first time) or
@@ -563,7 +639,9 @@ impl Monitor {
         self.settings.peer_statement_timeout = self.settings.peer_statement_timeout.min(grace);
         crate::worker::finishing(|| {
             if self.role == Some(Role::Primary) {
-                flush(&mut self.outbox, &self.settings, &mut Local);
+                if crate::fence::refusal().is_none() {
+                    flush(&mut self.outbox, &self.settings, &mut Local);
+                }
             } else if let Some(primary) = self
                 .snapshot()
                 .ok()

@@ -8,7 +8,7 @@ use repmgr_core::children::Child;
 use repmgr_core::node::NodeType;
 use repmgr_core::template;
 
-use super::{Monitor, Snapshot, flush, in_transaction};
+use super::{Monitor, Snapshot, flush, write_transaction};
 use crate::catalog::NodeRecord;
 use crate::db::{Db, Local};
 use crate::events::Event;
@@ -140,7 +140,7 @@ impl Monitor {
         };
         let keep = keep.as_secs().to_string();
         for _ in 0..TRIM_BATCHES {
-            let deleted = in_transaction(|| {
+            let deleted = write_transaction(|| {
                 Local.write(
                     "WITH gone AS (
                        DELETE FROM repmgr.monitoring_history WHERE ctid IN (

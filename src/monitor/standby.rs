@@ -75,7 +75,7 @@ impl Monitor {
             && !paused
             && self.pending_follow.is_none()
         {
-            self.start_follow(now, snap, me, p, "repmgrd_failover_follow");
+            let _ = self.start_follow(now, snap, me, p, "repmgrd_failover_follow", None);
         }
         self.confirm_follow(now, me);
         self.follow_if_told(snap, me);
@@ -166,38 +166,38 @@ impl Monitor {
             && me.upstream_node_id.is_some_and(|u| u != target)
             && !self.upstream.as_ref().is_some_and(|(_, u)| u.is_up());
         let now = self.clock.elapsed();
-        self.start_follow(
-            now,
-            snap,
-            me,
-            &upstream,
-            if failover {
-                "repmgrd_failover_follow"
-            } else {
-                "standby_follow"
-            },
-        );
+        let event = if failover {
+            "repmgrd_failover_follow"
+        } else {
+            "standby_follow"
+        };
+        // A failure is logged and recorded inside.
+        let _ = self.start_follow(now, snap, me, &upstream, event, None);
     }
 
     /// Repoints this standby at `target`, unless its timeline diverged from `target`'s; the
-    /// event is recorded once streaming is confirmed (see [`Monitor::confirm_follow`]).
-    fn start_follow(
+    /// event is recorded (and `request` answered) once streaming is confirmed (see
+    /// [`Monitor::confirm_follow`]). A failure is logged, recorded and returned.
+    pub(super) fn start_follow(
         &mut self,
         now: Duration,
         snap: &Snapshot,
         me: &NodeRecord,
         target: &NodeRecord,
         event: &'static str,
-    ) {
+        request: Option<u64>,
+    ) -> Result<(), String> {
         let fail = |m: &mut Monitor, details: String| {
-            warning!("repmgr: {}", crate::error::mask_text(&details));
-            let mut ev = Event::new(me.node_id, event, details).about(
+            let details = crate::error::mask_text(&details);
+            warning!("repmgr: {details}");
+            let mut ev = Event::new(me.node_id, event, details.clone()).about(
                 target.node_id,
                 &target.node_name,
                 &target.conninfo,
             );
             ev.successful = false;
             m.queue(ev);
+            Err(details)
         };
         // A standby that received WAL past the point where the new primary's timeline began
         // cannot follow it: PostgreSQL would refuse. It stays put and says so.
@@ -238,8 +238,10 @@ impl Monitor {
                     target: target.clone(),
                     since: now,
                     event,
+                    request,
                 });
                 self.upstream = None;
+                Ok(())
             }
             Err(f) => fail(
                 self,
@@ -265,7 +267,7 @@ impl Monitor {
             .get(&target, &self.settings)
             .and_then(|c| c.run("SELECT 1 FROM pg_catalog.pg_stat_replication WHERE application_name = $1 AND state = 'streaming'", &[Some(&me.node_name)]))
             .is_ok_and(|r| !r.rows.is_empty());
-        let (event, since) = (p.event, p.since);
+        let (event, since, request) = (p.event, p.since, p.request);
         let waited = now.saturating_sub(since);
         if !streaming && waited < super::FOLLOW_CONFIRM_TIMEOUT {
             return;
@@ -287,6 +289,17 @@ impl Monitor {
             ev.successful = false;
             ev
         };
+        if let Some(seq) = request {
+            let outcome = if ev.successful {
+                Ok(ev.details.clone())
+            } else {
+                Err(crate::manual::refusal(
+                    ev.details.clone(),
+                    "Check the upstream's pg_hba.conf and replication settings, and this node's server log.",
+                ))
+            };
+            shmem::finish_request(seq, &outcome);
+        }
         ev = ev.about(target.node_id, &target.node_name, &target.conninfo);
         self.queue(ev);
     }

@@ -311,10 +311,37 @@ fn a_primary_cut_off_by_the_network_is_replaced_and_stays_fenced() {
     });
 }
 
+/// The refusal a statement gets, with its SQLSTATE.
+fn refused(c: &Cluster, id: i32, sql: &str) -> (String, String) {
+    let e = c.try_sql(id, sql).expect_err(sql);
+    assert!(
+        e.hint.is_some(),
+        "every refusal says what to do next: {e:?}"
+    );
+    (e.sqlstate.unwrap_or_default(), e.message)
+}
+
+/// `node_check()`'s status and details for one check.
+fn node_check(c: &Cluster, id: i32, check: &str) -> String {
+    c.value(
+        id,
+        &format!(
+            "SELECT status || ': ' || details FROM repmgr.node_check() WHERE \"check\" = '{check}'"
+        ),
+    )
+    .unwrap_or_default()
+}
+
 #[test]
 fn two_data_nodes_and_a_witness() {
     let mut c = cluster("witness-failover", &[2], |_| NodeOptions::default());
+    // Without the witness, losing either node leaves no majority: said loudly on both.
+    for id in [1, 2] {
+        let q = node_check(&c, id, "failover quorum");
+        assert!(q.starts_with("CRITICAL: only 2 voters"), "{q}");
+    }
     add_witness(&mut c, 3);
+    assert!(node_check(&c, 2, "failover quorum").starts_with("OK: 3 voters"));
     settled(&c, &[2, 3]);
     c.kill9(1);
     assert_eq!(new_primary(&c, &[2]), 2);
@@ -334,6 +361,103 @@ fn two_data_nodes_and_a_witness() {
         c.log(2).contains("does not stand for election"),
         "{}",
         c.log(2)
+    );
+    // A manual promotion needs the majority too, unless forced; a forced one stays fenced
+    // until a majority confirms it, so it cannot add a second writable primary.
+    let (state, message) = refused(&c, 2, "SELECT repmgr.promote()");
+    assert_eq!(state, "55000");
+    assert!(
+        message.contains("got 1 of 3 votes") && message.contains("a majority (2) is needed"),
+        "{message}"
+    );
+    let done = c.value(2, "SELECT repmgr.promote(force => true)").unwrap();
+    assert!(
+        done.contains("promoted to primary") && done.contains("forced: 1 of 3 votes"),
+        "{done}"
+    );
+    assert_eq!(
+        c.value(2, "SELECT fenced::text FROM repmgr.node_status()")
+            .as_deref(),
+        Some("true")
+    );
+    assert!(c.writable(&[2]).is_empty());
+    let e = c
+        .try_sql(2, "CREATE TABLE forced (x int)")
+        .expect_err("a fenced primary refuses writes");
+    assert_eq!(e.sqlstate.as_deref(), Some("25006"), "{e:?}");
+    c.start(3);
+    assert_eq!(new_primary(&c, &[2]), 2);
+    c.wait_for("the promotion event", WAIT, || {
+        c.try_sql(2, "SELECT 1 FROM repmgr.events WHERE node_id = 2 AND event = 'standby_promote' AND successful")
+            .ok()
+            .filter(|r| !r.rows.is_empty())
+    });
+}
+
+#[test]
+fn manual_promote_and_follow() {
+    let c = cluster("manual-ops", &[2, 3], |id| {
+        if id > 1 {
+            NodeOptions::default().conf("repmgr.failover = manual")
+        } else {
+            NodeOptions::default()
+        }
+    });
+    settled(&c, &[2, 3]);
+    // Node 3 cascades from node 2; the call returns once it streams.
+    let done = c.value(3, "SELECT repmgr.follow(2)").unwrap();
+    assert!(done.contains("now follows node 2"), "{done}");
+    assert!(
+        !c.sql(
+            2,
+            "SELECT 1 FROM pg_stat_replication WHERE application_name = 'node3'"
+        )
+        .rows
+        .is_empty()
+    );
+    c.wait_for("the follow event on the primary", WAIT, || {
+        c.try_sql(1, "SELECT 1 FROM repmgr.events WHERE node_id = 3 AND event = 'standby_follow' AND successful")
+            .ok()
+            .filter(|r| !r.rows.is_empty())
+    });
+    // Refusals: not a standby, a working primary, nothing to follow.
+    let (state, message) = refused(&c, 1, "SELECT repmgr.promote()");
+    assert_eq!(state, "55000");
+    assert!(message.contains("is not a standby"), "{message}");
+    let (_, message) = refused(&c, 2, "SELECT repmgr.promote(force => true)");
+    assert!(
+        message.contains("node 1 (\"node1\") is a working primary"),
+        "{message}"
+    );
+    let (_, message) = refused(&c, 3, "SELECT repmgr.follow(3)");
+    assert!(message.contains("cannot be followed"), "{message}");
+    // The primary dies: nobody acts alone (failover = manual); the operator promotes node 2
+    // once its lease has run out.
+    c.kill9(1);
+    let done = c.wait_for("repmgr.promote() to succeed", WAIT, || {
+        c.try_sql(2, "SELECT repmgr.promote()")
+            .ok()
+            .and_then(|r| r.get(0, 0).map(str::to_string))
+    });
+    assert!(done.contains("promoted to primary"), "{done}");
+    assert_eq!(new_primary(&c, &[2, 3]), 2);
+    c.wait_for("node 3 to keep streaming from node 2", WAIT, || {
+        c.try_sql(2, "SELECT 1 FROM pg_stat_replication WHERE application_name = 'node3' AND state = 'streaming'")
+            .ok()
+            .filter(|r| !r.rows.is_empty())
+    });
+    c.wait_for("the promotion event", WAIT, || {
+        c.try_sql(2, "SELECT 1 FROM repmgr.events WHERE node_id = 2 AND event = 'standby_promote' AND successful")
+            .ok()
+            .filter(|r| !r.rows.is_empty())
+    });
+    assert_eq!(
+        int(
+            &c,
+            2,
+            "SELECT count(*) FROM repmgr.nodes WHERE type = 'primary' AND active"
+        ),
+        1
     );
 }
 

@@ -1,0 +1,194 @@
+//! `node_check()`: what could stop this node, or the cluster, from failing over safely, in
+//! plain words, one line per check, each OK, WARNING or CRITICAL.
+
+use repmgr_core::lease::{confirmations_needed, majority};
+use repmgr_core::node::NodeType;
+
+use crate::catalog::{self, NodeRecord};
+use crate::config::Settings;
+use crate::db::Local;
+use crate::error::Result;
+use crate::{clock, shmem};
+
+pub struct Check {
+    pub name: &'static str,
+    pub status: &'static str,
+    pub details: String,
+}
+
+fn check(name: &'static str, status: &'static str, details: impl Into<String>) -> Check {
+    Check {
+        name,
+        status,
+        details: details.into(),
+    }
+}
+
+/// The quorum the registered voters give, the way the protocol counts it.
+fn quorum(voters: &[&NodeRecord]) -> Check {
+    let n = voters.len();
+    let witnesses = voters
+        .iter()
+        .filter(|v| v.node_type == NodeType::Witness)
+        .count();
+    match n {
+        0 | 1 => check(
+            "failover quorum",
+            "WARNING",
+            "a single node: there is nothing to fail over to",
+        ),
+        2 => check(
+            "failover quorum",
+            "CRITICAL",
+            format!(
+                "only 2 voters ({} data nodes, {witnesses} witness): losing either leaves no majority, so automatic failover can never happen; register a witness on a third machine (SELECT repmgr.register_witness(...)) or add a standby",
+                n - witnesses
+            ),
+        ),
+        _ => check(
+            "failover quorum",
+            "OK",
+            format!(
+                "{n} voters ({witnesses} witness): an election needs {} votes; the primary needs fresh confirmations from {} of the others",
+                majority(n),
+                confirmations_needed(n)
+            ),
+        ),
+    }
+}
+
+pub fn node_check(settings: &Settings) -> Result<Vec<Check>> {
+    let mut out = Vec::new();
+    let nodes = catalog::nodes(&mut Local)?;
+    let me = nodes.iter().find(|n| n.node_id == settings.node_id);
+    let in_recovery = unsafe { pgrx::pg_sys::RecoveryInProgress() };
+    let Some(me) = me else {
+        out.push(check(
+            "registration",
+            "CRITICAL",
+            format!("{} is not registered", settings.describe()),
+        ));
+        return Ok(out);
+    };
+    let running_as = if in_recovery {
+        NodeType::Standby
+    } else if me.node_type == NodeType::Witness {
+        NodeType::Witness
+    } else {
+        NodeType::Primary
+    };
+    out.push(if running_as == me.node_type {
+        check(
+            "role",
+            "OK",
+            format!("registered and running as {}", me.node_type),
+        )
+    } else {
+        check(
+            "role",
+            "CRITICAL",
+            format!("registered as {} but running as {running_as}", me.node_type),
+        )
+    });
+    let shared = shmem::read();
+    out.push(match shared {
+        Some(s) if s.worker_running() => {
+            check("worker", "OK", format!("running (pid {})", s.daemon_pid))
+        }
+        Some(_) => check(
+            "worker",
+            "CRITICAL",
+            "the monitoring worker is not running: no monitoring, no failover",
+        ),
+        None => check(
+            "worker",
+            "CRITICAL",
+            "repmgr is not in shared_preload_libraries: no worker, no failover, no fencing",
+        ),
+    });
+    let voters: Vec<&NodeRecord> = nodes.iter().filter(|n| n.active).collect();
+    out.push(quorum(&voters));
+    out.push(match &settings.failover.timing {
+        Ok(t) => check(
+            "failover settings",
+            "OK",
+            format!(
+                "heartbeat {} ms, fence {} ms, lease {} ms",
+                t.heartbeat.as_millis(),
+                t.fence.as_millis(),
+                t.lease.as_millis()
+            ),
+        ),
+        Err(rule) => check(
+            "failover settings",
+            "CRITICAL",
+            format!("refused, the previous values stay in force: {rule}"),
+        ),
+    });
+    let Some(s) = shared else { return Ok(out) };
+    let f = s.failover;
+    let now = clock::now();
+    match running_as {
+        NodeType::Primary => out.push(match crate::fence::refusal() {
+            None => check("lease", "OK", "holds its lease: commits are allowed"),
+            Some(why) => check("lease", "CRITICAL", why.message),
+        }),
+        _ => {
+            let silence = f.voter.silence(now);
+            out.push(
+                if f.voter.last_heard.is_some() && silence < f.timing.lease {
+                    check(
+                        "primary",
+                        "OK",
+                        format!(
+                            "heard node {} {} ms ago",
+                            f.voter.leader.unwrap_or(0),
+                            silence.as_millis()
+                        ),
+                    )
+                } else {
+                    check(
+                        "primary",
+                        "CRITICAL",
+                        format!("no primary heard for {} ms", silence.as_millis()),
+                    )
+                },
+            );
+        }
+    }
+    if f.diverged {
+        out.push(check(
+            "timeline",
+            "CRITICAL",
+            "this standby's timeline diverged from the primary's: it needs repmgr node rejoin",
+        ));
+    }
+    if running_as == NodeType::Standby {
+        out.push(if s.paused {
+            check(
+                "automatic failover",
+                "WARNING",
+                "paused: this node takes no automatic action (SELECT repmgr.pause(false))",
+            )
+        } else if !settings.failover.automatic {
+            check(
+                "automatic failover",
+                "WARNING",
+                "repmgr.failover = manual: this node never stands for election",
+            )
+        } else if me.priority <= 0 {
+            check(
+                "automatic failover",
+                "OK",
+                "priority 0: this node votes but is never promoted",
+            )
+        } else {
+            check(
+                "automatic failover",
+                "OK",
+                format!("may be promoted (priority {})", me.priority),
+            )
+        });
+    }
+    Ok(out)
+}
