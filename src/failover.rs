@@ -716,15 +716,18 @@ impl Failover {
         if let Some(o) = self.outage.as_mut() {
             o.disconnected = true;
         }
-        let stopped = crate::monitor::in_transaction(|| {
-            Local.read(
-                "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_wal_receiver",
-                &[],
-            )
-        });
-        if stopped.is_ok_and(|r| r.get(0, 0) == Some("t")) {
+        // The WAL receiver is an auxiliary process, which pg_terminate_backend() refuses to
+        // signal; the server's own user may.
+        let pid: Option<i32> = crate::monitor::in_transaction(|| {
+            Local.read("SELECT pid FROM pg_catalog.pg_stat_wal_receiver", &[])
+        })
+        .ok()
+        .and_then(|r| r.get(0, 0).and_then(|v| v.parse().ok()));
+        if let Some(pid) = pid.filter(|p| *p > 0)
+            && unsafe { libc::kill(pid, libc::SIGTERM) } == 0
+        {
             log!(
-                "repmgr: {} stopped its WAL receiver for the election (repmgr.standby_disconnect_on_failover)",
+                "repmgr: {} stopped its WAL receiver (pid {pid}) for the election (repmgr.standby_disconnect_on_failover)",
                 me.describe()
             );
         }

@@ -214,7 +214,11 @@ fn a_frozen_primary_stalls_no_standby_and_promotes_nobody() {
     c.init_primary(1, opts());
     c.sql(1, "SELECT repmgr.register_primary()");
     for id in [2, 3] {
-        c.clone_standby(id, 1, opts().conf("repmgr.failover = manual"));
+        let mut o = opts().conf("repmgr.failover = manual");
+        if id == 2 {
+            o = o.conf("repmgr.standby_disconnect_on_failover = on");
+        }
+        c.clone_standby(id, 1, o);
         c.sql(id, "SELECT repmgr.register_standby()");
     }
     for id in [2, 3] {
@@ -305,6 +309,42 @@ fn a_frozen_primary_stalls_no_standby_and_promotes_nobody() {
         c.log(2)
             .contains("repmgr: unable to connect to upstream node \"node1\" (ID: 1)")
     );
+    // Node 2 stopped its WAL receiver when the lease ran out (it was still connected to the
+    // frozen primary); node 3 did not.
+    assert!(
+        c.log(2).contains("stopped its WAL receiver (pid "),
+        "{}",
+        c.log(2)
+    );
+    assert!(!c.log(3).contains("stopped its WAL receiver"));
+    // The failover side tells the same story: the standbys lost the primary (their failover
+    // is manual) and heard it again with no failover; the primary was fenced, then was not.
+    for (id, event, says) in [
+        (2, "standby_disconnect_manual", "repmgr.failover is manual"),
+        (3, "standby_disconnect_manual", "repmgr.failover is manual"),
+        (2, "repmgrd_failover_abort", "no failover took place"),
+        (3, "repmgrd_failover_abort", "no failover took place"),
+        (
+            1,
+            "repmgrd_primary_fenced",
+            "not confirmed by enough voters",
+        ),
+        (1, "repmgrd_primary_unfenced", "holds its lease again"),
+    ] {
+        let r = wait_row(
+            &c,
+            1,
+            event,
+            &format!(
+                "SELECT details FROM repmgr.events WHERE node_id = {id} AND event = '{event}'"
+            ),
+        );
+        assert!(
+            r.get(0, 0).unwrap().contains(says),
+            "{event}: {:?}",
+            r.get(0, 0)
+        );
+    }
 }
 
 #[test]
