@@ -673,12 +673,21 @@ impl Failover {
             primary_location,
         };
         match election::plan(&me_view, &peers, &rules) {
-            Plan::Stand { term } => self.stand(
-                term,
-                &me,
-                my_lsn.unwrap_or(0),
-                &answers.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
-            ),
+            Plan::Stand { term } => {
+                // For the validation command: nodes that answered, and those of them that
+                // lost the primary too (this node counts in both).
+                let answered: Vec<&Answer> = answers
+                    .iter()
+                    .filter_map(|(_, a)| a.as_ref().map(|(a, _, _)| a))
+                    .collect();
+                let lost = answered
+                    .iter()
+                    .filter(|a| a.silence >= self.timing.lease)
+                    .count();
+                let counts = (answered.len() + 1, lost + 1);
+                let voters: Vec<NodeRecord> = answers.iter().map(|(n, _)| n.clone()).collect();
+                self.stand(term, &me, my_lsn.unwrap_or(0), &voters, counts)
+            }
             other => {
                 let text = match other {
                     Plan::Defer { to } => format!("node {to} is the better candidate"),
@@ -733,19 +742,19 @@ impl Failover {
         }
     }
 
-    /// Runs `repmgr.failover_validation_command`, if set. Returns whether the election may go on.
-    fn validated(&mut self, me: &NodeRecord, voters: &[NodeRecord]) -> bool {
+    /// Runs `repmgr.failover_validation_command`, if set, with `%v` the visible nodes and `%u`
+    /// those that lost the primary. Returns whether the election may go on.
+    fn validated(&mut self, me: &NodeRecord, (visible, lost): (usize, usize)) -> bool {
         let Some(cmd) = self.settings.failover.validation_command.clone() else {
             return true;
         };
-        let visible = voters.len() + 1;
         let line = template::render(
             &cmd,
             &[
                 ('n', &me.node_id.to_string()),
                 ('a', &me.node_name),
                 ('v', &visible.to_string()),
-                ('u', &visible.to_string()),
+                ('u', &lost.to_string()),
                 ('t', &(self.nodes.len()).to_string()),
             ],
         );
@@ -840,8 +849,15 @@ impl Failover {
     }
 
     /// Runs the vote in `term`; promotes on a majority.
-    fn stand(&mut self, term: u64, me: &NodeRecord, lsn: u64, voters: &[NodeRecord]) {
-        if !self.validated(me, voters) {
+    fn stand(
+        &mut self,
+        term: u64,
+        me: &NodeRecord,
+        lsn: u64,
+        voters: &[NodeRecord],
+        counts: (usize, usize),
+    ) {
+        if !self.validated(me, counts) {
             return;
         }
         let Some(c) = self.campaign(term, me, lsn, voters, false) else {

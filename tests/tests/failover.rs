@@ -19,13 +19,18 @@ fn int(c: &Cluster, id: i32, sql: &str) -> i64 {
 /// A registered cluster: primary 1, standbys 2..=n, each with `opts(id)`.
 fn cluster(name: &str, standbys: &[i32], opts: impl Fn(i32) -> NodeOptions) -> Cluster {
     let mut c = Cluster::new(name);
+    populate(&mut c, standbys, opts);
+    c
+}
+
+/// Registers primary 1 and `standbys` in `c`, each with `opts(id)`.
+fn populate(c: &mut Cluster, standbys: &[i32], opts: impl Fn(i32) -> NodeOptions) {
     c.init_primary(1, opts(1));
     c.sql(1, "SELECT repmgr.register_primary()");
     for id in standbys {
         c.clone_standby(*id, 1, opts(*id));
         c.sql(*id, "SELECT repmgr.register_standby()");
     }
-    c
 }
 
 fn add_witness(c: &mut Cluster, id: i32) {
@@ -632,4 +637,43 @@ fn short_stalls_cause_no_failover_and_no_fencing() {
     std::thread::sleep(Duration::from_secs(1));
     let acks = load.stop();
     assert!(longest_gap(&acks, acks[0].1).is_none_or(|(g, _)| g < Duration::from_millis(500)));
+}
+
+#[test]
+fn failover_validation_command_holds_the_election_until_it_agrees() {
+    let mut c = Cluster::new("validation");
+    let log = c.dir.join("validation.log");
+    let go = c.dir.join("go");
+    let command = format!(
+        "repmgr.failover_validation_command = 'echo %n %v %u %t >> {}; test -e {}'",
+        log.display(),
+        go.display()
+    );
+    populate(&mut c, &[2, 3], |id| {
+        let o = NodeOptions::default().conf("repmgr.election_rerun_interval = '500ms'");
+        if id > 1 { o.conf(command.clone()) } else { o }
+    });
+    settled(&c, &[2, 3]);
+    c.kill9(1);
+    let first = c.wait_for("the validation command to run", WAIT, || {
+        std::fs::read_to_string(&log).ok().filter(|s| !s.is_empty())
+    });
+    // The candidate, 2 nodes visible (itself and the other standby), both lost the primary, 3
+    // registered.
+    let line: Vec<&str> = first.lines().next().unwrap().split(' ').collect();
+    assert!(["2", "3"].contains(&line[0]), "{first}");
+    assert_eq!(line[1..], ["2", "2", "3"], "{first}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        c.writable(&[2, 3]).is_empty(),
+        "no promotion while the command refuses"
+    );
+    assert!(
+        c.log(2)
+            .contains("failover_validation_command refused the election")
+            || c.log(3)
+                .contains("failover_validation_command refused the election")
+    );
+    std::fs::write(&go, "").unwrap();
+    new_primary(&c, &[2, 3]);
 }
