@@ -584,6 +584,50 @@ impl Cluster {
         fs::read_to_string(&self.node(id).log).unwrap_or_default()
     }
 
+    /// Waits until `primary` holds its lease and every node of `voters` confirms it.
+    pub fn settled(&self, primary: i32, voters: &[i32], timeout: Duration) {
+        self.wait_for("the primary's lease", timeout, || {
+            (self.writable(&[primary]) == [primary]).then_some(())
+        });
+        let sql = format!("SELECT 1 FROM repmgr.vote_info() WHERE primary_id = {primary}");
+        for id in voters {
+            self.wait_for("every voter to hear the primary", timeout, || {
+                self.try_sql(*id, &sql).ok().filter(|r| !r.rows.is_empty())
+            });
+        }
+    }
+
+    /// Waits until exactly one of `ids` is a writable primary, and returns it.
+    pub fn one_writable(&self, ids: &[i32], timeout: Duration) -> i32 {
+        self.wait_for("a new primary", timeout, || {
+            let w = self.writable(ids);
+            (w.len() == 1).then(|| w[0])
+        })
+    }
+
+    /// Whether `standby` streams from `upstream`.
+    pub fn streams_from(&self, upstream: i32, standby: i32) -> bool {
+        let name = self.node(standby).name.clone();
+        self.try_sql(
+            upstream,
+            &format!("SELECT 1 FROM pg_stat_replication WHERE application_name = '{name}' AND state = 'streaming'"),
+        )
+        .is_ok_and(|r| !r.rows.is_empty())
+    }
+
+    /// Waits until every node of `standbys` has replayed all that `primary` wrote so far.
+    pub fn caught_up(&self, primary: i32, standbys: &[i32], timeout: Duration) {
+        let lsn = self
+            .value(primary, "SELECT pg_current_wal_lsn()::text")
+            .expect("a WAL position");
+        let sql = format!("SELECT (pg_last_wal_replay_lsn() >= '{lsn}')::text");
+        for id in standbys {
+            self.wait_for("the standby to catch up", timeout, || {
+                (self.value(*id, &sql).as_deref() == Some("true")).then_some(())
+            });
+        }
+    }
+
     /// Polls `check` until it returns `Some`, failing the test after `timeout`.
     pub fn wait_for<T>(
         &self,

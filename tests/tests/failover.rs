@@ -41,28 +41,6 @@ fn add_witness(c: &mut Cluster, id: i32) {
     );
 }
 
-/// Waits until node 1 holds its lease and every standby confirms it.
-fn settled(c: &Cluster, voters: &[i32]) {
-    c.wait_for("the primary's lease", WAIT, || {
-        (c.writable(&[1]) == [1]).then_some(())
-    });
-    for id in voters {
-        c.wait_for("every voter to hear the primary", WAIT, || {
-            c.try_sql(*id, "SELECT 1 FROM repmgr.vote_info() WHERE primary_id = 1")
-                .ok()
-                .filter(|r| !r.rows.is_empty())
-        });
-    }
-}
-
-/// Waits until exactly one of `ids` is a writable primary, and returns it.
-fn new_primary(c: &Cluster, ids: &[i32]) -> i32 {
-    c.wait_for("a new primary", WAIT, || {
-        let w = c.writable(ids);
-        (w.len() == 1).then(|| w[0])
-    })
-}
-
 /// Every acknowledged value must be on `node`.
 fn none_lost(c: &Cluster, node: i32, table: &str, acks: &[(i64, Instant)]) {
     let present: HashSet<i64> = c
@@ -115,28 +93,10 @@ fn nothing_confirmed_after_promotion(
     acks.iter().filter(|(v, _)| !present.contains(v)).count()
 }
 
-/// Waits until every standby has replayed everything the primary wrote.
-fn caught_up(c: &Cluster, primary: i32, standbys: &[i32]) {
-    let lsn = c
-        .value(primary, "SELECT pg_current_wal_lsn()::text")
-        .unwrap();
-    for id in standbys {
-        c.wait_for("the standby to catch up", WAIT, || {
-            (c.value(
-                *id,
-                &format!("SELECT (pg_last_wal_replay_lsn() >= '{lsn}')::text"),
-            )
-            .as_deref()
-                == Some("true"))
-            .then_some(())
-        });
-    }
-}
-
 #[test]
 fn kill_9_of_the_primary_promotes_one_standby_and_the_other_follows() {
     let c = cluster("kill9", &[2, 3], |_| NodeOptions::default());
-    settled(&c, &[2, 3]);
+    c.settled(1, &[2, 3], WAIT);
     let load = Load::start(
         &c.multi_host(&[1, 2, 3]),
         "acked",
@@ -145,11 +105,11 @@ fn kill_9_of_the_primary_promotes_one_standby_and_the_other_follows() {
     std::thread::sleep(Duration::from_secs(1));
     // The standbys are caught up when the primary dies: nothing acknowledged may be lost.
     load.pause();
-    caught_up(&c, 1, &[2, 3]);
+    c.caught_up(1, &[2, 3], WAIT);
     let crash = Instant::now();
     c.kill9(1);
     load.resume();
-    let new = new_primary(&c, &[2, 3]);
+    let new = c.one_writable(&[2, 3], WAIT);
     let promoted = crash.elapsed();
     let other = if new == 2 { 3 } else { 2 };
     c.wait_for("the other standby to stream from the new primary", WAIT, || {
@@ -202,7 +162,7 @@ fn kill_9_of_the_primary_promotes_one_standby_and_the_other_follows() {
 #[test]
 fn a_frozen_primary_is_replaced_and_never_confirms_another_commit() {
     let c = cluster("freeze", &[2, 3], |_| NodeOptions::default());
-    settled(&c, &[2, 3]);
+    c.settled(1, &[2, 3], WAIT);
     // A session on the primary with a write in progress and a local-only commit.
     let mut session = repmgr_tests::connect(&c.node(1).conninfo());
     for q in [
@@ -214,7 +174,7 @@ fn a_frozen_primary_is_replaced_and_never_confirms_another_commit() {
         repmgr_tests::query(&mut session, q);
     }
     c.freeze(1);
-    let new = new_primary(&c, &[2, 3]);
+    let new = c.one_writable(&[2, 3], WAIT);
     c.sql(new, "CREATE TABLE after_promotion AS SELECT 1 AS x");
     c.thaw(1);
     // The moment it wakes, the old primary's pending commit is refused.
@@ -256,7 +216,7 @@ fn a_primary_cut_off_by_the_network_is_replaced_and_stays_fenced() {
         c.clone_standby(id, 1, NodeOptions::default());
         c.sql(id, "SELECT repmgr.register_standby()");
     }
-    settled(&c, &[2, 3]);
+    c.settled(1, &[2, 3], WAIT);
     // Asymmetric first: the primary loses node 2 only. Node 3 still confirms it, and node 2
     // hears from node 3 that the primary lives: no election.
     c.network().cut(1, 2);
@@ -267,7 +227,7 @@ fn a_primary_cut_off_by_the_network_is_replaced_and_stays_fenced() {
         "a primary that still has its quorum keeps it"
     );
     c.network().mend(1, 2);
-    settled(&c, &[2, 3]);
+    c.settled(1, &[2, 3], WAIT);
     // Now cut it off entirely.
     let load = Load::start(
         &c.multi_host(&[1, 2, 3]),
@@ -276,10 +236,10 @@ fn a_primary_cut_off_by_the_network_is_replaced_and_stays_fenced() {
     );
     std::thread::sleep(Duration::from_secs(1));
     load.pause();
-    caught_up(&c, 1, &[2, 3]);
+    c.caught_up(1, &[2, 3], WAIT);
     c.network().isolate(1);
     load.resume();
-    let new = new_primary(&c, &[2, 3]);
+    let new = c.one_writable(&[2, 3], WAIT);
     assert_eq!(
         c.value(1, "SELECT fenced::text FROM repmgr.node_status()")
             .as_deref(),
@@ -347,14 +307,14 @@ fn two_data_nodes_and_a_witness() {
     }
     add_witness(&mut c, 3);
     assert!(node_check(&c, 2, "failover quorum").starts_with("OK: 3 voters"));
-    settled(&c, &[2, 3]);
+    c.settled(1, &[2, 3], WAIT);
     c.kill9(1);
-    assert_eq!(new_primary(&c, &[2]), 2);
+    assert_eq!(c.one_writable(&[2], WAIT), 2);
     drop(c);
     // With the witness gone too, a lone standby never promotes.
     let mut c = cluster("witness-down", &[2], |_| NodeOptions::default());
     add_witness(&mut c, 3);
-    settled(&c, &[2, 3]);
+    c.settled(1, &[2, 3], WAIT);
     c.stop(3);
     c.kill9(1);
     std::thread::sleep(Duration::from_secs(6));
@@ -391,7 +351,7 @@ fn two_data_nodes_and_a_witness() {
         .expect_err("a fenced primary refuses writes");
     assert_eq!(e.sqlstate.as_deref(), Some("25006"), "{e:?}");
     c.start(3);
-    assert_eq!(new_primary(&c, &[2]), 2);
+    assert_eq!(c.one_writable(&[2], WAIT), 2);
     c.wait_for("the promotion event", WAIT, || {
         c.try_sql(2, "SELECT 1 FROM repmgr.events WHERE node_id = 2 AND event = 'standby_promote' AND successful")
             .ok()
@@ -408,7 +368,7 @@ fn manual_promote_and_follow() {
             NodeOptions::default()
         }
     });
-    settled(&c, &[2, 3]);
+    c.settled(1, &[2, 3], WAIT);
     // Node 3 cascades from node 2; the call returns once it streams.
     let done = c.value(3, "SELECT repmgr.follow(2)").unwrap();
     assert!(done.contains("now follows node 2"), "{done}");
@@ -445,7 +405,7 @@ fn manual_promote_and_follow() {
             .and_then(|r| r.get(0, 0).map(str::to_string))
     });
     assert!(done.contains("promoted to primary"), "{done}");
-    assert_eq!(new_primary(&c, &[2, 3]), 2);
+    assert_eq!(c.one_writable(&[2, 3], WAIT), 2);
     c.wait_for("node 3 to keep streaming from node 2", WAIT, || {
         c.try_sql(2, "SELECT 1 FROM pg_stat_replication WHERE application_name = 'node3' AND state = 'streaming'")
             .ok()
@@ -476,9 +436,9 @@ fn exclusions_priority_zero_manual_and_lag() {
             NodeOptions::default()
         }
     });
-    settled(&c, &[2, 3]);
+    c.settled(1, &[2, 3], WAIT);
     c.kill9(1);
-    assert_eq!(new_primary(&c, &[2, 3]), 3);
+    assert_eq!(c.one_writable(&[2, 3], WAIT), 3);
     drop(c);
     // failover = manual everywhere: nobody acts alone, and says so.
     let c = cluster("manual", &[2, 3], |id| {
@@ -488,7 +448,7 @@ fn exclusions_priority_zero_manual_and_lag() {
             NodeOptions::default()
         }
     });
-    settled(&c, &[2, 3]);
+    c.settled(1, &[2, 3], WAIT);
     c.kill9(1);
     std::thread::sleep(Duration::from_secs(6));
     for id in [2, 3] {
@@ -509,14 +469,14 @@ fn exclusions_priority_zero_manual_and_lag() {
         3 => NodeOptions::default().conf("repmgr.max_lag_on_failover = '64kB'"),
         _ => NodeOptions::default(),
     });
-    settled(&c, &[2, 3]);
+    c.settled(1, &[2, 3], WAIT);
     // Node 3 stops receiving WAL while the primary writes a few megabytes.
     c.set(3, "primary_conninfo", "host=127.0.0.1 port=1");
     c.sql(
         1,
         "CREATE TABLE bulk AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 20000) g",
     );
-    caught_up(&c, 1, &[2]);
+    c.caught_up(1, &[2], WAIT);
     c.kill9(1);
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(
@@ -570,9 +530,9 @@ fn back_to_back_failovers_keep_slots_for_the_survivors() {
     // With a witness, the third data node still has a majority after two losses of primary.
     let mut c = cluster("twice", &[2, 3], |_| NodeOptions::default());
     add_witness(&mut c, 4);
-    settled(&c, &[2, 3, 4]);
+    c.settled(1, &[2, 3, 4], WAIT);
     c.kill9(1);
-    let first = new_primary(&c, &[2, 3]);
+    let first = c.one_writable(&[2, 3], WAIT);
     let survivor = if first == 2 { 3 } else { 2 };
     c.wait_for("the survivor to stream from the first new primary", WAIT, || {
         c.try_sql(first, &format!("SELECT 1 FROM pg_stat_replication WHERE application_name = 'node{survivor}' AND state = 'streaming'"))
@@ -592,7 +552,7 @@ fn back_to_back_failovers_keep_slots_for_the_survivors() {
     });
     std::thread::sleep(Duration::from_secs(2));
     c.kill9(first);
-    assert_eq!(new_primary(&c, &[survivor]), survivor);
+    assert_eq!(c.one_writable(&[survivor], WAIT), survivor);
     c.sql(survivor, "CREATE TABLE after_two AS SELECT 1 AS x");
 }
 
@@ -600,7 +560,7 @@ fn back_to_back_failovers_keep_slots_for_the_survivors() {
 fn short_stalls_cause_no_failover_and_no_fencing() {
     // Default settings: a 1 s freeze.
     let c = cluster("stall", &[2, 3], |_| NodeOptions::default());
-    settled(&c, &[2, 3]);
+    c.settled(1, &[2, 3], WAIT);
     c.sql(1, "CREATE TABLE stall (x int)");
     for _ in 0..3 {
         c.freeze(1);
@@ -624,7 +584,7 @@ fn short_stalls_cause_no_failover_and_no_fencing() {
             .conf("repmgr.lease_timeout = '1400ms'")
     };
     let c = cluster("stall-fast", &[2, 3], |_| fast());
-    settled(&c, &[2, 3]);
+    c.settled(1, &[2, 3], WAIT);
     for _ in 0..3 {
         c.freeze(1);
         std::thread::sleep(Duration::from_millis(700));
@@ -653,7 +613,7 @@ fn failover_validation_command_holds_the_election_until_it_agrees() {
         let o = NodeOptions::default().conf("repmgr.election_rerun_interval = '500ms'");
         if id > 1 { o.conf(command.clone()) } else { o }
     });
-    settled(&c, &[2, 3]);
+    c.settled(1, &[2, 3], WAIT);
     c.kill9(1);
     let first = c.wait_for("the validation command to run", WAIT, || {
         std::fs::read_to_string(&log).ok().filter(|s| !s.is_empty())
@@ -675,5 +635,5 @@ fn failover_validation_command_holds_the_election_until_it_agrees() {
                 .contains("failover_validation_command refused the election")
     );
     std::fs::write(&go, "").unwrap();
-    new_primary(&c, &[2, 3]);
+    c.one_writable(&[2, 3], WAIT);
 }

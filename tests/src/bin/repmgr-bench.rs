@@ -4,18 +4,28 @@
 //! measures the worker's CPU time and memory while the cluster idles, then pgbench TPS on the
 //! primary with repmgr preloaded (worker running on both nodes) and without it, alternating
 //! runs on the same servers so that drift in the machine affects both sides alike.
+//!
+//! `failover`: automatic failover after `kill -9` of the primary of a fresh three-node
+//! cluster (defaults), under a client committing a small insert every 10 ms through a
+//! multi-host conninfo with `target_session_attrs=read-write`, as an application would. Per
+//! run: time to a writable new primary, to the other standby streaming from it, the client's
+//! write gap (last acknowledged commit before the crash to the first after), and acknowledged
+//! commits missing on the new primary.
 
 use std::fs;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
+use repmgr_tests::load::{Load, longest_gap};
 use repmgr_tests::{Cluster, NodeOptions, bindir};
 
 /// Clock ticks per second for /proc CPU times (Linux's USER_HZ).
 const TICKS_PER_SECOND: f64 = 100.0;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]");
+    eprintln!(
+        "usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]\n       repmgr-bench failover [--runs N]"
+    );
     ExitCode::from(2)
 }
 
@@ -242,6 +252,135 @@ fn overhead(pairs: usize, seconds: u64, idle: u64) {
     println!("total {:.0} s", started.elapsed().as_secs_f64());
 }
 
+/// One failover run's figures.
+struct Run {
+    writable: Duration,
+    following: Duration,
+    gap: Duration,
+    acked: usize,
+    lost: usize,
+}
+
+fn failover_run(run: usize) -> Run {
+    let wait = Duration::from_secs(60);
+    let mut c = Cluster::new(&format!("bench-failover-{run}"));
+    c.init_primary(1, NodeOptions::default());
+    c.sql(1, "SELECT repmgr.register_primary()");
+    for id in [2, 3] {
+        c.clone_standby(id, 1, NodeOptions::default());
+        c.sql(id, "SELECT repmgr.register_standby()");
+    }
+    c.settled(1, &[2, 3], wait);
+    let load = Load::start(
+        &c.multi_host(&[1, 2, 3]),
+        "acked",
+        Duration::from_millis(10),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let crash = Instant::now();
+    c.kill9(1);
+    // Polled every 20 ms rather than through wait_for's 100 ms, for resolution.
+    let poll = |what: &str, mut done: Box<dyn FnMut() -> Option<i32> + '_>| -> (i32, Duration) {
+        loop {
+            if let Some(v) = done() {
+                return (v, crash.elapsed());
+            }
+            assert!(
+                crash.elapsed() < wait,
+                "run {run}: no {what} within {wait:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (new, writable) = poll(
+        "writable new primary",
+        Box::new(|| {
+            let w = c.writable(&[2, 3]);
+            (w.len() == 1).then(|| w[0])
+        }),
+    );
+    let other = if new == 2 { 3 } else { 2 };
+    let (_, following) = poll(
+        "streaming standby",
+        Box::new(|| c.streams_from(new, other).then_some(other)),
+    );
+    c.wait_for("writes on the new primary", wait, || {
+        load.acks()
+            .last()
+            .is_some_and(|(_, t)| *t > crash)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let acks = load.stop();
+    // The longest pause in acknowledgements ending after the crash: the kill takes a few
+    // milliseconds, during which the old primary may still acknowledge a commit or two.
+    let gap = longest_gap(&acks, crash).map_or(Duration::ZERO, |(g, _)| g);
+    let present: std::collections::HashSet<i64> = c
+        .sql(new, "SELECT id FROM acked")
+        .rows
+        .iter()
+        .filter_map(|r| r[0].as_deref()?.parse().ok())
+        .collect();
+    let lost = acks.iter().filter(|(v, _)| !present.contains(v)).count();
+    Run {
+        writable,
+        following,
+        gap,
+        acked: acks.len(),
+        lost,
+    }
+}
+
+/// Median, 90th percentile and worst of `v`, in seconds.
+fn spread(v: &mut [Duration]) -> String {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64();
+    format!(
+        "median {:.2} s, p90 {:.2} s, worst {:.2} s, best {:.2} s",
+        at(0.5),
+        at(0.9),
+        at(1.0),
+        at(0.0)
+    )
+}
+
+fn failover(runs: usize) {
+    let started = Instant::now();
+    println!(
+        "== failover after kill -9 of the primary: 3 nodes (primary + 2 standbys), default settings, a commit every 10 ms, {runs} runs"
+    );
+    let mut all = Vec::new();
+    for run in 1..=runs {
+        let r = failover_run(run);
+        println!(
+            "run {run:2}: writable new primary after {:.2} s, other standby streaming after {:.2} s (+{:.2} s), write gap {:.2} s, {} of {} acknowledged commits missing",
+            r.writable.as_secs_f64(),
+            r.following.as_secs_f64(),
+            (r.following.saturating_sub(r.writable)).as_secs_f64(),
+            r.gap.as_secs_f64(),
+            r.lost,
+            r.acked
+        );
+        all.push(r);
+    }
+    let pick = |f: fn(&Run) -> Duration| spread(&mut all.iter().map(f).collect::<Vec<_>>());
+    println!(
+        "writable new primary after the crash: {}",
+        pick(|r| r.writable)
+    );
+    println!(
+        "other standby streaming, after the promotion: {}",
+        pick(|r| r.following.saturating_sub(r.writable))
+    );
+    println!("client write gap: {}", pick(|r| r.gap));
+    println!(
+        "acknowledged commits missing on the new primary: {} of {} in all runs",
+        all.iter().map(|r| r.lost).sum::<usize>(),
+        all.iter().map(|r| r.acked).sum::<usize>()
+    );
+    println!("total {:.0} s", started.elapsed().as_secs_f64());
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(mode) = args.first() else {
@@ -260,6 +399,7 @@ fn main() -> ExitCode {
             opt("--seconds", 30),
             opt("--idle", 60),
         ),
+        "failover" => failover(opt("--runs", 10) as usize),
         _ => return usage(),
     }
     ExitCode::SUCCESS
