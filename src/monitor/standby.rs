@@ -56,13 +56,16 @@ impl Monitor {
             None
         };
         let up = self.watch_upstream(now, &upstream, observed);
-        if up {
-            if let (Some(p), true) = (history, due) {
-                self.write_history(snap, me, p);
-            }
-            if let Some(p) = primary.as_ref() {
-                flush_to(&mut self.outbox, &self.settings, &mut self.peers, p);
-            }
+        if up && let (Some(p), true) = (history, due) {
+            self.write_history(snap, me, p);
+        }
+        // Events go to the primary whenever it is known to answer: through the upstream
+        // check, or because this node's polls reach it (its upstream may be elsewhere, or dead).
+        let primary_answers = self.failover.silence().is_some_and(|s| s < quiet);
+        if (up || primary_answers)
+            && let Some(p) = primary.as_ref()
+        {
+            flush_to(&mut self.outbox, &self.settings, &mut self.peers, p);
         }
         // The upstream is gone but the cluster has a primary elsewhere (a failover happened,
         // or a cascading upstream died): stream from it.

@@ -637,3 +637,84 @@ fn failover_validation_command_holds_the_election_until_it_agrees() {
     std::fs::write(&go, "").unwrap();
     c.one_writable(&[2, 3], WAIT);
 }
+
+#[test]
+fn a_standby_ahead_of_a_forced_promotion_reports_divergence_and_stays_put() {
+    let c = cluster("diverged", &[2, 3], |id| {
+        if id > 1 {
+            NodeOptions::default().conf("repmgr.failover = manual")
+        } else {
+            NodeOptions::default()
+        }
+    });
+    c.settled(1, &[2, 3], WAIT);
+    // Node 2 stops receiving; node 3 gets what the primary writes next.
+    c.set(2, "primary_conninfo", "host=127.0.0.1 port=1");
+    c.sql(
+        1,
+        "CREATE TABLE later AS SELECT g FROM generate_series(1, 1000) g",
+    );
+    c.caught_up(1, &[3], WAIT);
+    c.kill9(1);
+    // Refused while node 3 has more WAL, once the lease has run out.
+    let message = c.wait_for("the refusal that names node 3", WAIT, || {
+        let (_, m) = refused(&c, 2, "SELECT repmgr.promote()");
+        m.contains("has received more WAL").then_some(m)
+    });
+    assert!(message.contains("node 3 (\"node3\")"), "{message}");
+    let done = c.value(2, "SELECT repmgr.promote(force => true)").unwrap();
+    assert!(done.contains("promoted to primary"), "{done}");
+    // Node 3 cannot follow a timeline that began before what it received: it says so and
+    // stays a standby of nobody, rather than corrupting itself.
+    c.wait_for("node 3 to report its divergence", WAIT, || {
+        (c.value(3, "SELECT diverged::text FROM repmgr.node_status()")
+            .as_deref()
+            == Some("true"))
+        .then_some(())
+    });
+    assert_eq!(
+        c.value(3, "SELECT pg_is_in_recovery()::text").as_deref(),
+        Some("true")
+    );
+    assert!(!c.streams_from(2, 3));
+    assert!(
+        node_check(&c, 3, "timeline").starts_with("CRITICAL"),
+        "{}",
+        node_check(&c, 3, "timeline")
+    );
+    let r = c.wait_for("the failed follow event", WAIT, || {
+        c.try_sql(2, "SELECT details FROM repmgr.events WHERE node_id = 3 AND NOT successful AND event IN ('standby_follow', 'repmgrd_failover_follow')")
+            .ok()
+            .filter(|r| !r.rows.is_empty())
+    });
+    assert!(
+        r.get(0, 0).unwrap().contains("needs repmgr node rejoin"),
+        "{:?}",
+        r.get(0, 0)
+    );
+}
+
+#[test]
+fn fence_action_shutdown_stops_a_primary_that_lost_its_lease() {
+    let c = cluster("fence-shutdown", &[2, 3], |id| {
+        let o = NodeOptions::default().conf("repmgr.fence_action = shutdown");
+        if id > 1 {
+            o.conf("repmgr.failover = manual")
+        } else {
+            o
+        }
+    });
+    c.settled(1, &[2, 3], WAIT);
+    let pid = c.node(1).pid().expect("the primary runs");
+    c.stop(2);
+    c.stop(3);
+    c.wait_for("the primary to stop itself", WAIT, || {
+        (unsafe { libc::kill(pid, 0) } != 0).then_some(())
+    });
+    assert!(
+        c.log(1)
+            .contains("repmgr.fence_action = shutdown: stopping the server"),
+        "{}",
+        c.log(1)
+    );
+}
