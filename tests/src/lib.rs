@@ -584,6 +584,16 @@ impl Cluster {
         fs::read_to_string(&self.node(id).log).unwrap_or_default()
     }
 
+    /// Creates and registers primary 1 and `standbys` (cloned from it), each with `opts(id)`.
+    pub fn populate(&mut self, standbys: &[i32], opts: impl Fn(i32) -> NodeOptions) {
+        self.init_primary(1, opts(1));
+        self.sql(1, "SELECT repmgr.register_primary()");
+        for id in standbys {
+            self.clone_standby(*id, 1, opts(*id));
+            self.sql(*id, "SELECT repmgr.register_standby()");
+        }
+    }
+
     /// Waits until `primary` holds its lease and every node of `voters` confirms it.
     pub fn settled(&self, primary: i32, voters: &[i32], timeout: Duration) {
         self.wait_for("the primary's lease", timeout, || {

@@ -19,17 +19,25 @@ fn int(c: &Cluster, id: i32, sql: &str) -> i64 {
 /// A registered cluster: primary 1, standbys 2..=n, each with `opts(id)`.
 fn cluster(name: &str, standbys: &[i32], opts: impl Fn(i32) -> NodeOptions) -> Cluster {
     let mut c = Cluster::new(name);
-    populate(&mut c, standbys, opts);
+    c.populate(standbys, opts);
     c
 }
 
-/// Registers primary 1 and `standbys` in `c`, each with `opts(id)`.
-fn populate(c: &mut Cluster, standbys: &[i32], opts: impl Fn(i32) -> NodeOptions) {
-    c.init_primary(1, opts(1));
-    c.sql(1, "SELECT repmgr.register_primary()");
-    for id in standbys {
-        c.clone_standby(*id, 1, opts(*id));
-        c.sql(*id, "SELECT repmgr.register_standby()");
+/// Standby `behind` stops receiving WAL, the primary runs `sql`, standby `ahead` receives all
+/// of it, and the primary dies.
+fn crash_with_one_behind(c: &Cluster, behind: i32, ahead: i32, sql: &str) {
+    c.set(behind, "primary_conninfo", "host=127.0.0.1 port=1");
+    c.sql(1, sql);
+    c.caught_up(1, &[ahead], WAIT);
+    c.kill9(1);
+}
+
+/// Options for a cluster whose standbys never act alone (`repmgr.failover = manual`).
+fn manual_standbys(id: i32) -> NodeOptions {
+    if id > 1 {
+        NodeOptions::default().conf("repmgr.failover = manual")
+    } else {
+        NodeOptions::default()
     }
 }
 
@@ -210,12 +218,7 @@ fn a_frozen_primary_is_replaced_and_never_confirms_another_commit() {
 #[test]
 fn a_primary_cut_off_by_the_network_is_replaced_and_stays_fenced() {
     let mut c = Cluster::with_network("netsplit");
-    c.init_primary(1, NodeOptions::default());
-    c.sql(1, "SELECT repmgr.register_primary()");
-    for id in [2, 3] {
-        c.clone_standby(id, 1, NodeOptions::default());
-        c.sql(id, "SELECT repmgr.register_standby()");
-    }
+    c.populate(&[2, 3], |_| NodeOptions::default());
     c.settled(1, &[2, 3], WAIT);
     // Asymmetric first: the primary loses node 2 only. Node 3 still confirms it, and node 2
     // hears from node 3 that the primary lives: no election.
@@ -361,13 +364,7 @@ fn two_data_nodes_and_a_witness() {
 
 #[test]
 fn manual_promote_and_follow() {
-    let c = cluster("manual-ops", &[2, 3], |id| {
-        if id > 1 {
-            NodeOptions::default().conf("repmgr.failover = manual")
-        } else {
-            NodeOptions::default()
-        }
-    });
+    let c = cluster("manual-ops", &[2, 3], manual_standbys);
     c.settled(1, &[2, 3], WAIT);
     // Node 3 cascades from node 2; the call returns once it streams.
     let done = c.value(3, "SELECT repmgr.follow(2)").unwrap();
@@ -441,13 +438,7 @@ fn exclusions_priority_zero_manual_and_lag() {
     assert_eq!(c.one_writable(&[2, 3], WAIT), 3);
     drop(c);
     // failover = manual everywhere: nobody acts alone, and says so.
-    let c = cluster("manual", &[2, 3], |id| {
-        if id > 1 {
-            NodeOptions::default().conf("repmgr.failover = manual")
-        } else {
-            NodeOptions::default()
-        }
-    });
+    let c = cluster("manual", &[2, 3], manual_standbys);
     c.settled(1, &[2, 3], WAIT);
     c.kill9(1);
     std::thread::sleep(Duration::from_secs(6));
@@ -471,13 +462,12 @@ fn exclusions_priority_zero_manual_and_lag() {
     });
     c.settled(1, &[2, 3], WAIT);
     // Node 3 stops receiving WAL while the primary writes a few megabytes.
-    c.set(3, "primary_conninfo", "host=127.0.0.1 port=1");
-    c.sql(
-        1,
+    crash_with_one_behind(
+        &c,
+        3,
+        2,
         "CREATE TABLE bulk AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 20000) g",
     );
-    c.caught_up(1, &[2], WAIT);
-    c.kill9(1);
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(
         c.value(3, "SELECT pg_is_in_recovery()::text").as_deref(),
@@ -609,7 +599,7 @@ fn failover_validation_command_holds_the_election_until_it_agrees() {
         log.display(),
         go.display()
     );
-    populate(&mut c, &[2, 3], |id| {
+    c.populate(&[2, 3], |id| {
         let o = NodeOptions::default().conf("repmgr.election_rerun_interval = '500ms'");
         if id > 1 { o.conf(command.clone()) } else { o }
     });
@@ -640,22 +630,15 @@ fn failover_validation_command_holds_the_election_until_it_agrees() {
 
 #[test]
 fn a_standby_ahead_of_a_forced_promotion_reports_divergence_and_stays_put() {
-    let c = cluster("diverged", &[2, 3], |id| {
-        if id > 1 {
-            NodeOptions::default().conf("repmgr.failover = manual")
-        } else {
-            NodeOptions::default()
-        }
-    });
+    let c = cluster("diverged", &[2, 3], manual_standbys);
     c.settled(1, &[2, 3], WAIT);
     // Node 2 stops receiving; node 3 gets what the primary writes next.
-    c.set(2, "primary_conninfo", "host=127.0.0.1 port=1");
-    c.sql(
-        1,
+    crash_with_one_behind(
+        &c,
+        2,
+        3,
         "CREATE TABLE later AS SELECT g FROM generate_series(1, 1000) g",
     );
-    c.caught_up(1, &[3], WAIT);
-    c.kill9(1);
     // Refused while node 3 has more WAL, once the lease has run out.
     let message = c.wait_for("the refusal that names node 3", WAIT, || {
         let (_, m) = refused(&c, 2, "SELECT repmgr.promote()");

@@ -264,12 +264,7 @@ struct Run {
 fn failover_run(run: usize) -> Run {
     let wait = Duration::from_secs(60);
     let mut c = Cluster::new(&format!("bench-failover-{run}"));
-    c.init_primary(1, NodeOptions::default());
-    c.sql(1, "SELECT repmgr.register_primary()");
-    for id in [2, 3] {
-        c.clone_standby(id, 1, NodeOptions::default());
-        c.sql(id, "SELECT repmgr.register_standby()");
-    }
+    c.populate(&[2, 3], |_| NodeOptions::default());
     c.settled(1, &[2, 3], wait);
     let load = Load::start(
         &c.multi_host(&[1, 2, 3]),
