@@ -10,10 +10,23 @@ use crate::error::{Failure, OrRaise};
 use crate::pglsn::PgLsn;
 use crate::{registration, shmem, status};
 
+/// The settings, with the `nodes.config_file` to record: the caller's repmgr.conf when the
+/// command line registers, else the server's own configuration file.
+fn settings_with(config_file: Option<String>) -> Settings {
+    let mut s = Settings::current();
+    if let Some(f) = config_file.filter(|f| !f.is_empty()) {
+        s.config_file = f;
+    }
+    s
+}
+
 /// Registers this server, which must not be in recovery, as the cluster's primary.
 #[pg_extern(volatile)]
-fn register_primary(force: default!(bool, false)) -> i32 {
-    registration::register_primary(&Settings::current(), force).or_raise()
+fn register_primary(
+    force: default!(bool, false),
+    config_file: default!(Option<String>, "NULL"),
+) -> i32 {
+    registration::register_primary(&settings_with(config_file), force).or_raise()
 }
 
 /// Registers this standby, writing its record on the primary.
@@ -21,14 +34,19 @@ fn register_primary(force: default!(bool, false)) -> i32 {
 fn register_standby(
     upstream_node_id: default!(Option<i32>, "NULL"),
     force: default!(bool, false),
+    config_file: default!(Option<String>, "NULL"),
 ) -> i32 {
-    registration::register_standby(&Settings::current(), upstream_node_id, force).or_raise()
+    registration::register_standby(&settings_with(config_file), upstream_node_id, force).or_raise()
 }
 
 /// Registers this separate server as the cluster's witness.
 #[pg_extern(volatile)]
-fn register_witness(primary_conninfo: &str, force: default!(bool, false)) -> i32 {
-    registration::register_witness(&Settings::current(), primary_conninfo, force).or_raise()
+fn register_witness(
+    primary_conninfo: &str,
+    force: default!(bool, false),
+    config_file: default!(Option<String>, "NULL"),
+) -> i32 {
+    registration::register_witness(&settings_with(config_file), primary_conninfo, force).or_raise()
 }
 
 /// Removes a node's record (this node's when `node_id` is NULL).
@@ -228,4 +246,19 @@ fn node_check() -> TableIterator<
             .into_iter()
             .map(|c| (c.name.to_string(), c.status.to_string(), c.details)),
     )
+}
+
+/// Which node's server reaches which, as each node answers when asked from here (a NULL
+/// `reachable`: the source node could not be asked).
+#[pg_extern(volatile)]
+fn cluster_matrix() -> TableIterator<
+    'static,
+    (
+        name!(source_node_id, i32),
+        name!(target_node_id, i32),
+        name!(reachable, Option<bool>),
+    ),
+> {
+    let cells = status::cluster_matrix(&Settings::current()).or_raise();
+    TableIterator::new(cells.into_iter().map(|c| (c.source, c.target, c.reachable)))
 }

@@ -50,25 +50,12 @@ pub fn reload_configuration() {
 
 /// The `primary_conninfo` this standby uses to stream from `upstream`.
 pub fn primary_conninfo(me: &NodeRecord, upstream: &NodeRecord) -> Result<String> {
-    let base = conninfo::without(
-        &upstream.conninfo,
-        &[
-            "dbname",
-            "replication",
-            "application_name",
-            "fallback_application_name",
-            "options",
-        ],
-    )
-    .and_then(|c| conninfo::with(&c, "user", &upstream.repluser))
-    .and_then(|c| conninfo::with(&c, "application_name", &me.node_name))
-    .map_err(|e| {
+    conninfo::replication(&upstream.conninfo, &upstream.repluser, &me.node_name).map_err(|e| {
         Failure::invalid(format!(
             "the conninfo of {} is not valid: {e}",
             upstream.describe()
         ))
-    })?;
-    Ok(base)
+    })
 }
 
 /// Streams from `upstream` from now on: makes sure this node's slot exists there (when slots

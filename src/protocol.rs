@@ -248,3 +248,21 @@ fn request_vote(
     }
     TableIterator::once((reply.term as i64, reply.granted, reply.reason))
 }
+
+/// A switchover stopped `node_id`, the primary this node follows, and verified from its
+/// control file that it shut down cleanly: this voter stops waiting for the lease to run out,
+/// so that the new primary's votes come at once. Returns whether `node_id` was the primary
+/// this node follows.
+#[pg_extern(volatile)]
+fn primary_stopped(node_id: i32) -> bool {
+    let now = clock::now();
+    let known = shmem::update(|s| {
+        let timing = s.failover.timing;
+        s.failover.voter.primary_gone(now, node_id, &timing)
+    })
+    .unwrap_or(false);
+    if known {
+        log!("repmgr: told that primary node {node_id} shut down cleanly for a switchover");
+    }
+    known
+}

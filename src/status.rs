@@ -267,3 +267,48 @@ pub fn daemon_status(settings: &Settings) -> Result<Vec<DaemonStatus>> {
         })
         .collect())
 }
+
+/// One cell of the connectivity matrix.
+pub struct MatrixCell {
+    pub source: i32,
+    pub target: i32,
+    /// Whether `source`'s server reaches `target`'s; `None` when `source` could not be asked.
+    pub reachable: Option<bool>,
+}
+
+/// The connectivity matrix as this node sees it: every node's own view of every node, asked
+/// of that node (its `daemon_status()`), or unknown when it cannot be asked from here.
+pub fn cluster_matrix(settings: &Settings) -> Result<Vec<MatrixCell>> {
+    let nodes = registered_nodes()?;
+    let mut out = Vec::new();
+    for source in &nodes {
+        let seen: Option<Vec<(i32, bool)>> = if source.node_id == settings.node_id {
+            daemon_status(settings)
+                .ok()
+                .map(|v| v.iter().map(|d| (d.node_id, d.reachable)).collect())
+        } else {
+            crate::peer::Peer::connect(&source.conninfo, &source.describe(), settings)
+                .and_then(|mut p| {
+                    p.run("SELECT node_id, reachable FROM repmgr.daemon_status()", &[])
+                })
+                .ok()
+                .map(|r| {
+                    (0..r.rows.len())
+                        .filter_map(|i| {
+                            Some((r.get(i, 0)?.parse().ok()?, r.get(i, 1) == Some("t")))
+                        })
+                        .collect()
+                })
+        };
+        for target in &nodes {
+            out.push(MatrixCell {
+                source: source.node_id,
+                target: target.node_id,
+                reachable: seen
+                    .as_ref()
+                    .map(|s| s.iter().any(|(id, ok)| *id == target.node_id && *ok)),
+            });
+        }
+    }
+    Ok(out)
+}

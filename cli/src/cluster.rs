@@ -1,334 +1,534 @@
-//! `repmgr cluster show`: every registered node, checked live, in repmgr's layout.
+//! `cluster show|matrix|crosscheck|event|cleanup`: views over the whole cluster.
+
+use std::collections::{BTreeMap, HashMap};
 
 use repmgr_core::conninfo;
 use repmgr_core::node::NodeType;
+use serde_json::{Value, json};
 
-use crate::conn::{self, Target};
-use crate::exit;
+use crate::catalog::{self, NodeRow};
+use crate::conn::Session;
+use crate::context::Ctx;
+use crate::exit::{ERR_NODE_STATUS, Failure, Result, SUCCESS};
+use crate::output::{Format, Table, csv_field, opt, pretty, text_table};
 
-/// A registered node as read from the catalog.
-#[derive(Debug, Clone)]
-pub struct Registered {
-    pub id: i32,
-    pub name: String,
-    pub node_type: NodeType,
-    pub active: bool,
-    pub upstream_name: Option<String>,
-    pub location: String,
-    pub priority: i32,
-    pub conninfo: String,
-}
-
-/// What connecting to the node found.
+/// What connecting to a node found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Seen {
     Unreachable,
     Up {
         in_recovery: bool,
         timeline: Option<i32>,
+        /// application_name of every standby streaming from it.
+        streaming: Vec<String>,
     },
 }
 
 /// repmgr's status column, and the problem it signals (if any).
-pub fn status(node: &Registered, seen: &Seen) -> (&'static str, Option<String>) {
+pub fn status(node: &NodeRow, seen: &Seen) -> (&'static str, Option<String>) {
     let who = format!("node \"{}\" (ID: {})", node.name, node.id);
-    match (node.node_type, node.active, seen) {
-        (_, true, Seen::Unreachable) => (
+    let recovery = match seen {
+        Seen::Unreachable => None,
+        Seen::Up { in_recovery, .. } => Some(*in_recovery),
+    };
+    match (node.node_type, node.active, recovery) {
+        (_, true, None) => (
             "? unreachable",
             Some(format!(
                 "{who} is registered as an active {} but is unreachable",
                 node.node_type
             )),
         ),
-        (_, false, Seen::Unreachable) => ("- failed", None),
-        (
-            NodeType::Primary,
-            true,
-            Seen::Up {
-                in_recovery: false, ..
-            },
-        ) => ("* running", None),
-        (
-            NodeType::Primary,
-            _,
-            Seen::Up {
-                in_recovery: true, ..
-            },
-        ) => (
+        (_, false, None) => ("- failed", None),
+        (NodeType::Primary, true, Some(false)) => ("* running", None),
+        (NodeType::Primary, _, Some(true)) => (
             "! running as standby",
             Some(format!(
                 "{who} is registered as primary but running as standby"
             )),
         ),
-        (
-            NodeType::Standby,
-            true,
-            Seen::Up {
-                in_recovery: true, ..
-            },
-        ) => ("  running", None),
-        (
-            NodeType::Standby,
-            _,
-            Seen::Up {
-                in_recovery: false, ..
-            },
-        ) => (
+        (NodeType::Standby, true, Some(true)) => ("  running", None),
+        (NodeType::Standby, _, Some(false)) => (
             "! running as primary",
             Some(format!(
                 "{who} is registered as standby but running as primary"
             )),
         ),
-        (NodeType::Witness, true, Seen::Up { .. }) => ("* running", None),
-        (_, false, Seen::Up { .. }) => (
+        (NodeType::Witness, true, Some(_)) => ("* running", None),
+        (_, false, Some(_)) => (
             "! running",
             Some(format!("{who} is registered as inactive but is running")),
         ),
     }
 }
 
-fn read_nodes(target: &Target) -> Result<Vec<Registered>, (i32, String)> {
-    let info = target.conninfo().map_err(|e| (exit::ERR_BAD_CONFIG, e))?;
-    let mut c = conn::connect(&info).map_err(|e| {
-        (
-            exit::ERR_DB_CONN,
-            format!("could not connect to {}: {e}", conninfo::mask(&info)),
-        )
-    })?;
-    let rows = conn::query(
-        &mut c,
-        "SELECT n.node_id, n.node_name, n.type, n.active, un.node_name, n.location, n.priority, n.conninfo
-           FROM repmgr.nodes n LEFT JOIN repmgr.nodes un ON un.node_id = n.upstream_node_id
-          ORDER BY n.node_id",
-    )
-    .map_err(|e| (exit::ERR_BAD_CONFIG, format!("could not read the repmgr catalog: {e}")))?;
-    Ok(rows
-        .rows
-        .iter()
-        .filter_map(|r| {
-            let col = |i: usize| r.get(i).and_then(|v| v.clone());
-            Some(Registered {
-                id: col(0)?.parse().ok()?,
-                name: col(1)?,
-                node_type: NodeType::parse(&col(2)?)?,
-                active: col(3).as_deref() == Some("t"),
-                upstream_name: col(4),
-                location: col(5).unwrap_or_default(),
-                priority: col(6).and_then(|p| p.parse().ok()).unwrap_or(0),
-                conninfo: col(7).unwrap_or_default(),
-            })
+/// The upstream column: the name, `? name` when it cannot be verified, `! name` when the node
+/// is not attached to it; and the problem, if any.
+pub fn upstream(node: &NodeRow, up: Option<(&NodeRow, &Seen)>) -> (String, Option<String>) {
+    let Some((u, seen)) = up else {
+        return (node.upstream_name.clone().unwrap_or_default(), None);
+    };
+    if node.node_type != NodeType::Standby || !node.active {
+        return (u.name.clone(), None);
+    }
+    match seen {
+        Seen::Unreachable => (format!("? {}", u.name), None),
+        Seen::Up { streaming, .. } if streaming.contains(&node.name) => (u.name.clone(), None),
+        Seen::Up { .. } => (
+            format!("! {}", u.name),
+            Some(format!(
+                "node \"{}\" (ID: {}) is not attached to its upstream node \"{}\" (ID: {})",
+                node.name, node.id, u.name, u.id
+            )),
+        ),
+    }
+}
+
+/// Connects to `node` and reads what `cluster show` needs.
+fn look(node: &NodeRow) -> Seen {
+    let Ok(mut s) = node.connect() else {
+        return Seen::Unreachable;
+    };
+    let r = s.query(
+        "SELECT pg_catalog.pg_is_in_recovery(),
+                (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()),
+                (SELECT pg_catalog.string_agg(application_name, E'\\n') FROM pg_catalog.pg_stat_replication WHERE state = 'streaming')",
+        &[],
+    );
+    match r {
+        Ok(r) => {
+            let recovery = r.get(0, 0) == Some("t");
+            // A standby's checkpoint lags its timeline; ask what it receives.
+            let timeline = if recovery {
+                s.value(
+                    "SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver",
+                    &[],
+                )
+                .ok()
+                .flatten()
+                .or_else(|| r.get(0, 1).map(str::to_string))
+            } else {
+                r.get(0, 1).map(str::to_string)
+            };
+            Seen::Up {
+                in_recovery: recovery,
+                timeline: timeline.and_then(|t| t.parse().ok()),
+                streaming: r
+                    .get(0, 2)
+                    .map(|v| v.lines().map(str::to_string).collect())
+                    .unwrap_or_default(),
+            }
+        }
+        Err(_) => Seen::Unreachable,
+    }
+}
+
+/// Reads the catalog through the local node (or `-d`).
+fn catalog_nodes(ctx: &Ctx) -> Result<Vec<NodeRow>> {
+    let mut s = ctx.connect_local()?;
+    let nodes = catalog::nodes(&mut s)?;
+    if nodes.is_empty() {
+        return Err(Failure::config("no nodes are registered")
+            .hint("Register the primary first: repmgr primary register (or SELECT repmgr.register_primary())."));
+    }
+    Ok(nodes)
+}
+
+pub fn show(ctx: &Ctx, compact: bool) -> Result<i32> {
+    let nodes = catalog_nodes(ctx)?;
+    let seen: HashMap<i32, Seen> = nodes.iter().map(|n| (n.id, look(n))).collect();
+    let mut warnings = Vec::new();
+    let mut table = Table::new(&[
+        ("id", "ID"),
+        ("name", "Name"),
+        ("role", "Role"),
+        ("status", "Status"),
+        ("upstream", "Upstream"),
+        ("location", "Location"),
+        ("priority", "Priority"),
+        ("timeline", "Timeline"),
+        ("conninfo", "Connection string"),
+    ]);
+    let mut csv = String::new();
+    let mut json_nodes = Vec::new();
+    for n in &nodes {
+        let s = &seen[&n.id];
+        let (st, w) = status(n, s);
+        warnings.extend(w);
+        let up = n
+            .upstream_id
+            .and_then(|u| nodes.iter().find(|x| x.id == u))
+            .map(|u| (u, &seen[&u.id]));
+        let (up_text, w) = upstream(n, up);
+        warnings.extend(w);
+        let (reachable, recovery, timeline) = match s {
+            Seen::Unreachable => (false, None, None),
+            Seen::Up {
+                in_recovery,
+                timeline,
+                ..
+            } => (true, Some(*in_recovery), *timeline),
+        };
+        csv.push_str(&format!(
+            "{},{},{}\n",
+            n.id,
+            if reachable { 0 } else { -1 },
+            recovery.map_or(-1, i32::from)
+        ));
+        let tl = if n.node_type == NodeType::Witness {
+            json!("n/a")
+        } else {
+            timeline.map_or(json!("?"), |t| json!(t))
+        };
+        table.push(vec![
+            json!(n.id),
+            json!(n.name),
+            json!(n.node_type.to_string()),
+            json!(st),
+            json!(up_text),
+            json!(n.location),
+            json!(n.priority),
+            tl,
+            json!(conninfo::mask(&n.conninfo)),
+        ]);
+        json_nodes.push(json!({
+            "id": n.id,
+            "name": n.name,
+            "role": n.node_type.to_string(),
+            "active": n.active,
+            "status": st.trim(),
+            "reachable": reachable,
+            "in_recovery": opt(recovery),
+            "upstream_id": opt(n.upstream_id),
+            "upstream_name": opt(n.upstream_name.clone()),
+            "location": n.location,
+            "priority": n.priority,
+            "timeline": opt(timeline),
+            "conninfo": conninfo::mask(&n.conninfo),
+        }));
+    }
+    if compact {
+        table.columns.pop();
+        table.rows.iter_mut().for_each(|r| {
+            r.pop();
+        });
+    }
+    match ctx.format() {
+        Format::Text => {
+            print!("{}", table.text());
+            if !warnings.is_empty() {
+                eprintln!("\nWARNING: following issues were detected");
+                warnings.iter().for_each(|w| eprintln!("  - {w}"));
+            }
+        }
+        // repmgr's CSV: node_id, availability (0 up, -1 down), recovery (0/1, -1 unknown).
+        Format::Csv => print!("{csv}"),
+        Format::Json => print!(
+            "{}",
+            pretty(&json!({"nodes": json_nodes, "warnings": warnings}))
+        ),
+    }
+    Ok(if warnings.is_empty() {
+        SUCCESS
+    } else {
+        ERR_NODE_STATUS
+    })
+}
+
+/// The matrix as `source_node_id, target_node_id, reachable` rows from one node's server.
+fn matrix_from(s: &mut Session) -> Result<Vec<(i32, i32, Option<bool>)>> {
+    let r = s.query(
+        "SELECT source_node_id, target_node_id, reachable FROM repmgr.cluster_matrix()",
+        &[],
+    )?;
+    Ok((0..r.rows.len())
+        .filter_map(|i| {
+            Some((
+                r.get(i, 0)?.parse().ok()?,
+                r.get(i, 1)?.parse().ok()?,
+                r.get(i, 2).map(|v| v == "t"),
+            ))
         })
         .collect())
 }
 
-fn look(node: &Registered) -> Seen {
-    let Ok(mut c) = conn::connect(&node.conninfo) else {
-        return Seen::Unreachable;
+/// Prints a matrix: rows are sources, columns targets; `*` reachable, `x` not, `?` unknown.
+fn print_matrix(ctx: &Ctx, nodes: &[NodeRow], cells: &BTreeMap<(i32, i32), Option<bool>>) -> i32 {
+    let mark = |v: Option<&Option<bool>>| match v {
+        Some(Some(true)) => "*",
+        Some(Some(false)) => "x",
+        _ => "?",
     };
-    match conn::query(
-        &mut c,
-        "SELECT in_recovery, timeline FROM repmgr.node_status()",
-    ) {
-        Ok(rows) => Seen::Up {
-            in_recovery: rows.get(0, 0) == Some("t"),
-            timeline: rows.get(0, 1).and_then(|t| t.parse().ok()),
-        },
-        Err(_) => match conn::query(&mut c, "SELECT pg_catalog.pg_is_in_recovery()") {
-            Ok(rows) => Seen::Up {
-                in_recovery: rows.get(0, 0) == Some("t"),
-                timeline: None,
-            },
-            Err(_) => Seen::Unreachable,
-        },
+    let problems = nodes
+        .iter()
+        .flat_map(|a| nodes.iter().map(move |b| (a.id, b.id)))
+        .any(|k| cells.get(&k) != Some(&Some(true)));
+    match ctx.format() {
+        Format::Json => {
+            let rows: Vec<Value> = cells
+                .iter()
+                .map(
+                    |((a, b), v)| json!({"source_node_id": a, "target_node_id": b, "reachable": v}),
+                )
+                .collect();
+            print!("{}", pretty(&Value::Array(rows)));
+        }
+        Format::Csv => {
+            for ((a, b), v) in cells {
+                let code = match v {
+                    Some(true) => 0,
+                    Some(false) => -1,
+                    None => -2,
+                };
+                println!("{a},{b},{code}");
+            }
+        }
+        Format::Text => {
+            let ids: Vec<String> = nodes.iter().map(|n| n.id.to_string()).collect();
+            let mut header = vec!["Name", "ID"];
+            header.extend(ids.iter().map(String::as_str));
+            let rows: Vec<Vec<String>> = nodes
+                .iter()
+                .map(|a| {
+                    let mut r = vec![a.name.clone(), a.id.to_string()];
+                    r.extend(
+                        nodes
+                            .iter()
+                            .map(|b| mark(cells.get(&(a.id, b.id))).to_string()),
+                    );
+                    r
+                })
+                .collect();
+            print!("{}", text_table(&header, &rows));
+        }
     }
+    if problems { ERR_NODE_STATUS } else { SUCCESS }
 }
 
-/// Renders rows as repmgr's ` a | b ` table with a dashed rule under the header.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
+pub fn matrix(ctx: &Ctx) -> Result<i32> {
+    let mut s = ctx.connect_local()?;
+    let nodes = catalog::nodes(&mut s)?;
+    let cells: BTreeMap<(i32, i32), Option<bool>> = matrix_from(&mut s)?
+        .into_iter()
+        .map(|(a, b, v)| ((a, b), v))
         .collect();
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!(" {c:<w$} ", w = widths[i]))
-            .collect::<Vec<_>>()
-            .join("|")
-            .trim_end()
-            .to_string()
-    };
-    let mut out = vec![line(header.to_vec())];
-    out.push(
-        widths
-            .iter()
-            .map(|w| "-".repeat(w + 2))
-            .collect::<Vec<_>>()
-            .join("+"),
-    );
-    out.extend(
-        rows.iter()
-            .map(|r| line(r.iter().map(String::as_str).collect())),
-    );
-    out.join("\n") + "\n"
+    Ok(print_matrix(ctx, &nodes, &cells))
 }
 
-/// Runs `cluster show`; returns the exit code.
-pub fn show(target: &Target, csv: bool) -> i32 {
-    let nodes = match read_nodes(target) {
-        Ok(n) if n.is_empty() => {
-            eprintln!(
-                "ERROR: no nodes are registered; run SELECT repmgr.register_primary() on the primary first"
-            );
-            return exit::ERR_BAD_CONFIG;
-        }
-        Ok(n) => n,
-        Err((code, msg)) => {
-            eprintln!("ERROR: {msg}");
-            return code;
-        }
-    };
-    let mut warnings = Vec::new();
-    let mut rows = Vec::new();
+/// Every node's matrix, merged: a pair is reachable if any view says so, unreachable if a view
+/// says so and none says otherwise, unknown if no view could tell.
+pub fn crosscheck(ctx: &Ctx) -> Result<i32> {
+    let nodes = catalog_nodes(ctx)?;
+    let mut cells: BTreeMap<(i32, i32), Option<bool>> = BTreeMap::new();
     for n in &nodes {
-        let seen = look(n);
-        let (st, warning) = status(n, &seen);
-        warnings.extend(warning);
-        if csv {
-            let (availability, recovery) = match seen {
-                Seen::Unreachable => (-1, -1),
-                Seen::Up { in_recovery, .. } => (0, i32::from(in_recovery)),
-            };
-            rows.push(vec![
-                n.id.to_string(),
-                availability.to_string(),
-                recovery.to_string(),
-            ]);
+        let Ok(mut s) = n.connect() else { continue };
+        let Ok(view) = matrix_from(&mut s) else {
             continue;
-        }
-        let timeline = match (&seen, n.node_type) {
-            (_, NodeType::Witness) => "n/a".to_string(),
-            (
-                Seen::Up {
-                    timeline: Some(t), ..
-                },
-                _,
-            ) => t.to_string(),
-            _ => "?".to_string(),
         };
-        rows.push(vec![
-            n.id.to_string(),
-            n.name.clone(),
-            n.node_type.to_string(),
-            st.to_string(),
-            n.upstream_name.clone().unwrap_or_default(),
-            n.location.clone(),
-            n.priority.to_string(),
-            timeline,
-            conninfo::mask(&n.conninfo),
+        for (a, b, v) in view {
+            let e = cells.entry((a, b)).or_insert(None);
+            *e = match (*e, v) {
+                (Some(true), _) | (_, Some(true)) => Some(true),
+                (Some(false), _) | (_, Some(false)) => Some(false),
+                _ => None,
+            };
+        }
+    }
+    Ok(print_matrix(ctx, &nodes, &cells))
+}
+
+pub fn event(
+    ctx: &Ctx,
+    limit: i64,
+    event: Option<&str>,
+    node_id: Option<i32>,
+    all: bool,
+) -> Result<i32> {
+    if limit < 1 {
+        return Err(Failure::new(
+            crate::exit::ERR_BAD_ARGUMENT,
+            "--limit must be 1 or greater",
+        ));
+    }
+    let mut s = ctx.connect_local()?;
+    let node = node_id.map(|n| n.to_string());
+    let lim = (!all).then(|| limit.to_string());
+    let r = s.query(
+        "SELECT e.node_id, n.node_name, e.event, e.successful,
+                pg_catalog.to_char(e.event_timestamp, 'YYYY-MM-DD HH24:MI:SS'), e.details
+           FROM repmgr.events e LEFT JOIN repmgr.nodes n ON n.node_id = e.node_id
+          WHERE ($1::text IS NULL OR e.event = $1) AND ($2::int IS NULL OR e.node_id = $2)
+          ORDER BY e.event_timestamp DESC
+          LIMIT $3::bigint",
+        &[event, node.as_deref(), lim.as_deref()],
+    )?;
+    let mut t = Table::new(&[
+        ("node_id", "Node ID"),
+        ("name", "Name"),
+        ("event", "Event"),
+        ("successful", "OK"),
+        ("timestamp", "Timestamp"),
+        ("details", "Details"),
+    ]);
+    for row in &r.rows {
+        let text = |i: usize| row.get(i).cloned().flatten();
+        let ok = text(3).as_deref() == Some("t");
+        t.push(vec![
+            opt(text(0).and_then(|v| v.parse::<i64>().ok())),
+            opt(text(1)),
+            opt(text(2)),
+            if ctx.format() == Format::Json {
+                json!(ok)
+            } else {
+                json!(if ok { "t" } else { "f" })
+            },
+            opt(text(4)),
+            opt(text(5).map(|d| conninfo::mask_in_text(&d))),
         ]);
     }
-    if csv {
-        rows.iter().for_each(|r| println!("{}", r.join(",")));
-    } else {
-        let header = [
-            "ID",
-            "Name",
-            "Role",
-            "Status",
-            "Upstream",
-            "Location",
-            "Priority",
-            "Timeline",
-            "Connection string",
-        ];
-        print!("{}", table(&header, &rows));
-        if !warnings.is_empty() {
-            eprintln!("\nWARNING: following issues were detected");
-            warnings.iter().for_each(|w| eprintln!("  - {w}"));
+    if t.rows.is_empty() && ctx.format() == Format::Text {
+        println!("no matching events found");
+        return Ok(SUCCESS);
+    }
+    if ctx.format() == Format::Csv {
+        // repmgr's CSV has no header and no details.
+        for r in &t.rows {
+            let f: Vec<String> = r[..5]
+                .iter()
+                .map(|v| csv_field(&v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+                .collect();
+            println!("{}", f.join(","));
         }
+        return Ok(SUCCESS);
     }
-    if warnings.is_empty() {
-        exit::SUCCESS
-    } else {
-        exit::ERR_NODE_STATUS
+    print!("{}", t.render(ctx.format()));
+    Ok(SUCCESS)
+}
+
+pub fn cleanup(ctx: &Ctx, keep_days: i64, node_id: Option<i32>) -> Result<i32> {
+    if keep_days < 0 {
+        return Err(Failure::new(
+            crate::exit::ERR_BAD_ARGUMENT,
+            "--keep-history must be 0 or greater",
+        ));
     }
+    let mut local = ctx.connect_local()?;
+    let nodes = catalog::nodes(&mut local)?;
+    let (primary, mut s) = catalog::connect_primary(&nodes)?;
+    let node = node_id.map(|n| n.to_string());
+    let days = keep_days.to_string();
+    let deleted = s.value(
+        "WITH gone AS (DELETE FROM repmgr.monitoring_history
+                        WHERE pg_catalog.age(pg_catalog.now(), last_monitor_time) >= $1::int * interval '1 day'
+                          AND ($2::int IS NULL OR standby_node_id = $2) RETURNING 1)
+         SELECT count(*) FROM gone",
+        &[Some(&days), node.as_deref()],
+    )?;
+    s.query("VACUUM repmgr.monitoring_history", &[])?;
+    let details = format!(
+        "monitoring history older than {keep_days} day(s) deleted{}: {} row(s)",
+        node_id.map_or(String::new(), |n| format!(" for node {n}")),
+        deleted.unwrap_or_default()
+    );
+    s.query(
+        "INSERT INTO repmgr.events (node_id, event, successful, details) VALUES ($1::int, 'cluster_cleanup', true, $2)",
+        &[Some(&primary.id.to_string()), Some(&details)],
+    )?;
+    crate::register::notice(details);
+    Ok(SUCCESS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn node(t: NodeType, active: bool) -> Registered {
-        Registered {
-            id: 1,
-            name: "a".into(),
+    fn node(id: i32, name: &str, t: NodeType, active: bool, upstream: Option<i32>) -> NodeRow {
+        NodeRow {
+            id,
+            name: name.into(),
             node_type: t,
             active,
-            upstream_name: None,
+            upstream_id: upstream,
+            upstream_name: upstream.map(|u| format!("node{u}")),
             location: "default".into(),
             priority: 100,
             conninfo: "host=a password=x".into(),
+            repluser: "repmgr".into(),
+            slot_name: None,
+            config_file: String::new(),
+        }
+    }
+
+    fn up(recovery: bool, streaming: &[&str]) -> Seen {
+        Seen::Up {
+            in_recovery: recovery,
+            timeline: Some(1),
+            streaming: streaming.iter().map(|s| s.to_string()).collect(),
         }
     }
 
     #[test]
     fn status_strings_follow_repmgr() {
-        let up = |r| Seen::Up {
-            in_recovery: r,
-            timeline: Some(1),
-        };
+        let p = node(1, "a", NodeType::Primary, true, None);
+        assert_eq!(status(&p, &up(false, &[])), ("* running", None));
         assert_eq!(
-            status(&node(NodeType::Primary, true), &up(false)),
-            ("* running", None)
-        );
-        assert_eq!(
-            status(&node(NodeType::Standby, true), &up(true)),
+            status(
+                &node(2, "b", NodeType::Standby, true, Some(1)),
+                &up(true, &[])
+            ),
             ("  running", None)
         );
         assert_eq!(
-            status(&node(NodeType::Witness, true), &up(false)),
+            status(
+                &node(3, "w", NodeType::Witness, true, Some(1)),
+                &up(false, &[])
+            ),
             ("* running", None)
         );
         assert_eq!(
-            status(&node(NodeType::Primary, false), &Seen::Unreachable),
+            status(
+                &node(1, "a", NodeType::Primary, false, None),
+                &Seen::Unreachable
+            ),
             ("- failed", None)
         );
-        let (s, w) = status(&node(NodeType::Primary, true), &Seen::Unreachable);
+        let (s, w) = status(&p, &Seen::Unreachable);
         assert_eq!(s, "? unreachable");
         assert_eq!(
             w.unwrap(),
             "node \"a\" (ID: 1) is registered as an active primary but is unreachable"
         );
         assert_eq!(
-            status(&node(NodeType::Standby, true), &up(false)).0,
+            status(
+                &node(2, "b", NodeType::Standby, true, Some(1)),
+                &up(false, &[])
+            )
+            .0,
             "! running as primary"
         );
+        assert_eq!(status(&p, &up(true, &[])).0, "! running as standby");
         assert_eq!(
-            status(&node(NodeType::Primary, true), &up(true)).0,
-            "! running as standby"
-        );
-        assert_eq!(
-            status(&node(NodeType::Standby, false), &up(true)).0,
+            status(
+                &node(2, "b", NodeType::Standby, false, Some(1)),
+                &up(true, &[])
+            )
+            .0,
             "! running"
         );
     }
 
     #[test]
-    fn table_layout() {
-        let t = table(
-            &["ID", "Name"],
-            &[
-                vec!["1".into(), "node1".into()],
-                vec!["10".into(), "n".into()],
-            ],
+    fn upstream_column_marks_what_it_cannot_verify() {
+        let p = node(1, "node1", NodeType::Primary, true, None);
+        let s = node(2, "node2", NodeType::Standby, true, Some(1));
+        assert_eq!(
+            upstream(&s, Some((&p, &up(false, &["node2"])))),
+            ("node1".into(), None)
         );
-        assert_eq!(t, " ID | Name\n----+-------\n 1  | node1\n 10 | n\n");
+        assert_eq!(upstream(&s, Some((&p, &Seen::Unreachable))).0, "? node1");
+        let (text, w) = upstream(&s, Some((&p, &up(false, &["node3"]))));
+        assert_eq!(text, "! node1");
+        assert!(w.unwrap().contains("is not attached to its upstream"));
+        assert_eq!(upstream(&p, None), (String::new(), None));
     }
 }

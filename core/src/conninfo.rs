@@ -308,6 +308,31 @@ pub fn without(s: &str, keys: &[&str]) -> Result<String, ParseError> {
     Ok(render(&pairs))
 }
 
+/// The `primary_conninfo` a standby named `application_name` uses to stream from the node
+/// reachable through `upstream` as `user`: no database, no options, the standby's name.
+pub fn replication(
+    upstream: &str,
+    user: &str,
+    application_name: &str,
+) -> Result<String, ParseError> {
+    let base = without(
+        upstream,
+        &[
+            "dbname",
+            "replication",
+            "application_name",
+            "fallback_application_name",
+            "options",
+        ],
+    )?;
+    let base = if user.is_empty() {
+        base
+    } else {
+        with(&base, "user", user)?
+    };
+    with(&base, "application_name", application_name)
+}
+
 /// Replaces every password in `s` with [`MASK`], keeping everything else as written.
 ///
 /// Never fails: malformed input is masked as well as it can be scanned, and an unterminated
@@ -515,6 +540,23 @@ mod tests {
         assert_eq!(
             parse(&round).unwrap(),
             pairs(&[("password", r"a 'b' \c"), ("host", "")])
+        );
+    }
+
+    #[test]
+    fn replication_conninfo_for_a_standby() {
+        assert_eq!(
+            replication(
+                "host=db1 port=5432 dbname=repmgr user=repmgr application_name=x options='-c a=b'",
+                "repl",
+                "node2"
+            )
+            .unwrap(),
+            "host=db1 port=5432 user=repl application_name=node2"
+        );
+        assert_eq!(
+            replication("postgresql://u@h:5/db", "", "n").unwrap(),
+            "user=u host=h port=5 application_name=n"
         );
     }
 }

@@ -163,6 +163,20 @@ impl Voter {
         Heard::Alive { persist }
     }
 
+    /// The primary `id` is known to be down and to have shut down cleanly (a switchover
+    /// checked its control file): stop waiting for the lease to run out. Returns whether `id`
+    /// is the primary this voter follows (otherwise nothing changes).
+    pub fn primary_gone(&mut self, now: Duration, id: NodeId, timing: &Timing) -> bool {
+        if self.leader != Some(id) && self.durable.supports != Some(id) {
+            return false;
+        }
+        let expired = now.saturating_sub(timing.lease);
+        self.last_heard = Some(expired);
+        self.started = self.started.min(expired);
+        self.echo = None;
+        true
+    }
+
     /// Moves to a newer term learnt from another voter while looking around (the primary this
     /// voter heard is gone or cannot lead): it supports nobody in it yet and stops confirming
     /// the old primary, which can only make it confirm less. Returns whether the durable state
@@ -485,5 +499,38 @@ mod tests {
         };
         assert_eq!(v.heard(ms(200), 2, &refused, &T), Heard::Stale);
         assert_eq!(v.echo, None);
+    }
+
+    #[test]
+    fn a_primary_known_gone_frees_the_vote_at_once() {
+        let t = T;
+        let mut v = Voter::new(
+            Durable {
+                term: 3,
+                supports: Some(1),
+            },
+            ms(0),
+        );
+        v.last_heard = Some(ms(10_000));
+        v.leader = Some(1);
+        assert!(!v.lease_expired(ms(10_100), &t));
+        assert!(
+            !v.primary_gone(ms(10_100), 2, &t),
+            "not the primary it follows"
+        );
+        assert!(!v.lease_expired(ms(10_100), &t));
+        assert!(v.primary_gone(ms(10_100), 1, &t));
+        assert!(v.lease_expired(ms(10_100), &t));
+        let granted = v.decide(
+            ms(10_100),
+            &VoteRequest {
+                term: 4,
+                candidate: 2,
+                lsn: 100,
+            },
+            &facts(),
+            &t,
+        );
+        assert!(granted.granted, "{granted:?}");
     }
 }

@@ -379,7 +379,26 @@ impl Conn {
                 0,
             )
         };
-        if sent != 1 {
+        self.sent(sent)
+    }
+
+    /// Sends `sql` with the simple query protocol (what a replication connection accepts,
+    /// such as `IDENTIFY_SYSTEM`) without waiting for it.
+    pub fn send_simple(&mut self, sql: &str) -> Result<(), Error> {
+        if self.state != State::Idle || self.status_bad() {
+            return Err(Error::new(
+                ErrorKind::Connect,
+                "the connection is not ready for a statement",
+            ));
+        }
+        let sql_c = cstring(sql)?;
+        let sent = unsafe { ffi::PQsendQuery(self.raw.as_ptr(), sql_c.as_ptr()) };
+        self.sent(sent)
+    }
+
+    /// After a `PQsend…` call: in flight, or broken.
+    fn sent(&mut self, result: c_int) -> Result<(), Error> {
+        if result != 1 {
             let e = self.failure(ErrorKind::Connect);
             return Err(self.broken(e));
         }
@@ -473,6 +492,28 @@ impl Conn {
             ));
         }
         self.send(sql, params)?;
+        self.finish(deadline, waiter)
+    }
+
+    /// Like [`Conn::query`], with the simple query protocol and no parameters.
+    pub fn query_simple(
+        &mut self,
+        sql: &str,
+        deadline: Instant,
+        waiter: &mut dyn Waiter,
+    ) -> Result<Rows, Error> {
+        if !self.is_usable() {
+            return Err(Error::new(
+                ErrorKind::Connect,
+                "the connection is no longer usable",
+            ));
+        }
+        self.send_simple(sql)?;
+        self.finish(deadline, waiter)
+    }
+
+    /// Waits for the statement in flight until `deadline`.
+    fn finish(&mut self, deadline: Instant, waiter: &mut dyn Waiter) -> Result<Rows, Error> {
         loop {
             match self.step()? {
                 Step::Done(result) => return result,

@@ -433,6 +433,46 @@ impl Cluster {
         node
     }
 
+    /// A node not yet created: its ports and paths, for a standby the test clones itself
+    /// (with `repmgr standby clone`); [`Cluster::adopt`] makes it a member afterwards.
+    pub fn reserve(&mut self, id: i32, opts: &NodeOptions) -> Node {
+        self.new_node(id, Kind::Standby, opts)
+    }
+
+    /// Makes a cloned data directory of a [`Cluster::reserve`]d node a member of this
+    /// cluster: its own listen address, port and settings, owned by `postgres`. Not started.
+    pub fn adopt(&mut self, node: Node, opts: &NodeOptions) {
+        self.append_conf(&node, &self.settings(&node, opts));
+        chown_postgres(&node.data);
+        self.nodes.push(node);
+    }
+
+    /// Writes a repmgr.conf for node `n` (identity, conninfo, data directory, and a start
+    /// command that logs where [`Cluster::log`] reads) plus `extra` lines; returns its path.
+    pub fn repmgr_conf(&self, n: &Node, extra: &[&str]) -> PathBuf {
+        let id = n.id;
+        let path = self.dir.join(format!("node{id}.repmgr.conf"));
+        let start = format!(
+            "{} -D {} -l {} -w -t 60 start",
+            bindir().join("pg_ctl").display(),
+            n.data.display(),
+            n.log.display()
+        );
+        let mut text = format!(
+            "node_id = {id}\nnode_name = '{}'\nconninfo = '{}'\ndata_directory = '{}'\npg_bindir = '{}'\nservice_start_command = '{start}'\n",
+            n.name,
+            n.conninfo(),
+            n.data.display(),
+            bindir().display()
+        );
+        for line in extra {
+            text.push_str(line);
+            text.push('\n');
+        }
+        fs::write(&path, text).expect("write repmgr.conf");
+        path
+    }
+
     pub fn start(&self, id: i32) {
         assert!(
             self.try_start(id),

@@ -1,0 +1,831 @@
+//! `standby clone|promote|follow|switchover`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use repmgr_core::conninfo;
+use repmgr_core::lsn::Lsn;
+use repmgr_core::node::{NodeType, slot_name};
+
+use crate::catalog::{self, NodeRow};
+use crate::conn::{Session, debug};
+use crate::context::Ctx;
+use crate::exit::{
+    ERR_BAD_ARGUMENT, ERR_BAD_BASEBACKUP, ERR_FOLLOW_FAIL, ERR_PROMOTION_FAIL, ERR_SWITCHOVER_FAIL,
+    ERR_SWITCHOVER_INCOMPLETE, Failure, Result, SUCCESS,
+};
+use crate::local;
+use crate::node::record_event;
+use crate::register::notice;
+use crate::{remote, service};
+
+// ---------------------------------------------------------------------------------------
+// standby clone
+
+#[derive(clap::Args, Debug, Default)]
+pub struct CloneArgs {
+    /// The registered node to clone from and stream from (default: the node given with -d/-h)
+    #[arg(long = "upstream-node-id")]
+    pub upstream_node_id: Option<i32>,
+    /// The user for replication connections (default: replication_user in repmgr.conf, else the -U user)
+    #[arg(long = "replication-user")]
+    pub replication_user: Option<String>,
+    /// Ask the upstream for an immediate checkpoint instead of a spread one
+    #[arg(short = 'c', long = "fast-checkpoint")]
+    pub fast_checkpoint: bool,
+    /// The new node's id (default: node_id in repmgr.conf)
+    #[arg(long = "node-id")]
+    pub node_id: Option<i32>,
+    /// The new node's name (default: node_name in repmgr.conf)
+    #[arg(long = "node-name")]
+    pub node_name: Option<String>,
+}
+
+/// Who should own a new data directory: the owner of the directory or of its parent, and
+/// `postgres` rather than root.
+fn clone_owner(dir: &Path) -> Option<String> {
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let existing = if dir.exists() {
+        Some(dir)
+    } else {
+        dir.parent()
+    };
+    existing
+        .and_then(local::run_as)
+        .or_else(|| Some("postgres".to_string()))
+}
+
+/// What the upstream must offer for a clone and a standby; every problem found, not just the
+/// first.
+fn upstream_problems(s: &mut Session, slots: bool) -> Result<(Vec<String>, Vec<String>)> {
+    let r = s.query(
+        "SELECT pg_catalog.current_setting('wal_level'), pg_catalog.current_setting('max_wal_senders')::int,
+                (SELECT count(*) FROM pg_catalog.pg_stat_replication)::int,
+                pg_catalog.current_setting('max_replication_slots')::int,
+                (SELECT count(*) FROM pg_catalog.pg_replication_slots)::int,
+                pg_catalog.current_setting('hot_standby'),
+                pg_catalog.current_setting('wal_log_hints'),
+                (SELECT data_page_checksum_version FROM pg_catalog.pg_control_init())",
+        &[],
+    )?;
+    let v = |i: usize| r.get(0, i).unwrap_or("").to_string();
+    let n = |i: usize| v(i).parse::<i64>().unwrap_or(0);
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    if v(0) == "minimal" {
+        problems.push("wal_level is minimal; it must be replica or logical".to_string());
+    }
+    // pg_basebackup -X stream takes two WAL senders while it runs, the standby one.
+    let free = n(1) - n(2);
+    if free < 2 {
+        problems.push(format!(
+            "only {free} free WAL sender(s) (max_wal_senders = {}, {} in use); the clone needs 2",
+            n(1),
+            n(2)
+        ));
+    }
+    if slots && n(3) - n(4) < 1 {
+        problems.push(format!(
+            "no free replication slot (max_replication_slots = {}, {} in use)",
+            n(3),
+            n(4)
+        ));
+    }
+    if v(5) != "on" {
+        warnings.push("hot_standby is off on the upstream (the standby inherits its postgresql.conf): it will not accept connections".to_string());
+    }
+    if v(6) != "on" && v(7) == "0" {
+        warnings.push("neither wal_log_hints nor data checksums are enabled: pg_rewind (node rejoin --force-rewind) will not be possible".to_string());
+    }
+    Ok((problems, warnings))
+}
+
+pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
+    let dir = ctx.require_data_directory("standby clone")?;
+    if let Some(pid) = local::running_pid(&dir) {
+        return Err(Failure::config(format!(
+            "a server is running on {} (pid {pid})",
+            dir.display()
+        ))
+        .hint("Clone into an empty directory, or stop that server first."));
+    }
+    if !local::is_empty_dir(&dir) && !ctx.g.force {
+        return Err(Failure::config(format!(
+            "the target directory {} is not empty",
+            dir.display()
+        ))
+        .hint("Give an empty or missing directory, or -F/--force to delete its contents first."));
+    }
+    let t = ctx.target();
+    if t.host.is_none() && t.dbname.is_none() {
+        return Err(Failure::new(
+            ERR_BAD_ARGUMENT,
+            "standby clone needs the upstream: -h HOST [-p PORT -U USER -d DBNAME] or -d CONNINFO",
+        ));
+    }
+    let given = t.conninfo()?;
+    let mut up = Session::connect(&given, "the upstream")?;
+    let nodes = catalog::nodes(&mut up)?;
+    let upstream_id: Option<i32> = match a.upstream_node_id {
+        Some(id) => Some(catalog::node(&nodes, id)?.id),
+        None => up
+            .value(
+                "SELECT pg_catalog.current_setting('repmgr.node_id', true)",
+                &[],
+            )?
+            .and_then(|v| v.parse().ok())
+            .filter(|v| *v > 0),
+    };
+    let upstream = upstream_id
+        .and_then(|id| nodes.iter().find(|n| n.id == id))
+        .cloned();
+    let node_id = a.node_id.or(ctx.cfg.node_id).ok_or_else(|| {
+        Failure::config("the new standby needs a node id")
+            .hint("Set node_id (and node_name, conninfo) in its repmgr.conf and give it with -f, or use --node-id.")
+    })?;
+    let node_name = a
+        .node_name
+        .clone()
+        .or_else(|| ctx.cfg.node_name.clone())
+        .unwrap_or_else(|| repmgr_core::node::default_name(node_id));
+    repmgr_core::node::validate_name(&node_name)
+        .map_err(|e| Failure::config(format!("node name \"{node_name}\": {e}")))?;
+    // The same node again may be rebuilt with -F; any other match is a clash.
+    if let Some(other) = nodes
+        .iter()
+        .find(|n| (n.id == node_id || n.name == node_name) && n.active)
+        && (other.id != node_id || other.name != node_name || !ctx.g.force)
+    {
+        return Err(Failure::config(format!(
+            "{} is already registered and active; the new standby would be node {node_id} (\"{node_name}\")",
+            other.describe()
+        ))
+        .hint("Give the new standby an unused node_id and node_name, or -F to rebuild that very node."));
+    }
+    let use_slots = match ctx.cfg.use_replication_slots {
+        Some(v) => v,
+        None => up
+            .value(
+                "SELECT pg_catalog.current_setting('repmgr.use_replication_slots', true)",
+                &[],
+            )?
+            .is_none_or(|v| v == "on"),
+    };
+    let (problems, warnings) = upstream_problems(&mut up, use_slots)?;
+    for w in &warnings {
+        eprintln!("WARNING: {w}");
+    }
+    let repl_user = a
+        .replication_user
+        .clone()
+        .or_else(|| ctx.cfg.replication_user.clone())
+        .or_else(|| {
+            upstream
+                .as_ref()
+                .map(|u| u.repluser.clone())
+                .filter(|u| !u.is_empty())
+        })
+        .or_else(|| conninfo::get(&given, "user"));
+    let backup_conninfo = match &repl_user {
+        Some(u) => conninfo::with(&given, "user", u),
+        None => Ok(given.clone()),
+    }
+    .map_err(|e| Failure::config(format!("invalid upstream connection: {e}")))?;
+    // The replication connection itself, as pg_basebackup and the standby will make it.
+    let repl = conninfo::with(&backup_conninfo, "replication", "true").unwrap_or_default();
+    Session::connect(&repl, "the upstream (replication connection)")
+        .and_then(|mut c| {
+            debug("on the upstream (replication connection): IDENTIFY_SYSTEM");
+            c.identify_system()
+        })
+        .map_err(|f| {
+            Failure::config(format!("a replication connection to the upstream failed: {}", f.message))
+                .hint("Allow it in the upstream's pg_hba.conf (a \"replication\" line for the replication user).")
+        })?;
+    if !problems.is_empty() {
+        return Err(Failure::config(format!("the upstream cannot serve a new standby: {}", problems.join("; ")))
+            .hint("Change those settings on the upstream (max_wal_senders and max_replication_slots need a restart)."));
+    }
+    let slot = use_slots.then(|| slot_name(node_id));
+    let bindir_probe = local::program(&ctx.cfg, None, "pg_basebackup");
+    let mut args: Vec<String> = vec![
+        "-l".into(),
+        "repmgr base backup".into(),
+        "-D".into(),
+        dir.to_string_lossy().into_owned(),
+        "-d".into(),
+        backup_conninfo.clone(),
+        "-X".into(),
+        "stream".into(),
+        "-P".into(),
+    ];
+    if a.fast_checkpoint {
+        args.push("--checkpoint=fast".into());
+    }
+    if let Some(s) = &slot {
+        args.extend(["-S".into(), s.clone()]);
+    }
+    if let Some(extra) = &ctx.cfg.pg_basebackup_options {
+        args.extend(extra.split_whitespace().map(str::to_string));
+    }
+    let upstream_label = upstream
+        .as_ref()
+        .map_or_else(|| conninfo::mask(&given), NodeRow::describe);
+    if ctx.g.dry_run {
+        notice(format!(
+            "--dry-run: the checks passed; would clone {upstream_label} into {} as node {node_id} (\"{node_name}\"){}",
+            dir.display(),
+            slot.as_ref()
+                .map_or(String::new(), |s| format!(" with replication slot {s}"))
+        ));
+        notice(format!(
+            "--dry-run: would run: {} {}",
+            bindir_probe.display(),
+            args.iter()
+                .map(|a| conninfo::mask(a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        return Ok(SUCCESS);
+    }
+    if !local::is_empty_dir(&dir) {
+        std::fs::read_dir(&dir)
+            .and_then(|it| {
+                it.filter_map(|e| e.ok()).try_for_each(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        std::fs::remove_dir_all(p)
+                    } else {
+                        std::fs::remove_file(p)
+                    }
+                })
+            })
+            .map_err(|e| Failure::config(format!("could not empty {}: {e}", dir.display())))?;
+    }
+    if let Some(s) = &slot {
+        up.query(
+            "SELECT pg_catalog.pg_create_physical_replication_slot($1, true)
+              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)",
+            &[Some(s)],
+        )?;
+    }
+    let owner = clone_owner(&dir);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut c = local::command_as(owner.as_deref(), &bindir_probe, &argv);
+    notice(format!(
+        "cloning {upstream_label} into {} with pg_basebackup",
+        dir.display()
+    ));
+    debug(format!("running {c:?}"));
+    let status = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|e| {
+            Failure::new(
+                ERR_BAD_BASEBACKUP,
+                format!("could not run pg_basebackup: {e}"),
+            )
+        })?;
+    if !status.success() {
+        if let Some(s) = &slot {
+            let _ = up.query("SELECT pg_catalog.pg_drop_replication_slot($1)", &[Some(s)]);
+        }
+        return Err(Failure::new(
+            ERR_BAD_BASEBACKUP,
+            format!("pg_basebackup failed ({status})"),
+        )
+        .hint(format!(
+            "The directory {} holds a partial copy; run the clone again with -F.",
+            dir.display()
+        )));
+    }
+    let stream_from = upstream
+        .as_ref()
+        .map_or(given.clone(), |u| u.conninfo.clone());
+    let primary_conninfo =
+        conninfo::replication(&stream_from, repl_user.as_deref().unwrap_or(""), &node_name)
+            .map_err(|e| Failure::config(format!("invalid upstream connection: {e}")))?;
+    let id_text = node_id.to_string();
+    let mut settings: Vec<(&str, Option<&str>)> = vec![
+        ("primary_conninfo", Some(&primary_conninfo)),
+        ("primary_slot_name", slot.as_deref()),
+        ("repmgr.node_id", Some(&id_text)),
+        ("repmgr.node_name", Some(&node_name)),
+        // A copied fence marking or pause belongs to the upstream, not to this node.
+        ("default_transaction_read_only", None),
+    ];
+    if let Some(c) = &ctx.cfg.conninfo {
+        settings.push(("repmgr.conninfo", Some(c)));
+    }
+    local::set_auto_conf(&dir, &settings)?;
+    local::write_owned(&dir.join("standby.signal"), "", &dir)?;
+    let details = format!(
+        "cloned from {upstream_label} into {}; backup method: pg_basebackup; --force: {}",
+        dir.display(),
+        if ctx.g.force { "Y" } else { "N" }
+    );
+    if let Ok((_, mut p)) = catalog::connect_primary(&nodes) {
+        record_event(&mut p, node_id, "standby_clone", true, &details);
+    }
+    notice(format!("standby clone ({details}) complete"));
+    notice(format!(
+        "start the server (repmgr -D {} node service --action=start), then register it: repmgr standby register",
+        dir.display()
+    ));
+    Ok(SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------
+// standby promote / follow
+
+pub fn promote(ctx: &Ctx) -> Result<i32> {
+    let (mut s, _) = ctx.local_node()?;
+    let force = ctx.g.force.to_string();
+    if ctx.g.dry_run {
+        if !s.in_recovery()? {
+            return Err(Failure::new(
+                ERR_PROMOTION_FAIL,
+                format!("{} is not a standby", s.label),
+            ));
+        }
+        notice("--dry-run: would call repmgr.promote() on this standby");
+        return Ok(SUCCESS);
+    }
+    let done = s
+        .query_for(
+            "SELECT repmgr.promote(force => $1::boolean)",
+            &[Some(&force)],
+            Duration::from_secs(120),
+        )
+        .map_err(|f| f.code(ERR_PROMOTION_FAIL))?;
+    notice(done.get(0, 0).unwrap_or("promoted"));
+    Ok(SUCCESS)
+}
+
+pub fn follow(ctx: &Ctx, upstream: Option<i32>) -> Result<i32> {
+    let (mut s, me) = ctx.local_node()?;
+    let nodes = catalog::nodes(&mut s)?;
+    let target = match upstream {
+        Some(id) => catalog::node(&nodes, id)?.clone(),
+        None => catalog::registered_primary(&nodes)?.clone(),
+    };
+    if target.id == me.node_id {
+        return Err(Failure::new(
+            ERR_FOLLOW_FAIL,
+            format!("{} cannot follow itself", target.describe()),
+        ));
+    }
+    if ctx.g.dry_run {
+        target.connect().map_err(|f| f.code(ERR_FOLLOW_FAIL))?;
+        notice(format!(
+            "--dry-run: would make node {} follow {}",
+            me.node_id,
+            target.describe()
+        ));
+        return Ok(SUCCESS);
+    }
+    let id = target.id.to_string();
+    let done = s
+        .query_for(
+            "SELECT repmgr.follow($1::int)",
+            &[Some(&id)],
+            Duration::from_secs(120),
+        )
+        .map_err(|f| f.code(ERR_FOLLOW_FAIL))?;
+    notice(done.get(0, 0).unwrap_or("following"));
+    Ok(SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------
+// standby switchover
+
+#[derive(clap::Args, Debug, Default)]
+pub struct SwitchoverArgs {
+    /// Make the other standbys follow the new primary too
+    #[arg(long = "siblings-follow")]
+    pub siblings_follow: bool,
+    /// Let the old primary rejoin with pg_rewind if it must
+    #[arg(long = "force-rewind")]
+    pub force_rewind: bool,
+    /// Promote even if this standby did not receive the old primary's shutdown checkpoint
+    #[arg(long = "always-promote")]
+    pub always_promote: bool,
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `timeout`.
+fn wait_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What the switchover learnt before it changed anything.
+struct Plan {
+    me: NodeRow,
+    primary: NodeRow,
+    /// The old primary's data directory (on its machine).
+    primary_dir: PathBuf,
+    siblings: Vec<NodeRow>,
+    nodes: Vec<NodeRow>,
+}
+
+fn checks(ctx: &Ctx, a: &SwitchoverArgs, local: &mut Session, my_id: i32) -> Result<Plan> {
+    let refuse = |m: String| Failure::new(ERR_SWITCHOVER_FAIL, m);
+    if !local.in_recovery()? {
+        return Err(refuse(format!(
+            "{} is not a standby: run the switchover on the standby to promote",
+            local.label
+        )));
+    }
+    let nodes = catalog::nodes(local)?;
+    let me = catalog::node(&nodes, my_id)?.clone();
+    let (primary, mut p) =
+        catalog::connect_primary(&nodes).map_err(|f| f.code(ERR_SWITCHOVER_FAIL))?;
+    if me.upstream_id != Some(primary.id) {
+        return Err(refuse(format!(
+            "{} does not stream from the primary {} (its upstream is {})",
+            me.describe(),
+            primary.describe(),
+            me.upstream_name.as_deref().unwrap_or("none")
+        ))
+        .hint(format!(
+            "Make it follow the primary first: repmgr standby follow --upstream-node-id {}",
+            primary.id
+        )));
+    }
+    let streaming = p.value(
+        "SELECT state FROM pg_catalog.pg_stat_replication WHERE application_name = $1",
+        &[Some(&me.name)],
+    )?;
+    if streaming.as_deref() != Some("streaming") {
+        return Err(refuse(format!(
+            "{} is not streaming from {}",
+            me.describe(),
+            primary.describe()
+        )));
+    }
+    let lag = local.value(
+        "SELECT CASE WHEN pg_catalog.pg_last_wal_receive_lsn() = pg_catalog.pg_last_wal_replay_lsn() THEN 0
+                     ELSE EXTRACT(epoch FROM pg_catalog.clock_timestamp() - pg_catalog.pg_last_xact_replay_timestamp())::bigint END",
+        &[],
+    )?;
+    let lag: i64 = lag.and_then(|v| v.parse().ok()).unwrap_or(i64::MAX);
+    if lag >= ctx.cfg.replication_lag_critical && !ctx.g.force {
+        return Err(refuse(format!(
+            "{} is {} behind the primary (replication_lag_critical is {} s)",
+            me.describe(),
+            if lag == i64::MAX {
+                "an unknown time".to_string()
+            } else {
+                format!("{lag} s")
+            },
+            ctx.cfg.replication_lag_critical
+        ))
+        .hint("Wait for it to catch up, or -F to switch over anyway."));
+    }
+    let paused: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.active)
+        .filter_map(|n| {
+            let mut s = n.connect().ok()?;
+            (s.value("SELECT repmgr.repmgrd_is_paused()", &[])
+                .ok()??
+                .as_str()
+                == "t")
+                .then(|| n.describe())
+        })
+        .collect();
+    if !paused.is_empty() {
+        return Err(refuse(format!(
+            "automatic actions are paused on {}: another switchover may be running",
+            paused.join(", ")
+        ))
+        .hint("If none is, resume them with repmgr service unpause and try again."));
+    }
+    let primary_dir = p
+        .value("SELECT pg_catalog.current_setting('data_directory')", &[])
+        .map_err(|f| refuse(format!("could not read the primary's data_directory (it needs a superuser or pg_read_all_settings): {}", f.message)))?
+        .unwrap_or_default();
+    if a.force_rewind {
+        let r = p.query(
+            "SELECT pg_catalog.current_setting('wal_log_hints'), (SELECT data_page_checksum_version FROM pg_catalog.pg_control_init())",
+            &[],
+        )?;
+        if r.get(0, 0) != Some("on") && r.get(0, 1) == Some("0") {
+            return Err(refuse(format!(
+                "--force-rewind: {} has neither wal_log_hints nor data checksums, so pg_rewind cannot run on it",
+                primary.describe()
+            )));
+        }
+    }
+    let siblings: Vec<NodeRow> = nodes
+        .iter()
+        .filter(|n| {
+            n.active && n.node_type == NodeType::Standby && n.id != me.id && n.id != primary.id
+        })
+        .cloned()
+        .collect();
+    let senders = local.query(
+        "SELECT pg_catalog.current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_catalog.pg_stat_replication)::int",
+        &[],
+    )?;
+    let free: i64 = senders.get(0, 0).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let needed = 1 + if a.siblings_follow {
+        siblings.len() as i64
+    } else {
+        0
+    };
+    if free < needed {
+        return Err(refuse(format!(
+            "{} has {free} free WAL sender(s) and needs {needed} (the old primary{})",
+            me.describe(),
+            if a.siblings_follow {
+                " and the siblings"
+            } else {
+                ""
+            }
+        ))
+        .hint("Raise max_wal_senders on it (needs a restart)."));
+    }
+    // The old primary's machine must run repmgr for us (ssh, or here).
+    let v = remote::repmgr(&ctx.cfg, &primary, &["--version".to_string()])
+        .map_err(|f| f.code(ERR_SWITCHOVER_FAIL))?;
+    if !v.success {
+        return Err(refuse(format!(
+            "repmgr does not run for {}: {}",
+            primary.describe(),
+            v.stderr.trim()
+        )));
+    }
+    Ok(Plan {
+        me,
+        primary,
+        primary_dir: PathBuf::from(primary_dir),
+        siblings,
+        nodes,
+    })
+}
+
+/// Runs `repmgr <args>` for the old primary, with its data directory.
+fn on_old_primary(ctx: &Ctx, plan: &Plan, args: &[&str]) -> Result<remote::Ran> {
+    let mut full = vec![
+        "-D".to_string(),
+        plan.primary_dir.to_string_lossy().into_owned(),
+    ];
+    full.extend(args.iter().map(|a| a.to_string()));
+    remote::repmgr(&ctx.cfg, &plan.primary, &full)
+}
+
+/// Starts the old primary again after an abandoned switchover, and says what state is left.
+fn back_out(ctx: &Ctx, plan: &Plan, paused: &[NodeRow], why: String) -> Failure {
+    let restarted =
+        on_old_primary(ctx, plan, &["node", "service", "--action=start"]).is_ok_and(|r| r.success);
+    let unpaused = service::unpause(paused);
+    let state = if restarted {
+        format!(
+            "{} was started again and is the primary",
+            plan.primary.describe()
+        )
+    } else {
+        format!(
+            "{} is STOPPED and could not be started again: start it on its machine (repmgr -D {} node service --action=start)",
+            plan.primary.describe(),
+            plan.primary_dir.display()
+        )
+    };
+    Failure::new(
+        ERR_SWITCHOVER_FAIL,
+        format!("switchover abandoned: {why}; {state}"),
+    )
+    .hint(if unpaused {
+        "Nothing else changed; fix the cause and run the switchover again.".to_string()
+    } else {
+        "Some nodes are still paused: run repmgr service unpause.".to_string()
+    })
+}
+
+pub fn switchover(ctx: &Ctx, a: &SwitchoverArgs) -> Result<i32> {
+    let started = Instant::now();
+    let (mut local, me) = ctx.local_node()?;
+    let plan = checks(ctx, a, &mut local, me.node_id)?;
+    let stop_cmd = on_old_primary(
+        ctx,
+        &plan,
+        &["node", "service", "--action=stop", "--list-actions"],
+    )?;
+    if ctx.g.dry_run {
+        notice(format!(
+            "--dry-run: the checks passed; would pause every node, stop {} with \"{}\", promote {}, rejoin {} as its standby{}",
+            plan.primary.describe(),
+            stop_cmd.stdout.trim(),
+            plan.me.describe(),
+            plan.primary.describe(),
+            if a.siblings_follow {
+                ", and make the siblings follow"
+            } else {
+                ""
+            }
+        ));
+        return Ok(SUCCESS);
+    }
+    let paused = service::pause_all(&plan.nodes, ctx.g.force).map_err(|f| {
+        Failure::new(ERR_SWITCHOVER_FAIL, format!("could not pause automatic failover on every node: {}", f.message))
+            .hint("Every active node must be reachable (or use -F to go on without the unreachable ones).")
+    })?;
+    notice(format!(
+        "automatic actions paused on {} node(s)",
+        paused.len()
+    ));
+    // A checkpoint first makes the shutdown checkpoint quick.
+    if let Ok(mut p) = plan.primary.connect() {
+        let _ = p.query("CHECKPOINT", &[]);
+    }
+    notice(format!("stopping {}", plan.primary.describe()));
+    let stopped = on_old_primary(ctx, &plan, &["node", "service", "--action=stop"])?;
+    if !stopped.success {
+        return Err(back_out(
+            ctx,
+            &plan,
+            &paused,
+            format!(
+                "stopping {} failed: {}",
+                plan.primary.describe(),
+                stopped.stderr.trim()
+            ),
+        ));
+    }
+    let timeout = Duration::from_secs(ctx.cfg.shutdown_check_timeout as u64);
+    let state = wait_until(timeout, || {
+        let r = on_old_primary(ctx, &plan, &["node", "status", "--is-shutdown-cleanly"]).ok()?;
+        let line = r.stdout.trim().to_string();
+        (!line.contains("--state=UP") && !line.contains("SHUTTING_DOWN")).then_some(line)
+    });
+    let checkpoint = match state.as_deref() {
+        Some(line) if line.starts_with("--state=SHUTDOWN") => line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("--last-checkpoint-lsn="))
+            .and_then(Lsn::parse),
+        Some(line) => {
+            return Err(back_out(
+                ctx,
+                &plan,
+                &paused,
+                format!(
+                    "{} did not shut down cleanly ({line})",
+                    plan.primary.describe()
+                ),
+            ));
+        }
+        None => {
+            return Err(back_out(
+                ctx,
+                &plan,
+                &paused,
+                format!(
+                    "the shutdown of {} could not be confirmed within {} s",
+                    plan.primary.describe(),
+                    timeout.as_secs()
+                ),
+            ));
+        }
+    };
+    let Some(checkpoint) = checkpoint else {
+        return Err(back_out(
+            ctx,
+            &plan,
+            &paused,
+            "the old primary's shutdown checkpoint location is unknown".into(),
+        ));
+    };
+    // Everything the old primary wrote, its shutdown checkpoint included, must be here.
+    let receive_timeout = Duration::from_secs(ctx.cfg.wal_receive_check_timeout as u64);
+    let received = wait_until(receive_timeout, || {
+        let lsn = local
+            .value("SELECT pg_catalog.pg_last_wal_receive_lsn()::text", &[])
+            .ok()??;
+        Lsn::parse(&lsn).filter(|l| *l > checkpoint)
+    });
+    if received.is_none() && !a.always_promote {
+        return Err(back_out(
+            ctx,
+            &plan,
+            &paused,
+            format!(
+                "{} did not receive the old primary's shutdown checkpoint ({checkpoint}) within {} s",
+                plan.me.describe(),
+                receive_timeout.as_secs()
+            ),
+        ));
+    }
+    // The old primary is down and wrote nothing after its checkpoint: the voters need not
+    // wait for its lease to run out.
+    let old = plan.primary.id.to_string();
+    for n in plan
+        .nodes
+        .iter()
+        .filter(|n| n.active && n.id != plan.primary.id)
+    {
+        if let Ok(mut s) = n.connect() {
+            let _ = s.query("SELECT repmgr.primary_stopped($1::int)", &[Some(&old)]);
+        }
+    }
+    notice(format!("promoting {}", plan.me.describe()));
+    let promoted = local.query_for("SELECT repmgr.promote()", &[], Duration::from_secs(120));
+    if let Err(f) = promoted {
+        return Err(back_out(
+            ctx,
+            &plan,
+            &paused,
+            format!("the promotion failed: {}", f.message),
+        ));
+    }
+    notice(format!(
+        "{} is the primary; {} rejoins as its standby",
+        plan.me.describe(),
+        plan.primary.describe()
+    ));
+    let mut rejoin: Vec<&str> = vec!["-d", &plan.me.conninfo, "node", "rejoin"];
+    if a.force_rewind {
+        rejoin.push("--force-rewind");
+    }
+    let rejoined = on_old_primary(ctx, &plan, &rejoin);
+    let mut incomplete = Vec::new();
+    match &rejoined {
+        Ok(r) if r.success => {}
+        Ok(r) => incomplete.push(format!(
+            "{} did not rejoin: {}",
+            plan.primary.describe(),
+            r.stderr.trim()
+        )),
+        Err(f) => incomplete.push(format!(
+            "{} did not rejoin: {}",
+            plan.primary.describe(),
+            f.message
+        )),
+    }
+    if a.siblings_follow {
+        let id = plan.me.id.to_string();
+        for s in &plan.siblings {
+            let r = s.connect().and_then(|mut c| {
+                c.query_for(
+                    "SELECT repmgr.follow($1::int)",
+                    &[Some(&id)],
+                    Duration::from_secs(90),
+                )
+            });
+            match r {
+                Ok(_) => notice(format!("{} follows {}", s.describe(), plan.me.describe())),
+                Err(f) => {
+                    incomplete.push(format!("{} could not follow: {}", s.describe(), f.message))
+                }
+            }
+        }
+    }
+    let unpaused = service::unpause(&paused);
+    let details = format!(
+        "{} promoted to primary, {} demoted to standby",
+        plan.me.describe(),
+        plan.primary.describe()
+    );
+    let mut p = Session::connect(&plan.me.conninfo, &plan.me.describe())?;
+    record_event(
+        &mut p,
+        plan.me.id,
+        "standby_switchover",
+        incomplete.is_empty(),
+        &if incomplete.is_empty() {
+            details.clone()
+        } else {
+            format!("{details}; incomplete: {}", incomplete.join("; "))
+        },
+    );
+    if !unpaused {
+        eprintln!("WARNING: some nodes are still paused; run repmgr service unpause");
+    }
+    if !incomplete.is_empty() {
+        return Err(Failure::new(ERR_SWITCHOVER_INCOMPLETE, format!("switchover incomplete: {details}, but {}", incomplete.join("; ")))
+            .hint(format!(
+                "{} is the only primary. On the old primary's machine: repmgr -D {} -d '{}' node rejoin --force-rewind",
+                plan.me.describe(),
+                plan.primary_dir.display(),
+                conninfo::mask(&plan.me.conninfo)
+            )));
+    }
+    notice(format!(
+        "switchover complete in {:.1} s: {details}",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(SUCCESS)
+}
