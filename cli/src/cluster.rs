@@ -134,9 +134,13 @@ fn catalog_nodes(ctx: &Ctx) -> Result<Vec<NodeRow>> {
     Ok(nodes)
 }
 
-pub fn show(ctx: &Ctx, compact: bool) -> Result<i32> {
-    let nodes = catalog_nodes(ctx)?;
-    let seen: HashMap<i32, Seen> = nodes.iter().map(|n| (n.id, look(n))).collect();
+/// `cluster show` for `nodes` as `seen`: what goes to stdout, and the problems found.
+pub fn render_show(
+    nodes: &[NodeRow],
+    seen: &HashMap<i32, Seen>,
+    compact: bool,
+    format: Format,
+) -> (String, Vec<String>) {
     let mut warnings = Vec::new();
     let mut table = Table::new(&[
         ("id", "ID"),
@@ -151,14 +155,14 @@ pub fn show(ctx: &Ctx, compact: bool) -> Result<i32> {
     ]);
     let mut csv = String::new();
     let mut json_nodes = Vec::new();
-    for n in &nodes {
-        let s = &seen[&n.id];
+    for n in nodes {
+        let s = seen.get(&n.id).unwrap_or(&Seen::Unreachable);
         let (st, w) = status(n, s);
         warnings.extend(w);
         let up = n
             .upstream_id
             .and_then(|u| nodes.iter().find(|x| x.id == u))
-            .map(|u| (u, &seen[&u.id]));
+            .map(|u| (u, seen.get(&u.id).unwrap_or(&Seen::Unreachable)));
         let (up_text, w) = upstream(n, up);
         warnings.extend(w);
         let (reachable, recovery, timeline) = match s {
@@ -213,20 +217,23 @@ pub fn show(ctx: &Ctx, compact: bool) -> Result<i32> {
             r.pop();
         });
     }
-    match ctx.format() {
-        Format::Text => {
-            print!("{}", table.text());
-            if !warnings.is_empty() {
-                eprintln!("\nWARNING: following issues were detected");
-                warnings.iter().for_each(|w| eprintln!("  - {w}"));
-            }
-        }
+    let out = match format {
+        Format::Text => table.text(),
         // repmgr's CSV: node_id, availability (0 up, -1 down), recovery (0/1, -1 unknown).
-        Format::Csv => print!("{csv}"),
-        Format::Json => print!(
-            "{}",
-            pretty(&json!({"nodes": json_nodes, "warnings": warnings}))
-        ),
+        Format::Csv => csv,
+        Format::Json => pretty(&json!({"nodes": json_nodes, "warnings": warnings})),
+    };
+    (out, warnings)
+}
+
+pub fn show(ctx: &Ctx, compact: bool) -> Result<i32> {
+    let nodes = catalog_nodes(ctx)?;
+    let seen: HashMap<i32, Seen> = nodes.iter().map(|n| (n.id, look(n))).collect();
+    let (out, warnings) = render_show(&nodes, &seen, compact, ctx.format());
+    print!("{out}");
+    if ctx.format() == Format::Text && !warnings.is_empty() {
+        eprintln!("\nWARNING: following issues were detected");
+        warnings.iter().for_each(|w| eprintln!("  - {w}"));
     }
     Ok(if warnings.is_empty() {
         SUCCESS
@@ -530,5 +537,69 @@ mod tests {
         assert_eq!(text, "! node1");
         assert!(w.unwrap().contains("is not attached to its upstream"));
         assert_eq!(upstream(&p, None), (String::new(), None));
+    }
+
+    /// A cluster in every state `cluster show` distinguishes.
+    fn sample() -> (Vec<NodeRow>, HashMap<i32, Seen>) {
+        let mut p = node(1, "node1", NodeType::Primary, true, None);
+        p.conninfo = "host=10.0.0.1 dbname=repmgr user=repmgr password=hunter2".into();
+        let mut s2 = node(2, "node2", NodeType::Standby, true, Some(1));
+        s2.conninfo = "host=10.0.0.2 dbname=repmgr user=repmgr".into();
+        s2.location = "dc2".into();
+        let mut s3 = node(3, "node3", NodeType::Standby, true, Some(2));
+        s3.conninfo = "host=10.0.0.3 dbname=repmgr user=repmgr".into();
+        s3.priority = 0;
+        let mut w = node(4, "witness", NodeType::Witness, true, Some(1));
+        w.conninfo = "postgresql://repmgr:secret@10.0.0.4/repmgr".into();
+        let mut old = node(5, "node5", NodeType::Primary, false, None);
+        old.conninfo = "host=10.0.0.5 dbname=repmgr".into();
+        let seen = HashMap::from([
+            (1, up(false, &["node2"])),
+            (2, up(true, &[])),
+            (3, up(true, &[])),
+            (4, up(false, &[])),
+            (5, Seen::Unreachable),
+        ]);
+        (vec![p, s2, s3, w, old], seen)
+    }
+
+    /// Compares with `testdata/<name>`; `REPMGR_BLESS=1` rewrites the file instead.
+    fn golden(name: &str, got: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(name);
+        if std::env::var_os("REPMGR_BLESS").is_some() {
+            std::fs::write(&path, got).unwrap();
+        }
+        let want =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(got, want, "output differs from {}", path.display());
+    }
+
+    #[test]
+    fn cluster_show_output_matches_the_golden_files() {
+        let (nodes, seen) = sample();
+        let (text, warnings) = render_show(&nodes, &seen, false, Format::Text);
+        golden("cluster_show.txt", &text);
+        assert_eq!(
+            warnings,
+            ["node \"node3\" (ID: 3) is not attached to its upstream node \"node2\" (ID: 2)"]
+        );
+        golden(
+            "cluster_show_compact.txt",
+            &render_show(&nodes, &seen, true, Format::Text).0,
+        );
+        golden(
+            "cluster_show.csv",
+            &render_show(&nodes, &seen, false, Format::Csv).0,
+        );
+        golden(
+            "cluster_show.json",
+            &render_show(&nodes, &seen, false, Format::Json).0,
+        );
+        for f in [Format::Text, Format::Csv, Format::Json] {
+            let out = render_show(&nodes, &seen, false, f).0;
+            assert!(!out.contains("hunter2") && !out.contains("secret"), "{out}");
+        }
     }
 }

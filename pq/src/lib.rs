@@ -485,12 +485,7 @@ impl Conn {
         deadline: Instant,
         waiter: &mut dyn Waiter,
     ) -> Result<Rows, Error> {
-        if !self.is_usable() {
-            return Err(Error::new(
-                ErrorKind::Connect,
-                "the connection is no longer usable",
-            ));
-        }
+        self.usable()?;
         self.send(sql, params)?;
         self.finish(deadline, waiter)
     }
@@ -502,14 +497,20 @@ impl Conn {
         deadline: Instant,
         waiter: &mut dyn Waiter,
     ) -> Result<Rows, Error> {
-        if !self.is_usable() {
-            return Err(Error::new(
-                ErrorKind::Connect,
-                "the connection is no longer usable",
-            ));
-        }
+        self.usable()?;
         self.send_simple(sql)?;
         self.finish(deadline, waiter)
+    }
+
+    fn usable(&self) -> Result<(), Error> {
+        if self.is_usable() {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Connect,
+                "the connection is no longer usable",
+            ))
+        }
     }
 
     /// Waits for the statement in flight until `deadline`.

@@ -447,6 +447,62 @@ impl Cluster {
         self.nodes.push(node);
     }
 
+    /// Primary 1 registered with `repmgr primary register`, and standbys `ids` made with
+    /// `repmgr standby clone`, started, and registered with `repmgr standby register`, each
+    /// with its own repmgr.conf. Returns the repmgr.conf paths (index = node id; 0 unused).
+    pub fn populate_with_cli(
+        &mut self,
+        ids: &[i32],
+        opts: impl Fn() -> NodeOptions,
+    ) -> Vec<PathBuf> {
+        let run = |args: &[&str]| {
+            let out = Command::new(cli()).args(args).output().expect("run repmgr");
+            assert!(
+                out.status.success(),
+                "repmgr {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        self.init_primary(1, opts());
+        let p = self.node(1).clone();
+        let mut confs = vec![PathBuf::new(), self.repmgr_conf(&p, &[])];
+        run(&["-f", &confs[1].to_string_lossy(), "primary", "register"]);
+        for id in ids {
+            let n = self.reserve(*id, &opts());
+            let conf = self.repmgr_conf(&n, &[]);
+            let mut args = vec!["-f".to_string(), conf.to_string_lossy().into_owned()];
+            args.extend(self.clone_args(1));
+            args.push("--fast-checkpoint".into());
+            run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            self.adopt(n, &opts());
+            self.start(*id);
+            run(&["-f", &args[1], "standby", "register"]);
+            confs.push(conf);
+        }
+        confs
+    }
+
+    /// `standby clone` and the options that point it at node `upstream`.
+    pub fn clone_args(&self, upstream: i32) -> Vec<String> {
+        let port = self.node(upstream).port.to_string();
+        [
+            "standby",
+            "clone",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "repmgr",
+        ]
+        .map(str::to_string)
+        .to_vec()
+    }
+
     /// Writes a repmgr.conf for node `n` (identity, conninfo, data directory, and a start
     /// command that logs where [`Cluster::log`] reads) plus `extra` lines; returns its path.
     pub fn repmgr_conf(&self, n: &Node, extra: &[&str]) -> PathBuf {
@@ -663,6 +719,20 @@ impl Cluster {
             &format!("SELECT 1 FROM pg_stat_replication WHERE application_name = '{name}' AND state = 'streaming'"),
         )
         .is_ok_and(|r| !r.rows.is_empty())
+    }
+
+    /// The acknowledged values of `acks` (see [`load::Load`]) that `table` on `node` lacks.
+    pub fn missing_acks(&self, node: i32, table: &str, acks: &[load::Ack]) -> Vec<i64> {
+        let present: std::collections::HashSet<i64> = self
+            .sql(node, &format!("SELECT id FROM {table}"))
+            .rows
+            .iter()
+            .filter_map(|r| r[0].as_deref()?.parse().ok())
+            .collect();
+        acks.iter()
+            .map(|(v, _)| *v)
+            .filter(|v| !present.contains(v))
+            .collect()
     }
 
     /// Waits until every node of `standbys` has replayed all that `primary` wrote so far.

@@ -100,41 +100,11 @@ fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-/// Primary 1 registered with the command line and standbys `ids` cloned, started and
-/// registered with it. Returns each node's repmgr.conf path (index = node id).
 fn cli_cluster(c: &mut Cluster, ids: &[i32], opts: impl Fn() -> NodeOptions) -> Vec<String> {
-    c.init_primary(1, opts());
-    let p = c.node(1).clone();
-    let mut confs = vec![String::new(), c.repmgr_conf(&p, &[]).display().to_string()];
-    run_ok(0, &["-f", &confs[1], "primary", "register"]);
-    for id in ids {
-        let n = c.reserve(*id, &opts());
-        let conf = c.repmgr_conf(&n, &[]).display().to_string();
-        let port = p.port.to_string();
-        run_ok(
-            0,
-            &[
-                "-f",
-                &conf,
-                "standby",
-                "clone",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                "repmgr",
-                "--fast-checkpoint",
-            ],
-        );
-        c.adopt(n, &opts());
-        c.start(*id);
-        run_ok(0, &["-f", &conf, "standby", "register"]);
-        confs.push(conf);
-    }
-    confs
+    c.populate_with_cli(ids, opts)
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect()
 }
 
 #[test]
@@ -144,24 +114,12 @@ fn clone_register_and_check_standbys() {
     let p = c.node(1).clone();
     let p_conf = c.repmgr_conf(&p, &[]).display().to_string();
     run_ok(0, &["-f", &p_conf, "primary", "register"]);
-    let port = p.port.to_string();
     let n2 = c.reserve(2, &NodeOptions::default());
     let conf2 = c.repmgr_conf(&n2, &[]).display().to_string();
+    let clone_args = c.clone_args(1);
     let clone = |conf: &str, extra: &[&str]| {
-        let mut a = vec![
-            "-f",
-            conf,
-            "standby",
-            "clone",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-d",
-            "repmgr",
-        ];
+        let mut a = vec!["-f", conf];
+        a.extend(clone_args.iter().map(String::as_str));
         a.extend_from_slice(extra);
         repmgr(&a)
     };
@@ -226,20 +184,7 @@ fn clone_register_and_check_standbys() {
     );
     // Cloning as a node that already exists is refused, naming it.
     let dup = c.dir.join("dup");
-    let (code, _, err) = repmgr(&[
-        "-f",
-        &conf3,
-        "-D",
-        &dup.display().to_string(),
-        "standby",
-        "clone",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-U",
-        "postgres",
-    ]);
+    let (code, _, err) = clone(&conf3, &["-D", &dup.display().to_string()]);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("node 3 (\"node3\") is already registered and active"),
@@ -291,6 +236,43 @@ fn clone_register_and_check_standbys() {
         assert!(out.starts_with(name), "{opt}: {out}");
     }
     run_ok(1, &["-f", &conf2, "node", "check", "--nagios"]);
+    // node status, in text and JSON; the service command it would run.
+    let (out, _) = run_ok(0, &["-f", &conf2, "node", "status"]);
+    assert!(
+        out.starts_with("Node \"node2\":\n\tPostgreSQL version: 15."),
+        "{out}"
+    );
+    assert!(
+        out.contains("\tRole: standby\n") && out.contains("\tUpstream node: node1\n"),
+        "{out}"
+    );
+    let (out, _) = run_ok(0, &["-f", &conf2, "--format", "json", "node", "status"]);
+    let v = json(&out);
+    assert_eq!(
+        (
+            v["role"].as_str(),
+            v["upstream_node"].as_str(),
+            v["fenced"].as_bool()
+        ),
+        (Some("standby"), Some("node1"), Some(false)),
+        "{v}"
+    );
+    let (out, _) = run_ok(
+        0,
+        &[
+            "-f",
+            &conf2,
+            "node",
+            "service",
+            "--action",
+            "stop",
+            "--list-actions",
+        ],
+    );
+    assert!(
+        out.contains("pg_ctl' -D '") && out.trim_end().ends_with("-w -m fast stop"),
+        "{out}"
+    );
     // On the primary with node 3 stopped: downstream and slots are CRITICAL (exit 2).
     c.stop(3);
     let (out, _) = run_ok(
@@ -369,27 +351,6 @@ fn clone_register_and_check_standbys() {
     assert!(out.contains(" node3 | 3  | ? | ? | ?"), "{out}");
 }
 
-/// Every value acknowledged by `load` must be on `node`.
-fn none_lost(c: &Cluster, node: i32, acks: &[(i64, std::time::Instant)]) {
-    let present: std::collections::HashSet<i64> = c
-        .sql(node, "SELECT id FROM acked")
-        .rows
-        .iter()
-        .filter_map(|r| r[0].as_deref()?.parse().ok())
-        .collect();
-    let lost: Vec<i64> = acks
-        .iter()
-        .map(|(v, _)| *v)
-        .filter(|v| !present.contains(v))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged commits missing on node {node}: {:?}",
-        lost.len(),
-        &lost[..lost.len().min(20)]
-    );
-}
-
 #[test]
 fn switchover_swaps_roles_under_load() {
     let mut c = Cluster::new("cli-switchover");
@@ -450,7 +411,11 @@ fn switchover_swaps_roles_under_load() {
             c.streams_from(2, id).then_some(())
         });
     }
-    none_lost(&c, 2, &acks);
+    let lost = c.missing_acks(2, "acked", &acks);
+    assert!(
+        lost.is_empty(),
+        "acknowledged commits missing on node 2: {lost:?}"
+    );
     let roles = c.sql(
         2,
         "SELECT node_id, type, upstream_node_id, active FROM repmgr.nodes ORDER BY 1",
@@ -496,42 +461,33 @@ fn rejoin_brings_back_a_crashed_primary_with_pg_rewind() {
     );
     let target = c.node(new).conninfo();
     // Crashed: a plain rejoin is refused and says what to do.
-    let (code, _, err) = repmgr(&["-f", &confs[1], "-d", &target, "node", "rejoin"]);
+    let rejoin = |extra: &[&str]| {
+        let mut a = vec![
+            "-f",
+            confs[1].as_str(),
+            "-d",
+            target.as_str(),
+            "node",
+            "rejoin",
+        ];
+        a.extend_from_slice(extra);
+        repmgr(&a)
+    };
+    let (code, _, err) = rejoin(&[]);
     assert_eq!(code, 24, "{err}");
     assert!(
         err.contains("was not shut down cleanly") && err.contains("--force-rewind"),
         "{err}"
     );
-    let (_, err) = run_ok(
-        0,
-        &[
-            "-f",
-            &confs[1],
-            "-d",
-            &target,
-            "node",
-            "rejoin",
-            "--force-rewind",
-            "--dry-run",
-        ],
-    );
+    let (code, _, err) = rejoin(&["--force-rewind", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("--dry-run") && err.contains("pg_rewind would run first"),
         "{err}"
     );
     assert!(c.node(1).pid().is_none(), "a dry run started the server");
-    let (_, err) = run_ok(
-        0,
-        &[
-            "-f",
-            &confs[1],
-            "-d",
-            &target,
-            "node",
-            "rejoin",
-            "--force-rewind",
-        ],
-    );
+    let (code, _, err) = rejoin(&["--force-rewind"]);
+    assert_eq!(code, 0, "{err}");
     assert!(err.contains("rewound with pg_rewind"), "{err}");
     assert!(c.streams_from(new, 1));
     assert_eq!(

@@ -51,17 +51,7 @@ fn add_witness(c: &mut Cluster, id: i32) {
 
 /// Every acknowledged value must be on `node`.
 fn none_lost(c: &Cluster, node: i32, table: &str, acks: &[(i64, Instant)]) {
-    let present: HashSet<i64> = c
-        .sql(node, &format!("SELECT id FROM {table}"))
-        .rows
-        .iter()
-        .filter_map(|r| r[0].as_deref()?.parse().ok())
-        .collect();
-    let lost: Vec<i64> = acks
-        .iter()
-        .map(|(v, _)| *v)
-        .filter(|v| !present.contains(v))
-        .collect();
+    let lost = c.missing_acks(node, table, acks);
     assert!(
         lost.is_empty(),
         "{} acknowledged commits missing on node {node}: {:?}",
@@ -83,22 +73,17 @@ fn nothing_confirmed_after_promotion(
         .expect("a promotion event")
         .parse()
         .unwrap();
-    let present: HashSet<i64> = c
-        .sql(node, &format!("SELECT id FROM {table}"))
-        .rows
-        .iter()
-        .filter_map(|r| r[0].as_deref()?.parse().ok())
-        .collect();
+    let missing: HashSet<i64> = c.missing_acks(node, table, acks).into_iter().collect();
     let late: Vec<i64> = acks
         .iter()
-        .filter(|(v, t)| !present.contains(v) && wall(*t) >= promoted)
+        .filter(|(v, t)| missing.contains(v) && wall(*t) >= promoted)
         .map(|(v, _)| *v)
         .collect();
     assert!(
         late.is_empty(),
         "commits confirmed after the promotion are missing on node {node}: {late:?}"
     );
-    acks.iter().filter(|(v, _)| !present.contains(v)).count()
+    missing.len()
 }
 
 #[test]

@@ -11,6 +11,10 @@
 //! run: time to a writable new primary, to the other standby streaming from it, the client's
 //! write gap (last acknowledged commit before the crash to the first after), and acknowledged
 //! commits missing on the new primary.
+//!
+//! `switchover`: `repmgr standby switchover --siblings-follow` on a fresh three-node cluster
+//! built with the command line, under the same write load: the client's write gap, the
+//! command's own duration, and acknowledged commits missing afterwards.
 
 use std::fs;
 use std::process::{Command, ExitCode};
@@ -24,7 +28,7 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]\n       repmgr-bench failover [--runs N]"
+        "usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]\n       repmgr-bench failover [--runs N]\n       repmgr-bench switchover [--runs N]"
     );
     ExitCode::from(2)
 }
@@ -261,17 +265,23 @@ struct Run {
     lost: usize,
 }
 
-fn failover_run(run: usize) -> Run {
-    let wait = Duration::from_secs(60);
-    let mut c = Cluster::new(&format!("bench-failover-{run}"));
-    c.populate(&[2, 3], |_| NodeOptions::default());
-    c.settled(1, &[2, 3], wait);
+/// A commit every 10 ms on whichever of nodes 1 to 3 is writable, going for 2 s already.
+fn write_load(c: &Cluster) -> Load {
     let load = Load::start(
         &c.multi_host(&[1, 2, 3]),
         "acked",
         Duration::from_millis(10),
     );
     std::thread::sleep(Duration::from_secs(2));
+    load
+}
+
+fn failover_run(run: usize) -> Run {
+    let wait = Duration::from_secs(60);
+    let mut c = Cluster::new(&format!("bench-failover-{run}"));
+    c.populate(&[2, 3], |_| NodeOptions::default());
+    c.settled(1, &[2, 3], wait);
+    let load = write_load(&c);
     let crash = Instant::now();
     c.kill9(1);
     // Polled every 20 ms rather than through wait_for's 100 ms, for resolution.
@@ -310,13 +320,7 @@ fn failover_run(run: usize) -> Run {
     // The longest pause in acknowledgements ending after the crash: the kill takes a few
     // milliseconds, during which the old primary may still acknowledge a commit or two.
     let gap = longest_gap(&acks, crash).map_or(Duration::ZERO, |(g, _)| g);
-    let present: std::collections::HashSet<i64> = c
-        .sql(new, "SELECT id FROM acked")
-        .rows
-        .iter()
-        .filter_map(|r| r[0].as_deref()?.parse().ok())
-        .collect();
-    let lost = acks.iter().filter(|(v, _)| !present.contains(v)).count();
+    let lost = c.missing_acks(new, "acked", &acks).len();
     Run {
         writable,
         following,
@@ -376,6 +380,58 @@ fn failover(runs: usize) {
     println!("total {:.0} s", started.elapsed().as_secs_f64());
 }
 
+fn switchover(runs: usize) {
+    let started = Instant::now();
+    println!(
+        "== repmgr standby switchover --siblings-follow: 3 nodes, default settings, a commit every 10 ms, {runs} runs"
+    );
+    let (mut gaps, mut took) = (Vec::new(), Vec::new());
+    let (mut lost, mut acked) = (0, 0);
+    for run in 1..=runs {
+        let wait = Duration::from_secs(60);
+        let mut c = Cluster::new(&format!("bench-switchover-{run}"));
+        let confs = c.populate_with_cli(&[2, 3], NodeOptions::default);
+        c.settled(1, &[2, 3], wait);
+        let load = write_load(&c);
+        let t = Instant::now();
+        let out = Command::new(repmgr_tests::cli())
+            .arg("-f")
+            .arg(&confs[2])
+            .args(["standby", "switchover", "--siblings-follow"])
+            .output()
+            .expect("run repmgr");
+        let command = t.elapsed();
+        assert!(
+            out.status.success(),
+            "run {run}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c.wait_for("writes on the new primary", wait, || {
+            (c.writable(&[1, 2, 3]) == [2]
+                && load.acks().last().is_some_and(|(_, a)| *a > t + command))
+            .then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let acks = load.stop();
+        let gap = longest_gap(&acks, t).map_or(Duration::ZERO, |(g, _)| g);
+        let m = c.missing_acks(2, "acked", &acks).len();
+        println!(
+            "run {run}: write gap {:.3} s, command took {:.2} s, {m} of {} acknowledged commits missing",
+            gap.as_secs_f64(),
+            command.as_secs_f64(),
+            acks.len()
+        );
+        gaps.push(gap);
+        took.push(command);
+        lost += m;
+        acked += acks.len();
+    }
+    println!("client write gap: {}", spread(&mut gaps));
+    println!("switchover command duration: {}", spread(&mut took));
+    println!("acknowledged commits missing on the new primary: {lost} of {acked} in all runs");
+    println!("total {:.0} s", started.elapsed().as_secs_f64());
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(mode) = args.first() else {
@@ -395,6 +451,7 @@ fn main() -> ExitCode {
             opt("--idle", 60),
         ),
         "failover" => failover(opt("--runs", 10) as usize),
+        "switchover" => switchover(opt("--runs", 5) as usize),
         _ => return usage(),
     }
     ExitCode::SUCCESS
