@@ -31,6 +31,9 @@ impl Ctx {
         for w in &cfg.warnings {
             eprintln!("WARNING: {w}");
         }
+        if cfg.log_level == "DEBUG" {
+            crate::conn::set_verbose(true);
+        }
         Ok(Ctx { g, cfg })
     }
 

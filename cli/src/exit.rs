@@ -108,3 +108,22 @@ impl fmt::Display for Failure {
         f.write_str(&self.message)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The README's table is the one `--help` prints, line for line.
+    #[test]
+    fn the_readme_documents_these_codes() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("### Exit codes")
+            .expect("README has an Exit codes section");
+        let section = &readme[start..];
+        for line in super::TABLE.lines().skip(1) {
+            assert!(
+                section.lines().any(|l| l == line),
+                "README's exit code table lacks: {line:?}"
+            );
+        }
+    }
+}

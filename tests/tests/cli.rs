@@ -150,22 +150,20 @@ fn clone_register_and_check_standbys() {
         "mine"
     );
     std::fs::remove_dir_all(&n2.data).unwrap();
-    // Two real clones.
-    for (n, conf) in [(n2.clone(), conf2.clone())] {
-        let (code, _, err) = clone(&conf, &["--fast-checkpoint"]);
-        assert_eq!(code, 0, "{err}");
-        assert!(n.data.join("standby.signal").exists());
-        let auto = std::fs::read_to_string(n.data.join("postgresql.auto.conf")).unwrap();
-        assert!(
-            auto.contains("application_name=node2")
-                && auto.contains("repmgr.node_id = '2'")
-                && auto.contains("primary_slot_name = 'repmgr_slot_2'"),
-            "{auto}"
-        );
-        c.adopt(n, &NodeOptions::default());
-        c.start(2);
-        run_ok(0, &["-f", &conf, "standby", "register"]);
-    }
+    // Two real clones, started and registered; the first checked in detail.
+    let (code, _, err) = clone(&conf2, &["--fast-checkpoint"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(n2.data.join("standby.signal").exists());
+    let auto = std::fs::read_to_string(n2.data.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        auto.contains("application_name=node2")
+            && auto.contains("repmgr.node_id = '2'")
+            && auto.contains("primary_slot_name = 'repmgr_slot_2'"),
+        "{auto}"
+    );
+    c.adopt(n2, &NodeOptions::default());
+    c.start(2);
+    run_ok(0, &["-f", &conf2, "standby", "register"]);
     let n3 = c.reserve(3, &NodeOptions::default());
     let conf3 = c.repmgr_conf(&n3, &[]).display().to_string();
     let (code, _, err) = clone(&conf3, &[]);
