@@ -106,13 +106,7 @@ fn node_status() -> TableIterator<
     let worker_last_round = shared
         .filter(|st| st.last_round_at != 0)
         .and_then(|st| TimestampWithTimeZone::try_from(st.last_round_at).ok());
-    let term = shared.map(|st| {
-        st.failover
-            .voter
-            .durable
-            .term
-            .max(st.failover.lease.map_or(0, |l| l.term)) as i64
-    });
+    let term = shared.map(|st| st.term() as i64);
     let fenced = !s.in_recovery && crate::fence::refusal().is_some();
     let diverged = shared.is_some_and(|st| st.failover.diverged);
     TableIterator::once((

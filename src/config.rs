@@ -65,6 +65,8 @@ static FAILOVER_VALIDATION_COMMAND: GucSetting<Option<CString>> =
 static ELECTION_RERUN_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(15_000);
 static STANDBY_DISCONNECT_ON_FAILOVER: GucSetting<bool> = GucSetting::<bool>::new(false);
 static FENCE_ACTION: GucSetting<FenceAction> = GucSetting::<FenceAction>::new(FenceAction::Fence);
+static HTTP_LISTEN_ADDRESS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static HTTP_PORT: GucSetting<i32> = GucSetting::<i32>::new(8008);
 
 /// What a primary does when it loses its lease.
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -320,6 +322,22 @@ fn define_failover() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"repmgr.http_listen_address",
+        c"Addresses the health endpoints and metrics listen on (comma-separated, * for all; empty: off).",
+        c"",
+        &HTTP_LISTEN_ADDRESS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    int_setting(
+        c"repmgr.http_port",
+        c"TCP port of the health endpoints and metrics.",
+        &HTTP_PORT,
+        1,
+        65535,
+        GucFlags::default(),
+    );
 }
 
 /// The monitoring worker's settings, all reloadable.
@@ -487,6 +505,9 @@ pub struct Settings {
     pub event_notifications: Vec<String>,
     pub peer_connect_timeout: Duration,
     pub peer_statement_timeout: Duration,
+    /// Where the health endpoints listen (`None`: off), and their port.
+    pub http_listen_address: Option<String>,
+    pub http_port: u16,
     /// The PostgreSQL configuration file holding these settings, for `nodes.config_file`.
     pub config_file: String,
     pub monitor: MonitorSettings,
@@ -605,6 +626,8 @@ impl Settings {
                 .unwrap_or_default(),
             peer_connect_timeout: Duration::from_millis(PEER_CONNECT_TIMEOUT.get() as u64),
             peer_statement_timeout: Duration::from_millis(PEER_STATEMENT_TIMEOUT.get() as u64),
+            http_listen_address: string(&HTTP_LISTEN_ADDRESS),
+            http_port: HTTP_PORT.get().clamp(1, 65535) as u16,
             config_file: server_setting(c"config_file").unwrap_or_default(),
             monitor: MonitorSettings::current(),
             failover: FailoverSettings::current(),

@@ -20,6 +20,7 @@ mod events;
 mod failover;
 mod fence;
 mod follow;
+mod http;
 mod manual;
 mod monitor;
 mod peer;

@@ -159,6 +159,10 @@ pub struct SharedState {
     last_error: [u8; ERROR_CAPACITY],
     last_error_len: u16,
     pub last_error_at: i64,
+    /// Promotions of this node (automatic or manual) and fencings of it, since the server
+    /// started: the metrics' counters.
+    pub promotions: u64,
+    pub fencings: u64,
 }
 
 impl Default for SharedState {
@@ -181,11 +185,22 @@ impl Default for SharedState {
             last_error: [0; ERROR_CAPACITY],
             last_error_len: 0,
             last_error_at: 0,
+            promotions: 0,
+            fencings: 0,
         }
     }
 }
 
 impl SharedState {
+    /// The failover term this node is in: its voter's, or its lease's when it leads.
+    pub fn term(&self) -> u64 {
+        self.failover
+            .voter
+            .durable
+            .term
+            .max(self.failover.lease.map_or(0, |l| l.term))
+    }
+
     /// Whole seconds since the upstream was last seen, -1 if never (repmgr's convention).
     pub fn upstream_last_seen_secs(&self, now: i64) -> i32 {
         if self.upstream_last_seen == NEVER {

@@ -15,6 +15,7 @@ use pgrx::bgworkers::{
 use pgrx::prelude::*;
 
 use crate::config::Settings;
+use crate::http::{Http, Publisher};
 use crate::monitor::Monitor;
 use crate::{peer, shmem};
 
@@ -173,6 +174,9 @@ pub extern "C-unwind" fn repmgr_worker_main(_arg: pg_sys::Datum) {
         settings.describe(),
         settings.monitor.retry.monitor_interval.as_millis()
     );
+    let mut http = Http::default();
+    http.configure(settings.http_listen_address.as_deref(), settings.http_port);
+    let mut publisher = Publisher::default();
     let mut monitor = Monitor::new(settings);
     // Monitoring rounds come every repmgr.monitor_interval; the failover protocol ticks in
     // between (every heartbeat, or when its poll's socket is ready).
@@ -181,22 +185,34 @@ pub extern "C-unwind" fn repmgr_worker_main(_arg: pg_sys::Datum) {
         if shutdown_requested() {
             break false;
         }
+        let pass = std::time::Instant::now();
         if reload_if_asked() {
-            monitor.reload(Settings::current());
+            let new = Settings::current();
+            http.configure(new.http_listen_address.as_deref(), new.http_port);
+            monitor.reload(new);
         }
-        if std::time::Instant::now() >= next_round || monitor.round_wanted() {
+        if pass >= next_round || monitor.round_wanted() {
             match monitor.round() {
                 Ok(pause) => next_round = std::time::Instant::now() + pause,
                 Err(crate::monitor::Stop) => break true,
             }
+            if http.serving() {
+                publisher.refresh(monitor.settings());
+            }
         }
         let wait = monitor.tick_failover();
         crate::command::reap();
+        publisher.observe(pass.elapsed());
+        if http.serving() {
+            publisher.publish();
+        }
         let until_round = next_round.saturating_duration_since(std::time::Instant::now());
         if !peer::wait(wait.socket, wait.timeout.min(until_round)) {
             break false;
         }
     };
+    // Stop answering health checks first: this node is going away.
+    drop(http);
     monitor.shutdown(if stop_for_good {
         "degraded monitoring timeout exceeded"
     } else {

@@ -183,6 +183,10 @@ impl Monitor {
         }
     }
 
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     fn me(&self) -> String {
         self.settings.describe()
     }
@@ -239,6 +243,17 @@ impl Monitor {
     /// Keeps an event until a primary can take it.
     fn queue(&mut self, mut ev: Event) {
         ev.at.get_or_insert_with(timestamp_now);
+        if ev.successful {
+            match ev.name {
+                "repmgrd_failover_promote" | "standby_promote" => {
+                    shmem::update(|s| s.promotions += 1);
+                }
+                "repmgrd_primary_fenced" => {
+                    shmem::update(|s| s.fencings += 1);
+                }
+                _ => {}
+            }
+        }
         if self.outbox.len() >= OUTBOX_LIMIT {
             let dropped = self.outbox.remove(0);
             log!(

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use repmgr_pq::{Conn, PollWaiter, Rows};
 
+pub mod http;
 pub mod load;
 mod net;
 pub use net::Network;
@@ -97,7 +98,8 @@ fn run_pg_in(netns: Option<&str>, program: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()))
 }
 
-fn free_port() -> u16 {
+/// A loopback TCP port nobody listens on now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

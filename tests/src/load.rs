@@ -28,6 +28,8 @@ pub fn wall(at: Instant) -> f64 {
 pub struct Load {
     stop: Arc<AtomicBool>,
     paused: Arc<AtomicBool>,
+    /// Set by the writer once it has seen `paused`, between two writes.
+    idle: Arc<AtomicBool>,
     acks: Arc<Mutex<Vec<Ack>>>,
     handle: Option<JoinHandle<()>>,
 }
@@ -37,8 +39,9 @@ impl Load {
     pub fn start(conninfo: &str, table: &str, every: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let paused = Arc::new(AtomicBool::new(false));
+        let idle = Arc::new(AtomicBool::new(false));
         let acks = Arc::new(Mutex::new(Vec::new()));
-        let (s, p, a) = (stop.clone(), paused.clone(), acks.clone());
+        let (s, p, i, a) = (stop.clone(), paused.clone(), idle.clone(), acks.clone());
         let conninfo = format!("{conninfo} target_session_attrs=read-write connect_timeout=2");
         let table = table.to_string();
         let handle = std::thread::spawn(move || {
@@ -46,7 +49,8 @@ impl Load {
             let mut conn: Option<Conn> = None;
             let timeout = Duration::from_secs(2);
             while !s.load(Ordering::Relaxed) {
-                if p.load(Ordering::Relaxed) {
+                if p.load(Ordering::SeqCst) {
+                    i.store(true, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 }
@@ -90,19 +94,27 @@ impl Load {
         Load {
             stop,
             paused,
+            idle,
             acks,
             handle: Some(handle),
         }
     }
 
+    /// Stops writing, returning once no write is in flight (an acknowledged write is then
+    /// in the primary's WAL before anything the caller does next). Bounded by the write
+    /// timeout.
     pub fn pause(&self) {
-        self.paused.store(true, Ordering::Relaxed);
-        // Let a write in flight finish.
-        std::thread::sleep(Duration::from_millis(100));
+        self.paused.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.idle.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     pub fn resume(&self) {
-        self.paused.store(false, Ordering::Relaxed);
+        // Cleared first, so that a later pause waits for the writer to see it again.
+        self.idle.store(false, Ordering::SeqCst);
+        self.paused.store(false, Ordering::SeqCst);
     }
 
     /// The acknowledged commits so far.
