@@ -46,6 +46,17 @@ CREATE TABLE repmgr.voting_term (
 CREATE UNIQUE INDEX voting_term_restrict ON repmgr.voting_term ((TRUE));
 CREATE RULE voting_term_delete AS ON DELETE TO repmgr.voting_term DO INSTEAD NOTHING;
 
+-- The synchronous quorum the primary promises (repmgr.synchronous_standbys), written only by
+-- its monitoring worker, read by standbys before they stand for election. At most one row.
+-- Not dumped: it describes a running cluster, not its configuration.
+CREATE TABLE repmgr.synchronous_quorum (
+  primary_node_id INT NOT NULL,
+  num_sync INT NOT NULL CHECK (num_sync >= 0),
+  members INT[] NOT NULL,
+  published_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
+CREATE UNIQUE INDEX synchronous_quorum_single ON repmgr.synchronous_quorum ((TRUE));
+
 -- The catalog's contents belong in pg_dump output, like user data.
 SELECT pg_catalog.pg_extension_config_dump('repmgr.nodes', '');
 SELECT pg_catalog.pg_extension_config_dump('repmgr.events', '');

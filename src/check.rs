@@ -6,7 +6,7 @@ use repmgr_core::node::NodeType;
 
 use crate::catalog::{self, NodeRecord};
 use crate::config::Settings;
-use crate::db::Local;
+use crate::db::{Db, Local};
 use crate::error::Result;
 use crate::{clock, shmem};
 
@@ -128,6 +128,7 @@ pub fn node_check(settings: &Settings) -> Result<Vec<Check>> {
     let Some(s) = shared else { return Ok(out) };
     let f = s.failover;
     let now = clock::now();
+    let mut silent = false;
     match running_as {
         NodeType::Primary => out.push(match crate::fence::refusal() {
             None => check("lease", "OK", "holds its lease: commits are allowed"),
@@ -135,6 +136,7 @@ pub fn node_check(settings: &Settings) -> Result<Vec<Check>> {
         }),
         _ => {
             let silence = f.voter.silence(now);
+            silent = f.voter.last_heard.is_none() || silence >= f.timing.lease;
             out.push(
                 if f.voter.last_heard.is_some() && silence < f.timing.lease {
                     check(
@@ -162,6 +164,9 @@ pub fn node_check(settings: &Settings) -> Result<Vec<Check>> {
             "CRITICAL",
             "this standby's timeline diverged from the primary's: it needs repmgr node rejoin",
         ));
+    }
+    if let Some(c) = synchronous_quorum(settings, running_as, me, &nodes, silent)? {
+        out.push(c);
     }
     if running_as == NodeType::Standby {
         out.push(if s.paused {
@@ -191,4 +196,131 @@ pub fn node_check(settings: &Settings) -> Result<Vec<Check>> {
         });
     }
     Ok(out)
+}
+
+/// The synchronous quorum (repmgr.synchronous_standbys): on the primary, whether commits are
+/// protected as asked; on a standby, whether it may be promoted, and once the primary is lost
+/// (`silent`) whether it holds every acknowledged commit, asking the other standbys.
+fn synchronous_quorum(
+    settings: &Settings,
+    running_as: NodeType,
+    me: &NodeRecord,
+    nodes: &[NodeRecord],
+    silent: bool,
+) -> Result<Option<Check>> {
+    let n = settings.failover.synchronous_standbys;
+    let published = crate::quorum::published(&mut Local)?;
+    let name = "synchronous quorum";
+    match running_as {
+        NodeType::Witness => Ok(None),
+        NodeType::Primary => {
+            if n == 0 && !published.is_sync() {
+                return Ok(None);
+            }
+            let current =
+                crate::config::server_setting(c"synchronous_standby_names").unwrap_or_default();
+            let streaming = Local
+                .read(
+                    "SELECT count(*) FROM pg_catalog.pg_stat_replication WHERE state = 'streaming' AND application_name = ANY (pg_catalog.string_to_array($1, ','))",
+                    &[Some(
+                        &nodes
+                            .iter()
+                            .filter(|x| published.members.contains(&x.node_id))
+                            .map(|x| x.node_name.clone())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    )],
+                )?
+                .get(0, 0)
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0);
+            let details = format!(
+                "synchronous_standby_names = '{current}', published {}, {streaming} member(s) streaming, {n} asked for",
+                published.describe()
+            );
+            Ok(Some(if published.is_sync() && streaming < published.k {
+                check(
+                    name,
+                    "CRITICAL",
+                    format!("{details}: commits wait until enough members stream"),
+                )
+            } else if published.k < n {
+                check(
+                    name,
+                    "WARNING",
+                    format!(
+                        "{details}: fewer acknowledgements than asked (repmgr.synchronous_mode = preferred)"
+                    ),
+                )
+            } else {
+                check(name, "OK", details)
+            }))
+        }
+        NodeType::Standby => {
+            if !published.is_sync() {
+                return Ok(None);
+            }
+            if !published.members.contains(&me.node_id) {
+                return Ok(Some(check(
+                    name,
+                    "WARNING",
+                    format!(
+                        "not a member of {}: never promoted while it is in force",
+                        published.describe()
+                    ),
+                )));
+            }
+            if !silent {
+                return Ok(Some(check(
+                    name,
+                    "OK",
+                    format!("member of {}", published.describe()),
+                )));
+            }
+            let lsn: u64 = Local
+                .read(
+                    "SELECT (pg_catalog.pg_last_wal_receive_lsn() - '0/0')::bigint",
+                    &[],
+                )?
+                .get(0, 0)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let reports: Vec<repmgr_core::quorum::Report> = nodes
+                .iter()
+                .filter(|x| x.node_id != me.node_id && published.members.contains(&x.node_id))
+                .filter_map(|x| {
+                    let mut p =
+                        crate::peer::Peer::connect(&x.conninfo, &x.describe(), settings).ok()?;
+                    let r = p
+                        .run(
+                            "SELECT in_recovery AND NOT diverged, lsn FROM repmgr.vote_info()",
+                            &[],
+                        )
+                        .ok()?;
+                    (r.get(0, 0) == Some("t")).then_some(())?;
+                    Some(repmgr_core::quorum::Report {
+                        node_id: x.node_id,
+                        lsn: r.get(0, 1)?.parse().ok()?,
+                    })
+                })
+                .collect();
+            Ok(Some(
+                match repmgr_core::quorum::may_promote(&published, me.node_id, lsn, &reports) {
+                    Ok(()) => check(
+                        name,
+                        "OK",
+                        format!(
+                            "member of {}; holds every acknowledged commit the answering members have",
+                            published.describe()
+                        ),
+                    ),
+                    Err(why) => check(
+                        name,
+                        "CRITICAL",
+                        format!("the primary is lost and this node may not be promoted: {why}"),
+                    ),
+                },
+            ))
+        }
+    }
 }

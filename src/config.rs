@@ -67,6 +67,20 @@ static STANDBY_DISCONNECT_ON_FAILOVER: GucSetting<bool> = GucSetting::<bool>::ne
 static FENCE_ACTION: GucSetting<FenceAction> = GucSetting::<FenceAction>::new(FenceAction::Fence);
 static HTTP_LISTEN_ADDRESS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static HTTP_PORT: GucSetting<i32> = GucSetting::<i32>::new(8008);
+static SYNCHRONOUS_STANDBYS: GucSetting<i32> = GucSetting::<i32>::new(0);
+static SYNCHRONOUS_MODE: GucSetting<SyncMode> = GucSetting::<SyncMode>::new(SyncMode::Strict);
+
+/// `repmgr.synchronous_mode`: what the primary does when fewer standbys stream than
+/// `repmgr.synchronous_standbys` asks for.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SyncMode {
+    /// Keep waiting for that many: writes block rather than go unprotected.
+    #[name = c"strict"]
+    Strict,
+    /// Wait for those that stream, back to the full number when they return.
+    #[name = c"preferred"]
+    Preferred,
+}
 
 /// What a primary does when it loses its lease.
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -322,6 +336,22 @@ fn define_failover() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    int_setting(
+        c"repmgr.synchronous_standbys",
+        c"Standbys that must flush each commit before it is acknowledged (0: asynchronous); the primary manages synchronous_standby_names.",
+        &SYNCHRONOUS_STANDBYS,
+        0,
+        64,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"repmgr.synchronous_mode",
+        c"strict: writes wait while fewer standbys stream; preferred: fewer acknowledgements until they return.",
+        c"",
+        &SYNCHRONOUS_MODE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"repmgr.http_listen_address",
         c"Addresses the health endpoints and metrics listen on (comma-separated, * for all; empty: off).",
@@ -527,6 +557,9 @@ pub struct FailoverSettings {
     pub election_rerun_interval: Duration,
     pub disconnect_on_failover: bool,
     pub fence_action: FenceAction,
+    /// `repmgr.synchronous_standbys` and `repmgr.synchronous_mode`.
+    pub synchronous_standbys: u32,
+    pub synchronous_mode: repmgr_core::quorum::Mode,
 }
 
 impl FailoverSettings {
@@ -545,6 +578,11 @@ impl FailoverSettings {
             election_rerun_interval: millis(ELECTION_RERUN_INTERVAL.get()),
             disconnect_on_failover: STANDBY_DISCONNECT_ON_FAILOVER.get(),
             fence_action: FENCE_ACTION.get(),
+            synchronous_standbys: SYNCHRONOUS_STANDBYS.get().max(0) as u32,
+            synchronous_mode: match SYNCHRONOUS_MODE.get() {
+                SyncMode::Strict => repmgr_core::quorum::Mode::Strict,
+                SyncMode::Preferred => repmgr_core::quorum::Mode::Preferred,
+            },
         }
     }
 }

@@ -640,6 +640,9 @@ impl Failover {
             self.disconnect_wal_receiver(&me);
         }
         let my_lsn = protocol_received_lsn();
+        let Some((quorum, replayed_all)) = quorum_view() else {
+            return;
+        };
         let primary_location = self
             .nodes
             .iter()
@@ -654,6 +657,7 @@ impl Failover {
             priority: me.priority,
             automatic: self.settings.failover.automatic,
             paused: st.paused || f.diverged,
+            replayed_all,
         };
         let peers: Vec<Candidate> = answers
             .iter()
@@ -671,6 +675,7 @@ impl Failover {
             max_lag: self.settings.failover.max_lag,
             visibility_consensus: self.settings.failover.visibility_consensus,
             primary_location,
+            quorum,
         };
         match election::plan(&me_view, &peers, &rules) {
             Plan::Stand { term } => {
@@ -881,7 +886,7 @@ impl Failover {
     /// `repmgr.promote()`: promotes this standby in a new term, refused while a working
     /// primary answers. Without `force`, only with a majority of votes and no reachable standby
     /// ahead of it. Returns what happened, or why not (with a hint, see [`manual::refusal`]).
-    pub fn manual_promote(&mut self, force: bool) -> Result<String, String> {
+    pub fn manual_promote(&mut self, force: bool, allow_data_loss: bool) -> Result<String, String> {
         let me = self.me.clone().ok_or("this node is not registered")?;
         if !self.in_recovery {
             return Err(manual::refusal(
@@ -951,6 +956,34 @@ impl Failover {
                 "Promote that node instead, or pass force => true to accept losing those transactions.",
             ));
         }
+        if !allow_data_loss {
+            let (quorum, replayed_all) = quorum_view()
+                .ok_or("cannot read the published synchronous quorum (see the server log)")?;
+            let reports: Vec<repmgr_core::quorum::Report> = answers
+                .iter()
+                .filter_map(|(n, a)| {
+                    let (a, _, _) = a.as_ref()?;
+                    (a.in_recovery && !a.diverged).then_some(repmgr_core::quorum::Report {
+                        node_id: n.node_id,
+                        lsn: a.lsn?,
+                    })
+                })
+                .collect();
+            let verdict = if quorum.is_sync() && !replayed_all {
+                Err("it is still replaying the WAL it received".to_string())
+            } else {
+                repmgr_core::quorum::may_promote(&quorum, me.node_id, lsn, &reports)
+            };
+            if let Err(why) = verdict {
+                return Err(manual::refusal(
+                    format!(
+                        "{} cannot be promoted without risking acknowledged commits (repmgr.synchronous_standbys): {why}",
+                        me.describe()
+                    ),
+                    "Promote the member of the quorum that has everything, bring the missing members back, or pass allow_data_loss => true to accept losing acknowledged commits.",
+                ));
+            }
+        }
         let term = answers
             .iter()
             .filter_map(|(_, a)| a.as_ref().map(|(a, _, _)| a.term))
@@ -997,6 +1030,26 @@ impl Failover {
         lsn: u64,
         event: &'static str,
     ) -> Result<String, String> {
+        // With a synchronous quorum, the first commit as a primary already waits for it.
+        match crate::quorum::prepare_promotion(&self.settings, me.node_id) {
+            Ok(Some(names)) => log!(
+                "repmgr: {} starts as primary with synchronous_standby_names = '{names}'",
+                me.describe()
+            ),
+            Ok(None) => {}
+            Err(f) => {
+                let details = format!(
+                    "{} won the election in term {term} but could not set synchronous_standby_names before promoting: {}",
+                    me.describe(),
+                    f.message
+                );
+                warning!("repmgr: {details}");
+                let mut ev = Event::new(me.node_id, "repmgrd_promote_error", details.clone());
+                ev.successful = false;
+                self.outbox.push(ev);
+                return Err(manual::refusal(details, "See the server log of this node."));
+            }
+        }
         let others: Vec<NodeId> = self.others().iter().map(|n| n.node_id).collect();
         shmem::update(|s| {
             s.failover.lease = Some(Lease::new(
@@ -1089,6 +1142,34 @@ struct Campaign {
 impl Campaign {
     fn won(&self) -> bool {
         election::won(self.grants.len() + 1, self.total)
+    }
+}
+
+/// The synchronous quorum published in this standby's catalog, and whether it had replayed
+/// everything it received before reading it (so the catalog is as new as its position).
+/// `None` when it cannot be read (logged).
+fn quorum_view() -> Option<(repmgr_core::quorum::Config, bool)> {
+    let read = || -> crate::error::Result<_> {
+        // Two transactions: the second one's snapshot includes all that the first saw replayed.
+        let r = crate::monitor::in_transaction(|| {
+            Local.read(
+                "SELECT COALESCE(pg_catalog.pg_last_wal_receive_lsn() <= pg_catalog.pg_last_wal_replay_lsn(), true)",
+                &[],
+            )
+        })?;
+        let replayed_all = r.get(0, 0) == Some("t");
+        let quorum = crate::monitor::in_transaction(|| crate::quorum::published(&mut Local))?;
+        Ok((quorum, replayed_all))
+    };
+    match read() {
+        Ok(v) => Some(v),
+        Err(f) => {
+            log!(
+                "repmgr: cannot read the published synchronous quorum: {}",
+                f.message
+            );
+            None
+        }
     }
 }
 

@@ -26,6 +26,7 @@ mod monitor;
 mod peer;
 mod pglsn;
 mod protocol;
+mod quorum;
 mod registration;
 mod shmem;
 mod status;

@@ -80,10 +80,18 @@ fn ask_worker(action: Action, what: &str) -> String {
 /// Promotes this standby to primary, in a new term. Refused while a working primary answers.
 /// Without `force` it needs the votes of a majority of the voters and must have received at
 /// least as much WAL as every standby it can reach; `force` skips both (for a cluster that
-/// lost its majority: the operator vouches that the old primary is gone).
+/// lost its majority: the operator vouches that the old primary is gone). With a synchronous
+/// quorum it also refuses a node that may lack acknowledged commits, unless
+/// `allow_data_loss`.
 #[pg_extern(volatile)]
-fn promote(force: default!(bool, false)) -> String {
-    ask_worker(Action::Promote { force }, "repmgr.promote()")
+fn promote(force: default!(bool, false), allow_data_loss: default!(bool, false)) -> String {
+    ask_worker(
+        Action::Promote {
+            force,
+            allow_data_loss,
+        },
+        "repmgr.promote()",
+    )
 }
 
 /// Makes this standby stream from `node_id` (another standby, or the primary) and waits until

@@ -82,7 +82,7 @@ impl FailoverState {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// `repmgr.promote()`: `force` promotes without a majority of the voters.
-    Promote { force: bool },
+    Promote { force: bool, allow_data_loss: bool },
     /// `repmgr.follow()`: stream from this node.
     Follow { node_id: i32 },
 }

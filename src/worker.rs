@@ -155,13 +155,21 @@ pub extern "C-unwind" fn repmgr_worker_main(_arg: pg_sys::Datum) {
     // A fenced primary makes new sessions read-only by default; the worker's own writes
     // (its catalog, once the lease is back) must not inherit that from a reload it has not
     // processed yet. A session value outranks the configuration file.
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"default_transaction_read_only".as_ptr(),
-            c"off".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-        );
+    // Likewise the worker's writes (events, history, the published quorum) must never wait
+    // for synchronous standbys: a worker blocked in a commit would stop watching the lease.
+    // Where a write must reach the standbys, the worker checks their positions itself.
+    for (name, value) in [
+        (c"default_transaction_read_only", c"off"),
+        (c"synchronous_commit", c"local"),
+    ] {
+        unsafe {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+            );
+        }
     }
     let pid = unsafe { pg_sys::MyProcPid };
     shmem::update(|s| s.daemon_pid = pid);

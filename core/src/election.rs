@@ -12,6 +12,7 @@ use std::cmp::Reverse;
 use std::time::Duration;
 
 use crate::lease::{NodeId, Timing, majority};
+use crate::quorum::{self, Config, Report};
 
 /// How a registered node takes part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,9 @@ pub struct Me {
     pub priority: i32,
     pub automatic: bool,
     pub paused: bool,
+    /// It has replayed all the WAL it received, so its catalog (the published synchronous
+    /// quorum) is as new as its position.
+    pub replayed_all: bool,
 }
 
 /// Cluster-wide rules for the election.
@@ -75,6 +79,8 @@ pub struct Rules {
     pub visibility_consensus: bool,
     /// The failed primary's location, when known.
     pub primary_location: Option<String>,
+    /// The synchronous quorum published in the candidate's catalog (asynchronous: none).
+    pub quorum: Config,
 }
 
 /// What the standby should do.
@@ -180,7 +186,25 @@ pub fn plan(me: &Me, peers: &[Peer], rules: &Rules) -> Plan {
         .max()
         .unwrap_or(0)
         .max(me.lsn);
-    if me.lsn.saturating_add(rules.max_lag) < most_advanced {
+    let sync = rules.quorum.is_sync();
+    if sync {
+        if !me.replayed_all {
+            return wait(
+                "it is still replaying the WAL it received (the synchronous quorum is read after)"
+                    .into(),
+            );
+        }
+        let reports: Vec<Report> = standbys
+            .iter()
+            .map(|(p, l)| Report {
+                node_id: p.node_id,
+                lsn: *l,
+            })
+            .collect();
+        if let Err(why) = quorum::may_promote(&rules.quorum, me.node_id, me.lsn, &reports) {
+            return wait(why);
+        }
+    } else if me.lsn.saturating_add(rules.max_lag) < most_advanced {
         return wait(format!(
             "this node is {} bytes behind the most advanced standby (limit {})",
             most_advanced - me.lsn,
@@ -191,6 +215,8 @@ pub fn plan(me: &Me, peers: &[Peer], rules: &Rules) -> Plan {
         .iter()
         .filter(|(p, _)| ineligible(p.priority, p.automatic).is_none())
         .filter(|(p, _)| !p.answer.as_ref().is_some_and(|a| a.unavailable))
+        // With a synchronous quorum only its members may hold every acknowledged commit.
+        .filter(|(p, _)| !sync || rules.quorum.members.contains(&p.node_id))
         .map(|(p, l)| (*l, p.priority, Reverse(p.node_id)))
         .chain(std::iter::once((me.lsn, me.priority, Reverse(me.node_id))))
         .max()
@@ -231,6 +257,7 @@ mod tests {
             max_lag: 16 << 20,
             visibility_consensus: true,
             primary_location: Some("dc1".into()),
+            quorum: Config::none(),
         }
     }
 
@@ -244,6 +271,7 @@ mod tests {
             priority: 100,
             automatic: true,
             paused: false,
+            replayed_all: true,
         }
     }
 
@@ -424,5 +452,48 @@ mod tests {
             Plan::Wait { .. }
         ));
         assert!(won(2, 3) && !won(1, 3) && won(3, 5) && !won(2, 4));
+    }
+
+    #[test]
+    fn a_synchronous_quorum_limits_candidates_to_members_holding_every_commit() {
+        let r = Rules {
+            quorum: Config::new(1, [2, 3]),
+            ..rules()
+        };
+        let outsider = standby(4, 5000, 3000);
+        // Node 4 has more WAL but is outside the quorum: node 2 (a member, level with 3) stands.
+        let peers = [dead_primary(), standby(3, 1000, 3000), outsider.clone()];
+        assert_eq!(plan(&me(1000), &peers, &r), Plan::Stand { term: 5 });
+        // A member ahead of it: it waits (and never defers to a non-member).
+        let ahead = [dead_primary(), standby(3, 1200, 3000), outsider];
+        assert!(
+            matches!(plan(&me(1000), &ahead, &r), Plan::Wait { reason } if reason.contains("node 3 has received more WAL"))
+        );
+        // k = 1 of 2: the other member must answer.
+        let mut silent = standby(3, 1000, 3000);
+        silent.answer = None;
+        assert!(
+            matches!(plan(&me(1000), &[dead_primary(), silent, standby(5, 1000, 3000), standby(6, 1000, 3000)], &r), Plan::Wait { reason } if reason.contains("only 1 of the synchronous quorum's 2 members answered"))
+        );
+        // Not a member: never stands, whatever its position.
+        let not_member = Rules {
+            quorum: Config::new(1, [3, 4]),
+            ..rules()
+        };
+        assert!(
+            matches!(plan(&me(9000), &peers_of(&[3, 4]), &not_member), Plan::Wait { reason } if reason.contains("not in the synchronous quorum"))
+        );
+        // Still replaying: the catalog it read may be older than its position.
+        let mut replaying = me(1000);
+        replaying.replayed_all = false;
+        assert!(
+            matches!(plan(&replaying, &peers_of(&[3]), &r), Plan::Wait { reason } if reason.contains("still replaying"))
+        );
+    }
+
+    fn peers_of(ids: &[NodeId]) -> Vec<Peer> {
+        std::iter::once(dead_primary())
+            .chain(ids.iter().map(|id| standby(*id, 1000, 3000)))
+            .collect()
     }
 }

@@ -11,6 +11,7 @@ pub mod health;
 pub mod lease;
 pub mod lsn;
 pub mod node;
+pub mod quorum;
 pub mod template;
 pub mod upstream;
 pub mod vote;

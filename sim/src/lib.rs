@@ -727,12 +727,14 @@ impl World {
                     priority: 100,
                     automatic: true,
                     paused: false,
+                    replayed_all: true,
                 };
                 let rules = Rules {
                     timing,
                     max_lag: 16 << 20,
                     visibility_consensus: true,
                     primary_location: None,
+                    quorum: repmgr_core::quorum::Config::none(),
                 };
                 let plan = election::plan(&me, &peers, &rules);
                 if !matches!(plan, Plan::Stand { .. }) {

@@ -159,6 +159,8 @@ pub struct Monitor {
     started: bool,
     /// The failover protocol's side of this worker.
     failover: Failover,
+    /// The synchronous quorum, while this node is the primary.
+    quorum: crate::quorum::Keeper,
     pending_follow: Option<PendingFollow>,
 }
 
@@ -166,6 +168,7 @@ impl Monitor {
     pub fn new(settings: Settings) -> Monitor {
         Monitor {
             failover: Failover::new(settings.clone()),
+            quorum: crate::quorum::Keeper::default(),
             pending_follow: None,
             settings,
             clock: Instant::now(),
@@ -412,8 +415,11 @@ impl Monitor {
             );
         }
         match action {
-            shmem::Action::Promote { force } => {
-                let outcome = self.failover.manual_promote(force);
+            shmem::Action::Promote {
+                force,
+                allow_data_loss,
+            } => {
+                let outcome = self.failover.manual_promote(force, allow_data_loss);
                 shmem::finish_request(seq, &outcome);
             }
             shmem::Action::Follow { node_id } => {
@@ -448,6 +454,7 @@ impl Monitor {
         self.children = Children::new();
         self.next_child_check = Duration::ZERO;
         self.next_witness_sync = Duration::ZERO;
+        self.quorum = crate::quorum::Keeper::default();
         if role == Role::Primary {
             shmem::update(|s| s.upstream_node_id = -1);
         }

@@ -38,6 +38,9 @@ impl Monitor {
             self.trim_history();
             self.next_housekeeping = now + TRIM_EVERY;
         }
+        if let Some(ev) = self.quorum.round(now, &self.settings, me, &snap.nodes) {
+            self.queue(ev);
+        }
         // A fenced primary cannot write its own catalog; its events wait.
         if crate::fence::refusal().is_none() {
             flush(&mut self.outbox, &self.settings, &mut Local);

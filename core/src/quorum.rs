@@ -1,0 +1,440 @@
+//! Zero data loss: the synchronous quorum the primary keeps, and the rule that a failover
+//! loses no acknowledged commit.
+//!
+//! With `repmgr.synchronous_standbys = n`, the primary's worker keeps
+//! `synchronous_standby_names = 'ANY k (members)'`, so a commit is acknowledged only once `k`
+//! members have flushed it. It also *publishes* a quorum in the catalog, which reaches every
+//! standby through replication. A candidate may be promoted only if it is a member of the
+//! published quorum and, among at least `|members| - k + 1` members that answered (any `k`
+//! members and that many always share one), none has received more WAL than it: then it holds
+//! every acknowledged commit.
+//!
+//! The published quorum must always *cover* the applied one ([`Config::covers`]: every set of
+//! nodes that can acknowledge under the applied quorum meets every report set of the
+//! published one), or the rule above would count the wrong nodes. So a change that widens what may acknowledge (a new member, a smaller `k`) is
+//! published first and applied once the publication is on the applied quorum; a change that
+//! narrows it is applied first and published once every WAL sender uses it. [`step`] says which
+//! comes next. A standby that lacks the latest publication lacks WAL that the answering
+//! members have, so the same rule keeps it from standing; that is why the candidate must have
+//! replayed all it received before it reads the published quorum.
+
+use crate::lease::NodeId;
+
+/// A quorum: `k` of `members` acknowledge each commit; `k = 0` is asynchronous replication.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    pub k: u32,
+    /// Sorted, without duplicates.
+    pub members: Vec<NodeId>,
+}
+
+impl Config {
+    pub fn new(k: u32, members: impl IntoIterator<Item = NodeId>) -> Config {
+        let mut members: Vec<NodeId> = members.into_iter().collect();
+        members.sort_unstable();
+        members.dedup();
+        if k == 0 {
+            members.clear();
+        }
+        Config { k, members }
+    }
+
+    /// Asynchronous replication: nothing waits, nothing is guarded.
+    pub fn none() -> Config {
+        Config::default()
+    }
+
+    pub fn is_sync(&self) -> bool {
+        self.k > 0
+    }
+
+    /// Whether guarding failover with `self` protects every commit acknowledged under
+    /// `applied`: every acknowledging set of `applied` meets every report set of `self`.
+    pub fn covers(&self, applied: &Config) -> bool {
+        if !applied.is_sync() {
+            return !self.is_sync();
+        }
+        // The fewest published members an acknowledging set can contain must be at least k:
+        // then a report set (all but k - 1 published members) always includes one of them.
+        let outside = applied
+            .members
+            .iter()
+            .filter(|m| !self.members.contains(m))
+            .count() as u32;
+        !self.is_sync() || applied.k.saturating_sub(outside) >= self.k
+    }
+
+    /// The smallest quorum that covers both.
+    pub fn join(&self, other: &Config) -> Config {
+        if !self.is_sync() || !other.is_sync() {
+            return Config::none();
+        }
+        Config::new(
+            self.k.min(other.k),
+            self.members.iter().chain(other.members.iter()).copied(),
+        )
+    }
+
+    /// How many members must report their position before a candidate can be sure.
+    pub fn reports_needed(&self) -> usize {
+        (self.members.len() + 1).saturating_sub(self.k as usize)
+    }
+
+    /// `synchronous_standby_names` for this quorum, given each member's name.
+    pub fn standby_names(&self, name_of: impl Fn(NodeId) -> String) -> String {
+        if !self.is_sync() {
+            return String::new();
+        }
+        let names: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("\"{}\"", name_of(*m).replace('"', "\"\"")))
+            .collect();
+        format!("ANY {} ({})", self.k, names.join(", "))
+    }
+
+    pub fn describe(&self) -> String {
+        if !self.is_sync() {
+            return "asynchronous".into();
+        }
+        let ids: Vec<String> = self.members.iter().map(|m| m.to_string()).collect();
+        format!("ANY {} of nodes [{}]", self.k, ids.join(", "))
+    }
+}
+
+/// `repmgr.synchronous_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Never fewer than `n` acknowledgements: writes wait rather than go unprotected.
+    Strict,
+    /// Fewer when fewer standbys stream, back up to `n` when they return.
+    Preferred,
+}
+
+/// A registered standby that may be in the quorum (priority above 0, attached to the
+/// primary), and whether it streams now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub node_id: NodeId,
+    pub streaming: bool,
+}
+
+/// The quorum the primary should run with: the streaming candidates, `k = n`. In strict mode
+/// never fewer than `n` members (the missing ones are taken from those not streaming, lowest
+/// ids first); in preferred mode `k` drops to the number streaming.
+pub fn target(n: u32, mode: Mode, candidates: &[Candidate]) -> Config {
+    if n == 0 {
+        return Config::none();
+    }
+    let mut streaming: Vec<NodeId> = candidates
+        .iter()
+        .filter(|c| c.streaming)
+        .map(|c| c.node_id)
+        .collect();
+    streaming.sort_unstable();
+    match mode {
+        Mode::Preferred => {
+            let k = n.min(streaming.len() as u32);
+            Config::new(k, streaming)
+        }
+        Mode::Strict => {
+            let mut idle: Vec<NodeId> = candidates
+                .iter()
+                .filter(|c| !c.streaming)
+                .map(|c| c.node_id)
+                .collect();
+            idle.sort_unstable();
+            let missing = (n as usize).saturating_sub(streaming.len());
+            streaming.extend(idle.into_iter().take(missing));
+            Config::new(n, streaming)
+        }
+    }
+}
+
+/// The next move from (`applied`, `published`) towards `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Write this quorum to the catalog; apply nothing until the applied quorum has it.
+    Publish(Config),
+    /// Set `synchronous_standby_names` to this quorum.
+    Apply(Config),
+    Done,
+}
+
+pub fn step(target: &Config, applied: &Config, published: &Config) -> Step {
+    if !published.covers(target) {
+        // Widen the publication first, keeping it over what is applied now.
+        return Step::Publish(applied.join(target));
+    }
+    if applied != target {
+        return Step::Apply(target.clone());
+    }
+    if published != target {
+        return Step::Publish(target.clone());
+    }
+    Step::Done
+}
+
+/// What the failover rule needs from an answering standby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub node_id: NodeId,
+    pub lsn: u64,
+}
+
+/// Whether candidate `me` at `lsn` may be promoted under the published quorum without losing
+/// an acknowledged commit, given the positions other standbys reported. `Err` says why not.
+pub fn may_promote(
+    quorum: &Config,
+    me: NodeId,
+    lsn: u64,
+    reports: &[Report],
+) -> Result<(), String> {
+    if !quorum.is_sync() {
+        return Ok(());
+    }
+    if !quorum.members.contains(&me) {
+        return Err(format!(
+            "node {me} is not in the synchronous quorum ({}), so it may lack acknowledged commits",
+            quorum.describe()
+        ));
+    }
+    // Acknowledged commits are on members only: a standby outside the quorum may be further
+    // ahead with WAL nobody acknowledged, and must not stop a failover.
+    if let Some(ahead) = reports
+        .iter()
+        .filter(|r| r.lsn > lsn && quorum.members.contains(&r.node_id))
+        .max_by_key(|r| r.lsn)
+    {
+        return Err(format!(
+            "node {} has received more WAL ({} bytes more) and may hold acknowledged commits this node lacks",
+            ahead.node_id,
+            ahead.lsn - lsn
+        ));
+    }
+    let mut reported: Vec<NodeId> = reports
+        .iter()
+        .map(|r| r.node_id)
+        .filter(|id| quorum.members.contains(id))
+        .chain(std::iter::once(me))
+        .collect();
+    reported.sort_unstable();
+    reported.dedup();
+    let needed = quorum.reports_needed();
+    if reported.len() < needed {
+        let missing: Vec<String> = quorum
+            .members
+            .iter()
+            .filter(|m| !reported.contains(m))
+            .map(|m| m.to_string())
+            .collect();
+        return Err(format!(
+            "only {} of the synchronous quorum's {} members answered ({}); {needed} are needed to be sure no acknowledged commit is lost (no answer from node(s) {})",
+            reported.len(),
+            quorum.members.len(),
+            quorum.describe(),
+            missing.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(id: NodeId, streaming: bool) -> Candidate {
+        Candidate {
+            node_id: id,
+            streaming,
+        }
+    }
+
+    #[test]
+    fn targets_follow_the_mode() {
+        let all = [c(2, true), c(3, false), c(4, true)];
+        assert_eq!(target(0, Mode::Strict, &all), Config::none());
+        assert_eq!(target(1, Mode::Strict, &all), Config::new(1, [2, 4]));
+        assert_eq!(target(2, Mode::Preferred, &all), Config::new(2, [2, 4]));
+        // Strict never lists fewer than n: it adds idle standbys, and waits for them.
+        assert_eq!(target(3, Mode::Strict, &all), Config::new(3, [2, 3, 4]));
+        assert_eq!(
+            target(2, Mode::Strict, &[c(3, false), c(2, false)]),
+            Config::new(2, [2, 3])
+        );
+        assert_eq!(target(2, Mode::Strict, &[]), Config::new(2, []));
+        // Preferred lowers k to what streams, down to asynchronous.
+        assert_eq!(target(3, Mode::Preferred, &all), Config::new(2, [2, 4]));
+        assert_eq!(target(1, Mode::Preferred, &[c(3, false)]), Config::none());
+    }
+
+    #[test]
+    fn covering_means_every_acknowledging_set_meets_every_report_set() {
+        // Brute force over small quorums: covers() must be exactly that property.
+        let sets: Vec<Vec<NodeId>> = (0u32..16)
+            .map(|bits| {
+                (0..4)
+                    .filter(|i| bits & (1 << i) != 0)
+                    .map(|i| i + 2)
+                    .collect()
+            })
+            .collect();
+        let subsets = |m: &[NodeId]| -> Vec<Vec<NodeId>> {
+            (0u32..(1 << m.len()))
+                .map(|bits| {
+                    m.iter()
+                        .enumerate()
+                        .filter(|(i, _)| bits & (1 << i) != 0)
+                        .map(|(_, v)| *v)
+                        .collect()
+                })
+                .collect()
+        };
+        for pm in &sets {
+            for pk in 1..=pm.len() as u32 {
+                let published = Config::new(pk, pm.clone());
+                for am in &sets {
+                    for ak in 1..=am.len() as u32 {
+                        let applied = Config::new(ak, am.clone());
+                        let acks = subsets(am);
+                        let reports = subsets(pm);
+                        let safe = acks.iter().filter(|a| a.len() >= ak as usize).all(|a| {
+                            reports
+                                .iter()
+                                .filter(|r| r.len() >= published.reports_needed())
+                                .all(|r| r.iter().any(|x| a.contains(x)))
+                        });
+                        assert_eq!(
+                            published.covers(&applied),
+                            safe,
+                            "{published:?} over {applied:?}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(Config::none().covers(&Config::none()));
+        assert!(!Config::new(1, [2]).covers(&Config::none()));
+        assert!(Config::none().covers(&Config::new(1, [2])));
+    }
+
+    /// Walks from `applied`/`published` to `target`, checking the publication covers what
+    /// is applied after every step.
+    fn walk(target: &Config, mut applied: Config, mut published: Config) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for _ in 0..6 {
+            let s = step(target, &applied, &published);
+            match &s {
+                Step::Publish(c) => published = c.clone(),
+                Step::Apply(c) => applied = c.clone(),
+                Step::Done => return steps,
+            }
+            assert!(published.covers(&applied), "{published:?} over {applied:?}");
+            steps.push(s);
+        }
+        panic!("no convergence: {steps:?}");
+    }
+
+    #[test]
+    fn changes_keep_the_publication_over_what_is_applied() {
+        let a = Config::new(1, [2, 3]);
+        // A new member: published first, then applied.
+        assert_eq!(
+            walk(&Config::new(1, [2, 3, 4]), a.clone(), a.clone()),
+            vec![
+                Step::Publish(Config::new(1, [2, 3, 4])),
+                Step::Apply(Config::new(1, [2, 3, 4]))
+            ]
+        );
+        // A member leaves: applied first, published after.
+        assert_eq!(
+            walk(&Config::new(1, [2]), a.clone(), a.clone()),
+            vec![
+                Step::Apply(Config::new(1, [2])),
+                Step::Publish(Config::new(1, [2]))
+            ]
+        );
+        // One member replaced by another: widen, apply, then narrow the publication.
+        assert_eq!(
+            walk(&Config::new(1, [2, 4]), a.clone(), a.clone()),
+            vec![
+                Step::Publish(Config::new(1, [2, 3, 4])),
+                Step::Apply(Config::new(1, [2, 4])),
+                Step::Publish(Config::new(1, [2, 4]))
+            ]
+        );
+        // Turning it on: the quorum is applied before anything is promised.
+        assert_eq!(
+            walk(&a, Config::none(), Config::none()),
+            vec![Step::Apply(a.clone()), Step::Publish(a.clone())]
+        );
+        // Turning it off: the promise is withdrawn before the waits stop.
+        assert_eq!(
+            walk(&Config::none(), a.clone(), a.clone()),
+            vec![Step::Publish(Config::none()), Step::Apply(Config::none())]
+        );
+        // k raised and lowered.
+        assert_eq!(
+            walk(&Config::new(2, [2, 3]), a.clone(), a.clone()),
+            vec![
+                Step::Apply(Config::new(2, [2, 3])),
+                Step::Publish(Config::new(2, [2, 3]))
+            ]
+        );
+        assert_eq!(
+            walk(&a, Config::new(2, [2, 3]), Config::new(2, [2, 3])),
+            vec![Step::Publish(a.clone()), Step::Apply(a.clone())]
+        );
+    }
+
+    #[test]
+    fn only_a_member_holding_every_acknowledged_commit_may_be_promoted() {
+        let q = Config::new(1, [2, 3, 4]);
+        let r = |id, lsn| Report { node_id: id, lsn };
+        assert_eq!(may_promote(&Config::none(), 9, 0, &[]), Ok(()));
+        assert_eq!(may_promote(&q, 2, 100, &[r(3, 100), r(4, 90)]), Ok(()));
+        assert!(
+            may_promote(&q, 5, 100, &[r(3, 90), r(4, 90)])
+                .unwrap_err()
+                .contains("not in the synchronous quorum")
+        );
+        assert!(
+            may_promote(&q, 2, 100, &[r(3, 120), r(4, 90)])
+                .unwrap_err()
+                .contains("node 3 has received more WAL (20 bytes more)")
+        );
+        // k = 1 of 3: all three must report.
+        let e = may_promote(&q, 2, 100, &[r(3, 100)]).unwrap_err();
+        assert!(
+            e.contains("only 2 of the synchronous quorum's 3 members answered")
+                && e.contains("node(s) 4"),
+            "{e}"
+        );
+        // k = 2 of 3: two reports (its own included) suffice.
+        assert_eq!(
+            may_promote(&Config::new(2, [2, 3, 4]), 2, 100, &[r(3, 100)]),
+            Ok(())
+        );
+        // Reports from outside the quorum count for nothing, however far ahead.
+        assert!(may_promote(&Config::new(2, [2, 3, 4]), 2, 100, &[r(7, 100)]).is_err());
+        assert_eq!(
+            may_promote(&Config::new(2, [2, 3, 4]), 2, 100, &[r(3, 100), r(7, 900)]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn standby_names_are_quoted() {
+        let q = Config::new(2, [3, 2]);
+        assert_eq!(
+            q.standby_names(|id| format!("node{id}")),
+            "ANY 2 (\"node2\", \"node3\")"
+        );
+        assert_eq!(
+            Config::new(1, [2]).standby_names(|_| "a\"b".into()),
+            "ANY 1 (\"a\"\"b\")"
+        );
+        assert_eq!(Config::none().standby_names(|_| unreachable!()), "");
+        assert_eq!(Config::new(0, [2]), Config::none());
+    }
+}
