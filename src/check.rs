@@ -277,14 +277,7 @@ fn synchronous_quorum(
                     format!("member of {}", published.describe()),
                 )));
             }
-            let lsn: u64 = Local
-                .read(
-                    "SELECT (pg_catalog.pg_last_wal_receive_lsn() - '0/0')::bigint",
-                    &[],
-                )?
-                .get(0, 0)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let lsn = crate::protocol::received_lsn().unwrap_or(0);
             let reports: Vec<repmgr_core::quorum::Report> = nodes
                 .iter()
                 .filter(|x| x.node_id != me.node_id && published.members.contains(&x.node_id))

@@ -1173,14 +1173,7 @@ fn quorum_view() -> Option<(repmgr_core::quorum::Config, bool)> {
     }
 }
 
-/// This standby's received WAL position in bytes.
+/// This standby's WAL position in bytes (see [`protocol::received_lsn`]).
 fn protocol_received_lsn() -> Option<u64> {
-    crate::monitor::in_transaction(|| {
-        Local.read(
-            "SELECT (pg_catalog.pg_last_wal_receive_lsn() - '0/0')::bigint",
-            &[],
-        )
-    })
-    .ok()
-    .and_then(|r| r.get(0, 0).and_then(|v| v.parse().ok()))
+    crate::monitor::in_transaction(protocol::received_lsn)
 }

@@ -92,11 +92,15 @@ fn lease_poll(
     }))
 }
 
-/// This node's received WAL position in bytes, on a standby.
-fn received_lsn() -> Option<u64> {
+/// How much WAL this standby holds, in bytes: what it received, or what it replayed when
+/// that is further. After a restart, until its WAL receiver streams again, the received
+/// position is unknown or only the start of the current segment, while replay has gone
+/// through everything on disk: comparing received positions alone would make a standby that
+/// holds the most WAL look behind.
+pub(crate) fn received_lsn() -> Option<u64> {
     let rows = Local
         .read(
-            "SELECT (pg_catalog.pg_last_wal_receive_lsn() - '0/0')::bigint",
+            "SELECT (GREATEST(pg_catalog.pg_last_wal_receive_lsn(), pg_catalog.pg_last_wal_replay_lsn()) - '0/0')::bigint",
             &[],
         )
         .ok()?;

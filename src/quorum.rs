@@ -74,6 +74,9 @@ pub fn parse_names(value: &str, nodes: &[NodeRecord]) -> Option<Config> {
             .strip_prefix('"')
             .and_then(|i| i.strip_suffix('"'))
             .map_or_else(|| item.to_string(), |i| i.replace("\"\"", "\""));
+        if name == quorum::NO_STANDBY {
+            continue;
+        }
         ids.push(nodes.iter().find(|n| n.node_name == name)?.node_id);
     }
     Some(Config::new(k, ids))
@@ -83,8 +86,8 @@ fn setting(name: &std::ffi::CStr) -> String {
     crate::config::server_setting(name).unwrap_or_default()
 }
 
-/// Standbys that may be in the quorum: registered, active, attached to `me`, priority
-/// above 0; with whether each streams now and how far it flushed.
+/// Standbys that may be in the quorum: registered, active, priority above 0, not cascaded;
+/// with whether each streams from `me` now and how far it flushed.
 fn candidates(me: &NodeRecord, nodes: &[NodeRecord]) -> Result<Vec<(Candidate, Option<u64>)>> {
     let r = in_transaction(|| {
         Local.read(
@@ -102,6 +105,13 @@ fn candidates(me: &NodeRecord, nodes: &[NodeRecord]) -> Result<Vec<(Candidate, O
                 )
             })
     };
+    // A standby that streams from another standby never acknowledges for the primary. One
+    // registered under the old primary (just after a failover) is about to follow this one.
+    let cascades_from = |u: NodeId| {
+        nodes
+            .iter()
+            .any(|x| x.node_id == u && x.node_type == NodeType::Standby && x.active)
+    };
     Ok(nodes
         .iter()
         .filter(|n| {
@@ -109,7 +119,8 @@ fn candidates(me: &NodeRecord, nodes: &[NodeRecord]) -> Result<Vec<(Candidate, O
                 && n.active
                 && n.priority > 0
                 && n.node_id != me.node_id
-                && n.upstream_node_id.is_none_or(|u| u == me.node_id)
+                && n.upstream_node_id
+                    .is_none_or(|u| u == me.node_id || !cascades_from(u))
         })
         .map(|n| {
             let (streaming, flushed) = attached(&n.node_name).unwrap_or((false, None));
@@ -158,12 +169,24 @@ pub fn prepare_promotion(settings: &Settings, me: NodeId) -> Result<Option<Strin
     if !published.is_sync() {
         return Ok(None);
     }
-    let rest: Vec<NodeId> = published
+    let mut rest: Vec<NodeId> = published
         .members
         .iter()
         .copied()
         .filter(|m| *m != me)
         .collect();
+    if rest.is_empty() {
+        // It was the only member: wait for the standbys that may join (a quorum the
+        // publication does not cover, but nobody can be promoted under the publication, which
+        // names only this node, before this node's worker publishes the new one).
+        rest = nodes
+            .iter()
+            .filter(|n| {
+                n.node_type == NodeType::Standby && n.active && n.priority > 0 && n.node_id != me
+            })
+            .map(|n| n.node_id)
+            .collect();
+    }
     let k = match settings.failover.synchronous_mode {
         Mode::Strict => published.k,
         Mode::Preferred => published.k.min(rest.len() as u32),
@@ -208,6 +231,14 @@ impl Keeper {
     ) -> Result<Option<Event>> {
         let n = settings.failover.synchronous_standbys;
         let mode = settings.failover.synchronous_mode;
+        if crate::fence::refusal().is_some() {
+            // It cannot publish, and its commits are refused anyway.
+            self.wait(
+                "this primary is fenced; the quorum is managed again once it holds its lease"
+                    .into(),
+            );
+            return Ok(None);
+        }
         let published = in_transaction(|| published(&mut Local))?;
         if n == 0 && !published.is_sync() && self.pending.is_none() {
             // Off, and nothing promised: synchronous_standby_names is the DBA's.

@@ -80,16 +80,20 @@ impl Config {
         (self.members.len() + 1).saturating_sub(self.k as usize)
     }
 
-    /// `synchronous_standby_names` for this quorum, given each member's name.
+    /// `synchronous_standby_names` for this quorum, given each member's name. A strict
+    /// quorum without members waits for [`NO_STANDBY`], a name no standby uses.
     pub fn standby_names(&self, name_of: impl Fn(NodeId) -> String) -> String {
         if !self.is_sync() {
             return String::new();
         }
-        let names: Vec<String> = self
+        let mut names: Vec<String> = self
             .members
             .iter()
-            .map(|m| format!("\"{}\"", name_of(*m).replace('"', "\"\"")))
+            .map(|m| quote_name(&name_of(*m)))
             .collect();
+        if names.is_empty() {
+            names.push(NO_STANDBY.to_string());
+        }
         format!("ANY {} ({})", self.k, names.join(", "))
     }
 
@@ -99,6 +103,26 @@ impl Config {
         }
         let ids: Vec<String> = self.members.iter().map(|m| m.to_string()).collect();
         format!("ANY {} of nodes [{}]", self.k, ids.join(", "))
+    }
+}
+
+/// The member a strict quorum with no standby waits for: commits block until one joins.
+pub const NO_STANDBY: &str = "repmgr_no_standby";
+
+/// A standby name as `synchronous_standby_names` needs it: bare when it is a plain
+/// lower-case identifier, double-quoted otherwise.
+fn quote_name(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
     }
 }
 
@@ -428,11 +452,19 @@ mod tests {
         let q = Config::new(2, [3, 2]);
         assert_eq!(
             q.standby_names(|id| format!("node{id}")),
-            "ANY 2 (\"node2\", \"node3\")"
+            "ANY 2 (node2, node3)"
         );
         assert_eq!(
             Config::new(1, [2]).standby_names(|_| "a\"b".into()),
             "ANY 1 (\"a\"\"b\")"
+        );
+        assert_eq!(
+            Config::new(1, [2]).standby_names(|_| "Db-2".into()),
+            "ANY 1 (\"Db-2\")"
+        );
+        assert_eq!(
+            Config::new(1, []).standby_names(|_| unreachable!()),
+            "ANY 1 (repmgr_no_standby)"
         );
         assert_eq!(Config::none().standby_names(|_| unreachable!()), "");
         assert_eq!(Config::new(0, [2]), Config::none());
