@@ -1,13 +1,15 @@
 //! The fence: no transaction that wrote anything commits on a primary without its lease.
 //!
 //! Every backend runs this check when a transaction that has a transaction id is about to
-//! commit (or prepare). It reads the lease from shared memory and compares its newest
+//! commit (or prepare), and again once it has committed: a commit that finished after the
+//! lease ran out is not acknowledged to its client. It reads the lease from shared memory and compares its newest
 //! sufficient confirmation with `repmgr.fence_timeout` on CLOCK_BOOTTIME, on its own: it does
 //! not need the monitoring worker to be running, or to have noticed anything, so a node that
 //! was frozen and wakes up refuses at once. Reads, and transactions that wrote nothing, are
 //! not affected.
 
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use pgrx::PgSqlErrorCode;
 use pgrx::prelude::*;
@@ -49,21 +51,53 @@ pub fn refusal() -> Option<Failure> {
     )
 }
 
+/// Set at pre-commit for a transaction that wrote, read once it has committed.
+static WROTE: AtomicBool = AtomicBool::new(false);
+
 #[pg_guard]
 unsafe extern "C-unwind" fn check_commit(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
-    if event != pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT
-        && event != pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE
-    {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => {
+            // A transaction without an id wrote nothing: reads always go through.
+            if unsafe { pg_sys::GetTopTransactionIdIfAny() } == pg_sys::InvalidTransactionId
+                || unsafe { pg_sys::RecoveryInProgress() }
+            {
+                return;
+            }
+            if let Some(f) = refusal() {
+                f.raise();
+            }
+            WROTE.store(true, Ordering::Relaxed);
+        }
+        XACT_EVENT_COMMIT | XACT_EVENT_PREPARE
+            if WROTE.swap(false, Ordering::Relaxed) && refusal().is_some() =>
+        {
+            withhold_acknowledgement();
+        }
+        XACT_EVENT_ABORT => WROTE.store(false, Ordering::Relaxed),
+        _ => {}
+    }
+}
+
+/// The commit passed the check above but finished only after the lease ran out: its commit
+/// record went out before the fence, and a synchronous standby's acknowledgement may have
+/// released it long after, when another node may already have been promoted without it. The
+/// client must not hear "COMMIT": its connection is shut down instead, so the outcome stays
+/// unknown to it, as after a crash. The transaction itself ends normally (an error here would
+/// try to abort a committed transaction, which PostgreSQL turns into a PANIC).
+fn withhold_acknowledgement() {
+    let port = unsafe { pg_sys::MyProcPort };
+    if port.is_null() {
         return;
     }
-    // A transaction without an id wrote nothing: reads always go through.
-    if unsafe { pg_sys::GetTopTransactionIdIfAny() } == pg_sys::InvalidTransactionId {
+    // `sock` is the first member of PostgreSQL's `Port` (13 to 17), which pgrx leaves opaque.
+    let sock = unsafe { *(port as *const libc::c_int) };
+    if sock < 0 {
         return;
     }
-    if unsafe { pg_sys::RecoveryInProgress() } {
-        return;
-    }
-    if let Some(f) = refusal() {
-        f.raise();
-    }
+    unsafe { libc::shutdown(sock, libc::SHUT_RDWR) };
+    log!(
+        "repmgr: a commit finished after this node was fenced; its client is disconnected without an acknowledgement"
+    );
 }

@@ -170,16 +170,23 @@ fn vote_info() -> TableIterator<
 }
 
 /// Why `candidate` may not be promoted, from this node's copy of the catalog. A manual
-/// promotion (`repmgr.promote()`) may pick a node automatic failover never would.
-fn candidate_ineligible(candidate: i32, manual: bool) -> Option<String> {
+/// promotion (`repmgr.promote()`) may pick a node automatic failover never would. `lenient`
+/// checks only what the candidate is: a manual promotion, or a witness, whose copy of the
+/// node list is only refreshed every `repmgr.witness_sync_interval` and may still show a
+/// rejoined node as inactive (the data nodes' replicated catalogs check the rest).
+fn candidate_ineligible(candidate: i32, lenient: bool) -> Option<String> {
     let nodes = catalog::nodes(&mut Local).ok()?;
     match nodes.iter().find(|n| n.node_id == candidate) {
         None => Some(format!("node {candidate} is not registered")),
-        Some(n) if n.node_type != repmgr_core::node::NodeType::Standby => {
-            Some(format!("{} is not a standby", n.describe()))
+        // A node registered as primary may be a former primary rejoined as a standby that
+        // this copy of the catalog has not caught up with yet (a witness copies the list
+        // every repmgr.witness_sync_interval); it asks from recovery, so only a witness is
+        // refused for what it is.
+        Some(n) if n.node_type == repmgr_core::node::NodeType::Witness => {
+            Some(format!("{} is the witness", n.describe()))
         }
+        Some(_) if lenient => None,
         Some(n) if !n.active => Some(format!("{} is inactive", n.describe())),
-        Some(_) if manual => None,
         Some(n) => {
             election::ineligible(n.priority, true).map(|why| format!("{}: {why}", n.describe()))
         }
@@ -220,7 +227,7 @@ fn request_vote(
         } else {
             None
         },
-        candidate_ineligible: candidate_ineligible(candidate, manual),
+        candidate_ineligible: candidate_ineligible(candidate, manual || witness),
     };
     let req = VoteRequest {
         term: term.max(0) as u64,

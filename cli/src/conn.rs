@@ -105,7 +105,9 @@ impl Session {
             &[("connect_timeout", "5")],
             &[
                 ("application_name", "repmgr"),
-                ("options", "-c search_path="),
+                // Catalog writes must not wait for synchronous standbys that may be the very
+                // nodes being repaired.
+                ("options", "-c search_path= -c synchronous_commit=local"),
             ],
             Instant::now() + CONNECT_TIMEOUT,
             &mut PollWaiter,

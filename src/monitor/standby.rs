@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 
 use super::{Monitor, Snapshot, Stop, flush_to};
 use crate::catalog::NodeRecord;
+use crate::db::{Db, Local};
 use crate::events::Event;
 use crate::{follow, shmem};
 
@@ -204,12 +205,35 @@ impl Monitor {
         };
         // A standby that received WAL past the point where the new primary's timeline began
         // cannot follow it: PostgreSQL would refuse. It stays put and says so.
-        let switch: Option<u64> = self
+        // WAL already received on the target's own timeline (streamed from it after its
+        // promotion) is no sign of divergence: only WAL of an older timeline is.
+        let (switch, target_tli): (Option<u64>, Option<i64>) = self
             .peers
             .get(target, &self.settings)
-            .and_then(|p| p.run("SELECT switch_lsn FROM repmgr.vote_info()", &[]))
+            .and_then(|p| {
+                p.run(
+                    "SELECT switch_lsn, CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
+                            ELSE ('x' || pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int END
+                       FROM repmgr.vote_info()",
+                    &[],
+                )
+            })
             .ok()
-            .and_then(|r| r.get(0, 0).and_then(|v| v.parse().ok()));
+            .map_or((None, None), |r| {
+                (
+                    r.get(0, 0).and_then(|v| v.parse().ok()),
+                    r.get(0, 1).and_then(|v| v.parse().ok()),
+                )
+            });
+        let my_tli: Option<i64> = crate::monitor::in_transaction(|| {
+            Local.read(
+                "SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver",
+                &[],
+            )
+        })
+        .ok()
+        .and_then(|r| r.get(0, 0).and_then(|v| v.parse().ok()));
+        let on_its_timeline = matches!((my_tli, target_tli), (Some(m), Some(t)) if m >= t);
         let received: Option<u64> = snap
             .receive_lsn
             .as_deref()
@@ -217,6 +241,7 @@ impl Monitor {
             .map(|l| l.0);
         if let (Some(sw), Some(rx)) = (switch.filter(|s| *s > 0), received)
             && rx > sw
+            && !on_its_timeline
         {
             shmem::update(|s| s.failover.diverged = true);
             return fail(

@@ -582,6 +582,13 @@ impl Cluster {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 
+    /// Kills the postmaster and every process it started at once, as a machine crash would
+    /// (after [`Cluster::kill9`] of the postmaster alone, its backends and WAL senders live
+    /// on for a moment).
+    pub fn crash(&self, id: i32) {
+        signal_tree(self.node(id).pid().expect("the node runs"), libc::SIGKILL);
+    }
+
     /// Stops (SIGSTOP) the postmaster and every process it started: the whole node freezes,
     /// while the kernel still accepts TCP connections to it.
     pub fn freeze(&self, id: i32) {

@@ -85,8 +85,12 @@ impl Load {
                         a.lock().expect("acks").push((next, Instant::now()));
                         next += 1;
                     }
-                    // A refused commit (fenced) or a broken connection: try elsewhere.
-                    Err(_) => conn = None,
+                    // A refused commit (fenced) or a broken connection: try elsewhere, with
+                    // a new value, since this one may have committed without an answer.
+                    Err(_) => {
+                        conn = None;
+                        next += 1;
+                    }
                 }
                 std::thread::sleep(every);
             }

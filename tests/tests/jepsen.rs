@@ -1,0 +1,269 @@
+//! Jepsen-style check of zero data loss: clients insert unique integers on whichever node is
+//! the writable primary and record every acknowledged one, while the test kills, freezes and
+//! cuts off the primary and the standbys in a seeded random sequence, with failovers and
+//! rejoins in between. At the end every acknowledged integer must be on the final primary.
+//!
+//! The short form (6 faults, about a minute) runs with the test suite. The long form runs on
+//! demand: `REPMGR_JEPSEN_ROUNDS=100 cargo test -p repmgr-tests --test jepsen -- --nocapture`
+//! (`REPMGR_JEPSEN_SEED` replays a sequence).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use repmgr_tests::load::{Load, longest_gap};
+use repmgr_tests::{Cluster, NodeOptions, cli};
+
+const WAIT: Duration = Duration::from_secs(60);
+const DATA: [i32; 3] = [1, 2, 3];
+const WITNESS: i32 = 4;
+
+/// xorshift64*: enough randomness for a fault schedule, and replayable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+        from[(self.next() % from.len() as u64) as usize]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    KillPrimary,
+    FreezePrimary,
+    IsolatePrimary,
+    KillStandby,
+    FreezeStandby,
+    IsolateStandby,
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+struct Jepsen {
+    c: Cluster,
+    confs: Vec<PathBuf>,
+}
+
+impl Jepsen {
+    fn primary(&self) -> i32 {
+        self.c.one_writable(&DATA, WAIT)
+    }
+
+    /// Every data node up: one writable primary, the other two streaming from it, and the
+    /// primary's quorum naming both.
+    fn healthy(&self) -> i32 {
+        let p = self.primary();
+        let others: Vec<i32> = DATA.iter().copied().filter(|id| *id != p).collect();
+        // A standby that received WAL the new primary never had (sent by the old one before
+        // it was fenced, never acknowledged) cannot follow: it is rejoined, as an operator
+        // would. The losing of unacknowledged WAL is allowed; the check is on acknowledged
+        // writes.
+        for s in &others {
+            let diverged = || {
+                self.c
+                    .value(*s, "SELECT diverged::text FROM repmgr.node_status()")
+                    .as_deref()
+                    == Some("true")
+            };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !self.c.streams_from(p, *s) && Instant::now() < deadline && !diverged() {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            if diverged() {
+                println!("jepsen: node {s} diverged; rejoining it");
+                self.c.stop(*s);
+                self.rejoin(*s, p);
+            }
+        }
+        self.c
+            .wait_for("both standbys to stream from the primary", WAIT, || {
+                others
+                    .iter()
+                    .all(|s| self.c.streams_from(p, *s))
+                    .then_some(())
+            });
+        let want = format!("ANY 1 (node{}, node{})", others[0], others[1]);
+        self.c
+            .wait_for("the quorum to name both standbys", WAIT, || {
+                (self.c.value(p, "SHOW synchronous_standby_names").as_deref() == Some(&want))
+                    .then_some(())
+            });
+        p
+    }
+
+    /// Brings a stopped former primary back as a standby of `primary`, with the CLI, from
+    /// inside its network namespace.
+    fn rejoin(&self, old: i32, primary: i32) {
+        let node = self.c.node(old);
+        let target = self.c.node(primary).conninfo();
+        let out = Command::new("ip")
+            .args(["netns", "exec", node.netns.as_deref().expect("a namespace")])
+            .arg(cli())
+            .args(["-f", &self.confs[old as usize - 1].display().to_string()])
+            .args(["-d", &target, "node", "rejoin", "--force-rewind"])
+            .output()
+            .expect("run repmgr node rejoin");
+        assert!(
+            out.status.success(),
+            "node rejoin of node {old} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A node that was frozen or cut off: once the others have a new primary, it is stopped
+    /// and rejoined.
+    fn replace_primary(&self, old: i32, fault: Fault) {
+        let others: Vec<i32> = DATA.iter().copied().filter(|id| *id != old).collect();
+        let new = self.c.one_writable(&others, WAIT);
+        match fault {
+            Fault::FreezePrimary => self.c.thaw(old),
+            Fault::IsolatePrimary => self.c.network().rejoin(old),
+            _ => {}
+        }
+        if fault != Fault::KillPrimary {
+            // Replaced: it stays fenced until it is rejoined.
+            std::thread::sleep(Duration::from_millis(500));
+            assert!(
+                !self.c.writable(&[old]).contains(&old),
+                "node {old} is writable after its replacement"
+            );
+            self.c.stop(old);
+        }
+        self.rejoin(old, new);
+    }
+
+    fn inject(&self, fault: Fault, rng: &mut Rng) {
+        let p = self.primary();
+        let standbys: Vec<i32> = DATA.iter().copied().filter(|id| *id != p).collect();
+        let s = rng.pick(&standbys);
+        match fault {
+            Fault::KillPrimary => {
+                self.c.crash(p);
+                self.replace_primary(p, fault);
+            }
+            Fault::FreezePrimary => {
+                self.c.freeze(p);
+                self.replace_primary(p, fault);
+            }
+            Fault::IsolatePrimary => {
+                self.c.network().isolate(p);
+                self.replace_primary(p, fault);
+            }
+            Fault::KillStandby => {
+                self.c.crash(s);
+                std::thread::sleep(Duration::from_secs(2));
+                let started = (0..20).any(|_| {
+                    self.c.try_start(s) || {
+                        std::thread::sleep(Duration::from_millis(500));
+                        false
+                    }
+                });
+                assert!(started, "node {s} did not start again");
+            }
+            Fault::FreezeStandby => {
+                self.c.freeze(s);
+                std::thread::sleep(Duration::from_millis(1500));
+                self.c.thaw(s);
+            }
+            Fault::IsolateStandby => {
+                self.c.network().isolate(s);
+                std::thread::sleep(Duration::from_secs(3));
+                self.c.network().rejoin(s);
+            }
+        }
+    }
+}
+
+#[test]
+fn no_acknowledged_write_is_lost_through_random_faults() {
+    let rounds = env_u64("REPMGR_JEPSEN_ROUNDS").unwrap_or(6);
+    let seed = env_u64("REPMGR_JEPSEN_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1
+    });
+    println!("jepsen: seed {seed}, {rounds} faults (REPMGR_JEPSEN_SEED={seed} replays it)");
+    let mut c = Cluster::with_network("jepsen");
+    let opts = || {
+        NodeOptions::default()
+            .conf("repmgr.synchronous_standbys = 1")
+            .conf("wal_log_hints = on")
+    };
+    c.populate(&[2, 3], |_| opts());
+    c.init_witness(WITNESS, NodeOptions::default());
+    c.sql(
+        WITNESS,
+        &format!("SELECT repmgr.register_witness('{}')", c.node(1).conninfo()),
+    );
+    let confs: Vec<PathBuf> = DATA
+        .iter()
+        .map(|id| c.repmgr_conf(&c.node(*id).clone(), &[]))
+        .collect();
+    let j = Jepsen { c, confs };
+    j.c.settled(1, &[2, 3, WITNESS], WAIT);
+    j.healthy();
+
+    let load = Load::start(&j.c.multi_host(&DATA), "acked", Duration::from_millis(10));
+    let began = Instant::now();
+    let mut rng = Rng(seed);
+    let faults = [
+        Fault::KillPrimary,
+        Fault::FreezePrimary,
+        Fault::IsolatePrimary,
+        Fault::KillStandby,
+        Fault::FreezeStandby,
+        Fault::IsolateStandby,
+    ];
+    for round in 1..=rounds {
+        let fault = rng.pick(&faults);
+        let t = Instant::now();
+        j.inject(fault, &mut rng);
+        let p = j.healthy();
+        println!(
+            "jepsen: fault {round}/{rounds}: {fault:?}, healthy again after {:.1} s, primary node {p}, {} acknowledged so far",
+            t.elapsed().as_secs_f64(),
+            load.acks().len()
+        );
+    }
+    // Let the last primary take writes for a moment, then stop and count.
+    std::thread::sleep(Duration::from_secs(1));
+    let acks = load.stop();
+    let ended = Instant::now();
+    let p = j.healthy();
+    let lost = j.c.missing_acks(p, "acked", &acks);
+    // The outage counts from the start and to the end too.
+    let mut timeline = vec![(0, began)];
+    timeline.extend(acks.iter().copied());
+    timeline.push((0, ended));
+    let outage = longest_gap(&timeline, began).map_or(Duration::ZERO, |(g, _)| g);
+    println!(
+        "jepsen: {rounds} faults in {:.0} s, {} writes acknowledged, {} lost, longest write outage {:.2} s",
+        began.elapsed().as_secs_f64(),
+        acks.len(),
+        lost.len(),
+        outage.as_secs_f64()
+    );
+    // Writes must have gone on through the faults, not stopped at the first.
+    let seconds = ended.duration_since(began).as_secs_f64();
+    assert!(
+        acks.len() as f64 > seconds * 10.0,
+        "{} writes acknowledged in {seconds:.0} s: the clients stopped getting through",
+        acks.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost (seed {seed}): {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+}
