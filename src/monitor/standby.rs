@@ -203,57 +203,8 @@ impl Monitor {
             m.queue(ev);
             Err(details)
         };
-        // A standby that received WAL past the point where the new primary's timeline began
-        // cannot follow it: PostgreSQL would refuse. It stays put and says so.
-        // WAL already received on the target's own timeline (streamed from it after its
-        // promotion) is no sign of divergence: only WAL of an older timeline is.
-        let (switch, target_tli): (Option<u64>, Option<i64>) = self
-            .peers
-            .get(target, &self.settings)
-            .and_then(|p| {
-                p.run(
-                    "SELECT switch_lsn, CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
-                            ELSE ('x' || pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int END
-                       FROM repmgr.vote_info()",
-                    &[],
-                )
-            })
-            .ok()
-            .map_or((None, None), |r| {
-                (
-                    r.get(0, 0).and_then(|v| v.parse().ok()),
-                    r.get(0, 1).and_then(|v| v.parse().ok()),
-                )
-            });
-        let my_tli: Option<i64> = crate::monitor::in_transaction(|| {
-            Local.read(
-                "SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver",
-                &[],
-            )
-        })
-        .ok()
-        .and_then(|r| r.get(0, 0).and_then(|v| v.parse().ok()));
-        let on_its_timeline = matches!((my_tli, target_tli), (Some(m), Some(t)) if m >= t);
-        let received: Option<u64> = snap
-            .receive_lsn
-            .as_deref()
-            .and_then(repmgr_core::lsn::Lsn::parse)
-            .map(|l| l.0);
-        if let (Some(sw), Some(rx)) = (switch.filter(|s| *s > 0), received)
-            && rx > sw
-            && !on_its_timeline
-        {
-            shmem::update(|s| s.failover.diverged = true);
-            return fail(
-                self,
-                format!(
-                    "{} cannot follow {}: it received WAL up to {} but that node's timeline began at {}; it needs repmgr node rejoin",
-                    me.describe(),
-                    target.describe(),
-                    repmgr_core::lsn::Lsn(rx),
-                    repmgr_core::lsn::Lsn(sw)
-                ),
-            );
+        if let Some(why) = self.diverged_from(me, target) {
+            return fail(self, why);
         }
         let primary = self
             .failover
@@ -283,6 +234,51 @@ impl Monitor {
         }
     }
 
+    /// Whether this standby holds WAL past the point where `target`'s timeline began, which
+    /// PostgreSQL refuses to follow (it then marks itself diverged and says why). WAL already
+    /// received on the target's own timeline (streamed from it after its promotion) is no
+    /// sign of divergence: only WAL of an older timeline is. The position is read fresh: WAL
+    /// from the old primary can still arrive while the election runs.
+    fn diverged_from(&mut self, me: &NodeRecord, target: &NodeRecord) -> Option<String> {
+        let r = self
+            .peers
+            .get(target, &self.settings)
+            .and_then(|p| {
+                p.run(
+                    "SELECT switch_lsn, CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
+                            ELSE ('x' || pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int END
+                       FROM repmgr.vote_info()",
+                    &[],
+                )
+            })
+            .ok()?;
+        let switch: u64 = r
+            .get(0, 0)
+            .and_then(|v| v.parse().ok())
+            .filter(|s| *s > 0)?;
+        let target_tli: Option<i64> = r.get(0, 1).and_then(|v| v.parse().ok());
+        let (held, my_tli) = crate::monitor::in_transaction(|| {
+            let tli = Local
+                .read(
+                    "SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver",
+                    &[],
+                )
+                .ok()
+                .and_then(|r| r.get(0, 0).and_then(|v| v.parse::<i64>().ok()));
+            (crate::protocol::received_lsn(), tli)
+        });
+        let on_its_timeline = matches!((my_tli, target_tli), (Some(m), Some(t)) if m >= t);
+        let held = held.filter(|h| *h > switch && !on_its_timeline)?;
+        shmem::update(|s| s.failover.diverged = true);
+        Some(format!(
+            "{} cannot follow {}: it holds WAL up to {} but that node's timeline began at {}; it needs repmgr node rejoin",
+            me.describe(),
+            target.describe(),
+            repmgr_core::lsn::Lsn(held),
+            repmgr_core::lsn::Lsn(switch)
+        ))
+    }
+
     /// Records the follow event once this standby streams from its new upstream (or gives up
     /// waiting after a while).
     fn confirm_follow(&mut self, now: Duration, me: &NodeRecord) {
@@ -297,6 +293,31 @@ impl Monitor {
             .is_ok_and(|r| !r.rows.is_empty());
         let (event, since, request) = (p.event, p.since, p.request);
         let waited = now.saturating_sub(since);
+        // WAL that reached it from the old primary after the check before repointing.
+        let diverged = if streaming {
+            None
+        } else {
+            self.diverged_from(me, &target)
+        };
+        if let Some(why) = diverged {
+            self.pending_follow = None;
+            warning!("repmgr: {why}");
+            let mut ev = Event::new(me.node_id, event, why.clone()).about(
+                target.node_id,
+                &target.node_name,
+                &target.conninfo,
+            );
+            ev.successful = false;
+            self.queue(ev);
+            if let Some(seq) = request {
+                let refusal = crate::manual::refusal(
+                    why,
+                    "Rejoin it with repmgr node rejoin --force-rewind, run on its machine.",
+                );
+                shmem::finish_request(seq, &Err(refusal));
+            }
+            return;
+        }
         if !streaming && waited < super::FOLLOW_CONFIRM_TIMEOUT {
             return;
         }
