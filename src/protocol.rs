@@ -221,7 +221,9 @@ fn request_vote(
         .and_then(|n| n.into_iter().find(|n| n.node_id == st.failover.node_id))
         .is_some_and(|n| n.node_type == repmgr_core::node::NodeType::Witness);
     let facts = VoterFacts {
-        is_primary: !recovery && !witness,
+        // A standby that holds a lease has won its election and is promoting: it must not
+        // help a rival win a later term while pg_promote() runs.
+        is_primary: (!recovery || st.failover.lease.is_some()) && !witness,
         received_lsn: if recovery && !st.failover.diverged {
             received_lsn()
         } else {

@@ -26,6 +26,9 @@ use crate::monitor::{in_transaction, write_transaction};
 /// every WAL sender (they reload within milliseconds of the postmaster's signal).
 pub const SETTLE: Duration = Duration::from_secs(2);
 
+/// How long a standby about to promote itself lets its reload settle.
+const RELOAD_BEFORE_PROMOTE: Duration = Duration::from_millis(200);
+
 enum Pending {
     /// Written at `lsn`; confirmed once enough of the applied quorum flushed it.
     Publish { config: Config, lsn: u64 },
@@ -194,6 +197,9 @@ pub fn prepare_promotion(settings: &Settings, me: NodeId) -> Result<Option<Strin
     let start = Config::new(k, rest);
     let value = names(&start, &nodes);
     apply(&value)?;
+    // Let the startup process take the reload before the promotion request: when both reach
+    // it together it can sleep a whole wal_retrieve_retry_interval before promoting.
+    crate::peer::wait(None, RELOAD_BEFORE_PROMOTE);
     Ok(Some(value))
 }
 
