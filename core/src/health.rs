@@ -472,6 +472,9 @@ fn label(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One per-standby metric: its value for a standby, if known.
+type PerStandby = dyn Fn(&StandbyLag) -> Option<f64>;
+
 struct Metrics(String);
 
 impl Metrics {
@@ -599,36 +602,29 @@ pub fn metrics(v: &View, now: Duration) -> String {
                 label(&s.node_name)
             )
         };
-        m.family(
-            "repmgr_standby_streaming",
-            "gauge",
-            "1 for each standby attached to this primary that streams.",
-        );
-        for s in &v.standbys {
-            m.sample(
+        let families: [(&str, &str, &PerStandby); 3] = [
+            (
                 "repmgr_standby_streaming",
-                &per(s),
-                flag(s.state == "streaming"),
-            );
-        }
-        m.family(
-            "repmgr_standby_lag_bytes",
-            "gauge",
-            "WAL written on this primary that the standby has not flushed, in bytes.",
-        );
-        for s in &v.standbys {
-            if let Some(b) = s.lag_bytes {
-                m.sample("repmgr_standby_lag_bytes", &per(s), b);
-            }
-        }
-        m.family(
-            "repmgr_standby_lag_seconds",
-            "gauge",
-            "The standby's replay lag as the primary measures it, in seconds.",
-        );
-        for s in &v.standbys {
-            if let Some(secs) = s.lag_seconds {
-                m.sample("repmgr_standby_lag_seconds", &per(s), secs);
+                "1 for each standby attached to this primary that streams.",
+                &|s| Some(f64::from(flag(s.state == "streaming"))),
+            ),
+            (
+                "repmgr_standby_lag_bytes",
+                "WAL written on this primary that the standby has not flushed, in bytes.",
+                &|s| s.lag_bytes.map(|b| b as f64),
+            ),
+            (
+                "repmgr_standby_lag_seconds",
+                "The standby's replay lag as the primary measures it, in seconds.",
+                &|s| s.lag_seconds,
+            ),
+        ];
+        for (name, help, value) in families {
+            m.family(name, "gauge", help);
+            for s in &v.standbys {
+                if let Some(x) = value(s) {
+                    m.sample(name, &per(s), x);
+                }
             }
         }
     }

@@ -191,18 +191,8 @@ impl Monitor {
         event: &'static str,
         request: Option<u64>,
     ) -> Result<(), String> {
-        let fail = |m: &mut Monitor, details: String| {
-            let details = crate::error::mask_text(&details);
-            warning!("repmgr: {details}");
-            let mut ev = Event::new(me.node_id, event, details.clone()).about(
-                target.node_id,
-                &target.node_name,
-                &target.conninfo,
-            );
-            ev.successful = false;
-            m.queue(ev);
-            Err(details)
-        };
+        let fail =
+            |m: &mut Monitor, details: String| Err(m.follow_failed(me, target, event, &details));
         if let Some(why) = self.diverged_from(me, target) {
             return fail(self, why);
         }
@@ -232,6 +222,26 @@ impl Monitor {
                 ),
             ),
         }
+    }
+
+    /// Logs and records a follow of `target` that failed; returns the details, masked.
+    fn follow_failed(
+        &mut self,
+        me: &NodeRecord,
+        target: &NodeRecord,
+        event: &'static str,
+        details: &str,
+    ) -> String {
+        let details = crate::error::mask_text(details);
+        warning!("repmgr: {details}");
+        let mut ev = Event::new(me.node_id, event, details.clone()).about(
+            target.node_id,
+            &target.node_name,
+            &target.conninfo,
+        );
+        ev.successful = false;
+        self.queue(ev);
+        details
     }
 
     /// Whether this standby holds WAL past the point where `target`'s timeline began, which
@@ -301,14 +311,7 @@ impl Monitor {
         };
         if let Some(why) = diverged {
             self.pending_follow = None;
-            warning!("repmgr: {why}");
-            let mut ev = Event::new(me.node_id, event, why.clone()).about(
-                target.node_id,
-                &target.node_name,
-                &target.conninfo,
-            );
-            ev.successful = false;
-            self.queue(ev);
+            let why = self.follow_failed(me, &target, event, &why);
             if let Some(seq) = request {
                 let refusal = crate::manual::refusal(
                     why,
