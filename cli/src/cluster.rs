@@ -91,7 +91,11 @@ fn look(node: &NodeRow) -> Seen {
     };
     let r = s.query(
         "SELECT pg_catalog.pg_is_in_recovery(),
-                (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()),
+                CASE WHEN pg_catalog.pg_is_in_recovery()
+                     THEN (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())
+                     -- Just after a promotion the last checkpoint is still on the old timeline.
+                     ELSE ('x' || pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int
+                END,
                 (SELECT pg_catalog.string_agg(application_name, E'\\n') FROM pg_catalog.pg_stat_replication WHERE state = 'streaming')",
         &[],
     );

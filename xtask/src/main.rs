@@ -324,25 +324,8 @@ fn demo(t: &Task, stop: bool) -> Result {
         "target",
     ]);
     t.run(c, "cargo install --path cli")?;
-    t.step("start the sandbox");
-    t.run(sandbox("start"), "repmgr-sandbox start")?;
-    t.step("repmgr cluster show");
-    let mut show = Command::new("repmgr");
-    show.env("PATH", path_with_cargo_bin()).args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        "55431",
-        "-U",
-        "postgres",
-        "cluster",
-        "show",
-    ]);
-    t.run(show, "repmgr cluster show")?;
-    println!(
-        "\nThe sandbox is running. Connect with:\n  psql -h 127.0.0.1 -p 55431 -U postgres repmgr\n  repmgr -h 127.0.0.1 -p 55431 -U postgres cluster show\nStop it with: cargo xtask demo --stop"
-    );
-    Ok(())
+    t.step("the sandbox: build a cluster, crash its primary, fail over, rejoin");
+    t.run(sandbox("start"), "repmgr-sandbox start")
 }
 
 fn bench(t: &Task, args: &[&str]) -> Result {

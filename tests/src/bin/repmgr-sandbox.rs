@@ -1,28 +1,178 @@
-//! The demo sandbox behind `cargo xtask demo`: a cluster on fixed loopback ports that stays up
-//! until `cargo xtask demo --stop`.
+//! The demo sandbox behind `cargo xtask demo`: a primary, two standbys and a witness on fixed
+//! loopback ports, built with the product's own commands (`repmgr primary register`,
+//! `repmgr standby clone`, `repmgr standby register`, `repmgr.register_witness()`); a crash of
+//! the primary under a write load with a live timeline; the old primary brought back with
+//! `repmgr node rejoin --force-rewind`. The cluster stays up until `cargo xtask demo --stop`.
 
-use std::path::Path;
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
 
-use repmgr_tests::{Cluster, NodeOptions, destroy};
+use repmgr_tests::load::{Load, longest_gap};
+use repmgr_tests::{Cluster, NodeOptions, cli, destroy};
 
 const DIR: &str = "/var/tmp/repmgr-demo";
 const FIRST_PORT: u16 = 55431;
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Prints one progress line, stamped with the time since the start.
+struct Clock(Instant);
+
+impl Clock {
+    fn say(&self, what: impl AsRef<str>) {
+        println!("[{:6.1}s] {}", self.0.elapsed().as_secs_f64(), what.as_ref());
+    }
+}
+
+fn repmgr(conf: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(cli())
+        .arg("-f")
+        .arg(conf)
+        .args(args)
+        .output()
+        .expect("run repmgr")
+}
+
+fn show(conf: &Path) {
+    let out = repmgr(conf, &["cluster", "show"]);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("          {line}");
+    }
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        println!("          {line}");
+    }
+}
+
+fn int(c: &Cluster, id: i32, sql: &str) -> Option<i64> {
+    c.try_sql(id, sql)
+        .ok()
+        .and_then(|r| r.get(0, 0).and_then(|v| v.parse().ok()))
+}
 
 fn start() {
+    let clock = Clock(Instant::now());
     // Running it again starts over from a clean sandbox.
     let mut c = Cluster::at(Path::new(DIR), Some(FIRST_PORT));
-    let primary = c.init_primary(1, NodeOptions::default());
-    println!(
-        "          node1: primary on 127.0.0.1:{} (data in {})",
-        primary.port,
-        primary.data.display()
+    let opts = || NodeOptions::default().conf("wal_log_hints = on");
+    clock.say("create node1 (primary), clone node2 and node3 with `repmgr standby clone`, register each with the repmgr command line");
+    let confs: Vec<PathBuf> = c.populate_with_cli(&[2, 3], opts);
+    c.init_witness(4, NodeOptions::default());
+    c.sql(
+        4,
+        &format!("SELECT repmgr.register_witness('{}')", c.node(1).conninfo()),
     );
-    let id = c
-        .value(1, "SELECT repmgr.register_primary()")
-        .unwrap_or_default();
-    println!("          SELECT repmgr.register_primary() returned {id}");
     c.keep();
+    clock.say("node4 registered as witness with SELECT repmgr.register_witness(...)");
+    c.settled(1, &[2, 3, 4], WAIT);
+    clock.say("every voter confirms node1's lease: repmgr cluster show");
+    show(&confs[1]);
+
+    let load = Load::start(
+        &c.multi_host(&[1, 2, 3]),
+        "demo_writes",
+        Duration::from_millis(10),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    c.caught_up(1, &[2, 3], WAIT);
+    clock.say(format!(
+        "a client inserts a row every 10 ms through a multi-host connection string ({} acknowledged so far)",
+        load.acks().len()
+    ));
+    let lease = int(&c, 2, "SELECT current_setting('repmgr.lease_timeout')::int").unwrap_or(2100);
+    let term = int(&c, 2, "SELECT term FROM repmgr.vote_info()").unwrap_or(0);
+    c.crash(1);
+    let crash = Instant::now();
+    clock.say("kill -9 of node1 and all its processes");
+
+    // The timeline, polled every 50 ms.
+    let (mut detected, mut elected, mut promoted, mut following) = (None, None, None, None);
+    let mut new = 0;
+    while crash.elapsed() < WAIT && following.is_none() {
+        let t = crash.elapsed();
+        let silent = [2, 3].into_iter().any(|id| {
+            int(&c, id, "SELECT silence_ms FROM repmgr.vote_info()").is_some_and(|s| s >= lease)
+        });
+        if detected.is_none() && silent {
+            detected = Some(t);
+            clock.say(format!(
+                "  +{:.2} s  detected: a standby heard nothing from node1 for repmgr.lease_timeout ({lease} ms)",
+                t.as_secs_f64()
+            ));
+        }
+        if elected.is_none()
+            && [2, 3].into_iter().any(|id| {
+                int(&c, id, "SELECT term FROM repmgr.vote_info()").is_some_and(|v| v > term)
+            })
+        {
+            elected = Some(t);
+            clock.say(format!(
+                "  +{:.2} s  election: a standby asked for votes in a new term",
+                t.as_secs_f64()
+            ));
+        }
+        if promoted.is_none()
+            && let [id] = c.writable(&[2, 3])[..]
+        {
+            new = id;
+            promoted = Some(t);
+            clock.say(format!(
+                "  +{:.2} s  promoted: node{id} is a writable primary",
+                t.as_secs_f64()
+            ));
+        }
+        if promoted.is_some() {
+            let other = if new == 2 { 3 } else { 2 };
+            if c.streams_from(new, other) {
+                following = Some(t);
+                clock.say(format!(
+                    "  +{:.2} s  following: node{other} streams from node{new}",
+                    t.as_secs_f64()
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if following.is_none() {
+        clock.say("no failover within 60 s: see the logs in /var/tmp/repmgr-demo");
+        return;
+    }
+    c.wait_for("writes on the new primary", WAIT, || {
+        load.acks().last().is_some_and(|(_, a)| *a > crash).then_some(())
+    });
+    let acks = load.stop();
+    let gap = longest_gap(&acks, crash).map_or(Duration::ZERO, |(g, _)| g);
+    let lost = c.missing_acks(new, "demo_writes", &acks).len();
+    clock.say(format!(
+        "  the client saw no commit for {:.2} s; {lost} of {} acknowledged rows missing on node{new}",
+        gap.as_secs_f64(),
+        acks.len()
+    ));
+    clock.say("repmgr cluster show");
+    show(&confs[new as usize]);
+
+    let target = c.node(new).conninfo();
+    let out = repmgr(
+        &confs[1],
+        &["-d", &target, "node", "rejoin", "--force-rewind"],
+    );
+    clock.say(format!(
+        "repmgr node rejoin --force-rewind: node1 rewound with pg_rewind and back as a standby of node{new}{}",
+        if out.status.success() { "" } else { " (failed, see below)" }
+    ));
+    if !out.status.success() {
+        println!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    c.wait_for("node1 to stream", WAIT, || c.streams_from(new, 1).then_some(()));
+    clock.say("final state: repmgr cluster show");
+    show(&confs[new as usize]);
+    let port = c.node(new).port;
+    println!(
+        "\nThe sandbox is running (data, logs and repmgr.conf files in {DIR}). Connect with:\n  psql -h 127.0.0.1 -p {port} -U postgres repmgr        # the primary, node{new}\n  psql 'host=127.0.0.1,127.0.0.1,127.0.0.1 port={},{},{} user=postgres dbname=repmgr target_session_attrs=read-write'\n  repmgr -f {} cluster show\nStop it and remove everything with: cargo xtask demo --stop",
+        FIRST_PORT,
+        FIRST_PORT + 1,
+        FIRST_PORT + 2,
+        confs[new as usize].display()
+    );
 }
 
 fn main() -> ExitCode {
