@@ -28,7 +28,7 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]\n       repmgr-bench failover [--runs N]\n       repmgr-bench switchover [--runs N]"
+        "usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]\n       repmgr-bench failover [--runs N]\n       repmgr-bench switchover [--runs N]\n       repmgr-bench false-failover [--runs N]\n       repmgr-bench scale [--runs N]"
     );
     ExitCode::from(2)
 }
@@ -265,10 +265,10 @@ struct Run {
     lost: usize,
 }
 
-/// A commit every 10 ms on whichever of nodes 1 to 3 is writable, going for 2 s already.
-fn write_load(c: &Cluster) -> Load {
+/// A commit every 10 ms on whichever of `ids` is writable, going for 2 s already.
+fn write_load(c: &Cluster, ids: &[i32]) -> Load {
     let load = Load::start(
-        &c.multi_host(&[1, 2, 3]),
+        &c.multi_host(ids),
         "acked",
         Duration::from_millis(10),
     );
@@ -276,12 +276,13 @@ fn write_load(c: &Cluster) -> Load {
     load
 }
 
-fn failover_run(run: usize) -> Run {
+fn failover_run(run: usize, standbys: &[i32], opts: impl Fn(i32) -> NodeOptions) -> Run {
     let wait = Duration::from_secs(60);
     let mut c = Cluster::new(&format!("bench-failover-{run}"));
-    c.populate(&[2, 3], |_| NodeOptions::default());
-    c.settled(1, &[2, 3], wait);
-    let load = write_load(&c);
+    c.populate(standbys, opts);
+    c.settled(1, standbys, wait);
+    let everyone: Vec<i32> = std::iter::once(1).chain(standbys.iter().copied()).collect();
+    let load = write_load(&c, &everyone);
     let crash = Instant::now();
     c.kill9(1);
     // Polled every 20 ms rather than through wait_for's 100 ms, for resolution.
@@ -300,14 +301,19 @@ fn failover_run(run: usize) -> Run {
     let (new, writable) = poll(
         "writable new primary",
         Box::new(|| {
-            let w = c.writable(&[2, 3]);
+            let w = c.writable(standbys);
             (w.len() == 1).then(|| w[0])
         }),
     );
-    let other = if new == 2 { 3 } else { 2 };
     let (_, following) = poll(
-        "streaming standby",
-        Box::new(|| c.streams_from(new, other).then_some(other)),
+        "every other standby streaming",
+        Box::new(|| {
+            standbys
+                .iter()
+                .filter(|s| **s != new)
+                .all(|s| c.streams_from(new, *s))
+                .then_some(0)
+        }),
     );
     c.wait_for("writes on the new primary", wait, || {
         load.acks()
@@ -343,16 +349,105 @@ fn spread(v: &mut [Duration]) -> String {
     )
 }
 
-fn failover(runs: usize) {
-    let started = Instant::now();
-    println!(
-        "== failover after kill -9 of the primary: 3 nodes (primary + 2 standbys), default settings, a commit every 10 ms, {runs} runs"
-    );
+/// Summary lines: printed, and kept in the results file under the benchmark's name.
+struct Report {
+    name: &'static str,
+    title: String,
+    lines: Vec<String>,
+}
+
+impl Report {
+    fn new(name: &'static str, title: String) -> Report {
+        println!("== {title}");
+        Report {
+            name,
+            title,
+            lines: Vec::new(),
+        }
+    }
+
+    fn line(&mut self, l: String) {
+        println!("{l}");
+        self.lines.push(l);
+    }
+
+    /// Writes the report into `bench/results/<date>.json` (one entry per benchmark, the
+    /// newest replacing an older one of the same date) and regenerates `<date>.md` from it.
+    fn save(self, started: Instant) {
+        println!("total {:.0} s", started.elapsed().as_secs_f64());
+        let date = Command::new("date")
+            .arg("+%F")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|_| "undated".into());
+        let dir = std::path::Path::new("bench/results");
+        if fs::create_dir_all(dir).is_err() {
+            return;
+        }
+        let json_path = dir.join(format!("{date}.json"));
+        let mut all: serde_json::Map<String, serde_json::Value> = fs::read_to_string(&json_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        all.insert(
+            self.name.to_string(),
+            serde_json::json!({
+                "title": self.title,
+                "summary": self.lines,
+                "machine": machine(),
+                "seconds": started.elapsed().as_secs(),
+            }),
+        );
+        let text = serde_json::to_string_pretty(&all).unwrap_or_default();
+        let _ = fs::write(&json_path, text + "\n");
+        let mut md = format!(
+            "# Benchmark results, {date}\n\nMeasured by `cargo xtask bench` on this machine: {}.\n",
+            machine()
+        );
+        for (name, v) in &all {
+            md.push_str(&format!(
+                "\n## {name}\n\n{}\n\n",
+                v["title"].as_str().unwrap_or_default()
+            ));
+            for l in v["summary"].as_array().into_iter().flatten() {
+                md.push_str(&format!("- {}\n", l.as_str().unwrap_or_default()));
+            }
+        }
+        let _ = fs::write(dir.join(format!("{date}.md")), md);
+        println!("results: {} and {date}.md", json_path.display());
+    }
+}
+
+/// The machine the figures come from.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    format!(
+        "{cores} cores, {:.0} GiB, PostgreSQL 15, loopback",
+        mem as f64 / 1024.0 / 1024.0
+    )
+}
+
+/// `runs` failovers by kill -9 of the primary, each on a fresh cluster of primary 1 and
+/// `standbys`.
+fn failover_series(
+    report: &mut Report,
+    runs: usize,
+    standbys: &[i32],
+    opts: impl Fn(i32) -> NodeOptions + Copy,
+) {
     let mut all = Vec::new();
     for run in 1..=runs {
-        let r = failover_run(run);
+        let r = failover_run(run, standbys, opts);
         println!(
-            "run {run:2}: writable new primary after {:.2} s, other standby streaming after {:.2} s (+{:.2} s), write gap {:.2} s, {} of {} acknowledged commits missing",
+            "run {run:2}: writable new primary after {:.2} s, every other standby streaming after {:.2} s (+{:.2} s), write gap {:.2} s, {} of {} acknowledged commits missing",
             r.writable.as_secs_f64(),
             r.following.as_secs_f64(),
             (r.following.saturating_sub(r.writable)).as_secs_f64(),
@@ -363,27 +458,137 @@ fn failover(runs: usize) {
         all.push(r);
     }
     let pick = |f: fn(&Run) -> Duration| spread(&mut all.iter().map(f).collect::<Vec<_>>());
-    println!(
+    report.line(format!(
         "writable new primary after the crash: {}",
         pick(|r| r.writable)
-    );
-    println!(
-        "other standby streaming, after the promotion: {}",
+    ));
+    report.line(format!(
+        "every other standby streaming, after the promotion: {}",
         pick(|r| r.following.saturating_sub(r.writable))
-    );
-    println!("client write gap: {}", pick(|r| r.gap));
-    println!(
+    ));
+    report.line(format!("client write gap: {}", pick(|r| r.gap)));
+    report.line(format!(
         "acknowledged commits missing on the new primary: {} of {} in all runs",
         all.iter().map(|r| r.lost).sum::<usize>(),
         all.iter().map(|r| r.acked).sum::<usize>()
+    ));
+}
+
+fn failover(runs: usize) {
+    let started = Instant::now();
+    let mut report = Report::new(
+        "failover",
+        format!(
+            "failover after kill -9 of the primary: 3 nodes (primary + 2 standbys), default settings, a commit every 10 ms, {runs} runs"
+        ),
     );
-    println!("total {:.0} s", started.elapsed().as_secs_f64());
+    failover_series(&mut report, runs, &[2, 3], |_| NodeOptions::default());
+    report.save(started);
+}
+
+/// Stalls (SIGSTOP of the whole primary) shorter and longer than the fence and the lease:
+/// how many elections (term changes) and fencings each causes.
+fn false_failover(runs: usize) {
+    let started = Instant::now();
+    let mut report = Report::new(
+        "false-failover",
+        format!(
+            "primary frozen (SIGSTOP of every process) for 0.5, 1 and 2 s, {runs} times each, 3 nodes, default settings (fence 1.6 s, lease 2.1 s)"
+        ),
+    );
+    let wait = Duration::from_secs(60);
+    let mut c = Cluster::new("bench-false-failover");
+    c.populate(&[2, 3], |_| NodeOptions::default());
+    c.settled(1, &[2, 3], wait);
+    let count = |c: &Cluster, id: i32, sql: &str| -> i64 {
+        c.value(id, sql).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    for stall in [500u64, 1000, 2000] {
+        let (mut elections, mut fencings, mut promotions) = (0, 0, 0);
+        for _ in 0..runs {
+            let primary = c.one_writable(&[1, 2, 3], wait);
+            let term = count(&c, primary, "SELECT term FROM repmgr.vote_info()");
+            let fenced = count(
+                &c,
+                primary,
+                "SELECT count(*) FROM repmgr.events WHERE event = 'repmgrd_primary_fenced'",
+            );
+            c.freeze(primary);
+            std::thread::sleep(Duration::from_millis(stall));
+            c.thaw(primary);
+            // Past the lease and the elections it could start, then settled again.
+            std::thread::sleep(Duration::from_secs(4));
+            let now = c.one_writable(&[1, 2, 3], wait);
+            elections += count(&c, now, "SELECT term FROM repmgr.vote_info()") - term;
+            fencings += count(
+                &c,
+                now,
+                "SELECT count(*) FROM repmgr.events WHERE event = 'repmgrd_primary_fenced'",
+            ) - fenced;
+            if now != primary {
+                promotions += 1;
+                // The old primary was replaced: bring the cluster back to three nodes.
+                c.stop(primary);
+                let others: Vec<i32> = [1, 2, 3].into_iter().filter(|id| *id != primary).collect();
+                c.settled(now, &others, wait);
+            }
+        }
+        report.line(format!(
+            "{:.1} s stall, {runs} times: {elections} elections, {promotions} promotions, {fencings} fencings",
+            stall as f64 / 1000.0
+        ));
+    }
+    report.save(started);
+}
+
+/// Seven nodes: the failover gap and the idle worker's CPU with six standbys.
+fn scale(runs: usize) {
+    let started = Instant::now();
+    let standbys = [2, 3, 4, 5, 6, 7];
+    let small = |_| {
+        NodeOptions::default()
+            .conf("shared_buffers = 16MB")
+            .conf("max_connections = 40")
+    };
+    let mut report = Report::new(
+        "scale",
+        format!(
+            "1 primary + 6 standbys (shared_buffers 16MB): failover after kill -9 ({runs} runs) and the idle worker's CPU"
+        ),
+    );
+    let wait = Duration::from_secs(60);
+    {
+        let mut c = Cluster::new("bench-scale-idle");
+        c.populate(&standbys, small);
+        c.settled(1, &standbys, wait);
+        let ids: Vec<i32> = std::iter::once(1).chain(standbys).collect();
+        let pids: Vec<i32> = ids.iter().map(|id| worker_pid(&c, *id)).collect();
+        let before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
+        let idle = Duration::from_secs(30);
+        std::thread::sleep(idle);
+        let per_hour: Vec<f64> = pids
+            .iter()
+            .zip(&before)
+            .map(|(p, b)| (cpu_seconds(*p) - b) * 3600.0 / idle.as_secs_f64())
+            .collect();
+        report.line(format!(
+            "idle worker CPU over 30 s: primary {:.1} CPU s/hour, standbys {:.1} to {:.1} CPU s/hour",
+            per_hour[0],
+            per_hour[1..].iter().cloned().fold(f64::MAX, f64::min),
+            per_hour[1..].iter().cloned().fold(0.0, f64::max)
+        ));
+    }
+    failover_series(&mut report, runs, &standbys, small);
+    report.save(started);
 }
 
 fn switchover(runs: usize) {
     let started = Instant::now();
-    println!(
-        "== repmgr standby switchover --siblings-follow: 3 nodes, default settings, a commit every 10 ms, {runs} runs"
+    let mut report = Report::new(
+        "switchover",
+        format!(
+            "repmgr standby switchover --siblings-follow: 3 nodes, default settings, a commit every 10 ms, {runs} runs"
+        ),
     );
     let (mut gaps, mut took) = (Vec::new(), Vec::new());
     let (mut lost, mut acked) = (0, 0);
@@ -392,7 +597,7 @@ fn switchover(runs: usize) {
         let mut c = Cluster::new(&format!("bench-switchover-{run}"));
         let confs = c.populate_with_cli(&[2, 3], NodeOptions::default);
         c.settled(1, &[2, 3], wait);
-        let load = write_load(&c);
+        let load = write_load(&c, &[1, 2, 3]);
         let t = Instant::now();
         let out = Command::new(repmgr_tests::cli())
             .arg("-f")
@@ -426,10 +631,15 @@ fn switchover(runs: usize) {
         lost += m;
         acked += acks.len();
     }
-    println!("client write gap: {}", spread(&mut gaps));
-    println!("switchover command duration: {}", spread(&mut took));
-    println!("acknowledged commits missing on the new primary: {lost} of {acked} in all runs");
-    println!("total {:.0} s", started.elapsed().as_secs_f64());
+    report.line(format!("client write gap: {}", spread(&mut gaps)));
+    report.line(format!(
+        "switchover command duration: {}",
+        spread(&mut took)
+    ));
+    report.line(format!(
+        "acknowledged commits missing on the new primary: {lost} of {acked} in all runs"
+    ));
+    report.save(started);
 }
 
 fn main() -> ExitCode {
@@ -452,6 +662,8 @@ fn main() -> ExitCode {
         ),
         "failover" => failover(opt("--runs", 10) as usize),
         "switchover" => switchover(opt("--runs", 5) as usize),
+        "false-failover" => false_failover(opt("--runs", 5) as usize),
+        "scale" => scale(opt("--runs", 3) as usize),
         _ => return usage(),
     }
     ExitCode::SUCCESS

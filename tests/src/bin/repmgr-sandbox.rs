@@ -20,7 +20,11 @@ struct Clock(Instant);
 
 impl Clock {
     fn say(&self, what: impl AsRef<str>) {
-        println!("[{:6.1}s] {}", self.0.elapsed().as_secs_f64(), what.as_ref());
+        println!(
+            "[{:6.1}s] {}",
+            self.0.elapsed().as_secs_f64(),
+            what.as_ref()
+        );
     }
 }
 
@@ -137,7 +141,10 @@ fn start() {
         return;
     }
     c.wait_for("writes on the new primary", WAIT, || {
-        load.acks().last().is_some_and(|(_, a)| *a > crash).then_some(())
+        load.acks()
+            .last()
+            .is_some_and(|(_, a)| *a > crash)
+            .then_some(())
     });
     let acks = load.stop();
     let gap = longest_gap(&acks, crash).map_or(Duration::ZERO, |(g, _)| g);
@@ -162,7 +169,9 @@ fn start() {
     if !out.status.success() {
         println!("{}", String::from_utf8_lossy(&out.stderr));
     }
-    c.wait_for("node1 to stream", WAIT, || c.streams_from(new, 1).then_some(()));
+    c.wait_for("node1 to stream", WAIT, || {
+        c.streams_from(new, 1).then_some(())
+    });
     clock.say("final state: repmgr cluster show");
     show(&confs[new as usize]);
     let port = c.node(new).port;
