@@ -21,6 +21,7 @@ use repmgr_pq::{Conn, PollWaiter, Rows};
 pub mod http;
 pub mod load;
 mod net;
+pub mod repmgr5;
 pub use net::Network;
 
 /// Where every test cluster lives.

@@ -21,14 +21,14 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use repmgr_tests::load::{Load, longest_gap};
-use repmgr_tests::{Cluster, NodeOptions, bindir};
+use repmgr_tests::{Cluster, NodeOptions, bindir, repmgr5};
 
 /// Clock ticks per second for /proc CPU times (Linux's USER_HZ).
 const TICKS_PER_SECOND: f64 = 100.0;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]\n       repmgr-bench failover [--runs N]\n       repmgr-bench switchover [--runs N]\n       repmgr-bench false-failover [--runs N]\n       repmgr-bench scale [--runs N]"
+        "usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]\n       repmgr-bench failover [--runs N]\n       repmgr-bench switchover [--runs N]\n       repmgr-bench false-failover [--runs N]\n       repmgr-bench scale [--runs N]\n       repmgr-bench repmgr5-failover [--runs N] [--defaults]"
     );
     ExitCode::from(2)
 }
@@ -267,20 +267,52 @@ struct Run {
 
 /// A commit every 10 ms on whichever of `ids` is writable, going for 2 s already.
 fn write_load(c: &Cluster, ids: &[i32]) -> Load {
-    let load = Load::start(
-        &c.multi_host(ids),
-        "acked",
-        Duration::from_millis(10),
-    );
+    let load = Load::start(&c.multi_host(ids), "acked", Duration::from_millis(10));
     std::thread::sleep(Duration::from_secs(2));
     load
 }
 
-fn failover_run(run: usize, standbys: &[i32], opts: impl Fn(i32) -> NodeOptions) -> Run {
-    let wait = Duration::from_secs(60);
+/// The system under test.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum System {
+    Ours,
+    /// Debian's repmgr 5.3.3 with repmgrd (see `repmgr_tests::repmgr5`).
+    Repmgr5(repmgr5::Settings),
+}
+
+/// Nodes that run as a primary (whatever the system: nothing of ours is asked).
+fn primaries(c: &Cluster, ids: &[i32]) -> Vec<i32> {
+    ids.iter()
+        .copied()
+        .filter(|id| {
+            c.try_sql(*id, "SELECT (NOT pg_is_in_recovery())::text")
+                .ok()
+                .is_some_and(|r| r.get(0, 0) == Some("true"))
+        })
+        .collect()
+}
+
+fn failover_run(
+    run: usize,
+    standbys: &[i32],
+    opts: impl Fn(i32) -> NodeOptions,
+    system: System,
+) -> Run {
     let mut c = Cluster::new(&format!("bench-failover-{run}"));
-    c.populate(standbys, opts);
-    c.settled(1, standbys, wait);
+    let (wait, mut daemons) = match system {
+        System::Ours => {
+            c.populate(standbys, opts);
+            c.settled(1, standbys, Duration::from_secs(60));
+            (Duration::from_secs(60), Vec::new())
+        }
+        System::Repmgr5(settings) => {
+            let tree = repmgr5::Repmgr5::prepare();
+            let daemons = tree.populate(&mut c, standbys, settings);
+            // repmgrd connects and starts monitoring within a few seconds.
+            std::thread::sleep(Duration::from_secs(5));
+            (Duration::from_secs(300), daemons)
+        }
+    };
     let everyone: Vec<i32> = std::iter::once(1).chain(standbys.iter().copied()).collect();
     let load = write_load(&c, &everyone);
     let crash = Instant::now();
@@ -299,9 +331,9 @@ fn failover_run(run: usize, standbys: &[i32], opts: impl Fn(i32) -> NodeOptions)
         }
     };
     let (new, writable) = poll(
-        "writable new primary",
+        "new primary",
         Box::new(|| {
-            let w = c.writable(standbys);
+            let w = primaries(&c, standbys);
             (w.len() == 1).then(|| w[0])
         }),
     );
@@ -327,6 +359,7 @@ fn failover_run(run: usize, standbys: &[i32], opts: impl Fn(i32) -> NodeOptions)
     // milliseconds, during which the old primary may still acknowledge a commit or two.
     let gap = longest_gap(&acks, crash).map_or(Duration::ZERO, |(g, _)| g);
     let lost = c.missing_acks(new, "acked", &acks).len();
+    repmgr5::stop_daemons(&mut daemons);
     Run {
         writable,
         following,
@@ -442,10 +475,11 @@ fn failover_series(
     runs: usize,
     standbys: &[i32],
     opts: impl Fn(i32) -> NodeOptions + Copy,
+    system: System,
 ) {
     let mut all = Vec::new();
     for run in 1..=runs {
-        let r = failover_run(run, standbys, opts);
+        let r = failover_run(run, standbys, opts, system);
         println!(
             "run {run:2}: writable new primary after {:.2} s, every other standby streaming after {:.2} s (+{:.2} s), write gap {:.2} s, {} of {} acknowledged commits missing",
             r.writable.as_secs_f64(),
@@ -482,7 +516,44 @@ fn failover(runs: usize) {
             "failover after kill -9 of the primary: 3 nodes (primary + 2 standbys), default settings, a commit every 10 ms, {runs} runs"
         ),
     );
-    failover_series(&mut report, runs, &[2, 3], |_| NodeOptions::default());
+    failover_series(
+        &mut report,
+        runs,
+        &[2, 3],
+        |_| NodeOptions::default(),
+        System::Ours,
+    );
+    report.save(started);
+}
+
+/// The same failover scenario against Debian's repmgr 5.3.3 and repmgrd.
+fn repmgr5_failover(runs: usize, settings: repmgr5::Settings) {
+    let started = Instant::now();
+    let tree = repmgr5::Repmgr5::prepare();
+    tree.use_tree();
+    let (name, what) = match settings {
+        repmgr5::Settings::Defaults => (
+            "repmgr5-failover-defaults",
+            "its defaults: monitor every 2 s, 6 reconnect attempts 10 s apart",
+        ),
+        repmgr5::Settings::LikeOurs => (
+            "repmgr5-failover-like-ours",
+            "settings like ours: monitor every 1 s, 3 reconnect attempts 1 s apart",
+        ),
+    };
+    let mut report = Report::new(
+        name,
+        format!(
+            "repmgr 5.3.3 + repmgrd (Debian), {what}: failover after kill -9 of the primary, 3 nodes, a commit every 10 ms, {runs} runs"
+        ),
+    );
+    failover_series(
+        &mut report,
+        runs,
+        &[2, 3],
+        |_| repmgr5::Repmgr5::node_options(),
+        System::Repmgr5(settings),
+    );
     report.save(started);
 }
 
@@ -578,7 +649,7 @@ fn scale(runs: usize) {
             per_hour[1..].iter().cloned().fold(0.0, f64::max)
         ));
     }
-    failover_series(&mut report, runs, &standbys, small);
+    failover_series(&mut report, runs, &standbys, small, System::Ours);
     report.save(started);
 }
 
@@ -664,6 +735,14 @@ fn main() -> ExitCode {
         "switchover" => switchover(opt("--runs", 5) as usize),
         "false-failover" => false_failover(opt("--runs", 5) as usize),
         "scale" => scale(opt("--runs", 3) as usize),
+        "repmgr5-failover" => repmgr5_failover(
+            opt("--runs", 10) as usize,
+            if args.iter().any(|a| a == "--defaults") {
+                repmgr5::Settings::Defaults
+            } else {
+                repmgr5::Settings::LikeOurs
+            },
+        ),
         _ => return usage(),
     }
     ExitCode::SUCCESS
