@@ -34,9 +34,19 @@ commands:
   test          setup, then every test: unit, in-server (cargo pgrx test) and integration
   demo          setup, install, and start a local sandbox cluster on 127.0.0.1:55431
   demo --stop   stop the sandbox and remove its files
+  bench [--quick]
+                every benchmark below in one run (release build; prints figures and writes
+                bench/results/<date>.json and .md; asserts nothing)
+  bench failover [--runs N]        kill -9 of the primary: time to a writable new primary,
+                                   write gap, acknowledged commits lost
+  bench switchover [--runs N]      repmgr standby switchover --siblings-follow under load
+  bench false-failover [--runs N]  0.5, 1 and 2 s stalls of the primary: elections, fencings
+  bench repmgr5-failover [--runs N] [--defaults]
+                                   the failover scenario against Debian's repmgr 5.3.3
+  bench scale [--runs N]           1 primary + 6 standbys: failover and worker CPU
   bench overhead [--pairs N] [--seconds S] [--idle S]
-                the monitoring worker's idle CPU and memory, and pgbench TPS with and
-                without it (release build; prints figures, asserts nothing)";
+                                   the worker's idle CPU and memory, pgbench TPS with and
+                                   without it";
 
 struct Task {
     start: Instant,
@@ -363,7 +373,9 @@ fn main() -> ExitCode {
         ["test"] => test(&t),
         ["demo"] => demo(&t, false),
         ["demo", "--stop"] => demo(&t, true),
-        ["bench", rest @ ..] if !rest.is_empty() => bench(&t, rest),
+        ["bench"] => bench(&t, &["all"]),
+        ["bench", "--quick"] => bench(&t, &["all", "--quick"]),
+        ["bench", rest @ ..] => bench(&t, rest),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

@@ -28,7 +28,7 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]\n       repmgr-bench failover [--runs N]\n       repmgr-bench switchover [--runs N]\n       repmgr-bench false-failover [--runs N]\n       repmgr-bench scale [--runs N]\n       repmgr-bench repmgr5-failover [--runs N] [--defaults]"
+        "usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]\n       repmgr-bench failover [--runs N]\n       repmgr-bench switchover [--runs N]\n       repmgr-bench false-failover [--runs N]\n       repmgr-bench scale [--runs N]\n       repmgr-bench repmgr5-failover [--runs N] [--defaults]\n       repmgr-bench all [--quick]"
     );
     ExitCode::from(2)
 }
@@ -166,7 +166,12 @@ fn overhead(pairs: usize, seconds: u64, idle: u64) {
     c.sql(1, "CREATE DATABASE bench");
     preload(&c, true);
 
-    println!("== idle worker cost ({idle} s, primary + 1 streaming standby, monitor_interval 1 s)");
+    let mut report = Report::new(
+        "overhead",
+        format!(
+            "the worker's cost: idle {idle} s on a primary + 1 streaming standby (monitor_interval 1 s), then pgbench scale 10, 4 clients, {pairs} pairs of {seconds} s runs with and without repmgr preloaded, ABBA order"
+        ),
+    );
     std::thread::sleep(Duration::from_secs(3));
     for (id, role) in [(1, "primary"), (2, "standby")] {
         let pid = worker_pid(&c, id);
@@ -175,29 +180,25 @@ fn overhead(pairs: usize, seconds: u64, idle: u64) {
         std::thread::sleep(Duration::from_secs(idle));
         let used = cpu_seconds(pid) - before;
         let per_hour = used / t.elapsed().as_secs_f64() * 3600.0;
-        println!(
-            "{role:8} worker pid {pid}: {used:.2} CPU s in {idle} s = {per_hour:.1} CPU s/hour ({:.3}% of one core); RSS {} kB, PSS {} kB (shared buffers it touched included in RSS)",
+        report.line(format!(
+            "{role} worker: {used:.2} CPU s in {idle} s = {per_hour:.1} CPU s/hour ({:.3}% of one core); RSS {} kB, PSS {} kB (shared buffers it touched included in RSS)",
             per_hour / 36.0,
             memory_kb(pid, "status", "VmRSS:"),
             memory_kb(pid, "smaps_rollup", "Pss:"),
-        );
+        ));
     }
     let history = c.value(1, "SELECT count(*) || ' rows, ' || pg_total_relation_size('repmgr.monitoring_history') || ' bytes' FROM repmgr.monitoring_history");
-    println!(
+    report.line(format!(
         "monitoring_history after the idle period: {}",
         history.unwrap_or_default()
-    );
+    ));
     let with = idle_cluster_cpu(&c, idle);
     preload(&c, false);
     let without = idle_cluster_cpu(&c, idle);
-    println!(
+    report.line(format!(
         "whole cluster (both servers, all processes) idle: {with:.1} CPU s/hour with repmgr, {without:.1} without: repmgr adds {:.1} CPU s/hour",
         with - without
-    );
-
-    println!(
-        "\n== pgbench on the primary (scale 10, 4 clients): repmgr preloaded vs not, {pairs} pairs of {seconds} s runs, ABBA order"
-    );
+    ));
     let node = c.node(1).clone();
     let init = Command::new("runuser")
         .args(["-u", "postgres", "--"])
@@ -245,15 +246,15 @@ fn overhead(pairs: usize, seconds: u64, idle: u64) {
             v.iter().cloned().fold(f64::MIN, f64::max),
         )
     };
-    println!(
-        "mean with repmgr {a:.1} tps (min {:.1}, max {:.1}); without {b:.1} tps (min {:.1}, max {:.1}); difference {:+.2}%",
+    report.line(format!(
+        "pgbench: mean with repmgr {a:.1} tps (min {:.1}, max {:.1}); without {b:.1} tps (min {:.1}, max {:.1}); difference {:+.2}%",
         spread(&with).0,
         spread(&with).1,
         spread(&without).0,
         spread(&without).1,
         (a - b) / b * 100.0
-    );
-    println!("total {:.0} s", started.elapsed().as_secs_f64());
+    ));
+    report.save(started);
 }
 
 /// One failover run's figures.
@@ -726,6 +727,19 @@ fn main() -> ExitCode {
             .unwrap_or(default)
     };
     match mode.as_str() {
+        // Everything, in one run, so that the figures compared come from the same machine
+        // state; --quick for a first look (fewer runs, shorter phases).
+        "all" => {
+            let quick = args.iter().any(|a| a == "--quick");
+            let n = |full: usize, short: usize| if quick { short } else { full };
+            failover(n(10, 3));
+            switchover(n(5, 2));
+            false_failover(n(5, 1));
+            repmgr5_failover(n(10, 2), repmgr5::Settings::LikeOurs);
+            repmgr5_failover(n(10, 1), repmgr5::Settings::Defaults);
+            scale(n(3, 1));
+            overhead(n(3, 1), n(30, 10) as u64, n(60, 20) as u64);
+        }
         "overhead" => overhead(
             opt("--pairs", 3) as usize,
             opt("--seconds", 30),
