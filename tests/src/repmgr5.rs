@@ -23,6 +23,15 @@ pub struct Repmgr5 {
     pub bindir: PathBuf,
 }
 
+/// While alive, clusters are made from the relocated tree.
+pub struct TreeInUse;
+
+impl Drop for TreeInUse {
+    fn drop(&mut self) {
+        unsafe { std::env::remove_var("REPMGR_PG_BINDIR") };
+    }
+}
+
 /// Monitoring settings for repmgrd: its defaults, or the same as ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settings {
@@ -117,10 +126,12 @@ impl Repmgr5 {
         Repmgr5 { bindir }
     }
 
-    /// Makes the harness start servers from this tree (its `bindir()` reads the variable).
-    pub fn use_tree(&self) {
-        // Set before any thread of the benchmark starts.
+    /// Makes the harness start servers from this tree (its `bindir()` reads the variable)
+    /// until the returned guard is dropped.
+    pub fn use_tree(&self) -> TreeInUse {
+        // Set and removed while no other thread of the benchmark runs.
         unsafe { std::env::set_var("REPMGR_PG_BINDIR", &self.bindir) };
+        TreeInUse
     }
 
     /// Node options for a server of this tree: Debian's repmgr preloaded, none of ours.

@@ -43,6 +43,8 @@ commands:
   bench false-failover [--runs N]  0.5, 1 and 2 s stalls of the primary: elections, fencings
   bench repmgr5-failover [--runs N] [--defaults]
                                    the failover scenario against Debian's repmgr 5.3.3
+  bench repmgr5-false-failover [--runs N]
+                                   the stalls against repmgr 5.3.3: promotions, two primaries
   bench scale [--runs N]           1 primary + 6 standbys: failover and worker CPU
   bench overhead [--pairs N] [--seconds S] [--idle S]
                                    the worker's idle CPU and memory, pgbench TPS with and

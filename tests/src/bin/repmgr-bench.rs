@@ -28,7 +28,7 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]\n       repmgr-bench failover [--runs N]\n       repmgr-bench switchover [--runs N]\n       repmgr-bench false-failover [--runs N]\n       repmgr-bench scale [--runs N]\n       repmgr-bench repmgr5-failover [--runs N] [--defaults]\n       repmgr-bench all [--quick]"
+        "usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]\n       repmgr-bench failover [--runs N]\n       repmgr-bench switchover [--runs N]\n       repmgr-bench false-failover [--runs N]\n       repmgr-bench scale [--runs N]\n       repmgr-bench repmgr5-failover [--runs N] [--defaults]\n       repmgr-bench repmgr5-false-failover [--runs N]\n       repmgr-bench all [--quick]"
     );
     ExitCode::from(2)
 }
@@ -531,7 +531,7 @@ fn failover(runs: usize) {
 fn repmgr5_failover(runs: usize, settings: repmgr5::Settings) {
     let started = Instant::now();
     let tree = repmgr5::Repmgr5::prepare();
-    tree.use_tree();
+    let _in_use = tree.use_tree();
     let (name, what) = match settings {
         repmgr5::Settings::Defaults => (
             "repmgr5-failover-defaults",
@@ -555,6 +555,51 @@ fn repmgr5_failover(runs: usize, settings: repmgr5::Settings) {
         |_| repmgr5::Repmgr5::node_options(),
         System::Repmgr5(settings),
     );
+    report.save(started);
+}
+
+/// The stalls of [`false_failover`] against repmgr 5.3.3 (like-ours settings): promotions,
+/// and whether two primaries ran at once afterwards (it has no fencing).
+fn repmgr5_false_failover(runs: usize) {
+    let started = Instant::now();
+    let tree = repmgr5::Repmgr5::prepare();
+    let _in_use = tree.use_tree();
+    let mut report = Report::new(
+        "repmgr5-false-failover",
+        format!(
+            "repmgr 5.3.3 + repmgrd (Debian), settings like ours (monitor every 1 s, 3 reconnect attempts 1 s apart): primary frozen for 0.5, 1 and 2 s, {runs} times each, 3 nodes"
+        ),
+    );
+    let wait = Duration::from_secs(60);
+    let mut c = Cluster::new("bench-repmgr5-false-failover");
+    let mut daemons = tree.populate(&mut c, &[2, 3], repmgr5::Settings::LikeOurs);
+    std::thread::sleep(Duration::from_secs(5));
+    'stalls: for stall in [500u64, 1000, 2000] {
+        for _ in 0..runs {
+            let primary = c.wait_for("one primary", wait, || {
+                let p = primaries(&c, &[1, 2, 3]);
+                (p.len() == 1).then(|| p[0])
+            });
+            c.freeze(primary);
+            std::thread::sleep(Duration::from_millis(stall));
+            c.thaw(primary);
+            std::thread::sleep(Duration::from_secs(4));
+            let now = primaries(&c, &[1, 2, 3]);
+            if now != [primary] {
+                report.line(format!(
+                    "{:.1} s stall: a promotion; running as primary now: nodes {now:?}{}; the series stops here",
+                    stall as f64 / 1000.0,
+                    if now.len() > 1 { " (two primaries)" } else { "" }
+                ));
+                break 'stalls;
+            }
+        }
+        report.line(format!(
+            "{:.1} s stall, {runs} times: no promotion",
+            stall as f64 / 1000.0
+        ));
+    }
+    repmgr5::stop_daemons(&mut daemons);
     report.save(started);
 }
 
@@ -737,6 +782,7 @@ fn main() -> ExitCode {
             false_failover(n(5, 1));
             repmgr5_failover(n(10, 2), repmgr5::Settings::LikeOurs);
             repmgr5_failover(n(10, 1), repmgr5::Settings::Defaults);
+            repmgr5_false_failover(n(5, 1));
             scale(n(3, 1));
             overhead(n(3, 1), n(30, 10) as u64, n(60, 20) as u64);
         }
@@ -749,6 +795,7 @@ fn main() -> ExitCode {
         "switchover" => switchover(opt("--runs", 5) as usize),
         "false-failover" => false_failover(opt("--runs", 5) as usize),
         "scale" => scale(opt("--runs", 3) as usize),
+        "repmgr5-false-failover" => repmgr5_false_failover(opt("--runs", 5) as usize),
         "repmgr5-failover" => repmgr5_failover(
             opt("--runs", 10) as usize,
             if args.iter().any(|a| a == "--defaults") {
