@@ -378,6 +378,13 @@ impl Cluster {
         self.init_standalone(id, Kind::Primary, &opts)
     }
 
+    /// A witness `id` with `opts`, registered with primary 1.
+    pub fn add_witness(&mut self, id: i32, opts: NodeOptions) {
+        self.init_witness(id, opts);
+        let primary = self.node(1).conninfo();
+        self.sql(id, &format!("SELECT repmgr.register_witness('{primary}')"));
+    }
+
     /// Creates and starts a stand-alone server for a witness, with the extension created.
     pub fn init_witness(&mut self, id: i32, opts: NodeOptions) -> Node {
         self.init_standalone(id, Kind::Witness, &opts)
@@ -678,6 +685,21 @@ impl Cluster {
             &mut PollWaiter,
         )?;
         c.query(sql, &[], Instant::now() + SQL_TIMEOUT, &mut PollWaiter)
+    }
+
+    /// The first value of the first row as an integer; panics on NULL or anything else.
+    pub fn int(&self, id: i32, sql: &str) -> i64 {
+        self.value(id, sql)
+            .unwrap_or_else(|| panic!("NULL from {sql}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// A client committing a row into table `acked` every 10 ms, through a multi-host
+    /// connection string over `ids` (the writable one takes the writes), recording every
+    /// acknowledgement.
+    pub fn write_load(&self, ids: &[i32]) -> load::Load {
+        load::Load::start(&self.multi_host(ids), "acked", Duration::from_millis(10))
     }
 
     /// The first value of the first row, as text.

@@ -109,42 +109,26 @@ impl Network {
 
     /// Cuts the link between `a` and `b` only (both directions).
     pub fn cut(&self, a: i32, b: i32) {
-        ip(&[
-            "-n",
-            &self.namespace(a),
-            "route",
-            "add",
-            "blackhole",
-            &format!("{}/32", self.address(b)),
-        ]);
-        ip(&[
-            "-n",
-            &self.namespace(b),
-            "route",
-            "add",
-            "blackhole",
-            &format!("{}/32", self.address(a)),
-        ]);
+        self.blackholes("add", a, b);
     }
 
     /// Restores a link cut with [`Network::cut`].
     pub fn mend(&self, a: i32, b: i32) {
-        ip(&[
-            "-n",
-            &self.namespace(a),
-            "route",
-            "del",
-            "blackhole",
-            &format!("{}/32", self.address(b)),
-        ]);
-        ip(&[
-            "-n",
-            &self.namespace(b),
-            "route",
-            "del",
-            "blackhole",
-            &format!("{}/32", self.address(a)),
-        ]);
+        self.blackholes("del", a, b);
+    }
+
+    /// Adds or deletes the blackhole route to the other node in each of the two namespaces.
+    fn blackholes(&self, action: &str, a: i32, b: i32) {
+        for (from, to) in [(a, b), (b, a)] {
+            ip(&[
+                "-n",
+                &self.namespace(from),
+                "route",
+                action,
+                "blackhole",
+                &format!("{}/32", self.address(to)),
+            ]);
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use repmgr_tests::load::{Load, longest_gap};
+use repmgr_tests::load::longest_gap;
 use repmgr_tests::{Cluster, NodeOptions, cli};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -374,11 +374,7 @@ fn switchover_swaps_roles_under_load() {
         "{out}{err}"
     );
     assert_eq!(c.writable(&[1, 2, 3]), [1]);
-    let load = Load::start(
-        &c.multi_host(&[1, 2, 3]),
-        "acked",
-        Duration::from_millis(10),
-    );
+    let load = c.write_load(&[1, 2, 3]);
     std::thread::sleep(Duration::from_secs(1));
     let (_, err) = run_ok(
         0,

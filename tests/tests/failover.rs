@@ -9,13 +9,6 @@ use repmgr_tests::{Cluster, NodeOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn int(c: &Cluster, id: i32, sql: &str) -> i64 {
-    c.value(id, sql)
-        .unwrap_or_else(|| panic!("NULL from {sql}"))
-        .parse()
-        .unwrap()
-}
-
 /// A registered cluster: primary 1, standbys 2..=n, each with `opts(id)`.
 fn cluster(name: &str, standbys: &[i32], opts: impl Fn(i32) -> NodeOptions) -> Cluster {
     let mut c = Cluster::new(name);
@@ -41,12 +34,14 @@ fn manual_standbys(id: i32) -> NodeOptions {
     }
 }
 
-fn add_witness(c: &mut Cluster, id: i32) {
-    c.init_witness(id, NodeOptions::default());
-    c.sql(
-        id,
-        &format!("SELECT repmgr.register_witness('{}')", c.node(1).conninfo()),
-    );
+/// A write load on nodes 1 to 3 that ran for a second, paused once standbys 2 and 3 have
+/// everything primary 1 acknowledged: inject the fault, then resume it.
+fn load_caught_up(c: &Cluster) -> Load {
+    let load = c.write_load(&[1, 2, 3]);
+    std::thread::sleep(Duration::from_secs(1));
+    load.pause();
+    c.caught_up(1, &[2, 3], WAIT);
+    load
 }
 
 /// Every acknowledged value must be on `node`.
@@ -90,15 +85,8 @@ fn nothing_confirmed_after_promotion(
 fn kill_9_of_the_primary_promotes_one_standby_and_the_other_follows() {
     let c = cluster("kill9", &[2, 3], |_| NodeOptions::default());
     c.settled(1, &[2, 3], WAIT);
-    let load = Load::start(
-        &c.multi_host(&[1, 2, 3]),
-        "acked",
-        Duration::from_millis(10),
-    );
-    std::thread::sleep(Duration::from_secs(1));
     // The standbys are caught up when the primary dies: nothing acknowledged may be lost.
-    load.pause();
-    c.caught_up(1, &[2, 3], WAIT);
+    let load = load_caught_up(&c);
     let crash = Instant::now();
     c.kill9(1);
     load.resume();
@@ -125,8 +113,7 @@ fn kill_9_of_the_primary_promotes_one_standby_and_the_other_follows() {
     );
     none_lost(&c, new, "acked", &acks);
     assert_eq!(
-        int(
-            &c,
+        c.int(
             new,
             "SELECT count(*) FROM repmgr.nodes WHERE type = 'primary' AND active"
         ),
@@ -149,7 +136,7 @@ fn kill_9_of_the_primary_promotes_one_standby_and_the_other_follows() {
         let r = c.sql(new, "SELECT event FROM repmgr.events WHERE event IN ('repmgrd_failover_promote', 'repmgrd_failover_follow') ORDER BY 1");
         (r.rows.len() == 2).then_some(())
     });
-    assert!(int(&c, new, "SELECT term FROM repmgr.voting_term") >= 2);
+    assert!(c.int(new, "SELECT term FROM repmgr.voting_term") >= 2);
 }
 
 #[test]
@@ -217,14 +204,7 @@ fn a_primary_cut_off_by_the_network_is_replaced_and_stays_fenced() {
     c.network().mend(1, 2);
     c.settled(1, &[2, 3], WAIT);
     // Now cut it off entirely.
-    let load = Load::start(
-        &c.multi_host(&[1, 2, 3]),
-        "acked",
-        Duration::from_millis(10),
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    load.pause();
-    c.caught_up(1, &[2, 3], WAIT);
+    let load = load_caught_up(&c);
     c.network().isolate(1);
     load.resume();
     let new = c.one_writable(&[2, 3], WAIT);
@@ -293,7 +273,7 @@ fn two_data_nodes_and_a_witness() {
         let q = node_check(&c, id, "failover quorum");
         assert!(q.starts_with("CRITICAL: only 2 voters"), "{q}");
     }
-    add_witness(&mut c, 3);
+    c.add_witness(3, NodeOptions::default());
     assert!(node_check(&c, 2, "failover quorum").starts_with("OK: 3 voters"));
     c.settled(1, &[2, 3], WAIT);
     c.kill9(1);
@@ -301,7 +281,7 @@ fn two_data_nodes_and_a_witness() {
     drop(c);
     // With the witness gone too, a lone standby never promotes.
     let mut c = cluster("witness-down", &[2], |_| NodeOptions::default());
-    add_witness(&mut c, 3);
+    c.add_witness(3, NodeOptions::default());
     c.settled(1, &[2, 3], WAIT);
     c.stop(3);
     c.kill9(1);
@@ -399,8 +379,7 @@ fn manual_promote_and_follow() {
             .filter(|r| !r.rows.is_empty())
     });
     assert_eq!(
-        int(
-            &c,
+        c.int(
             2,
             "SELECT count(*) FROM repmgr.nodes WHERE type = 'primary' AND active"
         ),
@@ -486,8 +465,7 @@ fn a_cascaded_standby_reattaches_to_the_primary_when_its_upstream_dies() {
         c.try_sql(1, "SELECT 1 FROM repmgr.events WHERE node_id = 3 AND event = 'repmgrd_failover_follow' AND successful").ok().filter(|r| !r.rows.is_empty())
     });
     assert_eq!(
-        int(
-            &c,
+        c.int(
             1,
             "SELECT upstream_node_id FROM repmgr.nodes WHERE node_id = 3"
         ),
@@ -504,7 +482,7 @@ fn a_cascaded_standby_reattaches_to_the_primary_when_its_upstream_dies() {
 fn back_to_back_failovers_keep_slots_for_the_survivors() {
     // With a witness, the third data node still has a majority after two losses of primary.
     let mut c = cluster("twice", &[2, 3], |_| NodeOptions::default());
-    add_witness(&mut c, 4);
+    c.add_witness(4, NodeOptions::default());
     c.settled(1, &[2, 3, 4], WAIT);
     c.kill9(1);
     let first = c.one_writable(&[2, 3], WAIT);
@@ -516,8 +494,7 @@ fn back_to_back_failovers_keep_slots_for_the_survivors() {
     });
     assert_eq!(c.value(first, &format!("SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = 'repmgr_slot_{survivor}'")).as_deref(), Some("1"));
     c.wait_for("the witness to follow", WAIT, || {
-        (int(
-            &c,
+        (c.int(
             4,
             &format!(
                 "SELECT count(*) FROM repmgr.nodes WHERE node_id = {first} AND type = 'primary'"
@@ -568,7 +545,7 @@ fn short_stalls_cause_no_failover_and_no_fencing() {
     }
     assert_eq!(c.writable(&[1, 2, 3]), [1]);
     assert!(!c.log(1).contains("lost its lease"), "{}", c.log(1));
-    let load = Load::start(&c.multi_host(&[1]), "acked", Duration::from_millis(10));
+    let load = c.write_load(&[1]);
     std::thread::sleep(Duration::from_secs(1));
     let acks = load.stop();
     assert!(longest_gap(&acks, acks[0].1).is_none_or(|(g, _)| g < Duration::from_millis(500)));

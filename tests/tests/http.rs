@@ -170,15 +170,9 @@ fn raise_fd_limit(n: u64) {
 #[test]
 fn misbehaving_clients_never_stall_monitoring_or_failover() {
     let (c, ports) = cluster("http-abuse");
-    let int = |id: i32, sql: &str| -> i64 {
-        c.value(id, sql)
-            .unwrap_or_else(|| panic!("NULL from {sql}"))
-            .parse()
-            .unwrap()
-    };
-    let term_before = int(1, "SELECT term FROM repmgr.node_status()");
+    let term_before = c.int(1, "SELECT term FROM repmgr.node_status()");
     let workers: Vec<i64> = (1..=3)
-        .map(|id| int(id, "SELECT worker_pid FROM repmgr.node_status()"))
+        .map(|id| c.int(id, "SELECT worker_pid FROM repmgr.node_status()"))
         .collect();
     let rounds_sql =
         "SELECT (extract(epoch FROM worker_last_round) * 1000)::bigint FROM repmgr.node_status()";
@@ -235,7 +229,7 @@ fn misbehaving_clients_never_stall_monitoring_or_failover() {
     let mut rounds: Vec<Vec<i64>> = vec![Vec::new(); 3];
     while attack.elapsed() < Duration::from_secs(6) {
         for id in 1..=3 {
-            let r = int(id, rounds_sql);
+            let r = c.int(id, rounds_sql);
             if rounds[id as usize - 1].last() != Some(&r) {
                 rounds[id as usize - 1].push(r);
             }
@@ -271,10 +265,13 @@ fn misbehaving_clients_never_stall_monitoring_or_failover() {
     println!("under attack: {summary}");
     assert!(flat.iter().all(|o| o.is_none_or(|s| s >= 400)), "{summary}");
     // Nothing was elected, nothing fenced, no process restarted.
-    assert_eq!(int(1, "SELECT term FROM repmgr.node_status()"), term_before);
+    assert_eq!(
+        c.int(1, "SELECT term FROM repmgr.node_status()"),
+        term_before
+    );
     assert_eq!(c.writable(&[1, 2, 3]), vec![1]);
     assert_eq!(
-        int(
+        c.int(
             1,
             "SELECT count(*) FROM repmgr.events WHERE event = 'repmgrd_primary_fenced'"
         ),
@@ -282,7 +279,7 @@ fn misbehaving_clients_never_stall_monitoring_or_failover() {
     );
     for id in 1..=3 {
         assert_eq!(
-            int(id, "SELECT worker_pid FROM repmgr.node_status()"),
+            c.int(id, "SELECT worker_pid FROM repmgr.node_status()"),
             workers[id as usize - 1],
             "node {id}'s worker restarted"
         );

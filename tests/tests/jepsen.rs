@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use repmgr_tests::load::{Load, longest_gap};
+use repmgr_tests::load::longest_gap;
 use repmgr_tests::{Cluster, NodeOptions, cli};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -200,11 +200,7 @@ fn no_acknowledged_write_is_lost_through_random_faults() {
             .conf("wal_log_hints = on")
     };
     c.populate(&[2, 3], |_| opts());
-    c.init_witness(WITNESS, NodeOptions::default());
-    c.sql(
-        WITNESS,
-        &format!("SELECT repmgr.register_witness('{}')", c.node(1).conninfo()),
-    );
+    c.add_witness(WITNESS, NodeOptions::default());
     let confs: Vec<PathBuf> = DATA
         .iter()
         .map(|id| c.repmgr_conf(&c.node(*id).clone(), &[]))
@@ -213,7 +209,7 @@ fn no_acknowledged_write_is_lost_through_random_faults() {
     j.c.settled(1, &[2, 3, WITNESS], WAIT);
     j.healthy();
 
-    let load = Load::start(&j.c.multi_host(&DATA), "acked", Duration::from_millis(10));
+    let load = j.c.write_load(&DATA);
     let began = Instant::now();
     let mut rng = Rng(seed);
     let faults = [

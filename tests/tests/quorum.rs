@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use repmgr_pq::{Conn, PollWaiter};
-use repmgr_tests::load::Load;
 use repmgr_tests::{Cluster, NodeOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -67,21 +66,13 @@ fn commits_within(c: &Cluster, id: i32, within: Duration) -> bool {
     .is_ok()
 }
 
-fn add_witness(c: &mut Cluster, id: i32) {
-    c.init_witness(id, NodeOptions::default());
-    c.sql(
-        id,
-        &format!("SELECT repmgr.register_witness('{}')", c.node(1).conninfo()),
-    );
-}
-
 #[test]
 fn the_primary_keeps_the_quorum_in_step_with_its_standbys() {
     let mut c = Cluster::new("quorum-step");
     c.populate(&[2, 3], sync_opts("strict"));
     // A witness keeps the primary's lease while both standbys are down, so what stops its
     // commits below is the quorum, not the fence.
-    add_witness(&mut c, 4);
+    c.add_witness(4, NodeOptions::default());
     c.settled(1, &[2, 3, 4], WAIT);
     wait_quorum(&c, 1, "ANY 1 (node2, node3)", "1:2,3");
     assert!(commits_within(&c, 1, Duration::from_secs(5)));
@@ -150,7 +141,7 @@ fn the_primary_keeps_the_quorum_in_step_with_its_standbys() {
 fn no_failover_promotes_a_standby_that_may_lack_acknowledged_commits() {
     let mut c = Cluster::new("quorum-failover");
     c.populate(&[2, 3, 4], sync_opts("strict"));
-    add_witness(&mut c, 5);
+    c.add_witness(5, NodeOptions::default());
     c.settled(1, &[2, 3, 4, 5], WAIT);
     wait_quorum(&c, 1, "ANY 1 (node2, node3, node4)", "1:2,3,4");
 
@@ -161,7 +152,7 @@ fn no_failover_promotes_a_standby_that_may_lack_acknowledged_commits() {
     }
     wait_quorum(&c, 1, "ANY 1 (node2)", "1:2");
     assert_eq!(published(&c, 3), "1:2,3,4");
-    let load = Load::start(&c.multi_host(&[1]), "acked", Duration::from_millis(10));
+    let load = c.write_load(&[1]);
     std::thread::sleep(Duration::from_secs(2));
     load.pause();
     let acks = load.stop();

@@ -23,13 +23,6 @@ fn three_nodes(name: &str) -> Cluster {
     c
 }
 
-fn int(c: &Cluster, id: i32, sql: &str) -> i64 {
-    c.value(id, sql)
-        .unwrap_or_else(|| panic!("NULL from {sql}"))
-        .parse()
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
 /// Waits until `sql` on `id` returns a row.
 fn wait_row(c: &Cluster, id: i32, what: &str, sql: &str) -> repmgr_pq::Rows {
     c.wait_for(what, WAIT, || {
@@ -41,8 +34,7 @@ fn wait_row(c: &Cluster, id: i32, what: &str, sql: &str) -> repmgr_pq::Rows {
 fn history_fills_and_replication_status_is_live() {
     let c = three_nodes("history");
     c.wait_for("history rows from both standbys", WAIT, || {
-        (int(
-            &c,
+        (c.int(
             1,
             "SELECT count(DISTINCT standby_node_id) FROM repmgr.monitoring_history",
         ) == 2)
@@ -60,9 +52,7 @@ fn history_fills_and_replication_status_is_live() {
     c.sql(3, "SELECT pg_wal_replay_pause()");
     c.sql(1, "CREATE TABLE load (id int, pad text)");
     let lag = |c: &Cluster| {
-        int(
-            c,
-            1,
+        c.int(1,
             "SELECT apply_lag FROM repmgr.monitoring_history WHERE standby_node_id = 3 ORDER BY last_monitor_time DESC LIMIT 1",
         )
     };
@@ -165,16 +155,13 @@ fn a_killed_standby_is_reported_disconnected_then_reconnected() {
         "{details:?}"
     );
     assert_eq!(
-        int(
-            &c,
-            1,
+        c.int(1,
             "SELECT count(*) FROM repmgr.events WHERE event = 'child_node_disconnect' AND details LIKE '%node3%'"
         ),
         0
     );
     assert_eq!(
-        int(
-            &c,
+        c.int(
             1,
             "SELECT count(*) FROM repmgr.events WHERE event = 'child_nodes_disconnect_command'"
         ),
@@ -194,12 +181,10 @@ fn the_primary_trims_old_monitoring_history() {
     );
     c.sql(1, "SELECT repmgr.register_primary()");
     c.wait_for("old history to go", WAIT, || {
-        (int(&c, 1, "SELECT count(*) FROM repmgr.monitoring_history") == 1).then_some(())
+        (c.int(1, "SELECT count(*) FROM repmgr.monitoring_history") == 1).then_some(())
     });
     assert_eq!(
-        int(
-            &c,
-            1,
+        c.int(1,
             "SELECT count(*) FROM repmgr.monitoring_history WHERE last_monitor_time > now() - interval '1 day'"
         ),
         1
@@ -298,8 +283,7 @@ fn a_frozen_primary_stalls_no_standby_and_promotes_nobody() {
         );
     }
     assert_eq!(
-        int(
-            &c,
+        c.int(
             1,
             "SELECT count(*) FROM repmgr.nodes WHERE type = 'primary'"
         ),
@@ -350,16 +334,14 @@ fn a_frozen_primary_stalls_no_standby_and_promotes_nobody() {
 #[test]
 fn sighup_applies_a_new_monitor_interval_without_restart() {
     let c = three_nodes("reload");
-    let pid = int(&c, 2, "SELECT repmgr.get_repmgrd_pid()");
+    let pid = c.int(2, "SELECT repmgr.get_repmgrd_pid()");
     let rows_in = |c: &Cluster, secs: u64| {
-        let before = int(
-            c,
+        let before = c.int(
             1,
             "SELECT count(*) FROM repmgr.monitoring_history WHERE standby_node_id = 2",
         );
         std::thread::sleep(Duration::from_secs(secs));
-        int(
-            c,
+        c.int(
             1,
             "SELECT count(*) FROM repmgr.monitoring_history WHERE standby_node_id = 2",
         ) - before
@@ -382,7 +364,7 @@ fn sighup_applies_a_new_monitor_interval_without_restart() {
     assert!((2..=4).contains(&slow), "{slow} rows in 3 s at 1 s");
     assert!(fast >= 10, "{fast} rows in 3 s at 200 ms");
     assert_eq!(
-        int(&c, 2, "SELECT repmgr.get_repmgrd_pid()"),
+        c.int(2, "SELECT repmgr.get_repmgrd_pid()"),
         pid,
         "the worker was not restarted"
     );
@@ -408,7 +390,7 @@ fn sigterm_stops_the_worker_promptly_and_the_postmaster_restarts_it() {
         "the worker took {stopped:?} to stop"
     );
     let new_pid = c.wait_for("a new worker", WAIT, || {
-        let p = int(&c, 2, "SELECT repmgr.get_repmgrd_pid()");
+        let p = c.int(2, "SELECT repmgr.get_repmgrd_pid()");
         (p > 0
             && p != i64::from(pid)
             && c.value(2, "SELECT repmgr.repmgrd_is_running()::text")
@@ -436,11 +418,7 @@ fn the_witness_keeps_its_node_list_in_sync() {
     let mut c = Cluster::new("witness-sync");
     c.init_primary(1, opts());
     c.sql(1, "SELECT repmgr.register_primary()");
-    c.init_witness(3, opts().conf("repmgr.witness_sync_interval = '1s'"));
-    c.sql(
-        3,
-        &format!("SELECT repmgr.register_witness('{}')", c.node(1).conninfo()),
-    );
+    c.add_witness(3, opts().conf("repmgr.witness_sync_interval = '1s'"));
     c.clone_standby(2, 1, opts());
     c.sql(2, "SELECT repmgr.register_standby()");
     let list = "SELECT node_id, type, upstream_node_id FROM repmgr.nodes ORDER BY node_id";
@@ -450,15 +428,15 @@ fn the_witness_keeps_its_node_list_in_sync() {
     assert_eq!(c.sql(3, list).rows.len(), 3);
     c.sql(1, "UPDATE repmgr.nodes SET priority = 7 WHERE node_id = 2");
     c.wait_for("the witness to copy the change", WAIT, || {
-        (int(&c, 3, "SELECT priority FROM repmgr.nodes WHERE node_id = 2") == 7).then_some(())
+        (c.int(3, "SELECT priority FROM repmgr.nodes WHERE node_id = 2") == 7).then_some(())
     });
     // It tracks the primary's reachability, and the primary sees it attached.
-    let seen = int(&c, 3, "SELECT repmgr.get_upstream_last_seen()");
+    let seen = c.int(3, "SELECT repmgr.get_upstream_last_seen()");
     assert!(
         (0..=2).contains(&seen),
         "witness last saw the primary {seen} s ago"
     );
-    assert_eq!(int(&c, 3, "SELECT repmgr.get_upstream_node_id()"), 1);
+    assert_eq!(c.int(3, "SELECT repmgr.get_upstream_node_id()"), 1);
     let status = c.sql(1, "SELECT node_id, role, reachable, worker_running, paused FROM repmgr.daemon_status() ORDER BY node_id");
     let expected = |v: [&str; 5]| v.map(|s| Some(s.to_string())).to_vec();
     assert_eq!(
@@ -488,8 +466,7 @@ fn a_notification_makes_a_standby_follow_another_upstream() {
         "SELECT 1 FROM pg_stat_replication WHERE application_name = 'node3' AND state = 'streaming'",
     );
     assert_eq!(
-        int(
-            &c,
+        c.int(
             1,
             "SELECT upstream_node_id FROM repmgr.nodes WHERE node_id = 3"
         ),
@@ -603,12 +580,10 @@ fn a_partitioned_standby_reports_the_cut_and_the_repair() {
         "SELECT 1 FROM repmgr.events WHERE event = 'child_node_disconnect'",
     );
     c.wait_for("node 2 to see its upstream fail", WAIT, || {
-        (int(&c, 2, "SELECT repmgr.get_upstream_last_seen()") >= 3).then_some(())
+        (c.int(2, "SELECT repmgr.get_upstream_last_seen()") >= 3).then_some(())
     });
     assert_eq!(
-        int(
-            &c,
-            1,
+        c.int(1,
             "SELECT count(*) FROM repmgr.events WHERE node_id = 2 AND event = 'repmgrd_upstream_disconnect'"
         ),
         0
@@ -639,10 +614,10 @@ fn a_partitioned_standby_reports_the_cut_and_the_repair() {
     // A pairwise cut (standby to primary only) behaves the same from the standby's side.
     c.network().cut(1, 2);
     c.wait_for("node 2 to lose the primary again", WAIT, || {
-        (int(&c, 2, "SELECT repmgr.get_upstream_last_seen()") >= 3).then_some(())
+        (c.int(2, "SELECT repmgr.get_upstream_last_seen()") >= 3).then_some(())
     });
     c.network().mend(1, 2);
     c.wait_for("node 2 to reach the primary again", WAIT, || {
-        (int(&c, 2, "SELECT repmgr.get_upstream_last_seen()") <= 1).then_some(())
+        (c.int(2, "SELECT repmgr.get_upstream_last_seen()") <= 1).then_some(())
     });
 }

@@ -268,7 +268,7 @@ struct Run {
 
 /// A commit every 10 ms on whichever of `ids` is writable, going for 2 s already.
 fn write_load(c: &Cluster, ids: &[i32]) -> Load {
-    let load = Load::start(&c.multi_host(ids), "acked", Duration::from_millis(10));
+    let load = c.write_load(ids);
     std::thread::sleep(Duration::from_secs(2));
     load
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use repmgr_tests::load::{Load, longest_gap};
+use repmgr_tests::load::longest_gap;
 use repmgr_tests::{Cluster, NodeOptions, cli, destroy};
 
 const DIR: &str = "/var/tmp/repmgr-demo";
@@ -60,22 +60,14 @@ fn start() {
     let opts = || NodeOptions::default().conf("wal_log_hints = on");
     clock.say("create node1 (primary), clone node2 and node3 with `repmgr standby clone`, register each with the repmgr command line");
     let confs: Vec<PathBuf> = c.populate_with_cli(&[2, 3], opts);
-    c.init_witness(4, NodeOptions::default());
-    c.sql(
-        4,
-        &format!("SELECT repmgr.register_witness('{}')", c.node(1).conninfo()),
-    );
+    c.add_witness(4, NodeOptions::default());
     c.keep();
     clock.say("node4 registered as witness with SELECT repmgr.register_witness(...)");
     c.settled(1, &[2, 3, 4], WAIT);
     clock.say("every voter confirms node1's lease: repmgr cluster show");
     show(&confs[1]);
 
-    let load = Load::start(
-        &c.multi_host(&[1, 2, 3]),
-        "demo_writes",
-        Duration::from_millis(10),
-    );
+    let load = c.write_load(&[1, 2, 3]);
     std::thread::sleep(Duration::from_secs(2));
     c.caught_up(1, &[2, 3], WAIT);
     clock.say(format!(
@@ -148,7 +140,7 @@ fn start() {
     });
     let acks = load.stop();
     let gap = longest_gap(&acks, crash).map_or(Duration::ZERO, |(g, _)| g);
-    let lost = c.missing_acks(new, "demo_writes", &acks).len();
+    let lost = c.missing_acks(new, "acked", &acks).len();
     clock.say(format!(
         "  the client saw no commit for {:.2} s; {lost} of {} acknowledged rows missing on node{new}",
         gap.as_secs_f64(),
