@@ -539,19 +539,12 @@ impl Failover {
         if on == fenced {
             return;
         }
-        let done = crate::monitor::in_transaction(|| {
-            if fenced {
-                crate::follow::alter_system("default_transaction_read_only", "on")
-            } else {
-                crate::follow::alter_system_reset("default_transaction_read_only")
-            }
-        });
-        match done {
-            Ok(()) => crate::follow::reload_configuration(),
-            Err(f) => warning!(
+        let value = fenced.then_some("on");
+        if let Err(f) = crate::follow::set_and_reload(&[("default_transaction_read_only", value)]) {
+            warning!(
                 "repmgr: could not change default_transaction_read_only: {}",
                 f.message
-            ),
+            );
         }
     }
 

@@ -30,7 +30,7 @@ fn alter_system_statement(sql: String) -> Result<()> {
 }
 
 /// Writes `name = value` to postgresql.auto.conf. Must run inside a transaction.
-pub fn alter_system(name: &str, value: &str) -> Result<()> {
+fn alter_system(name: &str, value: &str) -> Result<()> {
     alter_system_statement(format!(
         "ALTER SYSTEM SET {} = {}",
         quote_identifier(name),
@@ -39,13 +39,25 @@ pub fn alter_system(name: &str, value: &str) -> Result<()> {
 }
 
 /// Removes `name` from postgresql.auto.conf. Must run inside a transaction.
-pub fn alter_system_reset(name: &str) -> Result<()> {
+fn alter_system_reset(name: &str) -> Result<()> {
     alter_system_statement(format!("ALTER SYSTEM RESET {}", quote_identifier(name)))
 }
 
-/// Makes the server re-read its configuration, as `pg_reload_conf()` does.
-pub fn reload_configuration() {
+/// Writes each setting to postgresql.auto.conf (`None` removes it), in one transaction of
+/// the worker's own, then makes the server re-read its configuration as `pg_reload_conf()`
+/// does.
+pub fn set_and_reload(settings: &[(&str, Option<&str>)]) -> Result<()> {
+    crate::monitor::in_transaction(|| -> Result<()> {
+        for (name, value) in settings {
+            match value {
+                Some(v) => alter_system(name, v)?,
+                None => alter_system_reset(name)?,
+            }
+        }
+        Ok(())
+    })?;
     unsafe { libc::kill(pg_sys::PostmasterPid, libc::SIGHUP) };
+    Ok(())
 }
 
 /// The `primary_conninfo` this standby uses to stream from `upstream`.
@@ -75,11 +87,13 @@ pub fn repoint(
             &[Some(slot)],
         )?;
     }
-    crate::monitor::in_transaction(|| -> Result<()> {
-        alter_system("primary_conninfo", &conn)?;
-        alter_system("primary_slot_name", me.slot_name.as_deref().unwrap_or(""))
-    })?;
-    reload_configuration();
+    set_and_reload(&[
+        ("primary_conninfo", Some(&conn)),
+        (
+            "primary_slot_name",
+            Some(me.slot_name.as_deref().unwrap_or("")),
+        ),
+    ])?;
     if let Some(p) = primary {
         Peer::connect(&p.conninfo, &p.describe(), settings)?.run(
             "UPDATE repmgr.nodes SET upstream_node_id = $2::int, type = 'standby', active = true WHERE node_id = $1::int",

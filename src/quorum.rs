@@ -85,10 +85,6 @@ pub fn parse_names(value: &str, nodes: &[NodeRecord]) -> Option<Config> {
     Some(Config::new(k, ids))
 }
 
-fn setting(name: &std::ffi::CStr) -> String {
-    crate::config::server_setting(name).unwrap_or_default()
-}
-
 /// Standbys that may be in the quorum: registered, active, priority above 0, not cascaded;
 /// with whether each streams from `me` now and how far it flushed.
 fn candidates(me: &NodeRecord, nodes: &[NodeRecord]) -> Result<Vec<(Candidate, Option<u64>)>> {
@@ -148,17 +144,10 @@ fn names(config: &Config, nodes: &[NodeRecord]) -> String {
     })
 }
 
-/// Sets `synchronous_standby_names` and reloads.
+/// Sets `synchronous_standby_names` (an empty value removes it) and reloads.
 fn apply(value: &str) -> Result<()> {
-    in_transaction(|| {
-        if value.is_empty() {
-            crate::follow::alter_system_reset("synchronous_standby_names")
-        } else {
-            crate::follow::alter_system("synchronous_standby_names", value)
-        }
-    })?;
-    crate::follow::reload_configuration();
-    Ok(())
+    let value = (!value.is_empty()).then_some(value);
+    crate::follow::set_and_reload(&[("synchronous_standby_names", value)])
 }
 
 /// Before a standby promotes itself: the quorum it will start with as a primary, so that not
@@ -250,7 +239,8 @@ impl Keeper {
             // Off, and nothing promised: synchronous_standby_names is the DBA's.
             return Ok(None);
         }
-        let current = setting(c"synchronous_standby_names");
+        let current =
+            crate::config::server_setting(c"synchronous_standby_names").unwrap_or_default();
         let applied = parse_names(&current, nodes).unwrap_or_else(Config::none);
         let cands = candidates(me, nodes)?;
         match self.pending.take() {

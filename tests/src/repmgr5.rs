@@ -78,22 +78,15 @@ impl Repmgr5 {
             let _ = fs::remove_dir_all(TREE);
             fs::create_dir_all(root.join("usr/lib/postgresql")).expect("create the tree");
             fs::create_dir_all(root.join("usr/share/postgresql")).expect("create the tree");
-            run(
-                Command::new("cp").args([
-                    "-a",
-                    "/usr/lib/postgresql/15",
-                    &root.join("usr/lib/postgresql").to_string_lossy(),
-                ]),
-                "cp",
-            );
-            run(
-                Command::new("cp").args([
-                    "-a",
-                    "/usr/share/postgresql/15",
-                    &root.join("usr/share/postgresql").to_string_lossy(),
-                ]),
-                "cp",
-            );
+            for (from, into) in [
+                ("/usr/lib/postgresql/15", "usr/lib/postgresql"),
+                ("/usr/share/postgresql/15", "usr/share/postgresql"),
+            ] {
+                run(
+                    Command::new("cp").args(["-a", from]).arg(root.join(into)),
+                    "cp",
+                );
+            }
             let debs = Path::new(TREE).join("debs");
             fs::create_dir_all(&debs).expect("create the download directory");
             run(
