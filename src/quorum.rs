@@ -39,6 +39,8 @@ enum Pending {
 /// The primary worker's quorum keeper.
 #[derive(Default)]
 pub struct Keeper {
+    /// The published quorum, read once: on a primary only this worker writes it.
+    published: Option<Config>,
     pending: Option<Pending>,
     /// The last thing it waited for, logged once.
     waiting: Option<String>,
@@ -234,7 +236,14 @@ impl Keeper {
             );
             return Ok(None);
         }
-        let published = in_transaction(|| published(&mut Local))?;
+        let published = match &self.published {
+            Some(p) => p.clone(),
+            None => {
+                let p = in_transaction(|| published(&mut Local))?;
+                self.published = Some(p.clone());
+                p
+            }
+        };
         if n == 0 && !published.is_sync() && self.pending.is_none() {
             // Off, and nothing promised: synchronous_standby_names is the DBA's.
             return Ok(None);
@@ -271,6 +280,7 @@ impl Keeper {
                         applied.describe(),
                         config.describe()
                     ));
+                    self.published = Some(config.clone());
                     self.pending = Some(Pending::Publish { config, lsn });
                     return Ok(None);
                 }
@@ -317,6 +327,7 @@ impl Keeper {
                     config.describe(),
                     published.describe()
                 );
+                self.published = Some(config.clone());
                 self.pending = Some(Pending::Publish { config, lsn });
                 Ok(None)
             }
