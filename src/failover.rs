@@ -1060,12 +1060,7 @@ impl Failover {
             .iter()
             .find(|n| n.node_type == NodeType::Primary && n.active)
             .cloned();
-        let promoted = crate::monitor::in_transaction(|| {
-            Local.read("SELECT pg_catalog.pg_promote(true, 60)", &[])
-        })
-        .ok()
-        .is_some_and(|r| r.get(0, 0) == Some("t"));
-        if !promoted {
+        if !end_recovery(PROMOTE_TIMEOUT) {
             let details = format!(
                 "{} won the election in term {term} but pg_promote() failed or did not finish within 60 s",
                 me.describe()
@@ -1120,6 +1115,30 @@ impl Failover {
         }
         Ok(details)
     }
+}
+
+/// Longest wait for the startup process to finish a promotion.
+const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Asks the startup process to promote and waits until recovery has ended. pg_promote()'s
+/// own wait looks every 100 ms, which clients would see as write outage; this looks every
+/// 10 ms. The wait goes on through a shutdown request: the promotion is under way either way,
+/// and the catalog must learn of it.
+fn end_recovery(timeout: Duration) -> bool {
+    let asked =
+        crate::monitor::in_transaction(|| Local.read("SELECT pg_catalog.pg_promote(false)", &[]))
+            .ok()
+            .is_some_and(|r| r.get(0, 0) == Some("t"));
+    let deadline = std::time::Instant::now() + timeout;
+    while asked && std::time::Instant::now() < deadline {
+        if !unsafe { pg_sys::RecoveryInProgress() } {
+            return true;
+        }
+        if !crate::peer::sleep(Duration::from_millis(10)) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    false
 }
 
 /// The votes a candidate gathered in one term.

@@ -95,6 +95,8 @@ pub struct Request {
     /// Number of the newest request answered; `seq > done` while one is in progress.
     done: u64,
     action: Option<Action>,
+    /// The session waiting for the answer, woken when it is given.
+    requester: i32,
     ok: bool,
     answer: [u8; ERROR_CAPACITY],
     answer_len: u16,
@@ -105,6 +107,7 @@ impl Request {
         seq: 0,
         done: 0,
         action: None,
+        requester: 0,
         ok: false,
         answer: [0; ERROR_CAPACITY],
         answer_len: 0,
@@ -316,6 +319,7 @@ pub fn submit(action: Action) -> std::result::Result<u64, String> {
         r.seq += 1;
         r.done = r.done.max(r.seq - 1);
         r.action = Some(action);
+        r.requester = unsafe { pg_sys::MyProcPid };
         Ok((r.seq, s.daemon_pid))
     })
     .ok_or("repmgr is not in shared_preload_libraries")??;
@@ -356,9 +360,14 @@ pub fn take_request() -> Option<(u64, Action)> {
     update(|s| s.request.action.take().map(|a| (s.request.seq, a))).flatten()
 }
 
-/// The worker answers request `seq`.
+/// The worker answers request `seq` and wakes the session waiting for it.
 pub fn finish_request(seq: u64, outcome: &std::result::Result<String, String>) {
-    update(|s| s.request.answer(seq, outcome));
+    if let Some(pid) = update(|s| {
+        s.request.answer(seq, outcome);
+        s.request.requester
+    }) {
+        wake(pid);
+    }
 }
 
 /// A starting worker answers a request its predecessor left unfinished.
