@@ -9,6 +9,7 @@ use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use repmgr_core::lsn::Lsn;
 
@@ -273,7 +274,9 @@ pub fn service_command(cfg: &Config, datadir: &Path, action: Service) -> String 
         // The server's output goes where its logging settings send it; without a log file
         // configured, to a file in the data directory rather than to this terminal.
         Service::Start => format!("{p} -w -D {d} -l {d}/repmgr-start.log start"),
-        Service::Stop => format!("{p} -D {d} -w -m fast stop"),
+        // Without -w: pg_ctl looks for the end every 100 ms, which a switchover's clients
+        // would wait for; `service` looks every 10 ms instead.
+        Service::Stop => format!("{p} -D {d} -W -m fast stop"),
         Service::Restart => format!("{p} -w -D {d} -m fast -l {d}/repmgr-start.log restart"),
         Service::Reload => format!("{p} -w -D {d} reload"),
         Service::Promote => format!("{p} -w -D {d} promote"),
@@ -298,6 +301,33 @@ pub fn service(cfg: &Config, datadir: &Path, action: Service) -> Result<()> {
             ),
         )
         .hint("Check the server log, and service_*_command in repmgr.conf."));
+    }
+    if action == Service::Stop && cfg.service_stop_command.is_none() {
+        wait_for_stop(datadir, STOP_TIMEOUT)?;
+    }
+    Ok(())
+}
+
+/// How long a stop may take, as for `pg_ctl -w`.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits until the postmaster of `datadir` has exited: it removes `postmaster.pid` last.
+fn wait_for_stop(datadir: &Path, timeout: Duration) -> Result<()> {
+    let pid_file = datadir.join("postmaster.pid");
+    let deadline = Instant::now() + timeout;
+    while pid_file.exists() {
+        if Instant::now() >= deadline {
+            return Err(Failure::new(
+                ERR_LOCAL_COMMAND,
+                format!(
+                    "the server in {} did not stop within {} s",
+                    datadir.display(),
+                    timeout.as_secs()
+                ),
+            )
+            .hint("Check the server log; a long shutdown checkpoint or a client that does not disconnect can hold it."));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())
 }
@@ -343,7 +373,7 @@ Data page checksum version:           0
         let d = Path::new("/data/it's here");
         assert_eq!(
             service_command(&cfg, d, Service::Stop),
-            "'/opt/pg/bin/pg_ctl' -D '/data/it'\\''s here' -w -m fast stop"
+            "'/opt/pg/bin/pg_ctl' -D '/data/it'\\''s here' -W -m fast stop"
         );
         let cfg = Config {
             service_start_command: Some("systemctl start postgresql@15-main".into()),

@@ -730,17 +730,22 @@ pub fn switchover(ctx: &Ctx, a: &SwitchoverArgs) -> Result<i32> {
         ));
     }
     // The old primary is down and wrote nothing after its checkpoint: the voters need not
-    // wait for its lease to run out.
+    // wait for its lease to run out. Told all at once: writes wait for this.
     let old = plan.primary.id.to_string();
-    for n in plan
-        .nodes
-        .iter()
-        .filter(|n| n.active && n.id != plan.primary.id)
-    {
-        if let Ok(mut s) = n.connect() {
-            let _ = s.query("SELECT repmgr.primary_stopped($1::int)", &[Some(&old)]);
+    std::thread::scope(|scope| {
+        for n in plan
+            .nodes
+            .iter()
+            .filter(|n| n.active && n.id != plan.primary.id)
+        {
+            let old = &old;
+            scope.spawn(move || {
+                if let Ok(mut s) = n.connect() {
+                    let _ = s.query("SELECT repmgr.primary_stopped($1::int)", &[Some(old)]);
+                }
+            });
         }
-    }
+    });
     notice(format!("promoting {}", plan.me.describe()));
     let promoted = local.query_for("SELECT repmgr.promote()", &[], Duration::from_secs(120));
     if let Err(f) = promoted {

@@ -268,7 +268,7 @@ fn clone_register_and_check_standbys() {
         ],
     );
     assert!(
-        out.contains("pg_ctl' -D '") && out.trim_end().ends_with("-w -m fast stop"),
+        out.contains("pg_ctl' -D '") && out.trim_end().ends_with("-W -m fast stop"),
         "{out}"
     );
     // On the primary with node 3 stopped: downstream and slots are CRITICAL (exit 2).
