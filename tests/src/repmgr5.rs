@@ -18,9 +18,29 @@ use crate::{Cluster, NodeOptions, connect, query};
 /// Where the relocated tree lives.
 pub const TREE: &str = "/var/tmp/repmgr5-tree";
 
+/// Stands in for `ssh` on repmgr's `PATH`. repmgr 5 runs its commands on another node's
+/// machine (a switchover's stop, status checks and rejoin of the old primary) over ssh, and
+/// this machine runs no sshd; every benchmark node is local, so the command runs here, through
+/// a shell, as ssh would hand it to the remote one. It spares repmgr ssh's own connection time
+/// (tens of milliseconds per call on loopback).
+const SSH_SHIM: &str = r#"#!/bin/sh
+# ssh [options] host command...
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -[BbcDEeFIiJLlmOoPpQRSWw]) shift 2 ;;
+    -*) shift ;;
+    *) break ;;
+  esac
+done
+shift
+exec /bin/sh -c "$*"
+"#;
+
 /// The relocated tree: built once, reused while it has Debian's repmgr.
 pub struct Repmgr5 {
     pub bindir: PathBuf,
+    /// The directory holding the `ssh` stand-in, first on repmgr's `PATH`.
+    shim: PathBuf,
 }
 
 /// While alive, clusters are made from the relocated tree.
@@ -39,6 +59,22 @@ pub enum Settings {
     Defaults,
     /// monitor_interval_secs 1, reconnect_attempts 3, reconnect_interval 1.
     LikeOurs,
+}
+
+impl Settings {
+    /// The results-file name for `bench` at these settings, and what they are.
+    pub fn describe(self, bench: &str) -> (String, &'static str) {
+        match self {
+            Settings::Defaults => (
+                format!("repmgr5-{bench}-defaults"),
+                "its defaults: monitor every 2 s, 6 reconnect attempts 10 s apart",
+            ),
+            Settings::LikeOurs => (
+                format!("repmgr5-{bench}-like-ours"),
+                "settings like ours: monitor every 1 s, 3 reconnect attempts 1 s apart",
+            ),
+        }
+    }
 }
 
 fn run(cmd: &mut Command, what: &str) -> Output {
@@ -116,7 +152,14 @@ impl Repmgr5 {
             String::from_utf8_lossy(&version.stdout).contains("repmgr 5."),
             "the relocated tree has no repmgr 5"
         );
-        Repmgr5 { bindir }
+        let shim = Path::new(TREE).join("shim");
+        fs::create_dir_all(&shim).expect("create the shim directory");
+        fs::write(shim.join("ssh"), SSH_SHIM).expect("write the ssh stand-in");
+        run(
+            Command::new("chmod").args(["-R", "a+rx"]).arg(&shim),
+            "chmod",
+        );
+        Repmgr5 { bindir, shim }
     }
 
     /// Makes the harness start servers from this tree (its `bindir()` reads the variable)
@@ -138,10 +181,15 @@ impl Repmgr5 {
         .conf("wal_log_hints = on")
     }
 
+    /// Where node `id`'s repmgr.conf is.
+    pub fn conf_path(c: &Cluster, id: i32) -> PathBuf {
+        c.dir.join(format!("node{id}.repmgr5.conf"))
+    }
+
     /// Writes node `id`'s repmgr.conf and returns its path.
     pub fn conf(&self, c: &Cluster, id: i32, settings: Settings) -> PathBuf {
         let n = c.node(id);
-        let path = c.dir.join(format!("node{id}.repmgr5.conf"));
+        let path = Repmgr5::conf_path(c, id);
         let bin = self.bindir.display();
         let conf = path.display();
         let data = n.data.display();
@@ -178,11 +226,22 @@ service_promote_command='{bin}/pg_ctl -D {data} -w promote'
         path
     }
 
-    /// Runs Debian's `repmgr -f conf <args>` as postgres.
-    pub fn repmgr(&self, conf: &Path, args: &[&str]) -> Output {
+    /// Debian's `repmgr -f conf <args>`, to run as postgres, with the `ssh` stand-in.
+    pub fn command(&self, conf: &Path, args: &[&str]) -> Command {
         let mut c = as_postgres(&self.bindir.join("repmgr"));
-        c.arg("-f").arg(conf).args(args);
-        run(&mut c, &format!("repmgr {}", args.join(" ")))
+        c.arg("-f")
+            .arg(conf)
+            .args(args)
+            .env("PATH", format!("{}:/usr/bin:/bin", self.shim.display()));
+        c
+    }
+
+    /// Runs Debian's `repmgr -f conf <args>` as postgres; it must succeed.
+    pub fn repmgr(&self, conf: &Path, args: &[&str]) -> Output {
+        run(
+            &mut self.command(conf, args),
+            &format!("repmgr {}", args.join(" ")),
+        )
     }
 
     /// Starts repmgrd for a node, in the foreground of a child process the caller stops.

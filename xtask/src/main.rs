@@ -43,6 +43,8 @@ commands:
   bench false-failover [--runs N]  0.5, 1 and 2 s stalls of the primary: elections, fencings
   bench repmgr5-failover [--runs N] [--defaults]
                                    the failover scenario against Debian's repmgr 5.3.3
+  bench repmgr5-switchover [--runs N] [--defaults]
+                                   the switchover scenario against repmgr 5.3.3
   bench repmgr5-false-failover [--runs N]
                                    the stalls against repmgr 5.3.3: promotions, two primaries
   bench scale [--runs N]           1 primary + 6 standbys: failover and worker CPU
@@ -244,6 +246,9 @@ fn install(t: &Task, release: bool) -> Result {
     t.step("build the repmgr command line");
     let mut c = t.cargo();
     c.args(["build", "-p", "repmgr-cli"]);
+    if release {
+        c.arg("--release");
+    }
     t.run(c, "cargo build -p repmgr-cli")
 }
 
@@ -356,6 +361,10 @@ fn bench(t: &Task, args: &[&str]) -> Result {
         "--",
     ])
     .args(args);
+    // The command line measured is the optimised one, as the extension is.
+    let target =
+        env::var_os("CARGO_TARGET_DIR").map_or_else(|| t.root.join("target"), PathBuf::from);
+    c.env("REPMGR_CLI", target.join("release/repmgr"));
     t.run(c, "repmgr-bench")
 }
 

@@ -28,7 +28,7 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]\n       repmgr-bench failover [--runs N]\n       repmgr-bench switchover [--runs N]\n       repmgr-bench false-failover [--runs N]\n       repmgr-bench scale [--runs N]\n       repmgr-bench repmgr5-failover [--runs N] [--defaults]\n       repmgr-bench repmgr5-false-failover [--runs N]\n       repmgr-bench all [--quick]"
+        "usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]\n       repmgr-bench failover [--runs N]\n       repmgr-bench switchover [--runs N]\n       repmgr-bench false-failover [--runs N]\n       repmgr-bench scale [--runs N]\n       repmgr-bench repmgr5-failover [--runs N] [--defaults]\n       repmgr-bench repmgr5-switchover [--runs N] [--defaults]\n       repmgr-bench repmgr5-false-failover [--runs N]\n       repmgr-bench all [--quick]"
     );
     ExitCode::from(2)
 }
@@ -385,16 +385,16 @@ fn spread(v: &mut [Duration]) -> String {
 
 /// Summary lines: printed, and kept in the results file under the benchmark's name.
 struct Report {
-    name: &'static str,
+    name: String,
     title: String,
     lines: Vec<String>,
 }
 
 impl Report {
-    fn new(name: &'static str, title: String) -> Report {
+    fn new(name: impl Into<String>, title: String) -> Report {
         println!("== {title}");
         Report {
-            name,
+            name: name.into(),
             title,
             lines: Vec::new(),
         }
@@ -424,7 +424,7 @@ impl Report {
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
         all.insert(
-            self.name.to_string(),
+            self.name,
             serde_json::json!({
                 "title": self.title,
                 "summary": self.lines,
@@ -532,16 +532,7 @@ fn repmgr5_failover(runs: usize, settings: repmgr5::Settings) {
     let started = Instant::now();
     let tree = repmgr5::Repmgr5::prepare();
     let _in_use = tree.use_tree();
-    let (name, what) = match settings {
-        repmgr5::Settings::Defaults => (
-            "repmgr5-failover-defaults",
-            "its defaults: monitor every 2 s, 6 reconnect attempts 10 s apart",
-        ),
-        repmgr5::Settings::LikeOurs => (
-            "repmgr5-failover-like-ours",
-            "settings like ours: monitor every 1 s, 3 reconnect attempts 1 s apart",
-        ),
-    };
+    let (name, what) = settings.describe("failover");
     let mut report = Report::new(
         name,
         format!(
@@ -699,52 +690,63 @@ fn scale(runs: usize) {
     report.save(started);
 }
 
-fn switchover(runs: usize) {
-    let started = Instant::now();
-    let mut report = Report::new(
-        "switchover",
-        format!(
-            "repmgr standby switchover --siblings-follow: 3 nodes, default settings, a commit every 10 ms, {runs} runs"
-        ),
-    );
+/// `runs` switchovers from primary 1 to standby 2, each on a fresh three-node cluster, under
+/// a write load: the client's write gap, the command's duration, acknowledged commits lost.
+fn switchover_series(report: &mut Report, runs: usize, system: System) {
     let (mut gaps, mut took) = (Vec::new(), Vec::new());
     let (mut lost, mut acked) = (0, 0);
     for run in 1..=runs {
         let wait = Duration::from_secs(60);
         let mut c = Cluster::new(&format!("bench-switchover-{run}"));
-        let confs = c.populate_with_cli(&[2, 3], NodeOptions::default);
-        c.settled(1, &[2, 3], wait);
+        let (mut command, mut daemons) = match system {
+            System::Ours => {
+                let confs = c.populate_with_cli(&[2, 3], NodeOptions::default);
+                c.settled(1, &[2, 3], wait);
+                let mut command = Command::new(repmgr_tests::cli());
+                command.arg("-f").arg(&confs[2]).args([
+                    "standby",
+                    "switchover",
+                    "--siblings-follow",
+                ]);
+                (command, Vec::new())
+            }
+            System::Repmgr5(settings) => {
+                let tree = repmgr5::Repmgr5::prepare();
+                let daemons = tree.populate(&mut c, &[2, 3], settings);
+                std::thread::sleep(Duration::from_secs(5));
+                let conf = repmgr5::Repmgr5::conf_path(&c, 2);
+                let command = tree.command(&conf, &["standby", "switchover", "--siblings-follow"]);
+                (command, daemons)
+            }
+        };
         let load = write_load(&c, &[1, 2, 3]);
         let t = Instant::now();
-        let out = Command::new(repmgr_tests::cli())
-            .arg("-f")
-            .arg(&confs[2])
-            .args(["standby", "switchover", "--siblings-follow"])
-            .output()
-            .expect("run repmgr");
-        let command = t.elapsed();
+        let out = command.output().expect("run repmgr");
+        let duration = t.elapsed();
         assert!(
             out.status.success(),
-            "run {run}: {}",
+            "run {run}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         c.wait_for("writes on the new primary", wait, || {
-            (c.writable(&[1, 2, 3]) == [2]
-                && load.acks().last().is_some_and(|(_, a)| *a > t + command))
+            (primaries(&c, &[1, 2, 3]) == [2]
+                && load.acks().last().is_some_and(|(_, a)| *a > t + duration))
             .then_some(())
         });
         std::thread::sleep(Duration::from_millis(300));
         let acks = load.stop();
         let gap = longest_gap(&acks, t).map_or(Duration::ZERO, |(g, _)| g);
         let m = c.missing_acks(2, "acked", &acks).len();
+        repmgr5::stop_daemons(&mut daemons);
         println!(
             "run {run}: write gap {:.3} s, command took {:.2} s, {m} of {} acknowledged commits missing",
             gap.as_secs_f64(),
-            command.as_secs_f64(),
+            duration.as_secs_f64(),
             acks.len()
         );
         gaps.push(gap);
-        took.push(command);
+        took.push(duration);
         lost += m;
         acked += acks.len();
     }
@@ -756,6 +758,34 @@ fn switchover(runs: usize) {
     report.line(format!(
         "acknowledged commits missing on the new primary: {lost} of {acked} in all runs"
     ));
+}
+
+fn switchover(runs: usize) {
+    let started = Instant::now();
+    let mut report = Report::new(
+        "switchover",
+        format!(
+            "repmgr standby switchover --siblings-follow: 3 nodes, default settings, a commit every 10 ms, {runs} runs"
+        ),
+    );
+    switchover_series(&mut report, runs, System::Ours);
+    report.save(started);
+}
+
+/// The same switchover scenario against Debian's repmgr 5.3.3 (`ssh` replaced by a local
+/// stand-in, see `repmgr_tests::repmgr5`).
+fn repmgr5_switchover(runs: usize, settings: repmgr5::Settings) {
+    let started = Instant::now();
+    let tree = repmgr5::Repmgr5::prepare();
+    let _in_use = tree.use_tree();
+    let (name, what) = settings.describe("switchover");
+    let mut report = Report::new(
+        name,
+        format!(
+            "repmgr 5.3.3 + repmgrd (Debian), {what}: repmgr standby switchover --siblings-follow, 3 nodes, a commit every 10 ms, {runs} runs"
+        ),
+    );
+    switchover_series(&mut report, runs, System::Repmgr5(settings));
     report.save(started);
 }
 
@@ -771,6 +801,11 @@ fn main() -> ExitCode {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
+    let settings = if args.iter().any(|a| a == "--defaults") {
+        repmgr5::Settings::Defaults
+    } else {
+        repmgr5::Settings::LikeOurs
+    };
     match mode.as_str() {
         // Everything, in one run, so that the figures compared come from the same machine
         // state; --quick for a first look (fewer runs, shorter phases).
@@ -782,6 +817,8 @@ fn main() -> ExitCode {
             false_failover(n(5, 1));
             repmgr5_failover(n(10, 2), repmgr5::Settings::LikeOurs);
             repmgr5_failover(n(10, 1), repmgr5::Settings::Defaults);
+            repmgr5_switchover(n(5, 1), repmgr5::Settings::LikeOurs);
+            repmgr5_switchover(n(5, 1), repmgr5::Settings::Defaults);
             repmgr5_false_failover(n(5, 1));
             scale(n(3, 1));
             overhead(n(3, 1), n(30, 10) as u64, n(60, 20) as u64);
@@ -796,14 +833,8 @@ fn main() -> ExitCode {
         "false-failover" => false_failover(opt("--runs", 5) as usize),
         "scale" => scale(opt("--runs", 3) as usize),
         "repmgr5-false-failover" => repmgr5_false_failover(opt("--runs", 5) as usize),
-        "repmgr5-failover" => repmgr5_failover(
-            opt("--runs", 10) as usize,
-            if args.iter().any(|a| a == "--defaults") {
-                repmgr5::Settings::Defaults
-            } else {
-                repmgr5::Settings::LikeOurs
-            },
-        ),
+        "repmgr5-failover" => repmgr5_failover(opt("--runs", 10) as usize, settings),
+        "repmgr5-switchover" => repmgr5_switchover(opt("--runs", 5) as usize, settings),
         _ => return usage(),
     }
     ExitCode::SUCCESS
