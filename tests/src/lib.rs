@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use repmgr_pq::{Conn, PollWaiter, Rows};
 
+pub mod chart;
 pub mod http;
 pub mod load;
 mod net;

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
-/// System packages the build, the tests and the demo need (Debian 12 names).
+/// System packages the build, the tests, the demo and the benchmarks need (Debian 12 names;
+/// fonts-dejavu-core for the benchmark chart's text).
 const PACKAGES: &[&str] = &[
     "postgresql-15",
     "postgresql-server-dev-15",
@@ -20,6 +21,7 @@ const PACKAGES: &[&str] = &[
     "libclang-dev",
     "sudo",
     "iproute2",
+    "fonts-dejavu-core",
 ];
 
 const PGRX_VERSION: &str = "0.18.0";
@@ -36,7 +38,7 @@ commands:
   demo --stop   stop the sandbox and remove its files
   bench [--quick]
                 every benchmark below in one run (release build; prints figures and writes
-                bench/results/<date>.json and .md; asserts nothing)
+                bench/results/<date>.json, .md and a .png chart; asserts nothing)
   bench failover [--runs N]        kill -9 of the primary: time to a writable new primary,
                                    write gap, acknowledged commits lost
   bench switchover [--runs N]      repmgr standby switchover --siblings-follow under load

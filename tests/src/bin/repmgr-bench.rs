@@ -15,11 +15,18 @@
 //! `switchover`: `repmgr standby switchover --siblings-follow` on a fresh three-node cluster
 //! built with the command line, under the same write load: the client's write gap, the
 //! command's own duration, and acknowledged commits missing afterwards.
+//!
+//! `false-failover`, `scale`, and the `repmgr5-*` forms that run the same scenarios against
+//! Debian's repmgr 5.3.3 (`repmgr_tests::repmgr5`). Each benchmark adds its summary and
+//! figures to `bench/results/<date>.json`, from which `<date>.md` and the chart
+//! `<date>.png` are drawn again; `all` starts the day's files afresh, so that everything
+//! compared in them comes from one run.
 
 use std::fs;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
+use repmgr_tests::chart::{Bar, Panel};
 use repmgr_tests::load::{Load, longest_gap};
 use repmgr_tests::{Cluster, NodeOptions, bindir, repmgr5};
 
@@ -370,17 +377,45 @@ fn failover_run(
     }
 }
 
-/// Median, 90th percentile and worst of `v`, in seconds.
-fn spread(v: &mut [Duration]) -> String {
-    v.sort();
-    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64();
-    format!(
-        "median {:.2} s, p90 {:.2} s, worst {:.2} s, best {:.2} s",
-        at(0.5),
-        at(0.9),
-        at(1.0),
-        at(0.0)
-    )
+/// Median, 90th percentile, worst and best of a series, in seconds.
+#[derive(Debug, Clone, Copy)]
+struct Spread {
+    median: f64,
+    p90: f64,
+    worst: f64,
+    best: f64,
+}
+
+impl Spread {
+    fn of(v: &mut [Duration]) -> Spread {
+        v.sort();
+        let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64();
+        Spread {
+            median: at(0.5),
+            p90: at(0.9),
+            worst: at(1.0),
+            best: at(0.0),
+        }
+    }
+
+    fn from_json(v: &serde_json::Value) -> Option<Spread> {
+        Some(Spread {
+            median: v["median"].as_f64()?,
+            p90: v["p90"].as_f64()?,
+            worst: v["worst"].as_f64()?,
+            best: v["best"].as_f64()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "median {:.2} s, p90 {:.2} s, worst {:.2} s, best {:.2} s",
+            self.median, self.p90, self.worst, self.best
+        )
+    }
 }
 
 /// Summary lines: printed, and kept in the results file under the benchmark's name.
@@ -388,6 +423,8 @@ struct Report {
     name: String,
     title: String,
     lines: Vec<String>,
+    /// Figures other tools read (the chart), by name.
+    figures: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Report {
@@ -397,7 +434,17 @@ impl Report {
             name: name.into(),
             title,
             lines: Vec::new(),
+            figures: serde_json::Map::new(),
         }
+    }
+
+    /// A summary line for a series, its figures kept under `key`.
+    fn series(&mut self, key: &str, what: &str, s: Spread) {
+        self.line(format!("{what}: {s}"));
+        self.figures.insert(
+            key.to_string(),
+            serde_json::json!({"median": s.median, "p90": s.p90, "worst": s.worst, "best": s.best}),
+        );
     }
 
     fn line(&mut self, l: String) {
@@ -409,11 +456,7 @@ impl Report {
     /// newest replacing an older one of the same date) and regenerates `<date>.md` from it.
     fn save(self, started: Instant) {
         println!("total {:.0} s", started.elapsed().as_secs_f64());
-        let date = Command::new("date")
-            .arg("+%F")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_else(|_| "undated".into());
+        let date = today();
         let dir = std::path::Path::new("bench/results");
         if fs::create_dir_all(dir).is_err() {
             return;
@@ -428,6 +471,7 @@ impl Report {
             serde_json::json!({
                 "title": self.title,
                 "summary": self.lines,
+                "figures": self.figures,
                 "machine": machine(),
                 "seconds": started.elapsed().as_secs(),
             }),
@@ -447,9 +491,80 @@ impl Report {
                 md.push_str(&format!("- {}\n", l.as_str().unwrap_or_default()));
             }
         }
+        let png = dir.join(format!("{date}.png"));
+        match chart(&all, &png, &date) {
+            Ok(true) => {
+                md.push_str(&format!("\n![client write gap by system]({date}.png)\n"));
+                println!("chart: {}", png.display());
+            }
+            Ok(false) => {}
+            Err(e) => println!("{e}"),
+        }
         let _ = fs::write(dir.join(format!("{date}.md")), md);
         println!("results: {} and {date}.md", json_path.display());
     }
+}
+
+/// Draws the write gaps of every system in `results` into `png`; false when there is
+/// nothing to draw.
+fn chart(
+    results: &serde_json::Map<String, serde_json::Value>,
+    png: &std::path::Path,
+    date: &str,
+) -> Result<bool, String> {
+    let systems = [
+        ("", "this extension"),
+        ("repmgr5-{}-like-ours", "repmgr 5.3.3\nsettings like ours"),
+        ("repmgr5-{}-defaults", "repmgr 5.3.3\nits defaults"),
+    ];
+    let mut panels = Vec::new();
+    for (scenario, title) in [
+        ("failover", "failover after kill -9 of the primary"),
+        ("switchover", "switchover"),
+    ] {
+        let bars: Vec<Bar> = systems
+            .iter()
+            .filter_map(|(key, label)| {
+                let key = if key.is_empty() {
+                    scenario.to_string()
+                } else {
+                    key.replace("{}", scenario)
+                };
+                let s = Spread::from_json(&results.get(&key)?["figures"]["write_gap"])?;
+                Some(Bar {
+                    label: label.to_string(),
+                    median: s.median,
+                    best: s.best,
+                    worst: s.worst,
+                })
+            })
+            .collect();
+        if !bars.is_empty() {
+            panels.push(Panel {
+                title: title.to_string(),
+                bars,
+            });
+        }
+    }
+    if panels.is_empty() {
+        return Ok(false);
+    }
+    repmgr_tests::chart::draw(
+        png,
+        &format!("Client write gap, {date} (bar: median; line: best to worst run)"),
+        &machine(),
+        &panels,
+    )?;
+    Ok(true)
+}
+
+/// Today's date, naming the results files.
+fn today() -> String {
+    Command::new("date")
+        .arg("+%F")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "undated".into())
 }
 
 /// The machine the figures come from.
@@ -492,16 +607,18 @@ fn failover_series(
         );
         all.push(r);
     }
-    let pick = |f: fn(&Run) -> Duration| spread(&mut all.iter().map(f).collect::<Vec<_>>());
-    report.line(format!(
-        "writable new primary after the crash: {}",
-        pick(|r| r.writable)
-    ));
-    report.line(format!(
-        "every other standby streaming, after the promotion: {}",
-        pick(|r| r.following.saturating_sub(r.writable))
-    ));
-    report.line(format!("client write gap: {}", pick(|r| r.gap)));
+    let pick = |f: fn(&Run) -> Duration| Spread::of(&mut all.iter().map(f).collect::<Vec<_>>());
+    report.series(
+        "writable",
+        "writable new primary after the crash",
+        pick(|r| r.writable),
+    );
+    report.series(
+        "following",
+        "every other standby streaming, after the promotion",
+        pick(|r| r.following.saturating_sub(r.writable)),
+    );
+    report.series("write_gap", "client write gap", pick(|r| r.gap));
     report.line(format!(
         "acknowledged commits missing on the new primary: {} of {} in all runs",
         all.iter().map(|r| r.lost).sum::<usize>(),
@@ -750,11 +867,12 @@ fn switchover_series(report: &mut Report, runs: usize, system: System) {
         lost += m;
         acked += acks.len();
     }
-    report.line(format!("client write gap: {}", spread(&mut gaps)));
-    report.line(format!(
-        "switchover command duration: {}",
-        spread(&mut took)
-    ));
+    report.series("write_gap", "client write gap", Spread::of(&mut gaps));
+    report.series(
+        "duration",
+        "switchover command duration",
+        Spread::of(&mut took),
+    );
     report.line(format!(
         "acknowledged commits missing on the new primary: {lost} of {acked} in all runs"
     ));
@@ -811,6 +929,10 @@ fn main() -> ExitCode {
         // state; --quick for a first look (fewer runs, shorter phases).
         "all" => {
             let quick = args.iter().any(|a| a == "--quick");
+            // Every figure of the day's results then comes from this one run.
+            for ext in ["json", "md", "png"] {
+                let _ = fs::remove_file(format!("bench/results/{}.{ext}", today()));
+            }
             let n = |full: usize, short: usize| if quick { short } else { full };
             failover(n(10, 3));
             switchover(n(5, 2));
