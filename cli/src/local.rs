@@ -106,6 +106,34 @@ pub fn program(cfg: &Config, datadir: Option<&Path>, name: &str) -> PathBuf {
     bindir(cfg, datadir).map_or_else(|| PathBuf::from(name), |d| d.join(name))
 }
 
+/// Finishes the crash recovery of a stopped server in single-user mode, as pg_rewind does
+/// before rewinding, for a data directory without its postgresql.conf (Debian keeps it in
+/// /etc/postgresql), where pg_rewind's own attempt fails. Recovery needs none of its settings
+/// but `wal_log_hints`, which the checkpoint ending it records for pg_rewind to check: the
+/// caller has checked that the node ran with it (or with checksums).
+pub fn finish_crash_recovery(cfg: &Config, datadir: &Path) -> Result<()> {
+    if datadir.join("postgresql.conf").exists() {
+        return Ok(());
+    }
+    let dir = datadir.to_string_lossy();
+    let c = command_as(
+        run_as(datadir).as_deref(),
+        &program(cfg, Some(datadir), "postgres"),
+        &[
+            "--single",
+            "-F",
+            "-D",
+            &dir,
+            "-c",
+            "config_file=/dev/null",
+            "-c",
+            "wal_log_hints=on",
+            "template1",
+        ],
+    );
+    run(c, "crash recovery in single-user mode (postgres --single)").map(|_| ())
+}
+
 /// What `pg_controldata` says about a data directory.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ControlData {

@@ -892,18 +892,17 @@ fn rewind(ctx: &Ctx, dir: &Path, primary: &NodeRow) -> Result<()> {
         )
         .hint("Set wal_log_hints = on (it takes effect at the next start), or rebuild this node with repmgr standby clone."));
     }
+    if !cd.shut_down() {
+        local::finish_crash_recovery(&ctx.cfg, dir)?;
+    }
     let kept: Vec<(PathBuf, Vec<u8>)> = KEPT_FILES
         .iter()
         .map(|f| dir.join(f))
         .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
         .collect();
-    let source =
-        repmgr_core::conninfo::with(&primary.conninfo, "dbname", "postgres").map_err(|e| {
-            Failure::config(format!(
-                "the conninfo of {} is not valid: {e}",
-                primary.describe()
-            ))
-        })?;
+    // The node's own conninfo, database included: pg_hba.conf often lets the repmgr role
+    // into its database only.
+    let source = &primary.conninfo;
     notice(format!("running pg_rewind against {}", primary.describe()));
     let c = local::command_as(
         local::run_as(dir).as_deref(),
