@@ -35,6 +35,13 @@ pub struct Network {
 impl Network {
     /// Creates the switch. Panics with a clear message when not running as root.
     pub fn new() -> Network {
+        Network::with_subnet(None)
+    }
+
+    /// Creates the switch, with node `id` at `<subnet>.<id>` (a /24 such as `10.0.0`) when
+    /// given. Any subnet will do: each network is a bridge of its own, which reaches neither
+    /// the machine's network nor another test's.
+    pub fn with_subnet(subnet: Option<&str>) -> Network {
         assert!(
             unsafe { libc::geteuid() } == 0,
             "network namespace tests need root (CI runs as root)"
@@ -42,7 +49,10 @@ impl Network {
         let seq = (std::process::id() * 8 + SEQUENCE.fetch_add(1, Ordering::Relaxed)) & 0xfff;
         let tag = format!("{seq:03x}");
         let net = Network {
-            subnet: format!("10.{}.{}", 100 + (seq >> 8), seq & 0xff),
+            subnet: subnet.map_or_else(
+                || format!("10.{}.{}", 100 + (seq >> 8), seq & 0xff),
+                str::to_string,
+            ),
             nodes: Vec::new(),
             tag,
         };

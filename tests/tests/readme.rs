@@ -1,0 +1,453 @@
+//! The README's examples, run so that they cannot drift from the product.
+//!
+//! `tutorial_runs_as_written`: every code block of the README whose info string says
+//! `tutorial on=<hosts>` runs, in the README's order, on the hosts it names. The hosts are
+//! three network namespaces at the tutorial's own addresses (10.0.0.1 to 10.0.0.3, on a
+//! bridge of the test's own that reaches nothing else), named by their own UTS namespace
+//! (`pg1` to `pg3`), each in a private mount namespace where
+//! Debian's directories (`/etc/postgresql`, `/var/lib/postgresql`, `/run/postgresql`,
+//! `/var/log/postgresql`), `/etc/hosts` and `/usr/local/bin` (holding the `repmgr` under
+//! test) are the host's own. So the commands run verbatim: `pg_ctlcluster`, `sudo -u postgres psql`, the
+//! `repmgr` command line, port 5432 on every host. Each host starts as Debian leaves it after
+//! `apt-get install postgresql-15`: cluster 15/main created and running. `sh` blocks run
+//! with `sh -e` as root; `sql` blocks through `sudo -u postgres psql` with ON_ERROR_STOP.
+//!
+//! The other tests hold the reference sections to the running product: every `repmgr.*`
+//! setting and its default, every SQL function, every command, every event.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use repmgr_tests::{Cluster, Network, NodeOptions, cli};
+
+const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+
+/// A fenced code block of the README.
+struct Block {
+    line: usize,
+    lang: String,
+    /// Words of the info string after the language.
+    attrs: Vec<String>,
+    text: String,
+}
+
+fn blocks() -> Vec<Block> {
+    let text = fs::read_to_string(README).expect("read README.md");
+    let mut out = Vec::new();
+    let mut open: Option<Block> = None;
+    for (i, line) in text.lines().enumerate() {
+        match (&mut open, line.strip_prefix("```")) {
+            (None, Some(info)) => {
+                let mut words = info.split_whitespace().map(str::to_string);
+                open = Some(Block {
+                    line: i + 1,
+                    lang: words.next().unwrap_or_default(),
+                    attrs: words.collect(),
+                    text: String::new(),
+                });
+            }
+            (Some(_), Some(_)) => out.extend(open.take()),
+            (Some(b), None) => {
+                b.text.push_str(line);
+                b.text.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    out
+}
+
+/// The host numbers a tutorial block runs on (`on=pg1,pg2`, `on=all`), or None.
+fn tutorial_hosts(b: &Block) -> Option<Vec<i32>> {
+    if !b.attrs.iter().any(|a| a == "tutorial") {
+        return None;
+    }
+    let on = b.attrs.iter().find_map(|a| a.strip_prefix("on="))?;
+    if on == "all" {
+        return Some(vec![1, 2, 3]);
+    }
+    Some(
+        on.split(',')
+            .map(|h| {
+                h.strip_prefix("pg")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("README: unknown host {h} in on={on}"))
+            })
+            .collect(),
+    )
+}
+
+/// Debian's directories that each host has to itself.
+const PRIVATE: [(&str, &str); 4] = [
+    ("etc", "/etc/postgresql"),
+    ("lib", "/var/lib/postgresql"),
+    ("run", "/run/postgresql"),
+    ("log", "/var/log/postgresql"),
+];
+
+/// The three hosts of the tutorial.
+struct Hosts {
+    dir: PathBuf,
+    net: Network,
+}
+
+impl Hosts {
+    fn new() -> Hosts {
+        let dir =
+            PathBuf::from("/var/tmp/repmgr-tests").join(format!("readme-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("bin")).expect("create the test directory");
+        for d in ["/var/tmp/repmgr-tests", dir.to_str().unwrap_or_default()] {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        // The command line under test, where the tutorial installs it; readable by postgres
+        // wherever the checkout is.
+        fs::copy(cli(), dir.join("bin/repmgr")).expect("copy the repmgr command line");
+        let mut net = Network::with_subnet(Some("10.0.0"));
+        for n in 1..=3 {
+            net.add_node(n);
+            for (sub, target) in PRIVATE {
+                let d = dir.join(format!("pg{n}/{sub}"));
+                fs::create_dir_all(&d).expect("create a host directory");
+                assert!(
+                    Path::new(target).is_dir(),
+                    "{target} is missing: install postgresql-15"
+                );
+            }
+            let host = dir.join(format!("pg{n}"));
+            // Each host knows the others by name, as real ones would (sudo looks its own up).
+            fs::write(
+                host.join("hosts"),
+                "127.0.0.1 localhost\n10.0.0.1 pg1\n10.0.0.2 pg2\n10.0.0.3 pg3\n",
+            )
+            .expect("write the host's /etc/hosts");
+            run_ok(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&host),
+                "chown",
+            );
+        }
+        let hosts = Hosts { dir, net };
+        // As Debian leaves a host after apt-get install postgresql-15.
+        for n in 1..=3 {
+            hosts.expect_ok(
+                n,
+                "sh",
+                "pg_createcluster 15 main >/dev/null\nsudo -u postgres pg_ctlcluster 15 main start\n",
+                "setup",
+            );
+        }
+        hosts
+    }
+
+    /// Runs `text` on host `n` (`sh` as root, `sql` through psql as postgres).
+    fn run(&self, n: i32, lang: &str, text: &str) -> Output {
+        let host = self.dir.join(format!("pg{n}"));
+        let mut script = format!("set -e\nhostname pg{n}\n");
+        for (sub, target) in PRIVATE {
+            script.push_str(&format!("mount --bind {}/{sub} {target}\n", host.display()));
+        }
+        script.push_str(&format!(
+            "mount --bind {}/hosts /etc/hosts\n",
+            host.display()
+        ));
+        script.push_str(&format!(
+            "mount --bind {}/bin /usr/local/bin\n",
+            self.dir.display()
+        ));
+        script.push_str(match lang {
+            "sql" => "printf '%s' \"$1\" | sudo -u postgres psql -X -q -v ON_ERROR_STOP=1\n",
+            _ => "exec sh -ec \"$1\"\n",
+        });
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.net.namespace(n)])
+            .args(["unshare", "--mount", "--uts", "--propagation", "private"])
+            .args(["sh", "-c", &script, "sh", text])
+            .output()
+            .expect("run ip netns exec");
+        out
+    }
+
+    fn expect_ok(&self, n: i32, lang: &str, text: &str, what: &str) -> String {
+        let out = self.run(n, lang, text);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{what} on pg{n} failed ({}):\n{text}\n--- stdout\n{stdout}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// One value from `sql` on host `n`.
+    fn value(&self, n: i32, sql: &str) -> String {
+        let out = self.run(
+            n,
+            "sh",
+            &format!("sudo -u postgres psql -X -At -d repmgr -c \"{sql}\""),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for n in 1..=3 {
+            repmgr_tests::stop_servers(&self.dir.join(format!("pg{n}/lib/15")));
+        }
+        if std::env::var_os("REPMGR_TEST_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn run_ok(c: &mut Command, what: &str) -> Output {
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn tutorial_runs_as_written() {
+    let steps: Vec<(Block, Vec<i32>)> = blocks()
+        .into_iter()
+        .filter_map(|b| tutorial_hosts(&b).map(|h| (b, h)))
+        .collect();
+    assert!(
+        steps.len() >= 5,
+        "README.md: the tutorial's blocks (info string `tutorial on=...`) are missing"
+    );
+    let hosts = Hosts::new();
+    for (b, on) in &steps {
+        for n in on {
+            let started = std::time::Instant::now();
+            let out = hosts.expect_ok(
+                *n,
+                &b.lang,
+                &b.text,
+                &format!("README.md line {} ({})", b.line, b.lang),
+            );
+            println!(
+                "pg{n}, README.md line {} ({:.1} s):\n{out}",
+                b.line,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    // Where the tutorial ends: pg1 crashed, one of pg2 and pg3 took over, pg1 rejoined.
+    let recovery: Vec<String> = (1..=3)
+        .map(|n| hosts.value(n, "SELECT pg_is_in_recovery()"))
+        .collect();
+    let primary = match recovery.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["t", "f", "t"] => 2,
+        ["t", "t", "f"] => 3,
+        _ => panic!(
+            "after the tutorial, pg_is_in_recovery() on pg1..pg3 is {recovery:?}: expected pg2 or pg3 alone as primary"
+        ),
+    };
+    let nodes = hosts.value(
+        primary,
+        "SELECT string_agg(node_id || ':' || type || ':' || coalesce(upstream_node_id::text, '-') || ':' || active, ' ' ORDER BY node_id) FROM repmgr.nodes",
+    );
+    let other = 5 - primary;
+    assert_eq!(
+        nodes,
+        format!(
+            "1:standby:{primary}:true 2:{} 3:{}",
+            role(2, primary),
+            role(3, primary)
+        ),
+        "the catalog after the tutorial (other standby: {other})"
+    );
+    for n in [1, other] {
+        assert_eq!(
+            hosts.value(n, "SELECT status FROM pg_stat_wal_receiver"),
+            "streaming",
+            "pg{n} streams from the new primary"
+        );
+    }
+}
+
+/// How node `id` appears in `repmgr.nodes` when `primary` is the primary.
+fn role(id: i32, primary: i32) -> String {
+    if id == primary {
+        "primary:-:true".into()
+    } else {
+        format!("standby:{primary}:true")
+    }
+}
+
+/// Every row of `sql` on node 1, NULL as an empty string.
+fn rows(c: &Cluster, sql: &str) -> Vec<Vec<String>> {
+    c.try_sql(1, sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .rows
+        .into_iter()
+        .map(|r| r.into_iter().map(Option::unwrap_or_default).collect())
+        .collect()
+}
+
+/// The README's rows of the table whose first cell starts with `` `prefix``, as cells.
+fn table_rows(prefix: &str) -> Vec<Vec<String>> {
+    let text = fs::read_to_string(README).expect("read README.md");
+    text.lines()
+        .filter(|l| l.starts_with(&format!("| `{prefix}")))
+        .map(|l| {
+            l.trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// A value as the README writes it (`2s`, `16MB`, `7d`, `200ms`, `on`, 100) in the unit
+/// pg_settings gives (`ms`, `s`, `kB`, `B` or none), for comparison with `boot_val`.
+fn in_unit(value: &str, unit: &str) -> Option<String> {
+    let value = value.trim_matches('`');
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '-' || c == '.'))
+        .unwrap_or(value.len());
+    let (number, suffix) = value.split_at(split);
+    let Ok(n) = number.parse::<f64>() else {
+        return Some(value.to_string());
+    };
+    let ms = |s: f64| match unit {
+        "ms" => Some(s * 1000.0),
+        "s" => Some(s),
+        _ => None,
+    };
+    let bytes = |b: f64| match unit {
+        "B" => Some(b),
+        "kB" => Some(b / 1024.0),
+        "MB" => Some(b / 1024.0 / 1024.0),
+        _ => None,
+    };
+    let v = match suffix {
+        "" => Some(n),
+        "ms" => ms(n / 1000.0),
+        "s" => ms(n),
+        "min" => ms(n * 60.0),
+        "h" => ms(n * 3600.0),
+        "d" => ms(n * 86400.0),
+        "kB" => bytes(n * 1024.0),
+        "MB" => bytes(n * 1024.0 * 1024.0),
+        "GB" => bytes(n * 1024.0 * 1024.0 * 1024.0),
+        _ => None,
+    }?;
+    Some(format!("{v}"))
+}
+
+#[test]
+fn configuration_reference_matches_the_server() {
+    let mut c = Cluster::new("readme-settings");
+    c.init_primary(1, NodeOptions::default());
+    let rows = rows(
+        &c,
+        "SELECT name, boot_val, coalesce(unit, ''), context FROM pg_catalog.pg_settings WHERE name LIKE 'repmgr.%' ORDER BY name",
+    );
+    let documented = table_rows("repmgr.");
+    let names: BTreeSet<String> = documented
+        .iter()
+        .map(|r| r[0].trim_matches('`').to_string())
+        .collect();
+    let served: BTreeSet<String> = rows.iter().map(|r| r[0].clone()).collect();
+    assert_eq!(
+        names, served,
+        "README's configuration reference and the server's repmgr.* settings differ"
+    );
+    for row in &documented {
+        let name = row[0].trim_matches('`');
+        let server = rows.iter().find(|r| r[0] == name).expect("checked above");
+        let (boot, unit, context) = (&server[1], &server[2], &server[3]);
+        // "`2s`", "100", "0 (unset)", "-1 (off)": the leading value, when there is one.
+        let first = row[1].split_whitespace().next().unwrap_or_default();
+        let comparable =
+            first.starts_with('`') || first.starts_with(|c: char| c.is_ascii_digit() || c == '-');
+        if comparable && !first.contains(',') {
+            let readme = in_unit(first, unit).unwrap_or_else(|| {
+                panic!("{name}: cannot read the default {first} in unit {unit}")
+            });
+            let boot_n = boot.parse::<f64>().map(|v| format!("{v}"));
+            assert_eq!(
+                readme,
+                boot_n.unwrap_or_else(|_| boot.clone()),
+                "{name}: README says the default is {first}, the server's is {boot} {unit}"
+            );
+        }
+        let takes = row[3].as_str();
+        let restart = context == "postmaster";
+        assert_eq!(
+            takes == "restart",
+            restart,
+            "{name}: README says it takes effect at \"{takes}\", the server's context is {context}"
+        );
+    }
+}
+
+#[test]
+fn sql_reference_names_every_function() {
+    let mut c = Cluster::new("readme-sql");
+    c.init_primary(1, NodeOptions::default());
+    let readme = fs::read_to_string(README).expect("read README.md");
+    let functions = rows(
+        &c,
+        "SELECT DISTINCT proname FROM pg_catalog.pg_proc WHERE pronamespace = 'repmgr'::regnamespace ORDER BY 1",
+    );
+    let missing: Vec<&str> = functions
+        .iter()
+        .map(|r| r[0].as_str())
+        .filter(|f| {
+            !readme.contains(&format!("`{f}(")) && !readme.contains(&format!("repmgr.{f}("))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README.md does not describe {missing:?}"
+    );
+}
+
+#[test]
+fn command_reference_names_real_commands() {
+    let commands: Vec<String> = table_rows("")
+        .into_iter()
+        .filter_map(|r| {
+            let words: Vec<&str> = r[0]
+                .split_whitespace()
+                .take(2)
+                .map(|w| w.trim_matches('`'))
+                .collect();
+            let objects = [
+                "primary", "standby", "witness", "node", "cluster", "service",
+            ];
+            (words.len() == 2 && objects.contains(&words[0])).then(|| words.join(" "))
+        })
+        .collect();
+    assert!(
+        commands.len() >= 10,
+        "README.md: the command table was not found"
+    );
+    for c in &commands {
+        let out = Command::new(cli())
+            .args(c.split(' '))
+            .arg("--help")
+            .output()
+            .expect("run repmgr");
+        assert!(
+            out.status.success(),
+            "README.md names `repmgr {c}`, which the command line does not know: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
