@@ -163,13 +163,12 @@ impl Hosts {
             "sql" => "printf '%s' \"$1\" | sudo -u postgres psql -X -q -v ON_ERROR_STOP=1\n",
             _ => "exec sh -ec \"$1\"\n",
         });
-        let out = Command::new("ip")
+        Command::new("ip")
             .args(["netns", "exec", &self.net.namespace(n)])
             .args(["unshare", "--mount", "--uts", "--propagation", "private"])
             .args(["sh", "-c", &script, "sh", text])
             .output()
-            .expect("run ip netns exec");
-        out
+            .expect("run ip netns exec")
     }
 
     fn expect_ok(&self, n: i32, lang: &str, text: &str, what: &str) -> String {
