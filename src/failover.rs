@@ -8,6 +8,7 @@
 //! `repmgr-core` (`vote`, `lease`, `election`); this module gathers what they need and carries
 //! out what they decide, in the order the simulator (`sim/`) checks.
 
+use repmgr_core::event;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
@@ -284,8 +285,11 @@ impl Failover {
                 now.saturating_sub(o.since).as_millis()
             );
             log!("repmgr: {details}");
-            self.outbox
-                .push(Event::new(me.node_id, "repmgrd_failover_abort", details));
+            self.outbox.push(Event::new(
+                me.node_id,
+                event::REPMGRD_FAILOVER_ABORT,
+                details,
+            ));
         }
     }
 
@@ -463,7 +467,7 @@ impl Failover {
                     let details = format!("node {me} holds its lease again: commits are allowed");
                     log!("repmgr: {details}");
                     self.outbox
-                        .push(Event::new(me, "repmgrd_primary_unfenced", details));
+                        .push(Event::new(me, event::REPMGRD_PRIMARY_UNFENCED, details));
                 } else {
                     let replaced = newer.map_or(String::new(), |t| format!("; a voter is in term {t}, so this node was probably replaced and needs repmgr node rejoin"));
                     warning!(
@@ -471,7 +475,7 @@ impl Failover {
                     );
                     self.outbox.push(Event::new(
                         me,
-                        "repmgrd_primary_fenced",
+                        event::REPMGRD_PRIMARY_FENCED,
                         format!("node {me} fenced: not confirmed by enough voters{replaced}"),
                     ));
                     if self.settings.failover.fence_action == FenceAction::Shutdown {
@@ -700,7 +704,7 @@ impl Failover {
                     if !self.settings.failover.automatic && self.last_plan.is_none() {
                         self.outbox.push(Event::new(
                             me.node_id,
-                            "standby_disconnect_manual",
+                            event::STANDBY_DISCONNECT_MANUAL,
                             format!(
                                 "{} lost the primary; repmgr.failover is manual",
                                 me.describe()
@@ -873,7 +877,7 @@ impl Failover {
             return;
         }
         // Failures are logged and recorded as events inside.
-        let _ = self.promote(term, &c, me, lsn, "repmgrd_failover_promote");
+        let _ = self.promote(term, &c, me, lsn, event::REPMGRD_FAILOVER_PROMOTE);
     }
 
     /// `repmgr.promote()`: promotes this standby in a new term, refused while a working
@@ -1001,7 +1005,7 @@ impl Failover {
                 "Bring the other voters back, or pass force => true if you know the old primary is gone (with three voters or more the node then stays fenced until a majority confirms it).",
             ));
         }
-        let details = self.promote(term, &c, &me, lsn, "standby_promote")?;
+        let details = self.promote(term, &c, &me, lsn, event::STANDBY_PROMOTE)?;
         Ok(if c.won() {
             details
         } else {
@@ -1037,7 +1041,7 @@ impl Failover {
                     f.message
                 );
                 warning!("repmgr: {details}");
-                let mut ev = Event::new(me.node_id, "repmgrd_promote_error", details.clone());
+                let mut ev = Event::new(me.node_id, event::REPMGRD_PROMOTE_ERROR, details.clone());
                 ev.successful = false;
                 self.outbox.push(ev);
                 return Err(manual::refusal(details, "See the server log of this node."));
@@ -1066,7 +1070,7 @@ impl Failover {
                 me.describe()
             );
             warning!("repmgr: {details}");
-            let mut ev = Event::new(me.node_id, "repmgrd_promote_error", details.clone());
+            let mut ev = Event::new(me.node_id, event::REPMGRD_PROMOTE_ERROR, details.clone());
             ev.successful = false;
             self.outbox.push(ev);
             shmem::update(|s| {

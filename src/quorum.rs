@@ -8,6 +8,7 @@
 //! confirmed at a later round, once enough of the applied quorum flushed it, and an applied
 //! setting counts as in force once [`SETTLE`] has passed, by when every WAL sender has reloaded.
 
+use repmgr_core::event;
 use std::time::Duration;
 
 use pgrx::prelude::*;
@@ -363,7 +364,7 @@ impl Keeper {
                 log!("repmgr: {details}");
                 Ok(Some(Event::new(
                     me.node_id,
-                    "synchronous_standbys_changed",
+                    event::SYNCHRONOUS_STANDBYS_CHANGED,
                     details,
                 )))
             }

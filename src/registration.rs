@@ -5,6 +5,7 @@
 //! registers itself through a connection to the primary and then waits until its record has
 //! replicated back; a witness is a separate server that keeps a copy of the primary's records.
 
+use repmgr_core::event;
 use std::time::{Duration, Instant};
 
 use pgrx::PgSqlErrorCode;
@@ -312,7 +313,7 @@ pub fn register_primary(settings: &Settings, force: bool) -> Result<i32> {
     events::record(
         Some(&mut db),
         settings,
-        Event::new(settings.node_id, "primary_register", details),
+        Event::new(settings.node_id, event::PRIMARY_REGISTER, details),
     )?;
     Ok(settings.node_id)
 }
@@ -388,7 +389,7 @@ pub fn register_standby(settings: &Settings, upstream: Option<i32>, force: bool)
             ""
         }
     );
-    let ev = Event::new(settings.node_id, "standby_register", details).about(
+    let ev = Event::new(settings.node_id, event::STANDBY_REGISTER, details).about(
         primary_rec.node_id,
         &primary_rec.node_name,
         &primary_rec.conninfo,
@@ -515,7 +516,7 @@ pub fn register_witness(settings: &Settings, primary_conninfo: &str, force: bool
     catalog::upsert_node(&mut primary, &rec)?;
     let ev = Event::new(
         settings.node_id,
-        "witness_register",
+        event::WITNESS_REGISTER,
         format!(
             "witness registration succeeded; upstream node ID is {}",
             primary_rec.node_id
@@ -613,9 +614,9 @@ pub fn unregister_node(settings: &Settings, node_id: Option<i32>, force: bool) -
     }
     catalog::delete_node(db, target)?;
     let event = match rec.node_type {
-        NodeType::Primary => "primary_unregister",
-        NodeType::Standby => "standby_unregister",
-        NodeType::Witness => "witness_unregister",
+        NodeType::Primary => event::PRIMARY_UNREGISTER,
+        NodeType::Standby => event::STANDBY_UNREGISTER,
+        NodeType::Witness => event::WITNESS_UNREGISTER,
     };
     let details = format!("{} unregistered by {}", rec.describe(), settings.describe());
     events::record(Some(db), settings, Event::new(target, event, details))?;

@@ -441,10 +441,13 @@ pub fn cleanup(ctx: &Ctx, keep_days: i64, node_id: Option<i32>) -> Result<i32> {
         node_id.map_or(String::new(), |n| format!(" for node {n}")),
         deleted.unwrap_or_default()
     );
-    s.query(
-        "INSERT INTO repmgr.events (node_id, event, successful, details) VALUES ($1::int, 'cluster_cleanup', true, $2)",
-        &[Some(&primary.id.to_string()), Some(&details)],
-    )?;
+    crate::node::record_event(
+        &mut s,
+        primary.id,
+        repmgr_core::event::CLUSTER_CLEANUP,
+        true,
+        &details,
+    );
     crate::register::notice(details);
     Ok(SUCCESS)
 }

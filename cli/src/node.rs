@@ -1,5 +1,6 @@
 //! `node status|check|service|rejoin`: the local node.
 
+use repmgr_core::event;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -1035,7 +1036,7 @@ pub fn rejoin(ctx: &Ctx, force_rewind: bool) -> Result<i32> {
         record_event(
             &mut p,
             me.id,
-            "node_rejoin",
+            event::NODE_REJOIN,
             false,
             &format!("{} could not be started: {}", me.describe(), f.message),
         );
@@ -1059,7 +1060,7 @@ pub fn rejoin(ctx: &Ctx, force_rewind: bool) -> Result<i32> {
                 primary.describe(),
                 ctx.cfg.node_rejoin_timeout
             );
-            record_event(&mut p, me.id, "node_rejoin", false, &details);
+            record_event(&mut p, me.id, event::NODE_REJOIN, false, &details);
             return Err(fail(details).hint("Check this node's server log (a timeline that forked before this node's end needs --force-rewind)."));
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -1078,7 +1079,7 @@ pub fn rejoin(ctx: &Ctx, force_rewind: bool) -> Result<i32> {
             ""
         }
     );
-    record_event(&mut p, me.id, "node_rejoin", true, &details);
+    record_event(&mut p, me.id, event::NODE_REJOIN, true, &details);
     notice(&details);
     Ok(SUCCESS)
 }

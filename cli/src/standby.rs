@@ -1,5 +1,6 @@
 //! `standby clone|promote|follow|switchover`.
 
+use repmgr_core::event;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -330,7 +331,7 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
         if ctx.g.force { "Y" } else { "N" }
     );
     if let Ok((_, mut p)) = catalog::connect_primary(&nodes) {
-        record_event(&mut p, node_id, "standby_clone", true, &details);
+        record_event(&mut p, node_id, event::STANDBY_CLONE, true, &details);
     }
     notice(format!("standby clone ({details}) complete"));
     notice(format!(
@@ -808,7 +809,7 @@ pub fn switchover(ctx: &Ctx, a: &SwitchoverArgs) -> Result<i32> {
     record_event(
         &mut p,
         plan.me.id,
-        "standby_switchover",
+        event::STANDBY_SWITCHOVER,
         incomplete.is_empty(),
         &if incomplete.is_empty() {
             details.clone()

@@ -7,6 +7,7 @@ pub mod children;
 pub mod conninfo;
 pub mod durable;
 pub mod election;
+pub mod event;
 pub mod health;
 pub mod lease;
 pub mod lsn;

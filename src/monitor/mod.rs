@@ -11,6 +11,7 @@ mod primary;
 mod standby;
 mod witness;
 
+use repmgr_core::event;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
@@ -240,7 +241,11 @@ impl Monitor {
             format!("configuration reloaded: {}", changes.join("; "))
         };
         log!("repmgr: {}", details);
-        self.queue(Event::new(self.settings.node_id, "repmgrd_reload", details));
+        self.queue(Event::new(
+            self.settings.node_id,
+            event::REPMGRD_RELOAD,
+            details,
+        ));
     }
 
     /// Keeps an event until a primary can take it.
@@ -248,10 +253,10 @@ impl Monitor {
         ev.at.get_or_insert_with(timestamp_now);
         if ev.successful {
             match ev.name {
-                "repmgrd_failover_promote" | "standby_promote" => {
+                event::REPMGRD_FAILOVER_PROMOTE | event::STANDBY_PROMOTE => {
                     shmem::update(|s| s.promotions += 1);
                 }
-                "repmgrd_primary_fenced" => {
+                event::REPMGRD_PRIMARY_FENCED => {
                     shmem::update(|s| s.fencings += 1);
                 }
                 _ => {}
@@ -438,7 +443,7 @@ impl Monitor {
                     );
                 };
                 if let Err(why) =
-                    self.start_follow(now, snap, me, &target, "standby_follow", Some(seq))
+                    self.start_follow(now, snap, me, &target, event::STANDBY_FOLLOW, Some(seq))
                 {
                     shmem::finish_request(seq, &Err(why));
                 }
@@ -476,9 +481,9 @@ impl Monitor {
         };
         log!("repmgr: {} {what}", self.me());
         let event = if self.started {
-            "repmgrd_reload"
+            event::REPMGRD_RELOAD
         } else {
-            "repmgrd_start"
+            event::REPMGRD_START
         };
         self.started = true;
         self.queue(Event::new(me.node_id, event, what));
@@ -535,7 +540,7 @@ impl Monitor {
                     );
                     self.queue(Event::new(
                         self.settings.node_id,
-                        "repmgrd_upstream_disconnect",
+                        event::REPMGRD_UPSTREAM_DISCONNECT,
                         format!("unable to connect to {up}"),
                     ));
                 }
@@ -550,7 +555,7 @@ impl Monitor {
                     log!("repmgr: {details}");
                     self.queue(Event::new(
                         self.settings.node_id,
-                        "repmgrd_upstream_reconnect",
+                        event::REPMGRD_UPSTREAM_RECONNECT,
                         details,
                     ));
                 }
@@ -655,7 +660,11 @@ impl Monitor {
         if self.role.is_none() {
             return;
         }
-        self.queue(Event::new(self.settings.node_id, "repmgrd_shutdown", why));
+        self.queue(Event::new(
+            self.settings.node_id,
+            event::REPMGRD_SHUTDOWN,
+            why,
+        ));
         let grace = Duration::from_millis(500);
         self.settings.peer_connect_timeout = self.settings.peer_connect_timeout.min(grace);
         self.settings.peer_statement_timeout = self.settings.peer_statement_timeout.min(grace);

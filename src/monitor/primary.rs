@@ -1,6 +1,7 @@
 //! A primary's round: watch the nodes replicating from it, run the disconnect command when
 //! too few remain, and keep `repmgr.monitoring_history` to its configured age.
 
+use repmgr_core::event;
 use std::time::Duration;
 
 use pgrx::prelude::*;
@@ -86,13 +87,13 @@ impl Monitor {
         for ev in self.children.observe(now, &children) {
             let (name, details) = match ev {
                 repmgr_core::children::ChildEvent::Disconnect { details, .. } => {
-                    ("child_node_disconnect", details)
+                    (event::CHILD_NODE_DISCONNECT, details)
                 }
                 repmgr_core::children::ChildEvent::Reconnect { details, .. } => {
-                    ("child_node_reconnect", details)
+                    (event::CHILD_NODE_RECONNECT, details)
                 }
                 repmgr_core::children::ChildEvent::NewConnect { details, .. } => {
-                    ("child_node_new_connect", details)
+                    (event::CHILD_NODE_NEW_CONNECT, details)
                 }
             };
             log!("repmgr: {details}");
@@ -117,13 +118,13 @@ impl Monitor {
         let line = template::render(&command, &[('p', &me.node_id.to_string())]);
         warning!("repmgr: {reason}; running child_nodes_disconnect_command");
         let status = crate::command::run(
-            "child_nodes_disconnect_command",
+            event::CHILD_NODES_DISCONNECT_COMMAND,
             &line,
             DISCONNECT_COMMAND_WAIT,
         );
         let mut ev = Event::new(
             me.node_id,
-            "child_nodes_disconnect_command",
+            event::CHILD_NODES_DISCONNECT_COMMAND,
             match status {
                 Some(s) => format!("{reason}; child_nodes_disconnect_command ran ({s})"),
                 None => format!(

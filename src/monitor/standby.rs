@@ -1,6 +1,7 @@
 //! A standby's round: watch the upstream, report replication to the primary, and follow
 //! another upstream when told to.
 
+use repmgr_core::event;
 use std::time::Duration;
 
 use pgrx::prelude::*;
@@ -79,7 +80,7 @@ impl Monitor {
             && !paused
             && self.pending_follow.is_none()
         {
-            let _ = self.start_follow(now, snap, me, p, "repmgrd_failover_follow", None);
+            let _ = self.start_follow(now, snap, me, p, event::REPMGRD_FAILOVER_FOLLOW, None);
         }
         self.confirm_follow(now, me);
         self.follow_if_told(snap, me);
@@ -171,9 +172,9 @@ impl Monitor {
             && !self.upstream.as_ref().is_some_and(|(_, u)| u.is_up());
         let now = self.clock.elapsed();
         let event = if failover {
-            "repmgrd_failover_follow"
+            event::REPMGRD_FAILOVER_FOLLOW
         } else {
-            "standby_follow"
+            event::STANDBY_FOLLOW
         };
         // A failure is logged and recorded inside.
         let _ = self.start_follow(now, snap, me, &upstream, event, None);

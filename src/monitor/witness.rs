@@ -1,6 +1,7 @@
 //! A witness's round: watch the primary (so the witness can vote on its fate) and keep a copy
 //! of the primary's node list.
 
+use repmgr_core::event;
 use std::time::Duration;
 
 use pgrx::prelude::*;
@@ -71,7 +72,7 @@ impl Monitor {
             );
             log!("repmgr: {details}");
             self.queue(
-                Event::new(me.node_id, "repmgrd_failover_follow", details).about(
+                Event::new(me.node_id, event::REPMGRD_FAILOVER_FOLLOW, details).about(
                     primary.node_id,
                     &primary.node_name,
                     &primary.conninfo,

@@ -12,8 +12,8 @@
 //! `apt-get install postgresql-15`: cluster 15/main created and running. `sh` blocks run
 //! with `sh -e` as root; `sql` blocks through `sudo -u postgres psql` with ON_ERROR_STOP.
 //!
-//! The other tests hold the reference sections to the running product: every `repmgr.*`
-//! setting and its default, every SQL function, every command, every event.
+//! The other tests hold the reference sections to the product: every `repmgr.*` setting
+//! with its default and when it takes effect, every SQL function, every command, every event.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -269,6 +269,17 @@ fn tutorial_runs_as_written() {
         ),
         "the catalog after the tutorial (other standby: {other})"
     );
+    // Every event the tutorial caused is a documented one.
+    let recorded = hosts.value(
+        primary,
+        "SELECT string_agg(DISTINCT event, ' ') FROM repmgr.events",
+    );
+    for name in recorded.split_whitespace() {
+        assert!(
+            repmgr_core::event::ALL.iter().any(|e| e.0 == name),
+            "the tutorial recorded the event {name}, which repmgr_core::event::ALL does not list"
+        );
+    }
     for n in [1, other] {
         assert_eq!(
             hosts.value(n, "SELECT status FROM pg_stat_wal_receiver"),
@@ -276,6 +287,38 @@ fn tutorial_runs_as_written() {
             "pg{n} streams from the new primary"
         );
     }
+}
+
+/// The README section under `heading` (up to the next heading of the same level).
+fn section(heading: &str) -> String {
+    let text = fs::read_to_string(README).expect("read README.md");
+    let start = text
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("README.md has no section {heading}"));
+    let level = heading.split(' ').next().unwrap_or("##");
+    let rest = &text[start + heading.len() + 2..];
+    let end = rest.find(&format!("\n{level} ")).unwrap_or(rest.len());
+    rest[..end].to_string()
+}
+
+#[test]
+fn events_table_lists_every_event() {
+    let documented: BTreeSet<String> = section("### Events")
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("| `")?
+                .split_once('`')
+                .map(|(n, _)| n.to_string())
+        })
+        .collect();
+    let known: BTreeSet<String> = repmgr_core::event::ALL
+        .iter()
+        .map(|e| e.0.to_string())
+        .collect();
+    assert_eq!(
+        documented, known,
+        "README.md's events table and repmgr_core::event::ALL differ"
+    );
 }
 
 /// How node `id` appears in `repmgr.nodes` when `primary` is the primary.
