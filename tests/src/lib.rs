@@ -62,15 +62,30 @@ fn is_root() -> bool {
 
 /// Runs a PostgreSQL program as the `postgres` user and returns its output; panics with the
 /// program's own error text if it fails.
-fn run_pg(program: &str, args: &[&str]) -> Output {
-    let out = run_pg_unchecked(program, args);
+/// Runs `cmd`, which must succeed; the panic names `what` and shows its output.
+pub fn run_checked(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    succeeded(out, what)
+}
+
+/// `out`, after checking that its command succeeded.
+fn succeeded(out: Output, what: &str) -> Output {
     assert!(
         out.status.success(),
-        "{program} {args:?} failed: {}{}",
+        "{what} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+fn run_pg(program: &str, args: &[&str]) -> Output {
+    succeeded(
+        run_pg_unchecked(program, args),
+        &format!("{program} {args:?}"),
+    )
 }
 
 fn run_pg_unchecked(program: &str, args: &[&str]) -> Output {

@@ -13,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 
-use crate::{Cluster, NodeOptions, connect, query};
+use crate::{Cluster, NodeOptions, connect, query, run_checked};
 
 /// Where the relocated tree lives.
 pub const TREE: &str = "/var/tmp/repmgr5-tree";
@@ -77,19 +77,6 @@ impl Settings {
     }
 }
 
-fn run(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// The postgres user's uid and gid.
 fn postgres_ids() -> (u32, u32) {
     let pw = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
@@ -118,14 +105,14 @@ impl Repmgr5 {
                 ("/usr/lib/postgresql/15", "usr/lib/postgresql"),
                 ("/usr/share/postgresql/15", "usr/share/postgresql"),
             ] {
-                run(
+                run_checked(
                     Command::new("cp").args(["-a", from]).arg(root.join(into)),
                     "cp",
                 );
             }
             let debs = Path::new(TREE).join("debs");
             fs::create_dir_all(&debs).expect("create the download directory");
-            run(
+            run_checked(
                 Command::new("apt-get").current_dir(&debs).args([
                     "download",
                     "postgresql-15-repmgr",
@@ -134,7 +121,7 @@ impl Repmgr5 {
                 "apt-get download postgresql-15-repmgr repmgr-common",
             );
             for deb in fs::read_dir(&debs).expect("downloads").flatten() {
-                run(
+                run_checked(
                     Command::new("dpkg-deb")
                         .arg("-x")
                         .arg(deb.path())
@@ -142,9 +129,9 @@ impl Repmgr5 {
                     "dpkg-deb -x",
                 );
             }
-            run(Command::new("chmod").args(["-R", "a+rX", TREE]), "chmod");
+            run_checked(Command::new("chmod").args(["-R", "a+rX", TREE]), "chmod");
         }
-        let version = run(
+        let version = run_checked(
             Command::new(bindir.join("repmgr")).arg("--version"),
             "repmgr --version",
         );
@@ -155,7 +142,7 @@ impl Repmgr5 {
         let shim = Path::new(TREE).join("shim");
         fs::create_dir_all(&shim).expect("create the shim directory");
         fs::write(shim.join("ssh"), SSH_SHIM).expect("write the ssh stand-in");
-        run(
+        run_checked(
             Command::new("chmod").args(["-R", "a+rx"]).arg(&shim),
             "chmod",
         );
@@ -238,7 +225,7 @@ service_promote_command='{bin}/pg_ctl -D {data} -w promote'
 
     /// Runs Debian's `repmgr -f conf <args>` as postgres; it must succeed.
     pub fn repmgr(&self, conf: &Path, args: &[&str]) -> Output {
-        run(
+        run_checked(
             &mut self.command(conf, args),
             &format!("repmgr {}", args.join(" ")),
         )

@@ -12,7 +12,8 @@
 //! `apt-get install postgresql-15`: cluster 15/main created and running. `sh` blocks run
 //! with `sh -e` as root; `sql` blocks through `sudo -u postgres psql` with ON_ERROR_STOP.
 //!
-//! The other tests hold the reference sections to the product: every `repmgr.*` setting
+//! Blocks tagged `check` (settings, SQL) are applied to a server. The other tests hold the
+//! reference sections to the product: every `repmgr.*` setting
 //! with its default and when it takes effect, every SQL function, every command, every event.
 
 use std::collections::BTreeSet;
@@ -112,6 +113,10 @@ impl Hosts {
             for (sub, target) in PRIVATE {
                 let d = dir.join(format!("pg{n}/{sub}"));
                 fs::create_dir_all(&d).expect("create a host directory");
+                if target == "/run/postgresql" && !Path::new(target).exists() {
+                    // Made at boot on a machine with PostgreSQL; a fresh container may lack it.
+                    fs::create_dir_all(target).expect("create /run/postgresql");
+                }
                 assert!(
                     Path::new(target).is_dir(),
                     "{target} is missing: install postgresql-15"
@@ -124,7 +129,7 @@ impl Hosts {
                 "127.0.0.1 localhost\n10.0.0.1 pg1\n10.0.0.2 pg2\n10.0.0.3 pg3\n",
             )
             .expect("write the host's /etc/hosts");
-            run_ok(
+            repmgr_tests::run_checked(
                 Command::new("chown")
                     .args(["-R", "postgres:postgres"])
                     .arg(&host),
@@ -205,18 +210,6 @@ impl Drop for Hosts {
     }
 }
 
-fn run_ok(c: &mut Command, what: &str) -> Output {
-    let out = c
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 #[test]
 fn tutorial_runs_as_written() {
     let steps: Vec<(Block, Vec<i32>)> = blocks()
@@ -289,16 +282,68 @@ fn tutorial_runs_as_written() {
     }
 }
 
-/// The README section under `heading` (up to the next heading of the same level).
+/// Blocks tagged `check`: each `conf` block is appended to a server's postgresql.conf and
+/// must parse and apply without an error (`pg_file_settings`); each `sql` block runs on the
+/// primary, in order, after the roles it names are created.
+#[test]
+fn checked_snippets_are_valid() {
+    let snippets: Vec<Block> = blocks()
+        .into_iter()
+        .filter(|b| b.attrs.iter().any(|a| a == "check"))
+        .collect();
+    assert!(
+        snippets.iter().any(|b| b.lang == "conf") && snippets.iter().any(|b| b.lang == "sql"),
+        "README.md: the blocks tagged `check` are missing"
+    );
+    let mut c = Cluster::new("readme-snippets");
+    c.init_primary(1, NodeOptions::default());
+    c.sql(1, "CREATE ROLE repmgr_admin");
+    c.sql(1, "CREATE ROLE repmgr_monitor");
+    let conf = c.node(1).data.join("postgresql.conf");
+    for b in &snippets {
+        match b.lang.as_str() {
+            "conf" => {
+                let mut text = fs::read_to_string(&conf).expect("read postgresql.conf");
+                text.push_str(&b.text);
+                fs::write(&conf, text).expect("write postgresql.conf");
+                let errors = rows(
+                    &c,
+                    "SELECT coalesce(name, '') || ': ' || error FROM pg_catalog.pg_file_settings WHERE error IS NOT NULL",
+                );
+                assert!(
+                    errors.is_empty(),
+                    "README.md line {}: the settings do not apply: {errors:?}",
+                    b.line
+                );
+            }
+            "sql" => {
+                let mut conn = repmgr_tests::connect(&c.node(1).local_conninfo("repmgr"));
+                let r = conn.query_simple(
+                    &b.text,
+                    std::time::Instant::now() + std::time::Duration::from_secs(30),
+                    &mut repmgr_pq::PollWaiter,
+                );
+                assert!(r.is_ok(), "README.md line {}: {:?}", b.line, r.err());
+            }
+            other => panic!("README.md line {}: cannot check a {other} block", b.line),
+        }
+    }
+}
+
+/// The README section under `heading` (`## …` or `### …`), up to the next heading of the
+/// same level or above.
 fn section(heading: &str) -> String {
     let text = fs::read_to_string(README).expect("read README.md");
-    let start = text
-        .find(&format!("\n{heading}\n"))
-        .unwrap_or_else(|| panic!("README.md has no section {heading}"));
-    let level = heading.split(' ').next().unwrap_or("##");
-    let rest = &text[start + heading.len() + 2..];
-    let end = rest.find(&format!("\n{level} ")).unwrap_or(rest.len());
-    rest[..end].to_string()
+    let level = heading.split(' ').next().unwrap_or("##").len();
+    let mut lines = text.lines().skip_while(|l| *l != heading);
+    assert!(lines.next().is_some(), "README.md has no section {heading}");
+    lines
+        .take_while(|l| {
+            let hashes = l.bytes().take_while(|b| *b == b'#').count();
+            !(2..=level).contains(&hashes) || !l[hashes..].starts_with(' ')
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 #[test]

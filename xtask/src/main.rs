@@ -47,7 +47,7 @@ commands:
                                    the failover scenario against Debian's repmgr 5.3.3
   bench repmgr5-switchover [--runs N] [--defaults]
                                    the switchover scenario against repmgr 5.3.3
-  bench repmgr5-false-failover [--runs N]
+  bench repmgr5-false-failover [--runs N] [--defaults]
                                    the stalls against repmgr 5.3.3: promotions, two primaries
   bench scale [--runs N]           1 primary + 6 standbys: failover and worker CPU
   bench overhead [--pairs N] [--seconds S] [--idle S]

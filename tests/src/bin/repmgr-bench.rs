@@ -35,7 +35,7 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]\n       repmgr-bench failover [--runs N]\n       repmgr-bench switchover [--runs N]\n       repmgr-bench false-failover [--runs N]\n       repmgr-bench scale [--runs N]\n       repmgr-bench repmgr5-failover [--runs N] [--defaults]\n       repmgr-bench repmgr5-switchover [--runs N] [--defaults]\n       repmgr-bench repmgr5-false-failover [--runs N]\n       repmgr-bench all [--quick]"
+        "usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]\n       repmgr-bench failover [--runs N]\n       repmgr-bench switchover [--runs N]\n       repmgr-bench false-failover [--runs N]\n       repmgr-bench scale [--runs N]\n       repmgr-bench repmgr5-failover [--runs N] [--defaults]\n       repmgr-bench repmgr5-switchover [--runs N] [--defaults]\n       repmgr-bench repmgr5-false-failover [--runs N] [--defaults]\n       repmgr-bench all [--quick]"
     );
     ExitCode::from(2)
 }
@@ -644,43 +644,66 @@ fn failover(runs: usize) {
     report.save(started);
 }
 
-/// The same failover scenario against Debian's repmgr 5.3.3 and repmgrd.
-fn repmgr5_failover(runs: usize, settings: repmgr5::Settings) {
+/// A scenario (`bench`, described as `scenario`) against Debian's repmgr 5.3.3 and repmgrd
+/// at `settings`: `series` runs it into the report.
+fn repmgr5_scenario(
+    bench: &str,
+    scenario: &str,
+    settings: repmgr5::Settings,
+    series: impl FnOnce(&mut Report, &repmgr5::Repmgr5),
+) {
     let started = Instant::now();
     let tree = repmgr5::Repmgr5::prepare();
     let _in_use = tree.use_tree();
-    let (name, what) = settings.describe("failover");
+    let (name, what) = settings.describe(bench);
     let mut report = Report::new(
         name,
-        format!(
-            "repmgr 5.3.3 + repmgrd (Debian), {what}: failover after kill -9 of the primary, 3 nodes, a commit every 10 ms, {runs} runs"
-        ),
+        format!("repmgr 5.3.3 + repmgrd (Debian), {what}: {scenario}"),
     );
-    failover_series(
-        &mut report,
-        runs,
-        &[2, 3],
-        |_| repmgr5::Repmgr5::node_options(),
-        System::Repmgr5(settings),
-    );
+    series(&mut report, &tree);
     report.save(started);
 }
 
-/// The stalls of [`false_failover`] against repmgr 5.3.3 (like-ours settings): promotions,
-/// and whether two primaries ran at once afterwards (it has no fencing).
-fn repmgr5_false_failover(runs: usize) {
-    let started = Instant::now();
-    let tree = repmgr5::Repmgr5::prepare();
-    let _in_use = tree.use_tree();
-    let mut report = Report::new(
-        "repmgr5-false-failover",
-        format!(
-            "repmgr 5.3.3 + repmgrd (Debian), settings like ours (monitor every 1 s, 3 reconnect attempts 1 s apart): primary frozen for 0.5, 1 and 2 s, {runs} times each, 3 nodes"
+/// The failover scenario against repmgr 5.3.3.
+fn repmgr5_failover(runs: usize, settings: repmgr5::Settings) {
+    repmgr5_scenario(
+        "failover",
+        &format!(
+            "failover after kill -9 of the primary, 3 nodes, a commit every 10 ms, {runs} runs"
         ),
+        settings,
+        |report, _| {
+            failover_series(
+                report,
+                runs,
+                &[2, 3],
+                |_| repmgr5::Repmgr5::node_options(),
+                System::Repmgr5(settings),
+            )
+        },
     );
+}
+
+/// The stalls of [`false_failover`] against repmgr 5.3.3: promotions, and whether two
+/// primaries ran at once afterwards (it has no fencing).
+fn repmgr5_false_failover(runs: usize, settings: repmgr5::Settings) {
+    repmgr5_scenario(
+        "false-failover",
+        &format!("primary frozen for 0.5, 1 and 2 s, {runs} times each, 3 nodes"),
+        settings,
+        |report, tree| repmgr5_stalls(report, tree, runs, settings),
+    );
+}
+
+fn repmgr5_stalls(
+    report: &mut Report,
+    tree: &repmgr5::Repmgr5,
+    runs: usize,
+    settings: repmgr5::Settings,
+) {
     let wait = Duration::from_secs(60);
     let mut c = Cluster::new("bench-repmgr5-false-failover");
-    let mut daemons = tree.populate(&mut c, &[2, 3], repmgr5::Settings::LikeOurs);
+    let mut daemons = tree.populate(&mut c, &[2, 3], settings);
     std::thread::sleep(Duration::from_secs(5));
     'stalls: for stall in [500u64, 1000, 2000] {
         for _ in 0..runs {
@@ -708,7 +731,6 @@ fn repmgr5_false_failover(runs: usize) {
         ));
     }
     repmgr5::stop_daemons(&mut daemons);
-    report.save(started);
 }
 
 /// Stalls (SIGSTOP of the whole primary) shorter and longer than the fence and the lease:
@@ -890,21 +912,17 @@ fn switchover(runs: usize) {
     report.save(started);
 }
 
-/// The same switchover scenario against Debian's repmgr 5.3.3 (`ssh` replaced by a local
-/// stand-in, see `repmgr_tests::repmgr5`).
+/// The switchover scenario against repmgr 5.3.3 (`ssh` replaced by a local stand-in, see
+/// `repmgr_tests::repmgr5`).
 fn repmgr5_switchover(runs: usize, settings: repmgr5::Settings) {
-    let started = Instant::now();
-    let tree = repmgr5::Repmgr5::prepare();
-    let _in_use = tree.use_tree();
-    let (name, what) = settings.describe("switchover");
-    let mut report = Report::new(
-        name,
-        format!(
-            "repmgr 5.3.3 + repmgrd (Debian), {what}: repmgr standby switchover --siblings-follow, 3 nodes, a commit every 10 ms, {runs} runs"
+    repmgr5_scenario(
+        "switchover",
+        &format!(
+            "repmgr standby switchover --siblings-follow, 3 nodes, a commit every 10 ms, {runs} runs"
         ),
+        settings,
+        |report, _| switchover_series(report, runs, System::Repmgr5(settings)),
     );
-    switchover_series(&mut report, runs, System::Repmgr5(settings));
-    report.save(started);
 }
 
 fn main() -> ExitCode {
@@ -941,7 +959,8 @@ fn main() -> ExitCode {
             repmgr5_failover(n(10, 1), repmgr5::Settings::Defaults);
             repmgr5_switchover(n(5, 1), repmgr5::Settings::LikeOurs);
             repmgr5_switchover(n(5, 1), repmgr5::Settings::Defaults);
-            repmgr5_false_failover(n(5, 1));
+            repmgr5_false_failover(n(5, 1), repmgr5::Settings::LikeOurs);
+            repmgr5_false_failover(n(5, 1), repmgr5::Settings::Defaults);
             scale(n(3, 1));
             overhead(n(3, 1), n(30, 10) as u64, n(60, 20) as u64);
         }
@@ -954,7 +973,7 @@ fn main() -> ExitCode {
         "switchover" => switchover(opt("--runs", 5) as usize),
         "false-failover" => false_failover(opt("--runs", 5) as usize),
         "scale" => scale(opt("--runs", 3) as usize),
-        "repmgr5-false-failover" => repmgr5_false_failover(opt("--runs", 5) as usize),
+        "repmgr5-false-failover" => repmgr5_false_failover(opt("--runs", 5) as usize, settings),
         "repmgr5-failover" => repmgr5_failover(opt("--runs", 10) as usize, settings),
         "repmgr5-switchover" => repmgr5_switchover(opt("--runs", 5) as usize, settings),
         _ => return usage(),
