@@ -600,10 +600,26 @@ impl Cluster {
         );
     }
 
-    /// Kills the postmaster with SIGKILL, as a crash would.
+    /// Kills the postmaster with SIGKILL, as a crash would, and returns once every process it
+    /// had started is gone too.
     pub fn kill9(&self, id: i32) {
         let pid = self.node(id).pid().expect("the node runs");
+        let tree = process_tree(pid);
         unsafe { libc::kill(pid, libc::SIGKILL) };
+        // Its children notice within milliseconds and exit; until then a backend can still
+        // commit, which no caller expects of a node it has just killed.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let alive: Vec<i32> = tree.iter().copied().filter(|p| running(*p)).collect();
+            if alive.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id}: processes {alive:?} outlived their postmaster by 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Kills the postmaster and every process it started at once, as a machine crash would
@@ -828,6 +844,17 @@ impl Drop for Cluster {
             destroy(&self.dir);
         }
     }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn running(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
 }
 
 /// `pid` and all its descendants, parents first, from /proc.
