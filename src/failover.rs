@@ -8,12 +8,12 @@
 //! `repmgr-core` (`vote`, `lease`, `election`); this module gathers what they need and carries
 //! out what they decide, in the order the simulator (`sim/`) checks.
 
-use repmgr_core::event;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
 use pgrx::prelude::*;
 use repmgr_core::election::{self, Answer, Kind, Me, Peer as Candidate, Plan, Rules};
+use repmgr_core::event;
 use repmgr_core::lease::{Lease, NodeId, PollReply, Stamp, Timing};
 use repmgr_core::node::NodeType;
 use repmgr_core::template;

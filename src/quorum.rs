@@ -8,10 +8,10 @@
 //! confirmed at a later round, once enough of the applied quorum flushed it, and an applied
 //! setting counts as in force once [`SETTLE`] has passed, by when every WAL sender has reloaded.
 
-use repmgr_core::event;
 use std::time::Duration;
 
 use pgrx::prelude::*;
+use repmgr_core::event;
 use repmgr_core::lease::NodeId;
 use repmgr_core::node::NodeType;
 use repmgr_core::quorum::{self, Candidate, Config, Mode, Step};

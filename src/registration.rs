@@ -5,12 +5,12 @@
 //! registers itself through a connection to the primary and then waits until its record has
 //! replicated back; a witness is a separate server that keeps a copy of the primary's records.
 
-use repmgr_core::event;
 use std::time::{Duration, Instant};
 
 use pgrx::PgSqlErrorCode;
 use pgrx::prelude::*;
 use repmgr_core::conninfo;
+use repmgr_core::event;
 use repmgr_core::node::NodeType;
 
 use crate::catalog::{self, NodeRecord, ServerFacts};

@@ -342,22 +342,38 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Waits until the postmaster of `datadir` has exited: it removes `postmaster.pid` last.
 fn wait_for_stop(datadir: &Path, timeout: Duration) -> Result<()> {
     let pid_file = datadir.join("postmaster.pid");
+    wait_until(timeout, Duration::from_millis(10), || {
+        (!pid_file.exists()).then_some(())
+    })
+    .ok_or_else(|| {
+        Failure::new(
+            ERR_LOCAL_COMMAND,
+            format!(
+                "the server in {} did not stop within {} s",
+                datadir.display(),
+                timeout.as_secs()
+            ),
+        )
+        .hint("Check the server log; a long shutdown checkpoint or a client that does not disconnect can hold it.")
+    })
+}
+
+/// Calls `check` every `every` until it returns `Some`, for at most `timeout`.
+pub fn wait_until<T>(
+    timeout: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
-    while pid_file.exists() {
-        if Instant::now() >= deadline {
-            return Err(Failure::new(
-                ERR_LOCAL_COMMAND,
-                format!(
-                    "the server in {} did not stop within {} s",
-                    datadir.display(),
-                    timeout.as_secs()
-                ),
-            )
-            .hint("Check the server log; a long shutdown checkpoint or a client that does not disconnect can hold it."));
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
         }
-        std::thread::sleep(Duration::from_millis(10));
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
     }
-    Ok(())
 }
 
 #[cfg(test)]

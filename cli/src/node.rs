@@ -1,9 +1,9 @@
 //! `node status|check|service|rejoin`: the local node.
 
-use repmgr_core::event;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use repmgr_core::event;
 use repmgr_core::lsn::Lsn;
 use repmgr_core::node::NodeType;
 use serde_json::json;

@@ -1,11 +1,11 @@
 //! `standby clone|promote|follow|switchover`.
 
-use repmgr_core::event;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use repmgr_core::conninfo;
+use repmgr_core::event;
 use repmgr_core::lsn::Lsn;
 use repmgr_core::node::{NodeType, slot_name};
 
@@ -418,19 +418,8 @@ pub struct SwitchoverArgs {
     pub always_promote: bool,
 }
 
-/// Polls `check` every 200 ms until it returns `Some`, for at most `timeout`.
-fn wait_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+/// How often a switchover looks again at what it waits for.
+const POLL: Duration = Duration::from_millis(200);
 
 /// What the switchover learnt before it changed anything.
 struct Plan {
@@ -668,7 +657,7 @@ pub fn switchover(ctx: &Ctx, a: &SwitchoverArgs) -> Result<i32> {
         ));
     }
     let timeout = Duration::from_secs(ctx.cfg.shutdown_check_timeout as u64);
-    let state = wait_until(timeout, || {
+    let state = local::wait_until(timeout, POLL, || {
         let r = on_old_primary(ctx, &plan, &["node", "status", "--is-shutdown-cleanly"]).ok()?;
         let line = r.stdout.trim().to_string();
         (!line.contains("--state=UP") && !line.contains("SHUTTING_DOWN")).then_some(line)
@@ -712,7 +701,7 @@ pub fn switchover(ctx: &Ctx, a: &SwitchoverArgs) -> Result<i32> {
     };
     // Everything the old primary wrote, its shutdown checkpoint included, must be here.
     let receive_timeout = Duration::from_secs(ctx.cfg.wal_receive_check_timeout as u64);
-    let received = wait_until(receive_timeout, || {
+    let received = local::wait_until(receive_timeout, POLL, || {
         let lsn = local
             .value("SELECT pg_catalog.pg_last_wal_receive_lsn()::text", &[])
             .ok()??;

@@ -11,13 +11,13 @@ mod primary;
 mod standby;
 mod witness;
 
-use repmgr_core::event;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use repmgr_core::children::Children;
+use repmgr_core::event;
 use repmgr_core::node::NodeType;
 use repmgr_core::upstream::{Transition, Upstream};
 

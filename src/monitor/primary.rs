@@ -1,11 +1,11 @@
 //! A primary's round: watch the nodes replicating from it, run the disconnect command when
 //! too few remain, and keep `repmgr.monitoring_history` to its configured age.
 
-use repmgr_core::event;
 use std::time::Duration;
 
 use pgrx::prelude::*;
 use repmgr_core::children::Child;
+use repmgr_core::event;
 use repmgr_core::node::NodeType;
 use repmgr_core::template;
 

@@ -1,10 +1,10 @@
 //! A standby's round: watch the upstream, report replication to the primary, and follow
 //! another upstream when told to.
 
-use repmgr_core::event;
 use std::time::Duration;
 
 use pgrx::prelude::*;
+use repmgr_core::event;
 
 use super::{Monitor, Snapshot, Stop, flush_to};
 use crate::catalog::NodeRecord;

@@ -1,10 +1,10 @@
 //! A witness's round: watch the primary (so the witness can vote on its fate) and keep a copy
 //! of the primary's node list.
 
-use repmgr_core::event;
 use std::time::Duration;
 
 use pgrx::prelude::*;
+use repmgr_core::event;
 use repmgr_core::node::NodeType;
 
 use super::standby::upstream_of;
