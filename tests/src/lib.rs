@@ -608,18 +608,11 @@ impl Cluster {
         unsafe { libc::kill(pid, libc::SIGKILL) };
         // Its children notice within milliseconds and exit; until then a backend can still
         // commit, which no caller expects of a node it has just killed.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let alive: Vec<i32> = tree.iter().copied().filter(|p| running(*p)).collect();
-            if alive.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {id}: processes {alive:?} outlived their postmaster by 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        self.wait_for(
+            &format!("node {id}'s processes {tree:?} to exit after their postmaster"),
+            Duration::from_secs(10),
+            || (!tree.iter().any(|p| running(*p))).then_some(()),
+        );
     }
 
     /// Kills the postmaster and every process it started at once, as a machine crash would

@@ -159,7 +159,12 @@ fn preload(c: &Cluster, on: bool) {
 }
 
 fn overhead(pairs: usize, seconds: u64, idle: u64) {
-    let started = Instant::now();
+    let mut report = Report::new(
+        "overhead",
+        format!(
+            "the worker's cost: idle {idle} s on a primary + 1 streaming standby (monitor_interval 1 s), then pgbench scale 10, 4 clients, {pairs} pairs of {seconds} s runs with and without repmgr preloaded, ABBA order"
+        ),
+    );
     let mut c = Cluster::new("bench-overhead");
     // Preloading is switched in postgresql.auto.conf, so the base configuration has none.
     let opts = || NodeOptions {
@@ -173,12 +178,6 @@ fn overhead(pairs: usize, seconds: u64, idle: u64) {
     c.sql(1, "CREATE DATABASE bench");
     preload(&c, true);
 
-    let mut report = Report::new(
-        "overhead",
-        format!(
-            "the worker's cost: idle {idle} s on a primary + 1 streaming standby (monitor_interval 1 s), then pgbench scale 10, 4 clients, {pairs} pairs of {seconds} s runs with and without repmgr preloaded, ABBA order"
-        ),
-    );
     std::thread::sleep(Duration::from_secs(3));
     for (id, role) in [(1, "primary"), (2, "standby")] {
         let pid = worker_pid(&c, id);
@@ -261,7 +260,7 @@ fn overhead(pairs: usize, seconds: u64, idle: u64) {
         spread(&without).1,
         (a - b) / b * 100.0
     ));
-    report.save(started);
+    report.save();
 }
 
 /// One failover run's figures.
@@ -421,6 +420,7 @@ impl std::fmt::Display for Spread {
 /// Summary lines: printed, and kept in the results file under the benchmark's name.
 struct Report {
     name: String,
+    started: Instant,
     title: String,
     lines: Vec<String>,
     /// Figures other tools read (the chart), by name.
@@ -432,6 +432,7 @@ impl Report {
         println!("== {title}");
         Report {
             name: name.into(),
+            started: Instant::now(),
             title,
             lines: Vec::new(),
             figures: serde_json::Map::new(),
@@ -454,8 +455,8 @@ impl Report {
 
     /// Writes the report into `bench/results/<date>.json` (one entry per benchmark, the
     /// newest replacing an older one of the same date) and regenerates `<date>.md` from it.
-    fn save(self, started: Instant) {
-        println!("total {:.0} s", started.elapsed().as_secs_f64());
+    fn save(self) {
+        println!("total {:.0} s", self.started.elapsed().as_secs_f64());
         let date = today();
         let dir = std::path::Path::new("bench/results");
         if fs::create_dir_all(dir).is_err() {
@@ -473,7 +474,7 @@ impl Report {
                 "summary": self.lines,
                 "figures": self.figures,
                 "machine": machine(),
-                "seconds": started.elapsed().as_secs(),
+                "seconds": self.started.elapsed().as_secs(),
             }),
         );
         let text = serde_json::to_string_pretty(&all).unwrap_or_default();
@@ -512,10 +513,17 @@ fn chart(
     png: &std::path::Path,
     date: &str,
 ) -> Result<bool, String> {
+    // Ours is saved under the scenario's own name, repmgr's under Settings::describe's.
     let systems = [
-        ("", "this extension"),
-        ("repmgr5-{}-like-ours", "repmgr 5.3.3\nsettings like ours"),
-        ("repmgr5-{}-defaults", "repmgr 5.3.3\nits defaults"),
+        (None, "this extension"),
+        (
+            Some(repmgr5::Settings::LikeOurs),
+            "repmgr 5.3.3\nsettings like ours",
+        ),
+        (
+            Some(repmgr5::Settings::Defaults),
+            "repmgr 5.3.3\nits defaults",
+        ),
     ];
     let mut panels = Vec::new();
     for (scenario, title) in [
@@ -524,12 +532,8 @@ fn chart(
     ] {
         let bars: Vec<Bar> = systems
             .iter()
-            .filter_map(|(key, label)| {
-                let key = if key.is_empty() {
-                    scenario.to_string()
-                } else {
-                    key.replace("{}", scenario)
-                };
+            .filter_map(|(settings, label)| {
+                let key = settings.map_or_else(|| scenario.to_string(), |s| s.describe(scenario).0);
                 let s = Spread::from_json(&results.get(&key)?["figures"]["write_gap"])?;
                 Some(Bar {
                     label: label.to_string(),
@@ -627,7 +631,6 @@ fn failover_series(
 }
 
 fn failover(runs: usize) {
-    let started = Instant::now();
     let mut report = Report::new(
         "failover",
         format!(
@@ -641,7 +644,7 @@ fn failover(runs: usize) {
         |_| NodeOptions::default(),
         System::Ours,
     );
-    report.save(started);
+    report.save();
 }
 
 /// A scenario (`bench`, described as `scenario`) against Debian's repmgr 5.3.3 and repmgrd
@@ -652,7 +655,6 @@ fn repmgr5_scenario(
     settings: repmgr5::Settings,
     series: impl FnOnce(&mut Report, &repmgr5::Repmgr5),
 ) {
-    let started = Instant::now();
     let tree = repmgr5::Repmgr5::prepare();
     let _in_use = tree.use_tree();
     let (name, what) = settings.describe(bench);
@@ -661,7 +663,7 @@ fn repmgr5_scenario(
         format!("repmgr 5.3.3 + repmgrd (Debian), {what}: {scenario}"),
     );
     series(&mut report, &tree);
-    report.save(started);
+    report.save();
 }
 
 /// The failover scenario against repmgr 5.3.3.
@@ -736,7 +738,6 @@ fn repmgr5_stalls(
 /// Stalls (SIGSTOP of the whole primary) shorter and longer than the fence and the lease:
 /// how many elections (term changes) and fencings each causes.
 fn false_failover(runs: usize) {
-    let started = Instant::now();
     let mut report = Report::new(
         "false-failover",
         format!(
@@ -785,12 +786,11 @@ fn false_failover(runs: usize) {
             stall as f64 / 1000.0
         ));
     }
-    report.save(started);
+    report.save();
 }
 
 /// Seven nodes: the failover gap and the idle worker's CPU with six standbys.
 fn scale(runs: usize) {
-    let started = Instant::now();
     let standbys = [2, 3, 4, 5, 6, 7];
     let small = |_| {
         NodeOptions::default()
@@ -826,7 +826,7 @@ fn scale(runs: usize) {
         ));
     }
     failover_series(&mut report, runs, &standbys, small, System::Ours);
-    report.save(started);
+    report.save();
 }
 
 /// `runs` switchovers from primary 1 to standby 2, each on a fresh three-node cluster, under
@@ -901,7 +901,6 @@ fn switchover_series(report: &mut Report, runs: usize, system: System) {
 }
 
 fn switchover(runs: usize) {
-    let started = Instant::now();
     let mut report = Report::new(
         "switchover",
         format!(
@@ -909,7 +908,7 @@ fn switchover(runs: usize) {
         ),
     );
     switchover_series(&mut report, runs, System::Ours);
-    report.save(started);
+    report.save();
 }
 
 /// The switchover scenario against repmgr 5.3.3 (`ssh` replaced by a local stand-in, see
