@@ -92,7 +92,9 @@ pub fn registered_primary(nodes: &[NodeRow]) -> Result<&NodeRow> {
 /// Connects to the registered primary and checks it runs as one.
 pub fn connect_primary(nodes: &[NodeRow]) -> Result<(NodeRow, Session)> {
     let p = registered_primary(nodes)?.clone();
-    let mut s = p.connect()?;
+    let mut s = p.connect().map_err(|f| {
+        f.hint("It is the primary the catalog read here names. Just after a failover the catalog can still name the old primary for a moment: try again in a few seconds. Otherwise check that it runs and accepts connections from here.")
+    })?;
     if s.in_recovery()? {
         return Err(Failure::new(
             ERR_DB_CONN,
