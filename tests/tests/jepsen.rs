@@ -124,6 +124,15 @@ impl Jepsen {
     fn replace_primary(&self, old: i32, fault: Fault) {
         let others: Vec<i32> = DATA.iter().copied().filter(|id| *id != old).collect();
         let new = self.c.one_writable(&others, WAIT);
+        // Writable comes a moment before the new primary has recorded itself in the catalog,
+        // which the rejoin reads to find the primary.
+        self.c.wait_for("the new primary in the catalog", WAIT, || {
+            (self.c.value(
+                new,
+                "SELECT node_id FROM repmgr.nodes WHERE type = 'primary' AND active",
+            ) == Some(new.to_string()))
+            .then_some(())
+        });
         match fault {
             Fault::FreezePrimary => self.c.thaw(old),
             Fault::IsolatePrimary => self.c.network().rejoin(old),
