@@ -23,6 +23,10 @@ use crate::peer::{self, Peer};
 /// How long `register_standby()` waits for its record to replay on the standby.
 const REGISTER_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long `register_standby()` waits for a standby that has just started to connect to
+/// its upstream.
+const ATTACH_WAIT: Duration = Duration::from_secs(10);
+
 /// The longest replication user name `repmgr.nodes.repluser` holds.
 const MAX_REPLUSER_LEN: usize = 63;
 
@@ -412,7 +416,9 @@ pub fn register_standby(settings: &Settings, upstream: Option<i32>, force: bool)
     Ok(settings.node_id)
 }
 
-/// Checks that this standby is streaming from `upstream` under its node name.
+/// Checks that this standby is streaming from `upstream` under its node name. A standby
+/// registered right after it started may not have connected yet: while its WAL receiver is
+/// not streaming, this waits for it (up to [`ATTACH_WAIT`]).
 fn check_attached(
     settings: &Settings,
     primary: &mut Peer,
@@ -421,16 +427,38 @@ fn check_attached(
 ) -> Result<()> {
     let sql = "SELECT count(*) FROM pg_catalog.pg_stat_replication WHERE application_name = $1";
     let params = [Some(settings.node_name.as_str())];
-    let rows = if upstream.node_id == primary_rec.node_id {
-        primary.read(sql, &params)?
+    let mut other = if upstream.node_id == primary_rec.node_id {
+        None
     } else {
-        Peer::connect(&upstream.conninfo, &upstream.describe(), settings)?.read(sql, &params)?
+        Some(Peer::connect(
+            &upstream.conninfo,
+            &upstream.describe(),
+            settings,
+        )?)
     };
-    if rows.get(0, 0).is_some_and(|n| n != "0") {
-        return Ok(());
-    }
+    let deadline = Instant::now() + ATTACH_WAIT;
+    let receiver = loop {
+        let rows = other.as_mut().unwrap_or(primary).read(sql, &params)?;
+        if rows.get(0, 0).is_some_and(|n| n != "0") {
+            return Ok(());
+        }
+        let receiver = Local
+            .read("SELECT status FROM pg_catalog.pg_stat_wal_receiver", &[])?
+            .get(0, 0)
+            .map(str::to_string);
+        if receiver.as_deref() == Some("streaming") || Instant::now() >= deadline {
+            break receiver;
+        }
+        peer::sleep(Duration::from_millis(100));
+    };
+    let waited = ATTACH_WAIT.as_secs();
+    let receiver = match receiver.as_deref() {
+        Some("streaming") => "This standby's WAL receiver is streaming, so under another application_name or from another server".to_string(),
+        Some(status) => format!("This standby's WAL receiver is still {status} after {waited} s"),
+        None => format!("This standby has had no WAL receiver for {waited} s"),
+    };
     Err(Failure::state(format!("{} is not streaming from its upstream {}", settings.describe(), upstream.describe()))
-        .detail(format!("pg_stat_replication on {} has no connection with application_name = '{}'.", upstream.describe(), settings.node_name))
+        .detail(format!("pg_stat_replication on {} has no connection with application_name = '{}'. {receiver}.", upstream.describe(), settings.node_name))
         .hint(format!(
             "Set application_name={} in this standby's primary_conninfo and reload, or pass force => true to register it anyway.",
             settings.node_name

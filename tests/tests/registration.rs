@@ -228,6 +228,54 @@ fn bad_registrations_are_refused_and_change_nothing() {
     assert_eq!(catalog(&c), registered);
 }
 
+/// Registering right after starting a standby, as the tutorial does, must not race the WAL
+/// receiver's first connection; a standby that never connects is refused with the reason.
+#[test]
+fn a_standby_that_has_just_started_gets_time_to_connect() {
+    let mut c = Cluster::new("attach");
+    c.init_primary(1, NodeOptions::default());
+    c.sql(1, "SELECT repmgr.register_primary()");
+    c.clone_standby(
+        2,
+        1,
+        NodeOptions::default().conf("wal_retrieve_retry_interval = '200ms'"),
+    );
+    c.stop(2);
+    // Nothing listens on port 1: the WAL receiver fails at once, again and again.
+    fs::write(
+        c.node(2).data.join("postgresql.auto.conf"),
+        "primary_conninfo = 'host=127.0.0.1 port=1 user=postgres application_name=node2'\n",
+    )
+    .unwrap();
+    c.start(2);
+    let started = std::time::Instant::now();
+    let e = refused(
+        &c,
+        2,
+        "SELECT repmgr.register_standby()",
+        "55000",
+        "is not streaming from its upstream node 1 (\"node1\")",
+    );
+    assert!(started.elapsed() >= Duration::from_secs(10), "{e:?}");
+    assert!(
+        e.detail.as_deref().unwrap().contains("after 10 s")
+            || e.detail.as_deref().unwrap().contains("for 10 s"),
+        "{e:?}"
+    );
+    assert_eq!(count(&c, 1, "SELECT count(*) FROM repmgr.nodes"), 1);
+
+    // The registration starts while the standby cannot connect; the connection is mended
+    // a second later, and the registration waits for it instead of refusing.
+    std::thread::scope(|s| {
+        let register = s.spawn(|| c.value(2, "SELECT repmgr.register_standby()"));
+        std::thread::sleep(Duration::from_secs(1));
+        c.sql(2, "ALTER SYSTEM RESET primary_conninfo");
+        c.sql(2, "SELECT pg_reload_conf()");
+        assert_eq!(register.join().unwrap().as_deref(), Some("2"));
+    });
+    assert_eq!(count(&c, 1, "SELECT count(*) FROM repmgr.nodes"), 2);
+}
+
 #[test]
 fn duplicate_names_and_ids_are_refused() {
     let mut c = Cluster::new("duplicates");
