@@ -78,6 +78,7 @@ pub struct Failover {
     leader_hint: Option<(NodeId, u64)>,
     peers: PeerCache,
     retry_at: Duration,
+    /// Why this standby declined to stand, as last logged in the current outage.
     last_plan: Option<String>,
     was_leading: Option<bool>,
     reported_replaced: bool,
@@ -275,6 +276,7 @@ impl Failover {
             }
             return;
         }
+        self.last_plan = None;
         let Some(o) = self.outage.take() else { return };
         let Some(me) = self.me.as_ref() else { return };
         if o.leader.is_some() && v.leader == o.leader && me.node_type == NodeType::Standby {
@@ -696,6 +698,8 @@ impl Failover {
                     Plan::Wait { reason } => reason,
                     Plan::Stand { .. } => unreachable!(),
                 };
+                // Said once per reason and outage. A plan made before the lease ran out (no
+                // leader for half a lease) is not said: it must not hide the same reason later.
                 if self.last_plan.as_ref() != Some(&text) && me_view.silence >= self.timing.lease {
                     log!(
                         "repmgr: {} lost the primary but does not stand for election: {text}",
@@ -711,8 +715,8 @@ impl Failover {
                             ),
                         ));
                     }
+                    self.last_plan = Some(text);
                 }
-                self.last_plan = Some(text);
             }
         }
     }

@@ -329,6 +329,26 @@ fn a_frozen_primary_stalls_no_standby_and_promotes_nobody() {
             r.get(0, 0)
         );
     }
+
+    // A second outage is told like the first, in the log and in the events.
+    c.freeze(1);
+    std::thread::sleep(Duration::from_secs(4));
+    c.thaw(1);
+    for id in [2, 3] {
+        wait_row(
+            &c,
+            1,
+            "a second standby_disconnect_manual",
+            &format!(
+                "SELECT 1 FROM repmgr.events WHERE node_id = {id} AND event = 'standby_disconnect_manual' HAVING count(*) = 2"
+            ),
+        );
+        let said = c
+            .log(id)
+            .matches("lost the primary but does not stand for election")
+            .count();
+        assert!(said >= 2, "node {id} said it {said} times:\n{}", c.log(id));
+    }
 }
 
 #[test]
