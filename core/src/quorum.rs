@@ -223,19 +223,8 @@ pub fn may_promote(
             quorum.describe()
         ));
     }
-    // Acknowledged commits are on members only: a standby outside the quorum may be further
-    // ahead with WAL nobody acknowledged, and must not stop a failover.
-    if let Some(ahead) = reports
-        .iter()
-        .filter(|r| r.lsn > lsn && quorum.members.contains(&r.node_id))
-        .max_by_key(|r| r.lsn)
-    {
-        return Err(format!(
-            "node {} has received more WAL ({} bytes more) and may hold acknowledged commits this node lacks",
-            ahead.node_id,
-            ahead.lsn - lsn
-        ));
-    }
+    // Too few members answering stops every candidate, the one furthest ahead too: that is
+    // the reason to give first.
     let mut reported: Vec<NodeId> = reports
         .iter()
         .map(|r| r.node_id)
@@ -258,6 +247,19 @@ pub fn may_promote(
             quorum.members.len(),
             quorum.describe(),
             missing.join(", ")
+        ));
+    }
+    // Acknowledged commits are on members only: a standby outside the quorum may be further
+    // ahead with WAL nobody acknowledged, and must not stop a failover.
+    if let Some(ahead) = reports
+        .iter()
+        .filter(|r| r.lsn > lsn && quorum.members.contains(&r.node_id))
+        .max_by_key(|r| r.lsn)
+    {
+        return Err(format!(
+            "node {} has received more WAL ({} bytes more) and may hold acknowledged commits this node lacks",
+            ahead.node_id,
+            ahead.lsn - lsn
         ));
     }
     Ok(())
@@ -432,6 +434,13 @@ mod tests {
         assert!(
             e.contains("only 2 of the synchronous quorum's 3 members answered")
                 && e.contains("node(s) 4"),
+            "{e}"
+        );
+        // ... and that comes first: a member further ahead could not be promoted either.
+        let e = may_promote(&q, 3, 90, &[r(4, 100)]).unwrap_err();
+        assert!(
+            e.contains("only 2 of the synchronous quorum's 3 members answered")
+                && e.contains("node(s) 2"),
             "{e}"
         );
         // k = 2 of 3: two reports (its own included) suffice.

@@ -170,7 +170,11 @@ fn no_failover_promotes_a_standby_that_may_lack_acknowledged_commits() {
         let log = c.log(id);
         assert!(
             log.contains("does not stand for election") && log.contains(why),
-            "node {id} does not say why it waits"
+            "node {id} does not say why it waits; what its worker said:\n{}",
+            log.lines()
+                .filter(|l| l.contains("repmgr:"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         let check = c
             .value(id, "SELECT status || ': ' || details FROM repmgr.node_check() WHERE \"check\" = 'synchronous quorum'")
