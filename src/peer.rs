@@ -52,6 +52,24 @@ pub fn sleep(d: Duration) -> bool {
     latch_wait(0, pg_sys::PGINVALID_SOCKET, d)
 }
 
+/// Calls `check` every `every` until it gives a value, or gives `None` once `timeout` has
+/// passed (or the worker must stop). Waits like [`sleep`].
+pub fn poll<T>(
+    timeout: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check()? {
+            return Ok(Some(v));
+        }
+        if Instant::now() >= deadline || !sleep(every) {
+            return Ok(None);
+        }
+    }
+}
+
 /// Like [`sleep`], returning early when `socket` is ready.
 pub fn wait(socket: Option<(RawFd, Interest)>, d: Duration) -> bool {
     match socket {

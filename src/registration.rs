@@ -5,7 +5,7 @@
 //! registers itself through a connection to the primary and then waits until its record has
 //! replicated back; a witness is a separate server that keeps a copy of the primary's records.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgrx::PgSqlErrorCode;
 use pgrx::prelude::*;
@@ -238,20 +238,14 @@ fn begin_on_primary(
 
 /// Waits until this standby has replayed `lsn`, at most `timeout`. Returns whether it did.
 fn wait_for_replay(lsn: &str, timeout: Duration) -> Result<bool> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let replayed = peer::poll(timeout, Duration::from_millis(50), || {
         let rows = Local.read(
             "SELECT pg_catalog.pg_last_wal_replay_lsn() >= $1::pg_lsn",
             &[Some(lsn)],
         )?;
-        if rows.get(0, 0) == Some("t") {
-            return Ok(true);
-        }
-        if Instant::now() >= deadline {
-            return Ok(false);
-        }
-        peer::sleep(Duration::from_millis(50));
-    }
+        Ok((rows.get(0, 0) == Some("t")).then_some(()))
+    })?;
+    Ok(replayed.is_some())
 }
 
 pub fn register_primary(settings: &Settings, force: bool) -> Result<i32> {
@@ -436,29 +430,31 @@ fn check_attached(
             settings,
         )?)
     };
-    let deadline = Instant::now() + ATTACH_WAIT;
-    let receiver = loop {
-        let rows = other.as_mut().unwrap_or(primary).read(sql, &params)?;
+    // The WAL receiver's status when last looked at.
+    let mut receiver = None;
+    // Some(true): attached; Some(false): streaming, but not to `upstream` under our name.
+    let attached = peer::poll(ATTACH_WAIT, Duration::from_millis(100), || {
+        let rows = other.as_mut().unwrap_or(&mut *primary).read(sql, &params)?;
         if rows.get(0, 0).is_some_and(|n| n != "0") {
-            return Ok(());
+            return Ok(Some(true));
         }
-        let receiver = Local
+        receiver = Local
             .read("SELECT status FROM pg_catalog.pg_stat_wal_receiver", &[])?
             .get(0, 0)
             .map(str::to_string);
-        if receiver.as_deref() == Some("streaming") || Instant::now() >= deadline {
-            break receiver;
-        }
-        peer::sleep(Duration::from_millis(100));
-    };
+        Ok((receiver.as_deref() == Some("streaming")).then_some(false))
+    })?;
+    if attached == Some(true) {
+        return Ok(());
+    }
     let waited = ATTACH_WAIT.as_secs();
-    let receiver = match receiver.as_deref() {
+    let state = match receiver.as_deref() {
         Some("streaming") => "This standby's WAL receiver is streaming, so under another application_name or from another server".to_string(),
         Some(status) => format!("This standby's WAL receiver is still {status} after {waited} s"),
         None => format!("This standby has had no WAL receiver for {waited} s"),
     };
     Err(Failure::state(format!("{} is not streaming from its upstream {}", settings.describe(), upstream.describe()))
-        .detail(format!("pg_stat_replication on {} has no connection with application_name = '{}'. {receiver}.", upstream.describe(), settings.node_name))
+        .detail(format!("pg_stat_replication on {} has no connection with application_name = '{}'. {state}.", upstream.describe(), settings.node_name))
         .hint(format!(
             "Set application_name={} in this standby's primary_conninfo and reload, or pass force => true to register it anyway.",
             settings.node_name
