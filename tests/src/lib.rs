@@ -810,19 +810,41 @@ impl Cluster {
         &self,
         what: &str,
         timeout: Duration,
+        check: impl FnMut() -> Option<T>,
+    ) -> T {
+        self.wait_for_or_explain(what, timeout, check, String::new)
+    }
+
+    /// [`Cluster::wait_for`], adding what `explain` gathers (logs, catalog) to the failure.
+    pub fn wait_for_or_explain<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
         mut check: impl FnMut() -> Option<T>,
+        explain: impl FnOnce() -> String,
     ) -> T {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(v) = check() {
                 return v;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {what}"
-            );
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\n{}",
+                    explain()
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The lines node `id`'s repmgr worker wrote to its server log.
+    pub fn worker_log(&self, id: i32) -> String {
+        self.log(id)
+            .lines()
+            .filter(|l| l.contains("repmgr:"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

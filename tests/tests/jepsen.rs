@@ -92,11 +92,24 @@ impl Jepsen {
                     .then_some(())
             });
         let want = format!("ANY 1 (node{}, node{})", others[0], others[1]);
-        self.c
-            .wait_for("the quorum to name both standbys", WAIT, || {
+        self.c.wait_for_or_explain(
+            "the quorum to name both standbys",
+            WAIT,
+            || {
                 (self.c.value(p, "SHOW synchronous_standby_names").as_deref() == Some(&want))
                     .then_some(())
-            });
+            },
+            || {
+                format!(
+                    "on node {p}: synchronous_standby_names {:?}, catalog {:?}\nits worker said:\n{}",
+                    self.c.value(p, "SHOW synchronous_standby_names"),
+                    self.c
+                        .sql(p, "SELECT node_id, type, active, upstream_node_id, priority FROM repmgr.nodes ORDER BY 1")
+                        .rows,
+                    self.c.worker_log(p)
+                )
+            },
+        );
         p
     }
 

@@ -171,10 +171,7 @@ fn no_failover_promotes_a_standby_that_may_lack_acknowledged_commits() {
         assert!(
             log.contains("does not stand for election") && log.contains(why),
             "node {id} does not say why it waits; what its worker said:\n{}",
-            log.lines()
-                .filter(|l| l.contains("repmgr:"))
-                .collect::<Vec<_>>()
-                .join("\n")
+            c.worker_log(id)
         );
         let check = c
             .value(id, "SELECT status || ': ' || details FROM repmgr.node_check() WHERE \"check\" = 'synchronous quorum'")
