@@ -189,6 +189,66 @@ fn split_uri(s: &str) -> UriParts<'_> {
     }
 }
 
+/// Checks the values libpq only checks when it connects (its parser takes anything): whole
+/// numbers where it wants them, ports in range, and its keyword choices. Returns what is
+/// wrong, naming the keyword.
+pub fn check_values(s: &str) -> Result<(), String> {
+    let pairs = parse(s).map_err(|e| e.to_string())?;
+    for (k, v) in &pairs {
+        let choices: &[&str] = match k.as_str() {
+            "sslmode" => &[
+                "disable",
+                "allow",
+                "prefer",
+                "require",
+                "verify-ca",
+                "verify-full",
+            ],
+            "gssencmode" | "channel_binding" => &["disable", "prefer", "require"],
+            "target_session_attrs" => &[
+                "any",
+                "read-write",
+                "read-only",
+                "primary",
+                "standby",
+                "prefer-standby",
+            ],
+            "load_balance_hosts" => &["disable", "random"],
+            _ => &[],
+        };
+        if !choices.is_empty() && !choices.contains(&v.as_str()) {
+            return Err(format!(
+                "invalid value \"{v}\" for {k}: it must be one of {}",
+                choices.join(", ")
+            ));
+        }
+        let integer = matches!(
+            k.as_str(),
+            "connect_timeout"
+                | "keepalives"
+                | "keepalives_idle"
+                | "keepalives_interval"
+                | "keepalives_count"
+                | "tcp_user_timeout"
+        );
+        if integer && v.trim().parse::<i64>().is_err() {
+            return Err(format!(
+                "invalid value \"{v}\" for {k}: it must be a whole number"
+            ));
+        }
+        if k == "port" {
+            for p in v.split(',') {
+                if !p.trim().is_empty() && !p.trim().parse::<u16>().is_ok_and(|p| p > 0) {
+                    return Err(format!(
+                        "invalid port \"{p}\": it must be a number from 1 to 65535"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Parses a connection string into ordered `(key, value)` pairs, in either form.
 pub fn parse(s: &str) -> Result<Vec<(String, String)>, ParseError> {
     if !is_uri(s) {
@@ -412,6 +472,26 @@ fn mask_uri(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_libpq_only_checks_at_connect_time_are_checked() {
+        assert!(check_values("host=a port=5432,5433 connect_timeout=2 sslmode=require").is_ok());
+        assert_eq!(
+            check_values("host=a connect_timeout=x").unwrap_err(),
+            "invalid value \"x\" for connect_timeout: it must be a whole number"
+        );
+        assert!(
+            check_values("host=a port=70000")
+                .unwrap_err()
+                .contains("invalid port")
+        );
+        assert!(
+            check_values("host=a sslmode=yes")
+                .unwrap_err()
+                .contains("sslmode")
+        );
+        assert!(check_values("postgresql://h:5432/db?connect_timeout=3").is_ok());
+    }
 
     fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
         v.iter()

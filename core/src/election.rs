@@ -11,7 +11,7 @@
 use std::cmp::Reverse;
 use std::time::Duration;
 
-use crate::lease::{NodeId, Timing, majority};
+use crate::lease::{NodeId, majority};
 use crate::quorum::{self, Config, Report};
 
 /// How a registered node takes part.
@@ -32,12 +32,20 @@ pub struct Answer {
     pub in_recovery: bool,
     /// How long it has heard nothing from the primary.
     pub silence: Duration,
+    /// It has heard nothing for as long as it must before it votes (its own rule: its lease,
+    /// or what the fence of the primary it confirmed needs).
+    pub lost: bool,
     /// Received WAL position (standbys).
     pub lsn: Option<u64>,
-    /// Paused, or unable to follow the cluster: never a candidate.
+    /// Never a candidate now: paused, diverged, `repmgr.failover = manual`, priority 0, or
+    /// not registered in its own catalog.
     pub unavailable: bool,
     /// Its WAL is on a timeline nobody continues: its position says nothing.
     pub diverged: bool,
+    /// Its `repmgr.priority`: between standbys with the same WAL, the higher stands.
+    pub priority: i32,
+    /// The membership version of its node list: it refuses candidates with an older one.
+    pub version: u64,
 }
 
 /// Another registered, active node, as the candidate sees it.
@@ -46,9 +54,6 @@ pub struct Peer {
     pub node_id: NodeId,
     pub kind: Kind,
     pub location: String,
-    pub priority: i32,
-    /// `repmgr.failover = automatic` on that node, as registered.
-    pub automatic: bool,
     /// `None`: it did not answer.
     pub answer: Option<Answer>,
 }
@@ -60,19 +65,24 @@ pub struct Me {
     pub term: u64,
     pub lsn: u64,
     pub silence: Duration,
+    /// Its own wait before voting has passed.
+    pub lost: bool,
     pub location: String,
     pub priority: i32,
     pub automatic: bool,
     pub paused: bool,
+    /// Its WAL is on a timeline nobody continues.
+    pub diverged: bool,
     /// It has replayed all the WAL it received, so its catalog (the published synchronous
     /// quorum) is as new as its position.
     pub replayed_all: bool,
+    /// The membership version of its node list.
+    pub version: u64,
 }
 
 /// Cluster-wide rules for the election.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rules {
-    pub timing: Timing,
     /// A candidate may be at most this many bytes behind the most advanced standby it sees.
     pub max_lag: u64,
     /// Cancel when any voter still hears the primary.
@@ -90,15 +100,28 @@ pub enum Plan {
     Stand { term: u64 },
     /// Another standby is the better candidate.
     Defer { to: NodeId },
-    /// Do nothing now, for this reason.
-    Wait { reason: String },
+    /// Do nothing now, for this reason. `lasting`: not because the primary may still be
+    /// alive (it is heard, or too few voters have lost it), but for something waiting will
+    /// not change soon (its location unseen, its lag, the synchronous quorum): others should
+    /// not defer to this node meanwhile.
+    Wait { reason: String, lasting: bool },
 }
 
 fn wait(reason: String) -> Plan {
-    Plan::Wait { reason }
+    Plan::Wait {
+        reason,
+        lasting: false,
+    }
 }
 
-/// Why `node` may not be promoted, if it may not.
+fn declined(reason: String) -> Plan {
+    Plan::Wait {
+        reason,
+        lasting: true,
+    }
+}
+
+/// Why a node with these settings may not be promoted, if it may not.
 pub fn ineligible(priority: i32, automatic: bool) -> Option<String> {
     if priority <= 0 {
         Some("its priority is 0 (never promoted)".into())
@@ -110,16 +133,18 @@ pub fn ineligible(priority: i32, automatic: bool) -> Option<String> {
 }
 
 /// Decides whether `me` should stand, from the pre-vote answers of the other voters in
-/// `peers` (every active registered node but this one, the failed primary included).
+/// `peers` (every voter of its node list but itself, the failed primary included).
 pub fn plan(me: &Me, peers: &[Peer], rules: &Rules) -> Plan {
     if let Some(why) = ineligible(me.priority, me.automatic) {
         return wait(format!("this node cannot be promoted: {why}"));
     }
+    if me.diverged {
+        return wait("this node's timeline diverged from the cluster's".into());
+    }
     if me.paused {
         return wait("this node is paused".into());
     }
-    let lease = rules.timing.lease;
-    if me.silence < lease {
+    if !me.lost {
         return wait(format!(
             "the primary was heard {} ms ago",
             me.silence.as_millis()
@@ -144,10 +169,7 @@ pub fn plan(me: &Me, peers: &[Peer], rules: &Rules) -> Plan {
         .collect();
     if rules.visibility_consensus {
         // A voter still in an older term hears a primary the others have already left behind.
-        if let Some((p, a)) = voting
-            .iter()
-            .find(|(_, a)| a.term == current && a.silence < lease)
-        {
+        if let Some((p, a)) = voting.iter().find(|(_, a)| a.term == current && !a.lost) {
             return wait(format!(
                 "node {} heard the primary {} ms ago",
                 p.node_id,
@@ -156,10 +178,32 @@ pub fn plan(me: &Me, peers: &[Peer], rules: &Rules) -> Plan {
         }
     }
     let voters = peers.len() + 1;
-    let willing = 1 + voting.iter().filter(|(_, a)| a.silence >= lease).count();
+    // A voter whose node list is newer than this node's refuses its vote.
+    let newer: Vec<NodeId> = voting
+        .iter()
+        .filter(|(_, a)| a.version > me.version)
+        .map(|(p, _)| p.node_id)
+        .collect();
+    let willing = 1 + voting
+        .iter()
+        .filter(|(_, a)| a.lost && a.version <= me.version)
+        .count();
     if willing < majority(voters) {
+        let why = if newer.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (node {} would refuse: its node list is newer than this node's, version {})",
+                newer
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", node "),
+                me.version
+            )
+        };
         return wait(format!(
-            "only {willing} of {voters} voters have lost the primary; {} are needed",
+            "only {willing} of {voters} voters have lost the primary and would vote for this node; {} are needed{why}",
             majority(voters)
         ));
     }
@@ -169,55 +213,56 @@ pub fn plan(me: &Me, peers: &[Peer], rules: &Rules) -> Plan {
                 .iter()
                 .any(|(p, _)| p.location == *loc && p.kind != Kind::Primary);
         if !seen {
-            return wait(format!(
+            return declined(format!(
                 "no node in the primary's location \"{loc}\" is visible; this may be a network split"
             ));
         }
     }
     // Standbys that answered, with what they received.
-    let standbys: Vec<(&Peer, u64)> = answered
+    let standbys: Vec<(&Peer, &Answer, u64)> = answered
         .iter()
         .filter(|(p, a)| p.kind == Kind::Standby && a.in_recovery && !a.diverged)
-        .filter_map(|(p, a)| a.lsn.map(|l| (*p, l)))
+        .filter_map(|(p, a)| a.lsn.map(|l| (*p, *a, l)))
         .collect();
     let most_advanced = standbys
         .iter()
-        .map(|(_, l)| *l)
+        .map(|(_, _, l)| *l)
         .max()
         .unwrap_or(0)
         .max(me.lsn);
     let sync = rules.quorum.is_sync();
     if sync {
         if !me.replayed_all {
-            return wait(
+            return declined(
                 "it is still replaying the WAL it received (the synchronous quorum is read after)"
                     .into(),
             );
         }
         let reports: Vec<Report> = standbys
             .iter()
-            .map(|(p, l)| Report {
+            .map(|(p, _, l)| Report {
                 node_id: p.node_id,
                 lsn: *l,
             })
             .collect();
         if let Err(why) = quorum::may_promote(&rules.quorum, me.node_id, me.lsn, &reports) {
-            return wait(why);
+            return declined(why);
         }
     } else if me.lsn.saturating_add(rules.max_lag) < most_advanced {
-        return wait(format!(
+        return declined(format!(
             "this node is {} bytes behind the most advanced standby (limit {})",
             most_advanced - me.lsn,
             rules.max_lag
         ));
     }
+    // Only standbys that may stand can be deferred to: each says so in its own answer
+    // (failover mode, priority, pause), so one set to manual never holds the others back.
     let best = standbys
         .iter()
-        .filter(|(p, _)| ineligible(p.priority, p.automatic).is_none())
-        .filter(|(p, _)| !p.answer.as_ref().is_some_and(|a| a.unavailable))
+        .filter(|(_, a, _)| !a.unavailable)
         // With a synchronous quorum only its members may hold every acknowledged commit.
-        .filter(|(p, _)| !sync || rules.quorum.members.contains(&p.node_id))
-        .map(|(p, l)| (*l, p.priority, Reverse(p.node_id)))
+        .filter(|(p, _, _)| !sync || rules.quorum.members.contains(&p.node_id))
+        .map(|(p, a, l)| (*l, a.priority, Reverse(p.node_id)))
         .chain(std::iter::once((me.lsn, me.priority, Reverse(me.node_id))))
         .max()
         .expect("me is a candidate");
@@ -237,263 +282,4 @@ impl Answer {
 /// Whether `granted` votes (the candidate's own included) win among `voters`.
 pub fn won(granted: usize, voters: usize) -> bool {
     granted >= majority(voters)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
-
-    fn rules() -> Rules {
-        Rules {
-            timing: Timing {
-                heartbeat: ms(250),
-                fence: ms(1500),
-                lease: ms(2500),
-            },
-            max_lag: 16 << 20,
-            visibility_consensus: true,
-            primary_location: Some("dc1".into()),
-            quorum: Config::none(),
-        }
-    }
-
-    fn me(lsn: u64) -> Me {
-        Me {
-            node_id: 2,
-            term: 4,
-            lsn,
-            silence: ms(3000),
-            location: "dc1".into(),
-            priority: 100,
-            automatic: true,
-            paused: false,
-            replayed_all: true,
-        }
-    }
-
-    fn standby(id: NodeId, lsn: u64, silence: u64) -> Peer {
-        Peer {
-            node_id: id,
-            kind: Kind::Standby,
-            location: "dc1".into(),
-            priority: 100,
-            automatic: true,
-            answer: Some(Answer {
-                term: 4,
-                leading: false,
-                in_recovery: true,
-                silence: ms(silence),
-                lsn: Some(lsn),
-                unavailable: false,
-                diverged: false,
-            }),
-        }
-    }
-
-    fn dead_primary() -> Peer {
-        Peer {
-            node_id: 1,
-            kind: Kind::Primary,
-            location: "dc1".into(),
-            priority: 100,
-            automatic: true,
-            answer: None,
-        }
-    }
-
-    #[test]
-    fn the_most_advanced_standby_stands_the_others_defer() {
-        let peers = [dead_primary(), standby(3, 900, 3000)];
-        assert_eq!(plan(&me(1000), &peers, &rules()), Plan::Stand { term: 5 });
-        assert_eq!(plan(&me(800), &peers, &rules()), Plan::Defer { to: 3 });
-        // Equal LSN: higher priority, then lower id.
-        let mut p3 = standby(3, 1000, 3000);
-        p3.priority = 150;
-        assert_eq!(
-            plan(&me(1000), &[dead_primary(), p3.clone()], &rules()),
-            Plan::Defer { to: 3 }
-        );
-        p3.priority = 100;
-        assert_eq!(
-            plan(&me(1000), &[dead_primary(), p3], &rules()),
-            Plan::Stand { term: 5 }
-        );
-    }
-
-    #[test]
-    fn no_majority_no_election() {
-        // Two data nodes, no witness: the survivor alone is not a majority.
-        let r = plan(&me(1000), &[dead_primary()], &rules());
-        assert_eq!(
-            r,
-            Plan::Wait {
-                reason: "only 1 of 2 voters have lost the primary; 2 are needed".into()
-            }
-        );
-        // With a witness that lost the primary too, it is.
-        let w = Peer {
-            kind: Kind::Witness,
-            priority: 0,
-            answer: Some(Answer {
-                lsn: None,
-                in_recovery: false,
-                ..standby(3, 0, 3000).answer.unwrap()
-            }),
-            ..standby(3, 0, 0)
-        };
-        assert_eq!(
-            plan(&me(1000), &[dead_primary(), w.clone()], &rules()),
-            Plan::Stand { term: 5 }
-        );
-        // Witness down as well: nothing.
-        let w_down = Peer { answer: None, ..w };
-        assert!(matches!(
-            plan(&me(1000), &[dead_primary(), w_down], &rules()),
-            Plan::Wait { .. }
-        ));
-    }
-
-    #[test]
-    fn anyone_still_hearing_the_primary_cancels() {
-        let peers = [dead_primary(), standby(3, 900, 400)];
-        assert_eq!(
-            plan(&me(1000), &peers, &rules()),
-            Plan::Wait {
-                reason: "node 3 heard the primary 400 ms ago".into()
-            }
-        );
-        let r = Rules {
-            visibility_consensus: false,
-            ..rules()
-        };
-        assert!(
-            matches!(plan(&me(1000), &peers, &r), Plan::Wait { .. }),
-            "and without consensus, there is no majority"
-        );
-    }
-
-    #[test]
-    fn exclusions() {
-        let peers = [dead_primary(), standby(3, 900, 3000)];
-        let zero = Me {
-            priority: 0,
-            ..me(1000)
-        };
-        assert!(
-            matches!(plan(&zero, &peers, &rules()), Plan::Wait { reason } if reason.contains("priority is 0"))
-        );
-        let manual = Me {
-            automatic: false,
-            ..me(1000)
-        };
-        assert!(
-            matches!(plan(&manual, &peers, &rules()), Plan::Wait { reason } if reason.contains("manual"))
-        );
-        // A priority-0 standby ahead does not make us defer, but we may not lag it too much.
-        let mut p3 = standby(3, 1100, 3000);
-        p3.priority = 0;
-        assert_eq!(
-            plan(&me(1000), &[dead_primary(), p3.clone()], &rules()),
-            Plan::Stand { term: 5 }
-        );
-        p3.answer.as_mut().unwrap().lsn = Some(1000 + (16 << 20) + 1);
-        assert!(
-            matches!(plan(&me(1000), &[dead_primary(), p3], &rules()), Plan::Wait { reason } if reason.contains("behind the most advanced"))
-        );
-        let r = Rules {
-            primary_location: Some("dc2".into()),
-            ..rules()
-        };
-        assert!(
-            matches!(plan(&me(1000), &peers, &r), Plan::Wait { reason } if reason.contains("location \"dc2\""))
-        );
-    }
-
-    #[test]
-    fn a_live_primary_or_a_recent_heartbeat_stops_everything() {
-        let alive = Peer {
-            answer: Some(Answer {
-                term: 4,
-                leading: true,
-                in_recovery: false,
-                silence: ms(0),
-                lsn: None,
-                unavailable: false,
-                diverged: false,
-            }),
-            ..dead_primary()
-        };
-        assert!(
-            matches!(plan(&me(1000), &[alive.clone(), standby(3, 900, 3000)], &rules()), Plan::Wait { reason } if reason.contains("answers as a working primary"))
-        );
-        // A fenced old primary does not hold anything up.
-        let fenced = Peer {
-            answer: Some(Answer {
-                leading: false,
-                silence: ms(9000),
-                ..alive.answer.clone().unwrap()
-            }),
-            ..alive
-        };
-        assert_eq!(
-            plan(&me(1000), &[fenced, standby(3, 900, 3000)], &rules()),
-            Plan::Stand { term: 5 }
-        );
-        let recent = Me {
-            silence: ms(1000),
-            ..me(1000)
-        };
-        assert!(matches!(
-            plan(&recent, &[dead_primary(), standby(3, 900, 3000)], &rules()),
-            Plan::Wait { .. }
-        ));
-        assert!(won(2, 3) && !won(1, 3) && won(3, 5) && !won(2, 4));
-    }
-
-    #[test]
-    fn a_synchronous_quorum_limits_candidates_to_members_holding_every_commit() {
-        let r = Rules {
-            quorum: Config::new(1, [2, 3]),
-            ..rules()
-        };
-        let outsider = standby(4, 5000, 3000);
-        // Node 4 has more WAL but is outside the quorum: node 2 (a member, level with 3) stands.
-        let peers = [dead_primary(), standby(3, 1000, 3000), outsider.clone()];
-        assert_eq!(plan(&me(1000), &peers, &r), Plan::Stand { term: 5 });
-        // A member ahead of it: it waits (and never defers to a non-member).
-        let ahead = [dead_primary(), standby(3, 1200, 3000), outsider];
-        assert!(
-            matches!(plan(&me(1000), &ahead, &r), Plan::Wait { reason } if reason.contains("node 3 has received more WAL"))
-        );
-        // k = 1 of 2: the other member must answer.
-        let mut silent = standby(3, 1000, 3000);
-        silent.answer = None;
-        assert!(
-            matches!(plan(&me(1000), &[dead_primary(), silent, standby(5, 1000, 3000), standby(6, 1000, 3000)], &r), Plan::Wait { reason } if reason.contains("only 1 of the synchronous quorum's 2 members answered"))
-        );
-        // Not a member: never stands, whatever its position.
-        let not_member = Rules {
-            quorum: Config::new(1, [3, 4]),
-            ..rules()
-        };
-        assert!(
-            matches!(plan(&me(9000), &peers_of(&[3, 4]), &not_member), Plan::Wait { reason } if reason.contains("not in the synchronous quorum"))
-        );
-        // Still replaying: the catalog it read may be older than its position.
-        let mut replaying = me(1000);
-        replaying.replayed_all = false;
-        assert!(
-            matches!(plan(&replaying, &peers_of(&[3]), &r), Plan::Wait { reason } if reason.contains("still replaying"))
-        );
-    }
-
-    fn peers_of(ids: &[NodeId]) -> Vec<Peer> {
-        std::iter::once(dead_primary())
-            .chain(ids.iter().map(|id| standby(*id, 1000, 3000)))
-            .collect()
-    }
 }

@@ -790,7 +790,14 @@ mod tests {
         let mut v = view(Role::Primary);
         v.wal_receiver = None;
         // Confirmed by both other voters when it was elected, at 100 s.
-        v.lease = Some(Lease::new(2, 1, &[1, 3], Some((100 * SEC, &[1, 3]))));
+        let voters = crate::lease::Membership::new(1, [1, 2, 3]);
+        v.lease = Some(Lease::new(
+            2,
+            1,
+            2,
+            &[voters],
+            Some((100 * SEC, v.fence, &[1, 3])),
+        ));
         v.armed = true;
         assert!(!v.fenced(101 * SEC));
         assert_eq!(status("/primary", &v, 101 * SEC), 200);

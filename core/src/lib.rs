@@ -5,6 +5,7 @@
 
 pub mod children;
 pub mod conninfo;
+pub mod driver;
 pub mod durable;
 pub mod election;
 pub mod event;
@@ -13,6 +14,7 @@ pub mod lease;
 pub mod lsn;
 pub mod node;
 pub mod quorum;
+pub mod state;
 pub mod template;
 pub mod upstream;
 pub mod vote;

@@ -35,6 +35,61 @@ impl fmt::Display for NodeType {
     }
 }
 
+/// One row of `repmgr.nodes`: the one node record of the extension, the command line, the
+/// failover driver and the simulator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub node_id: i32,
+    pub upstream_node_id: Option<i32>,
+    pub active: bool,
+    pub node_name: String,
+    pub node_type: NodeType,
+    pub location: String,
+    pub priority: i32,
+    pub conninfo: String,
+    pub repluser: String,
+    pub slot_name: Option<String>,
+    pub config_file: String,
+}
+
+/// The catalog's defaults for a column left empty (`sql/schema.sql`).
+pub const DEFAULT_LOCATION: &str = "default";
+pub const DEFAULT_PRIORITY: i32 = 100;
+
+/// The columns [`NodeRecord::from_text`] reads, in its order.
+pub const NODE_COLUMNS: &str = "node_id, upstream_node_id, active, node_name, type, location, priority, conninfo, repluser, slot_name, config_file";
+
+impl NodeRecord {
+    /// "node 3 (\"db3\")", the way every message names a node.
+    pub fn describe(&self) -> String {
+        format!("node {} (\"{}\")", self.node_id, self.node_name)
+    }
+
+    /// A record from the text of [`NODE_COLUMNS`], as both SPI and libpq return them;
+    /// `None` for a row without id, name or a known type.
+    pub fn from_text(col: impl Fn(usize) -> Option<String>) -> Option<NodeRecord> {
+        let int = |i: usize| col(i).and_then(|v| v.parse::<i32>().ok());
+        Some(NodeRecord {
+            node_id: int(0)?,
+            upstream_node_id: int(1),
+            active: col(2).as_deref() == Some("t"),
+            node_name: col(3)?,
+            node_type: NodeType::parse(&col(4)?)?,
+            location: col(5).unwrap_or_else(|| DEFAULT_LOCATION.to_string()),
+            priority: int(6).unwrap_or(DEFAULT_PRIORITY),
+            conninfo: col(7).unwrap_or_default(),
+            repluser: col(8).unwrap_or_default(),
+            slot_name: col(9),
+            config_file: col(10).unwrap_or_default(),
+        })
+    }
+
+    /// Whether it votes in the failover protocol: every active node.
+    pub fn votes(&self) -> bool {
+        self.active
+    }
+}
+
 /// Longest node name: it doubles as `application_name`, which PostgreSQL truncates at 63 bytes.
 pub const MAX_NAME_LEN: usize = 63;
 

@@ -1,15 +1,19 @@
 //! A voter's side of the protocol: hearing the primary, and answering vote requests.
 //!
 //! Every active node except the primary votes: standbys and the witness. A voter remembers
-//! durably the highest term it knows and whom it supported in it (a vote, or accepting a
-//! primary's poll reply in that term); it never supports two nodes in one term, even across a
-//! restart. It grants a vote only when it too has heard nothing from the primary for the
-//! lease period, counted from its own start when it does not know (a voter that restarts may
-//! have confirmed the primary just before).
+//! durably the highest term it knows, whom it supported in it (a vote, or accepting a
+//! primary's poll reply in that term) and the fence timeout that node announced; it never
+//! supports two nodes in one term, even across a restart. It grants a vote only when it too
+//! has heard nothing from the primary for long enough: its own `repmgr.lease_timeout`, and at
+//! least what the fence of the node it supported needs ([`lease_for`]), counted from its own
+//! start when it does not know (a voter that restarts may have confirmed the primary just
+//! before). It refuses a candidate whose node list is older than its own.
 
 use std::time::Duration;
 
-use crate::lease::{NodeId, PollReply, Stamp, Timing};
+use crate::election;
+use crate::lease::{NodeId, PollReply, Stamp, Timing, lease_for};
+use crate::node::{NodeRecord, NodeType};
 
 /// What a voter keeps on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -17,23 +21,9 @@ pub struct Durable {
     pub term: u64,
     /// Whom this voter supports in `term`.
     pub supports: Option<NodeId>,
-}
-
-impl Durable {
-    /// The file format: `term supports` (supports is 0 for nobody).
-    pub fn encode(&self) -> String {
-        format!("{} {}\n", self.term, self.supports.unwrap_or(0))
-    }
-
-    pub fn decode(text: &str) -> Option<Durable> {
-        let mut it = text.split_whitespace();
-        let term = it.next()?.parse().ok()?;
-        let supports: NodeId = it.next()?.parse().ok()?;
-        Some(Durable {
-            term,
-            supports: (supports != 0).then_some(supports),
-        })
-    }
+    /// The fence timeout announced by the node it last supported (zero: it never supported
+    /// anyone since its state was created).
+    pub fence: Duration,
 }
 
 /// A voter's state.
@@ -69,6 +59,10 @@ pub struct VoteRequest {
     pub candidate: NodeId,
     /// The candidate's received WAL position.
     pub lsn: u64,
+    /// The fence timeout the candidate will run with: its votes are confirmations for that long.
+    pub fence: Duration,
+    /// The membership version of the candidate's node list.
+    pub version: u64,
 }
 
 /// What the voter knows about itself and the candidate when it decides.
@@ -78,8 +72,14 @@ pub struct VoterFacts {
     pub is_primary: bool,
     /// This voter's own received WAL position (standbys).
     pub received_lsn: Option<u64>,
+    /// How far the candidate may trail it: nothing when this voter could stand itself (it
+    /// would be the better candidate), its `repmgr.max_lag_on_failover` when it may not be
+    /// promoted (priority 0, manual, paused), as the election plan allows.
+    pub tolerance: u64,
     /// Why the candidate may not be promoted, if it may not (priority 0, manual, unknown).
     pub candidate_ineligible: Option<String>,
+    /// The membership version of this voter's node list.
+    pub version: u64,
 }
 
 /// A voter's answer.
@@ -89,6 +89,30 @@ pub struct VoteReply {
     pub granted: bool,
     /// Why not, when refused.
     pub reason: String,
+}
+
+/// Why a voter's own catalog says `candidate` may not be promoted (its record `record`), if
+/// it does. `lenient` checks only what the candidate is (a manual promotion, or a witness,
+/// whose copy of the node list may be behind); a catalog older than the candidate's
+/// (`behind`) is not trusted with more than that either: the candidate's newer list may have
+/// registered it, reactivated it or changed its priority.
+pub fn catalog_objection(
+    candidate: NodeId,
+    record: Option<&NodeRecord>,
+    lenient: bool,
+    behind: bool,
+) -> Option<String> {
+    match record {
+        Some(n) if n.node_type == NodeType::Witness => {
+            Some(format!("{} is the witness", n.describe()))
+        }
+        _ if lenient || behind => None,
+        None => Some(format!("node {candidate} is not registered")),
+        Some(n) if !n.active => Some(format!("{} is inactive", n.describe())),
+        Some(n) => {
+            election::ineligible(n.priority, true).map(|why| format!("{}: {why}", n.describe()))
+        }
+    }
 }
 
 impl Voter {
@@ -108,9 +132,15 @@ impl Voter {
         now.saturating_sub(self.last_heard.unwrap_or(self.started).max(self.started))
     }
 
+    /// How long this voter must hear nothing before it may vote: its own lease, or longer
+    /// when the fence of the node it supported needs it.
+    pub fn wait_needed(&self, timing: &Timing) -> Duration {
+        timing.lease.max(lease_for(self.durable.fence))
+    }
+
     /// Whether the lease has run out from this voter's point of view.
     pub fn lease_expired(&self, now: Duration, timing: &Timing) -> bool {
-        self.silence(now) >= timing.lease
+        self.silence(now) >= self.wait_needed(timing)
     }
 
     /// Whether to ask the other voters who leads: the lease expired, or the primary heard has
@@ -124,43 +154,60 @@ impl Voter {
 
     /// Applies a poll reply from `from`, received at `now`.
     ///
-    /// A primary without its lease (it restarted, or lost its confirmations) is confirmed for
-    /// one lease period so that it can win them back, then not for one lease period (long
-    /// enough for an election, should one be possible), and so on. So a primary unable to
-    /// gather its voters cannot block an election forever, and one that needs only this voter
-    /// still gets back. Confirming less is always safe.
-    pub fn heard(
-        &mut self,
-        now: Duration,
-        from: NodeId,
-        reply: &PollReply,
-        timing: &Timing,
-    ) -> Heard {
+    /// A primary without its lease (it restarted, or lost its confirmations) is confirmed
+    /// while it accepts confirmations, so that it can win them back, and not while it yields
+    /// (see [`crate::lease::Lease::poll`]): it alternates on its own clock, so every voter
+    /// confirms it at the same time. Confirming less is always safe.
+    ///
+    /// Support moves to another node only once what this voter confirmed for the previous one
+    /// has run out ([`Voter::may_switch`]): otherwise a primary promoted without a majority
+    /// (forced) could gather confirmations from voters the old primary still counts.
+    pub fn heard(&mut self, now: Duration, from: NodeId, reply: &PollReply) -> Heard {
         let d = &mut self.durable;
         let stale = !reply.accepted
             || reply.term < d.term
             || (reply.term == d.term && d.supports.is_some_and(|s| s != from));
-        if stale {
+        let switching = d.supports != Some(from);
+        if stale || (switching && !self.may_switch(now)) {
             self.echo = None;
             return Heard::Stale;
         }
         if reply.leading {
             self.unled_since = None;
         } else {
-            let since = *self.unled_since.get_or_insert(now);
-            let periods = now.saturating_sub(since).as_micros() / timing.lease.as_micros().max(1);
-            if periods % 2 == 1 {
+            self.unled_since.get_or_insert(now);
+            if reply.yielding {
+                // A primary without its lease that gives an election its chance.
                 self.echo = None;
                 return Heard::Stale;
             }
         }
-        let persist = reply.term > d.term || d.supports.is_none();
-        d.term = reply.term;
-        d.supports = Some(from);
+        let d = &mut self.durable;
+        let before = *d;
+        // A new node supported brings its own fence; the same one can only lengthen it here,
+        // since a stamp echoed under the longer fence may still be counted.
+        let fence = if switching {
+            reply.stamp.fence
+        } else {
+            d.fence.max(reply.stamp.fence)
+        };
+        *d = Durable {
+            term: reply.term,
+            supports: Some(from),
+            fence,
+        };
+        let persist = *d != before;
         self.last_heard = Some(now);
         self.leader = Some(from);
         self.echo = Some(reply.stamp);
         Heard::Alive { persist }
+    }
+
+    /// Whether this voter may support another node than the one it last supported: it never
+    /// supported anyone, or its confirmations of that node (valid for the fence it
+    /// announced, counted from when it was last heard) have run out.
+    pub fn may_switch(&self, now: Duration) -> bool {
+        self.durable.fence.is_zero() || self.silence(now) >= lease_for(self.durable.fence)
     }
 
     /// The primary `id` is known to be down and to have shut down cleanly (a switchover
@@ -170,7 +217,7 @@ impl Voter {
         if self.leader != Some(id) && self.durable.supports != Some(id) {
             return false;
         }
-        let expired = now.saturating_sub(timing.lease);
+        let expired = now.saturating_sub(self.wait_needed(timing));
         self.last_heard = Some(expired);
         self.started = self.started.min(expired);
         self.echo = None;
@@ -179,8 +226,8 @@ impl Voter {
 
     /// Moves to a newer term learnt from another voter while looking around (the primary this
     /// voter heard is gone or cannot lead): it supports nobody in it yet and stops confirming
-    /// the old primary, which can only make it confirm less. Returns whether the durable state
-    /// changed (persist it).
+    /// the old primary, which can only make it confirm less. The fence it must wait out stays.
+    /// Returns whether the durable state changed (persist it).
     pub fn learn_term(&mut self, term: u64) -> bool {
         if term <= self.durable.term {
             return false;
@@ -188,6 +235,7 @@ impl Voter {
         self.durable = Durable {
             term,
             supports: None,
+            fence: self.durable.fence,
         };
         self.echo = None;
         self.leader = None;
@@ -235,9 +283,25 @@ impl Voter {
                 reason: String::new(),
             };
         }
-        if !self.lease_expired(now, timing) {
+        if req.version < facts.version {
             return refuse(format!(
-                "heard from the primary {} ms ago; the lease is {} ms",
+                "the candidate's node list (version {}) is older than this voter's (version {})",
+                req.version, facts.version
+            ));
+        }
+        let needed = self.wait_needed(timing);
+        if self.silence(now) < needed {
+            let why = if needed > timing.lease {
+                format!(
+                    "; it waits {} ms, what the fence of {} ms it last confirmed needs",
+                    needed.as_millis(),
+                    self.durable.fence.as_millis()
+                )
+            } else {
+                String::new()
+            };
+            return refuse(format!(
+                "heard from the primary {} ms ago; the lease is {} ms{why}",
                 self.silence(now).as_millis(),
                 timing.lease.as_millis()
             ));
@@ -245,15 +309,27 @@ impl Voter {
         if let Some(why) = &facts.candidate_ineligible {
             return refuse(why.clone());
         }
-        if let Some(mine) = facts.received_lsn.filter(|mine| *mine > req.lsn) {
-            return refuse(format!(
-                "the candidate has received less WAL ({}) than this voter ({mine})",
-                req.lsn
-            ));
+        if let Some(mine) = facts
+            .received_lsn
+            .filter(|mine| *mine > req.lsn.saturating_add(facts.tolerance))
+        {
+            return refuse(if facts.tolerance == 0 {
+                format!(
+                    "the candidate has received less WAL ({}) than this voter ({mine})",
+                    req.lsn
+                )
+            } else {
+                format!(
+                    "the candidate has received {} bytes less WAL than this voter, more than repmgr.max_lag_on_failover ({})",
+                    mine - req.lsn,
+                    facts.tolerance
+                )
+            });
         }
         self.durable = Durable {
             term: req.term,
             supports: Some(req.candidate),
+            fence: req.fence,
         };
         self.last_heard = Some(now);
         self.leader = Some(req.candidate);
@@ -285,10 +361,13 @@ mod tests {
             term,
             accepted: true,
             leading: true,
+            yielding: false,
             stamp: Stamp {
                 incarnation: 1,
                 at: ms(at),
+                fence: ms(1500),
             },
+            heartbeat: ms(250),
         }
     }
 
@@ -296,7 +375,9 @@ mod tests {
         VoterFacts {
             is_primary: false,
             received_lsn: Some(100),
+            tolerance: 0,
             candidate_ineligible: None,
+            version: 1,
         }
     }
 
@@ -305,41 +386,33 @@ mod tests {
             term,
             candidate,
             lsn,
+            fence: ms(1500),
+            version: 1,
+        }
+    }
+
+    /// A voter's saved state; one that supports nobody has never supported anyone.
+    fn durable(term: u64, supports: Option<NodeId>) -> Durable {
+        Durable {
+            term,
+            supports,
+            fence: if supports.is_some() {
+                ms(1500)
+            } else {
+                Duration::ZERO
+            },
         }
     }
 
     #[test]
-    fn durable_state_round_trips() {
-        let d = Durable {
-            term: 7,
-            supports: Some(3),
-        };
-        assert_eq!(Durable::decode(&d.encode()), Some(d));
-        assert_eq!(
-            Durable::decode("4 0\n"),
-            Some(Durable {
-                term: 4,
-                supports: None
-            })
-        );
-        assert_eq!(Durable::decode("junk"), None);
-    }
-
-    #[test]
     fn hearing_the_primary_blocks_votes_for_the_lease() {
-        let mut v = Voter::new(
-            Durable {
-                term: 1,
-                supports: None,
-            },
-            ms(0),
-        );
+        let mut v = Voter::new(durable(1, None), ms(0));
         assert_eq!(
-            v.heard(ms(3000), 1, &reply(1, 10), &T),
+            v.heard(ms(3000), 1, &reply(1, 10)),
             Heard::Alive { persist: true }
         );
         assert_eq!(
-            v.heard(ms(3250), 1, &reply(1, 20), &T),
+            v.heard(ms(3250), 1, &reply(1, 20)),
             Heard::Alive { persist: false }
         );
         let r = v.decide(ms(5000), &req(2, 2, 100), &facts(), &T);
@@ -349,24 +422,58 @@ mod tests {
         );
         let r = v.decide(ms(5750), &req(2, 2, 100), &facts(), &T);
         assert!(r.granted, "{r:?}");
+        assert_eq!(v.durable, durable(2, Some(2)));
+    }
+
+    #[test]
+    fn a_primary_with_a_longer_fence_is_waited_out_whatever_this_voter_says() {
+        // The cluster: the primary at fence 5 s, this standby at lease 2.5 s.
+        let mut v = Voter::new(durable(1, None), ms(0));
+        let mut r = reply(1, 10);
+        r.stamp.fence = ms(5000);
+        assert_eq!(v.heard(ms(100), 1, &r), Heard::Alive { persist: true });
+        assert_eq!(v.durable.fence, ms(5000));
+        let no = v.decide(ms(2700), &req(2, 2, 100), &facts(), &T);
+        assert!(
+            !no.granted && no.reason.contains("it waits 5353 ms"),
+            "{no:?}"
+        );
+        assert!(!v.decide(ms(5400), &req(2, 2, 100), &facts(), &T).granted);
+        assert!(v.decide(ms(5500), &req(2, 2, 100), &facts(), &T).granted);
+        // Voting adopts the candidate's fence.
+        assert_eq!(v.durable.fence, ms(1500));
+        // A shorter fence announced later by the same primary does not shorten the wait.
+        let mut v = Voter::new(durable(1, None), ms(0));
+        v.heard(ms(100), 1, &r);
+        v.heard(ms(300), 1, &reply(1, 20));
+        assert_eq!(v.durable.fence, ms(5000));
+    }
+
+    #[test]
+    fn support_moves_to_another_node_only_once_the_old_confirmations_ran_out() {
+        let mut v = Voter::new(durable(1, None), ms(0));
+        v.heard(ms(100), 1, &reply(1, 10));
+        // Node 2, forced into term 2, answers a poll 500 ms later: node 1 may still count
+        // this voter's confirmation, so node 2 does not get it yet.
+        assert_eq!(v.heard(ms(600), 2, &reply(2, 20)), Heard::Stale);
+        assert_eq!(v.durable.supports, Some(1));
+        // lease_for(1500 ms) = 1783 ms after node 1 was last heard, it may.
+        assert_eq!(v.heard(ms(1800), 2, &reply(2, 30)), Heard::Stale);
         assert_eq!(
-            v.durable,
-            Durable {
-                term: 2,
-                supports: Some(2)
-            }
+            v.heard(ms(1900), 2, &reply(2, 30)),
+            Heard::Alive { persist: true }
+        );
+        // A voter that never supported anyone follows at once.
+        let mut fresh = Voter::new(Durable::default(), ms(0));
+        assert_eq!(
+            fresh.heard(ms(1), 1, &reply(1, 0)),
+            Heard::Alive { persist: true }
         );
     }
 
     #[test]
     fn a_restarted_voter_waits_a_whole_lease() {
-        let mut v = Voter::new(
-            Durable {
-                term: 1,
-                supports: Some(1),
-            },
-            ms(10_000),
-        );
+        let mut v = Voter::new(durable(1, Some(1)), ms(10_000));
         assert!(!v.decide(ms(11_000), &req(2, 2, 100), &facts(), &T).granted);
         assert!(v.decide(ms(12_500), &req(2, 2, 100), &facts(), &T).granted);
     }
@@ -406,60 +513,48 @@ mod tests {
             v.decide(ms(9000), &req(1, 2, 100), &excluded, &T).reason,
             "node 2 has priority 0"
         );
+        let newer = VoterFacts {
+            version: 7,
+            ..facts()
+        };
+        assert_eq!(
+            v.decide(ms(9000), &req(1, 2, 100), &newer, &T).reason,
+            "the candidate's node list (version 1) is older than this voter's (version 7)"
+        );
         assert_eq!(v.durable, Durable::default(), "refusals change nothing");
     }
 
     #[test]
-    fn a_primary_without_its_lease_is_confirmed_for_one_lease_only() {
-        let mut v = Voter::new(
-            Durable {
-                term: 2,
-                supports: Some(1),
-            },
-            ms(0),
-        );
+    fn a_primary_without_its_lease_is_confirmed_unless_it_yields() {
+        let mut v = Voter::new(durable(2, Some(1)), ms(0));
         let unled = PollReply {
             leading: false,
             ..reply(2, 5)
         };
         assert_eq!(
-            v.heard(ms(1000), 1, &unled, &T),
+            v.heard(ms(1000), 1, &unled),
             Heard::Alive { persist: false }
         );
-        assert_eq!(
-            v.heard(ms(3000), 1, &unled, &T),
-            Heard::Alive { persist: false }
-        );
-        assert!(v.should_look_around(ms(3000), &T));
-        assert_eq!(
-            v.heard(ms(3500), 1, &unled, &T),
-            Heard::Stale,
-            "given up after a lease"
-        );
+        assert!(v.should_look_around(ms(2250), &T), "unled for half a lease");
+        let yielding = PollReply {
+            yielding: true,
+            ..unled
+        };
+        assert_eq!(v.heard(ms(3000), 1, &yielding), Heard::Stale);
         assert_eq!(v.echo, None);
         assert_eq!(
-            v.heard(ms(6000), 1, &unled, &T),
-            Heard::Alive { persist: false },
-            "and tried again after another"
-        );
-        assert_eq!(
-            v.heard(ms(3750), 1, &reply(2, 6), &T),
+            v.heard(ms(3750), 1, &reply(2, 6)),
             Heard::Alive { persist: false },
             "back once it leads again"
         );
+        assert!(!v.should_look_around(ms(3800), &T));
     }
 
     #[test]
     fn a_newer_term_learnt_ends_support_for_the_old_primary() {
-        let mut v = Voter::new(
-            Durable {
-                term: 1,
-                supports: Some(1),
-            },
-            ms(0),
-        );
+        let mut v = Voter::new(durable(1, Some(1)), ms(0));
         assert_eq!(
-            v.heard(ms(100), 1, &reply(1, 5), &T),
+            v.heard(ms(100), 1, &reply(1, 5)),
             Heard::Alive { persist: false }
         );
         assert!(v.learn_term(3));
@@ -467,50 +562,39 @@ mod tests {
         assert_eq!(
             v.durable,
             Durable {
-                term: 3,
-                supports: None
-            }
+                fence: ms(1500),
+                ..durable(3, None)
+            },
+            "the fence it confirmed stays to be waited out"
         );
-        assert_eq!(v.heard(ms(200), 1, &reply(1, 6), &T), Heard::Stale);
+        assert_eq!(v.heard(ms(200), 1, &reply(1, 6)), Heard::Stale);
     }
 
     #[test]
     fn replies_from_an_older_or_unsupported_primary_are_stale() {
-        let mut v = Voter::new(
-            Durable {
-                term: 4,
-                supports: Some(2),
-            },
-            ms(0),
-        );
-        assert_eq!(v.heard(ms(100), 1, &reply(3, 5), &T), Heard::Stale);
+        let mut v = Voter::new(durable(4, Some(2)), ms(0));
+        assert_eq!(v.heard(ms(100), 1, &reply(3, 5)), Heard::Stale);
         assert_eq!(
-            v.heard(ms(100), 1, &reply(4, 5), &T),
+            v.heard(ms(100), 1, &reply(4, 5)),
             Heard::Stale,
             "supports node 2 in term 4"
         );
         assert_eq!(
-            v.heard(ms(100), 2, &reply(4, 5), &T),
+            v.heard(ms(100), 2, &reply(4, 5)),
             Heard::Alive { persist: false }
         );
         let refused = PollReply {
             accepted: false,
             ..reply(4, 5)
         };
-        assert_eq!(v.heard(ms(200), 2, &refused, &T), Heard::Stale);
+        assert_eq!(v.heard(ms(200), 2, &refused), Heard::Stale);
         assert_eq!(v.echo, None);
     }
 
     #[test]
     fn a_primary_known_gone_frees_the_vote_at_once() {
         let t = T;
-        let mut v = Voter::new(
-            Durable {
-                term: 3,
-                supports: Some(1),
-            },
-            ms(0),
-        );
+        let mut v = Voter::new(durable(3, Some(1)), ms(0));
         v.last_heard = Some(ms(10_000));
         v.leader = Some(1);
         assert!(!v.lease_expired(ms(10_100), &t));
@@ -521,16 +605,7 @@ mod tests {
         assert!(!v.lease_expired(ms(10_100), &t));
         assert!(v.primary_gone(ms(10_100), 1, &t));
         assert!(v.lease_expired(ms(10_100), &t));
-        let granted = v.decide(
-            ms(10_100),
-            &VoteRequest {
-                term: 4,
-                candidate: 2,
-                lsn: 100,
-            },
-            &facts(),
-            &t,
-        );
+        let granted = v.decide(ms(10_100), &req(4, 2, 100), &facts(), &t);
         assert!(granted.granted, "{granted:?}");
     }
 }

@@ -1,29 +1,39 @@
-//! Deterministic simulation of the failover protocol.
+//! Deterministic simulation of the failover protocol, driving the real state machine.
 //!
-//! N simulated nodes (a primary, standbys, optionally a witness) run the pure decision code of
-//! `repmgr-core` — the voter ([`Voter`]), the lease ([`Lease`]) and the election planner
-//! ([`election::plan`]) — exactly as the worker does, over a simulated network with delays,
-//! loss, symmetric and one-way partitions, on clocks that drift, through crashes, restarts and
-//! frozen processes. Everything is driven by one seeded random generator, so a seed replays a
-//! schedule exactly. After every step the simulator checks the invariants:
+//! Every simulated node runs the very code the extension's worker and backends run: its
+//! [`Driver`] (the worker's whole failover sequence) and its [`State`] (what backends answer
+//! to polls, pre-vote questions and vote requests), each with its own settings — timing,
+//! failover mode, priority, location — changed mid-run by reloads. This module is only the
+//! world around them: clocks that drift, a network with delays, loss and partitions, disks
+//! that may fail to save, PostgreSQL's timelines and catalog replication, a witness copying
+//! the node list, crashes, restarts, frozen processes, and an operator who registers,
+//! unregisters, pauses, promotes, repoints, and loses and restores the catalog. Actions the
+//! driver asks for are carried out here as the worker carries them out against PostgreSQL.
+//! One seeded generator drives everything, so a seed replays a schedule exactly.
 //!
-//! 1. at no moment can two nodes commit (hold a lease and run as a primary);
-//! 2. a node's term never decreases, and a term has at most one winner;
-//! 3. a promoted node had received at least as much WAL as every voter that elected it, and
-//!    those voters (with it) were a majority;
-//! 4. once every fault is healed, exactly one node holds a lease within a bounded time.
+//! After every step the simulator checks, independently of the code under test:
 //!
-//! The orchestration here (when to poll, when to ask around, when to stand) mirrors the
-//! worker's (`src/failover.rs`); the decisions themselves are the same functions.
+//! 1. at no moment can two nodes commit (run as a primary holding a lease);
+//! 2. a node's term never decreases, and a term has at most one winner by majority;
+//! 3. a promoted node had received at least as much WAL as every voter that elected it and
+//!    could have stood itself, and is within `repmgr.max_lag_on_failover` of the others;
+//! 4. once every fault is healed, a leader holds its lease within a bounded time whenever
+//!    the surviving nodes could elect one (by a rule of its own, not the election's code).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use repmgr_core::election::{self, Answer, Kind, Me, Peer, Plan, Rules};
-use repmgr_core::lease::{self, Lease, MAX_DRIFT_PPM, NodeId, PollReply, Stamp, Timing};
-use repmgr_core::vote::{Durable, Heard, VoteReply, VoteRequest, Voter, VoterFacts};
+use repmgr_core::driver::{Action, Catalog, Driver, Input, LocalFacts, Settings, Upstream};
+use repmgr_core::durable::Saved;
+use repmgr_core::lease::{
+    Lease, MAX_DRIFT_PPM, Membership, NodeId, Poll, PollReply, Timing, lease_for, majority,
+};
+use repmgr_core::node::{NodeRecord, NodeType};
+use repmgr_core::quorum;
+use repmgr_core::state::{Disk, Local, PreVote, State};
+use repmgr_core::vote::{VoteReply, VoteRequest, VoterFacts, catalog_objection};
 
 /// A small, fast, seedable generator (SplitMix64): no dependency, same sequence everywhere.
 pub struct Rng(u64);
@@ -50,6 +60,10 @@ impl Rng {
     pub fn chance(&mut self, per_million: u64) -> bool {
         self.next_u64() % 1_000_000 < per_million
     }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.range(0, items.len() as u64 - 1) as usize]
+    }
 }
 
 /// Real (simulated) time in microseconds.
@@ -57,16 +71,32 @@ type Us = u64;
 
 const MS: Us = 1000;
 const TICK: Us = 10 * MS;
+/// How often a node's monitoring round reads its catalog (`repmgr.monitor_interval`).
+const MONITOR_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the witness copies the node list (`repmgr.witness_sync_interval`).
+const WITNESS_SYNC: Duration = Duration::from_secs(15);
+/// After this long without streaming, a standby's upstream counts as down (reconnect
+/// attempts exhausted).
+const UPSTREAM_DOWN_AFTER: Us = 3000 * MS;
+/// A stopped WAL receiver starts again after `wal_retrieve_retry_interval`.
+const WAL_RETRY: Us = 5000 * MS;
 
 fn dur(us: Us) -> Duration {
     Duration::from_micros(us)
 }
 
-/// How long a voter waits for pre-vote answers and for votes.
-const ASK_WAIT: Us = 300 * MS;
-const VOTE_WAIT: Us = 500 * MS;
-/// A poll without an answer is abandoned after this and sent again (as the worker does).
-const POLL_TIMEOUT: Us = 500 * MS;
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// One node's settings and registration.
+#[derive(Debug, Clone)]
+pub struct NodeSetup {
+    pub settings: Settings,
+    pub location: String,
+    /// The priority registered in the catalog.
+    pub priority: i32,
+}
 
 /// What a schedule looks like.
 #[derive(Debug, Clone)]
@@ -79,60 +109,103 @@ pub struct Config {
     pub faults_for: Duration,
     /// How long everything may take to settle once faults are healed.
     pub settle_for: Duration,
-    pub timing: Timing,
+    /// Every node's settings, by index.
+    pub nodes: Vec<NodeSetup>,
+    /// The primary at the end of the faults is lost for good: the others must replace it.
+    pub lose_primary: bool,
+    /// Operator actions (registration, pause, manual promotion, catalog loss) are injected.
+    pub operator: bool,
+}
+
+/// Settings every node starts from: the extension's defaults.
+pub fn default_settings() -> Settings {
+    Settings {
+        timing: Ok(Timing {
+            heartbeat: ms(200),
+            fence: ms(1600),
+            lease: ms(2100),
+        }),
+        automatic: true,
+        priority: 100,
+        max_lag: 16 << 20,
+        visibility_consensus: true,
+        validation_command: false,
+        election_rerun_interval: ms(15_000),
+        disconnect_on_failover: false,
+        fence_shutdown: false,
+    }
+}
+
+/// A timing valid on its own node, drawn so that nodes disagree: some leases shorter than
+/// other nodes' fences need.
+pub fn random_timing(rng: &mut Rng) -> Timing {
+    let heartbeat = ms(rng.pick(&[50, 100, 200, 250, 500]));
+    let fence = heartbeat * 4 + ms(rng.range(0, 4000));
+    let lease = lease_for(fence) + ms(rng.range(0, 1500));
+    Timing {
+        heartbeat,
+        fence,
+        lease,
+    }
 }
 
 impl Config {
-    /// A random shape for `seed`: 3 to 7 voters, with or without a witness.
+    /// A random shape for `seed`: 3 to 7 voters, with or without a witness, every node with
+    /// settings of its own.
     pub fn random(seed: u64) -> Config {
         let mut rng = Rng::new(seed ^ 0xC0FFEE);
         let witness = rng.chance(400_000);
         let voters = rng.range(3, 7) as usize;
+        let data_nodes = if witness { voters - 1 } else { voters };
+        let two_sites = rng.chance(300_000);
+        let nodes = (0..voters)
+            .map(|i| {
+                let mut s = default_settings();
+                s.timing = Ok(random_timing(&mut rng));
+                let is_witness = i >= data_nodes;
+                if i > 0 && !is_witness {
+                    s.automatic = !rng.chance(200_000);
+                    if rng.chance(100_000) {
+                        s.priority = 0;
+                    } else {
+                        s.priority = rng.range(50, 150) as i32;
+                    }
+                }
+                s.disconnect_on_failover = rng.chance(200_000);
+                let location = if two_sites && rng.chance(400_000) {
+                    "b"
+                } else {
+                    "a"
+                };
+                NodeSetup {
+                    priority: if is_witness { 0 } else { s.priority },
+                    settings: s,
+                    location: location.into(),
+                }
+            })
+            .collect();
         Config {
             seed,
-            data_nodes: if witness { voters - 1 } else { voters },
+            data_nodes,
             witness,
             faults_for: Duration::from_secs(20),
-            settle_for: Duration::from_secs(20),
-            timing: Timing {
-                heartbeat: Duration::from_millis(250),
-                fence: Duration::from_millis(1500),
-                lease: Duration::from_millis(2500),
-            },
+            settle_for: Duration::from_secs(25),
+            nodes,
+            lose_primary: rng.chance(300_000),
+            operator: true,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Primary,
-    Standby,
-    Witness,
-}
-
 #[derive(Debug, Clone)]
 enum Msg {
-    Poll {
-        term: u64,
-        echo: Option<Stamp>,
-    },
-    PollReply(PollReply),
-    /// The polled node is not a primary (the worker's poll then returns nothing at once).
-    NotPrimary,
-    Ask {
-        round: u64,
-    },
-    /// `primary`: the primary this voter hears (or is), with its term.
-    Answer {
-        round: u64,
-        answer: Answer,
-        primary: Option<(NodeId, u64)>,
-    },
-    VoteReq(VoteRequest),
-    Vote(VoteReply),
-    NewPrimary {
-        term: u64,
-    },
+    Poll(Poll),
+    PollReply(Option<PollReply>),
+    Ask { round: u64 },
+    Answer { round: u64, pre: PreVote },
+    VoteReq { req: VoteRequest, manual: bool },
+    Vote { term: u64, reply: VoteReply },
+    Notify,
 }
 
 #[derive(Debug)]
@@ -161,60 +234,71 @@ impl Ord for Envelope {
     }
 }
 
-#[derive(Debug)]
-enum Phase {
-    Asking {
-        round: u64,
-        until: Duration,
-        answers: Vec<(usize, Answer)>,
-    },
-    Voting {
-        term: u64,
-        until: Duration,
-        asked_at: Duration,
-        grants: Vec<usize>,
-    },
+/// A node's data directory's failover state file, which may refuse to be written.
+struct SimDisk {
+    saved: Option<Saved>,
+    /// Saves fail while set (a full or failing disk).
+    failing: bool,
+}
+
+impl Disk for SimDisk {
+    fn save(&mut self, s: &Saved) -> bool {
+        if self.failing {
+            return false;
+        }
+        self.saved = Some(s.clone());
+        true
+    }
+}
+
+/// A timeline: where it branched from its parent.
+#[derive(Debug, Clone, Copy)]
+struct Timeline {
+    parent: Option<usize>,
+    start: u64,
+}
+
+/// A WAL position: a timeline and a byte position on it.
+type Pos = (usize, u64);
+
+/// A catalog written by a primary at a WAL position (`None`: the extension was dropped).
+struct CatalogWrite {
+    at: Pos,
+    catalog: Option<Catalog>,
 }
 
 struct Node {
     id: NodeId,
-    role: Role,
+    witness: bool,
+    /// A data node's server is in recovery (a standby).
+    in_recovery: bool,
     up: bool,
+    /// Lost for good: never restarted.
+    lost: bool,
     frozen_until: Option<Us>,
     /// Clock rate offset in parts per million, and its reading at real time 0.
     rate_ppm: i64,
     offset: Us,
-    durable: Durable,
-    voter: Voter,
-    lease: Option<Lease>,
-    incarnation: u64,
-    /// Received WAL (standby) or written WAL (primary).
-    lsn: u64,
-    /// The WAL position where this node's timeline began (primaries).
-    promoted_at: u64,
-    /// Whom it polls and streams from.
+    state: State,
+    driver: Driver,
+    disk: SimDisk,
+    setup: NodeSetup,
+    paused: bool,
+    /// WAL received (standby) or written (primary).
+    pos: Pos,
+    /// The node it streams from.
     source: Option<usize>,
-    diverged: bool,
-    next_poll: Duration,
-    poll_sent: Option<Duration>,
-    phase: Option<Phase>,
-    retry_at: Duration,
-    rounds: u64,
-    /// The newest term of a primary learnt from answers in the current look-around.
-    best_seen: u64,
-    was_leading: bool,
+    /// When it last streamed (real time), for "the upstream is down".
+    streamed_at: Us,
+    wal_stopped_until: Us,
+    next_observe: Duration,
+    next_tick: Duration,
+    /// The witness's own copy of the catalog.
+    copy: Option<Catalog>,
+    next_copy: Duration,
 }
 
 impl Node {
-    /// Polls `to` from now on, dropping any poll still waiting on the previous one.
-    fn follow(&mut self, to: usize) {
-        if self.source != Some(to) {
-            self.source = Some(to);
-            self.poll_sent = None;
-            self.next_poll = Duration::ZERO;
-        }
-    }
-
     fn local(&self, real: Us) -> Duration {
         dur(self.offset + (real as i128 + real as i128 * self.rate_ppm as i128 / 1_000_000) as Us)
     }
@@ -223,12 +307,13 @@ impl Node {
         self.up && self.frozen_until.is_none_or(|t| t <= now)
     }
 
-    fn leading(&self, local: Duration, timing: &Timing) -> bool {
-        self.role == Role::Primary
-            && self
-                .lease
-                .as_ref()
-                .is_some_and(|l| l.may_commit(local, timing.fence))
+    fn is_primary(&self) -> bool {
+        !self.witness && !self.in_recovery
+    }
+
+    /// Whether it can commit now: a running primary whose fence lets it.
+    fn can_commit(&self, now: Us) -> bool {
+        self.running(now) && self.is_primary() && self.state.may_commit(self.local(now))
     }
 }
 
@@ -238,6 +323,7 @@ pub struct Report {
     pub promotions: u64,
     pub elections: u64,
     pub commits: u64,
+    pub operator_actions: u64,
 }
 
 /// A broken invariant, with the tail of the trace that led to it.
@@ -258,11 +344,17 @@ impl std::fmt::Display for Violation {
     }
 }
 
+/// A vote a voter granted: who, its received position, and how far the candidate may trail
+/// it (its max lag if it could not stand itself, else nothing).
+type Grant = (NodeId, u64, u64);
+
 struct World {
     cfg: Config,
     rng: Rng,
     now: Us,
     nodes: Vec<Node>,
+    timelines: Vec<Timeline>,
+    writes: Vec<CatalogWrite>,
     queue: BinaryHeap<Reverse<Envelope>>,
     seq: u64,
     /// `blocked[a][b]`: messages from a to b are lost.
@@ -272,11 +364,18 @@ struct World {
     slow_per_million: u64,
     trace: VecDeque<String>,
     winners: HashMap<u64, usize>,
+    /// Per (term, candidate): every vote granted.
+    grants: HashMap<(u64, NodeId), Vec<Grant>>,
+    /// Vote requests sent, with the candidate's position and how many voters it counts (itself
+    /// included), by term.
+    requests: HashMap<(u64, NodeId), (u64, usize)>,
     report: Report,
     /// Real times at which healing events are due: (time, node, what).
     pending: Vec<(Us, usize, &'static str)>,
     /// Each node's highest term so far.
     max_terms: Vec<u64>,
+    manual_seq: u64,
+    broken: Option<String>,
 }
 
 /// Runs one schedule.
@@ -288,6 +387,9 @@ pub fn run(cfg: &Config) -> Result<Report, Violation> {
         w.now += TICK;
         if w.now < fault_end {
             w.inject_faults();
+            if cfg.operator {
+                w.operate();
+            }
         } else if w.now < fault_end + TICK {
             w.heal_all();
         }
@@ -295,74 +397,103 @@ pub fn run(cfg: &Config) -> Result<Report, Violation> {
         w.deliver();
         for i in 0..w.nodes.len() {
             if w.nodes[i].running(w.now) {
-                w.tick(i);
+                w.step_node(i);
             }
         }
         w.replicate();
         w.check()?;
     }
-    let leaders: Vec<NodeId> = (0..w.nodes.len())
-        .filter(|i| {
-            let n = &w.nodes[*i];
-            n.running(w.now) && n.leading(n.local(w.now), &cfg.timing)
-        })
-        .map(|i| w.nodes[i].id)
-        .collect();
-    if leaders.len() != 1 {
-        return Err(w.violation(format!(
-            "{} s after every fault healed, {} nodes hold a lease ({leaders:?}); exactly one should",
-            cfg.settle_for.as_secs(),
-            leaders.len()
-        )));
-    }
+    w.check_recovered()?;
     Ok(w.report)
+}
+
+fn record(id: NodeId, kind: NodeType, setup: &NodeSetup, upstream: Option<NodeId>) -> NodeRecord {
+    NodeRecord {
+        node_id: id,
+        upstream_node_id: upstream,
+        active: true,
+        node_name: format!("node{id}"),
+        node_type: kind,
+        location: setup.location.clone(),
+        priority: setup.priority,
+        conninfo: format!("host=node{id}"),
+        repluser: "repmgr".into(),
+        slot_name: None,
+        config_file: String::new(),
+    }
 }
 
 impl World {
     fn new(cfg: Config) -> World {
         let mut rng = Rng::new(cfg.seed);
-        let total = cfg.data_nodes + usize::from(cfg.witness);
+        let total = cfg.nodes.len();
         // Rates within ±MAX_DRIFT/2 of true time, so any two differ by at most MAX_DRIFT.
         let half = i64::from(MAX_DRIFT_PPM) / 2;
+        let records: Vec<NodeRecord> = (0..total)
+            .map(|i| {
+                let id = i as NodeId + 1;
+                let kind = if i == 0 {
+                    NodeType::Primary
+                } else if i < cfg.data_nodes {
+                    NodeType::Standby
+                } else {
+                    NodeType::Witness
+                };
+                record(id, kind, &cfg.nodes[i], (i > 0).then_some(1))
+            })
+            .collect();
+        let catalog = Catalog {
+            nodes: records,
+            version: 1,
+            previous: Vec::new(),
+            changed_by: Some(1),
+        };
         let nodes: Vec<Node> = (0..total)
             .map(|i| {
-                let role = if i == 0 {
-                    Role::Primary
-                } else if i < cfg.data_nodes {
-                    Role::Standby
-                } else {
-                    Role::Witness
-                };
-                let durable = Durable {
-                    term: 1,
-                    supports: Some(1),
-                };
+                let id = i as NodeId + 1;
+                let setup = cfg.nodes[i].clone();
                 let rate_ppm = rng.range(0, 2 * half as u64) as i64 - half;
-                let offset = rng.range(0, 1_000_000_000);
+                let offset = rng.range(1_000_000, 1_000_000_000);
+                let fallback = setup.settings.timing.clone().unwrap_or(Timing {
+                    heartbeat: ms(200),
+                    fence: ms(1600),
+                    lease: ms(2100),
+                });
+                let driver = Driver::new(id, setup.settings.clone(), fallback, rng.next_u64());
                 let mut n = Node {
-                    id: i as NodeId + 1,
-                    role,
+                    id,
+                    witness: i >= cfg.data_nodes,
+                    in_recovery: i != 0 && i < cfg.data_nodes,
                     up: true,
+                    lost: false,
                     frozen_until: None,
                     rate_ppm,
                     offset,
-                    durable,
-                    voter: Voter::new(durable, Duration::ZERO),
-                    lease: None,
-                    incarnation: 1,
-                    lsn: 0,
-                    promoted_at: 0,
-                    source: (i != 0).then_some(0),
-                    diverged: false,
-                    next_poll: Duration::ZERO,
-                    poll_sent: None,
-                    phase: None,
-                    retry_at: Duration::ZERO,
-                    rounds: 0,
-                    best_seen: 0,
-                    was_leading: i == 0,
+                    state: State::new(id, None, Duration::ZERO, rng.next_u64() >> 8, fallback),
+                    driver,
+                    disk: SimDisk {
+                        saved: None,
+                        failing: false,
+                    },
+                    setup,
+                    paused: false,
+                    pos: (0, 0),
+                    source: (i != 0 && i < cfg.data_nodes).then_some(0),
+                    streamed_at: 0,
+                    wal_stopped_until: 0,
+                    next_observe: Duration::ZERO,
+                    next_tick: Duration::ZERO,
+                    copy: (i >= cfg.data_nodes).then(|| catalog.clone()),
+                    next_copy: Duration::ZERO,
                 };
-                n.voter = Voter::new(durable, n.local(0));
+                let local = n.local(0);
+                n.state = State::new(id, None, local, n.state.incarnation, fallback);
+                n.driver.publish(&mut n.state);
+                n.state.voter.durable.term = 1;
+                n.state.voter.durable.supports = Some(1);
+                n.state.voter.durable.fence = fallback.fence.max(ms(1));
+                n.next_observe = local;
+                n.next_tick = local;
                 n
             })
             .collect();
@@ -372,26 +503,54 @@ impl World {
             rng,
             now: 0,
             nodes,
+            timelines: vec![Timeline {
+                parent: None,
+                start: 0,
+            }],
+            writes: vec![CatalogWrite {
+                at: (0, 0),
+                catalog: Some(catalog.clone()),
+            }],
             queue: BinaryHeap::new(),
             seq: 0,
             loss_per_million: 0,
             slow_per_million: 20_000,
             trace: VecDeque::new(),
             winners: HashMap::new(),
+            grants: HashMap::new(),
+            requests: HashMap::new(),
             report: Report::default(),
             pending: Vec::new(),
             max_terms: vec![1; total],
+            manual_seq: 0,
+            broken: None,
         };
-        // The initial primary starts with confirmations from everyone, as after a clean start.
-        let others = w.others(0);
-        let local = w.nodes[0].local(0);
-        w.nodes[0].lease = Some(Lease::new(1, 1, &others, Some((local, &others))));
+        // The initial primary starts with confirmations from everyone, as after a clean start,
+        // and every voter knows its fence.
+        let view = catalog.membership();
+        let others: Vec<NodeId> = view.others(1).collect();
+        let p = &mut w.nodes[0];
+        let local = p.local(0);
+        let fence = p.state.timing.fence;
+        let inc = p.state.next_incarnation();
+        p.state.lease = Some(Lease::new(
+            1,
+            inc,
+            1,
+            &[view],
+            Some((local, fence, &others)),
+        ));
+        p.state.armed = true;
+        for n in &mut w.nodes {
+            n.state.voter.durable.fence = fence;
+            n.disk.saved = Some(n.state.saved());
+        }
         w.winners.insert(1, 0);
         w
     }
 
     fn log(&mut self, line: String) {
-        if self.trace.len() >= 300 {
+        if self.trace.len() >= 400 {
             self.trace.pop_front();
         }
         self.trace
@@ -410,14 +569,50 @@ impl World {
         }
     }
 
-    /// Every other voter's id.
-    fn others(&self, i: usize) -> Vec<NodeId> {
-        self.nodes
+    fn index(&self, id: NodeId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    fn indices(&self, records: &[NodeRecord]) -> Vec<usize> {
+        records
             .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, n)| n.id)
+            .filter_map(|r| self.index(r.node_id))
             .collect()
+    }
+
+    /// Whether WAL position `pos` is part of the history that ends at `at`.
+    fn contains(&self, at: Pos, pos: Pos) -> bool {
+        let (mut t, mut limit) = at;
+        loop {
+            if t == pos.0 {
+                return pos.1 <= limit;
+            }
+            let tl = self.timelines[t];
+            match tl.parent {
+                Some(p) => {
+                    limit = limit.min(tl.start);
+                    t = p;
+                }
+                None => return false,
+            }
+        }
+    }
+
+    /// The catalog a data node at `pos` has replayed.
+    fn catalog_at(&self, pos: Pos) -> Option<Catalog> {
+        self.writes
+            .iter()
+            .rev()
+            .find(|w| self.contains(pos, w.at))
+            .and_then(|w| w.catalog.clone())
+    }
+
+    fn catalog_of(&self, i: usize) -> Option<Catalog> {
+        if self.nodes[i].witness {
+            self.nodes[i].copy.clone()
+        } else {
+            self.catalog_at(self.nodes[i].pos)
+        }
     }
 
     fn send(&mut self, from: usize, to: usize, msg: Msg) {
@@ -464,406 +659,439 @@ impl World {
         }
     }
 
+    /// Feeds one input to node `i`'s driver and carries out what it asks.
+    fn drive(&mut self, i: usize, input: Input) {
+        let local = self.nodes[i].local(self.now);
+        let n = &mut self.nodes[i];
+        let actions = n.driver.step(local, &mut n.state, &mut n.disk, input);
+        for a in actions {
+            self.act(i, a);
+        }
+    }
+
     fn handle(&mut self, e: Envelope) {
         let (from, to) = (e.from, e.to);
         let local = self.nodes[to].local(self.now);
-        let timing = self.cfg.timing;
+        let from_id = self.nodes[from].id;
         match e.msg {
-            Msg::Poll { term, echo } => {
-                let from_id = self.nodes[from].id;
-                let is_primary = self.nodes[to].role == Role::Primary;
-                let reply = match self.nodes[to].lease.as_mut() {
-                    Some(l) if is_primary => {
-                        Msg::PollReply(l.poll(local, from_id, term, echo, timing.fence))
-                    }
-                    _ => Msg::NotPrimary,
-                };
-                self.send(to, from, reply);
-            }
-            Msg::NotPrimary => {
-                self.nodes[to].poll_sent = None;
-            }
-            Msg::PollReply(reply) => {
-                let from_id = self.nodes[from].id;
+            Msg::Poll(poll) => {
                 let n = &mut self.nodes[to];
-                if n.role == Role::Primary {
-                    return;
-                }
-                n.poll_sent = None;
-                if let Heard::Alive { .. } = n.voter.heard(local, from_id, &reply, &timing) {
-                    n.durable = n.voter.durable;
-                    n.follow(from);
-                }
+                let in_recovery = n.in_recovery || n.witness;
+                let reply = n.state.answer_poll(local, in_recovery, &poll);
+                self.send(to, from, Msg::PollReply(reply));
             }
+            Msg::PollReply(reply) => self.drive(
+                to,
+                Input::PollReply {
+                    from: from_id,
+                    reply,
+                },
+            ),
             Msg::Ask { round } => {
                 let n = &self.nodes[to];
-                let leading = n.leading(local, &timing);
-                let answer = Answer {
-                    term: n.durable.term,
-                    leading,
-                    in_recovery: n.role == Role::Standby,
-                    silence: match n.role {
-                        Role::Primary if leading => Duration::ZERO,
-                        Role::Primary => timing.lease * 10,
-                        _ => n.voter.silence(local),
-                    },
-                    lsn: (n.role == Role::Standby).then_some(n.lsn),
-                    unavailable: n.diverged,
-                    diverged: n.diverged,
+                let l = Local {
+                    in_recovery: n.in_recovery,
+                    lsn: n.in_recovery.then_some(n.pos.1),
+                    paused: n.paused,
                 };
-                let primary = if n.role == Role::Primary {
-                    n.lease.as_ref().map(|l| (n.id, l.term))
-                } else {
-                    n.voter
-                        .leader
-                        .filter(|_| n.voter.silence(local) < timing.lease)
-                        .map(|l| (l, n.durable.term))
-                };
-                self.send(
-                    to,
-                    from,
-                    Msg::Answer {
-                        round,
-                        answer,
-                        primary,
-                    },
-                );
+                let pre = n.state.pre_vote(local, &l);
+                self.send(to, from, Msg::Answer { round, pre });
             }
-            Msg::Answer {
-                round,
-                answer,
-                primary,
-            } => {
-                // Poll the primary with the newest term that anyone hears (or is).
-                let me = &self.nodes[to];
-                if let Some((p, term)) = primary.filter(|(p, t)| {
-                    *p != me.id && *t >= me.durable.term && me.role != Role::Primary
-                }) && term >= self.nodes[to].best_seen
-                {
-                    self.nodes[to].best_seen = term;
-                    if self.nodes[to].source != Some((p - 1) as usize) {
-                        let id = self.nodes[to].id;
-                        self.log(format!("node {id} now polls node {p} (term {term})"));
-                    }
-                    self.nodes[to].follow((p - 1) as usize);
-                }
-                if let Some(Phase::Asking {
-                    round: r, answers, ..
-                }) = self.nodes[to].phase.as_mut()
-                    && *r == round
-                {
-                    let term = answer.term;
-                    answers.push((from, answer));
-                    let n = &mut self.nodes[to];
-                    if n.role != Role::Primary && n.voter.learn_term(term) {
-                        n.durable = n.voter.durable;
-                    }
-                }
-            }
-            Msg::VoteReq(req) => {
-                let candidate = (req.candidate - 1) as usize;
+            Msg::Answer { round, pre } => self.drive(
+                to,
+                Input::PreVote {
+                    round,
+                    from: from_id,
+                    answer: Some(pre),
+                },
+            ),
+            Msg::VoteReq { req, manual } => {
+                let catalog = self.catalog_of(to);
+                let n = &self.nodes[to];
+                let record = catalog.as_ref().and_then(|c| c.node(req.candidate));
+                let behind = n.state.version < req.version;
+                let candidate_ineligible =
+                    catalog_objection(req.candidate, record, manual || n.witness, behind);
+                let may_stand =
+                    n.setup.settings.automatic && n.setup.settings.priority > 0 && !n.paused;
                 let facts = VoterFacts {
-                    is_primary: self.nodes[to].role == Role::Primary,
-                    // A diverged standby's WAL is on a timeline nobody continues: no yardstick.
-                    received_lsn: (self.nodes[to].role == Role::Standby
-                        && !self.nodes[to].diverged)
-                        .then_some(self.nodes[to].lsn),
-                    candidate_ineligible: (self.nodes[candidate].role == Role::Witness)
-                        .then(|| "a witness".to_string()),
+                    is_primary: n.is_primary(),
+                    received_lsn: (n.in_recovery && !n.state.diverged).then_some(n.pos.1),
+                    tolerance: if may_stand {
+                        0
+                    } else {
+                        n.setup.settings.max_lag
+                    },
+                    candidate_ineligible,
+                    version: n.state.version,
                 };
+                let voter_lsn = n.pos.1;
                 let n = &mut self.nodes[to];
-                let reply = n.voter.decide(local, &req, &facts, &timing);
+                let reply = n.state.vote(local, &req, &facts, &mut n.disk);
                 if reply.granted {
-                    n.durable = n.voter.durable;
-                    // If it wins, it is the one to poll; if not, silence leads to a new look.
-                    n.follow(candidate);
-                    let (id, lsn) = (n.id, n.lsn);
+                    let id = n.id;
+                    self.grants
+                        .entry((req.term, req.candidate))
+                        .or_default()
+                        .push((
+                            id,
+                            if facts.received_lsn.is_some() {
+                                voter_lsn
+                            } else {
+                                0
+                            },
+                            facts.tolerance,
+                        ));
                     self.log(format!(
-                        "node {id} (lsn {lsn}) votes for node {} in term {}",
+                        "node {id} (lsn {voter_lsn}) votes for node {} in term {}",
                         req.candidate, req.term
                     ));
                 }
-                self.send(to, from, Msg::Vote(reply));
+                self.send(
+                    to,
+                    from,
+                    Msg::Vote {
+                        term: req.term,
+                        reply,
+                    },
+                );
             }
-            Msg::Vote(reply) => {
-                let n = &mut self.nodes[to];
-                if let Some(Phase::Voting { term, grants, .. }) = n.phase.as_mut()
-                    && reply.granted
-                    && reply.term == *term
-                    && !grants.contains(&from)
-                {
-                    grants.push(from);
-                }
-            }
-            Msg::NewPrimary { term } => {
-                let n = &mut self.nodes[to];
-                if n.role != Role::Primary && term >= n.durable.term {
-                    n.follow(from);
-                    if n.role == Role::Standby && n.lsn > self.nodes[from].promoted_at {
-                        self.nodes[to].diverged = true;
-                    }
-                }
-            }
-        }
-    }
-
-    /// One step of one running node.
-    fn tick(&mut self, i: usize) {
-        let timing = self.cfg.timing;
-        let local = self.nodes[i].local(self.now);
-        if self.nodes[i].role == Role::Primary {
-            let id = self.nodes[i].id;
-            if let Some(term) = self.nodes[i]
-                .lease
-                .as_mut()
-                .and_then(|l| l.overtake(local, timing.fence))
-            {
-                self.nodes[i].durable = Durable {
+            Msg::Vote { term, reply } => self.drive(
+                to,
+                Input::Vote {
                     term,
-                    supports: Some(id),
-                };
-                self.log(format!(
-                    "node {id} overtakes a failed election: now term {term}"
-                ));
-            }
-            let leading = self.nodes[i].leading(local, &timing);
-            if leading != self.nodes[i].was_leading {
-                self.nodes[i].was_leading = leading;
-                self.log(format!(
-                    "node {id} {} its lease",
-                    if leading { "holds" } else { "lost" }
-                ));
-            }
-            if leading {
-                self.nodes[i].lsn += self.rng.range(0, 4000);
-                self.report.commits += 1;
-            }
-            return;
+                    from: from_id,
+                    reply: Ok(reply),
+                },
+            ),
+            Msg::Notify => self.drive(to, Input::Notified { from: from_id }),
         }
-        // Poll whoever we think is the primary.
-        let n = &self.nodes[i];
-        let poll_due = local >= n.next_poll
-            && n.poll_sent
-                .is_none_or(|s| local.saturating_sub(s) > dur(POLL_TIMEOUT));
-        if let (Some(src), true) = (n.source, poll_due) {
-            let (term, echo) = (n.durable.term, n.voter.echo);
-            self.nodes[i].poll_sent = Some(local);
-            self.nodes[i].next_poll = local + timing.heartbeat;
-            self.send(i, src, Msg::Poll { term, echo });
-        }
-        self.elect(i, local);
     }
 
-    /// The election steps of voter `i`: ask around once the lease expired; a standby may stand.
-    fn elect(&mut self, i: usize, local: Duration) {
-        let timing = self.cfg.timing;
-        match self.nodes[i].phase.take() {
-            None => {
-                let n = &self.nodes[i];
-                if !n.voter.should_look_around(local, &timing) || local < n.retry_at {
-                    return;
-                }
-                let round = n.rounds + 1;
-                self.nodes[i].rounds = round;
-                self.nodes[i].best_seen = 0;
-                self.nodes[i].phase = Some(Phase::Asking {
-                    round,
-                    until: local + dur(ASK_WAIT),
-                    answers: Vec::new(),
-                });
-                for j in 0..self.nodes.len() {
-                    if j != i {
-                        self.send(i, j, Msg::Ask { round });
-                    }
+    /// Carries out one action of node `i`'s driver, as the worker does.
+    fn act(&mut self, i: usize, a: Action) {
+        let id = self.nodes[i].id;
+        match a {
+            Action::Poll { target, poll } => {
+                if let Some(t) = self.index(target.node_id) {
+                    self.send(i, t, Msg::Poll(poll));
                 }
             }
-            Some(Phase::Asking {
-                round,
-                until,
-                answers,
-            }) => {
-                if local < until && answers.len() + 1 < self.nodes.len() {
-                    self.nodes[i].phase = Some(Phase::Asking {
-                        round,
-                        until,
-                        answers,
-                    });
-                    return;
+            Action::ClosePoll => {}
+            Action::AskAround { round, to } => {
+                for t in self.indices(&to) {
+                    self.send(i, t, Msg::Ask { round });
                 }
-                let backoff = dur(self.rng.range(200 * MS, 1000 * MS));
-                self.nodes[i].retry_at = local + backoff;
-                if self.nodes[i].role != Role::Standby || self.nodes[i].diverged {
-                    return;
-                }
-                let peers: Vec<Peer> = (0..self.nodes.len())
-                    .filter(|j| *j != i)
-                    .map(|j| Peer {
-                        node_id: self.nodes[j].id,
-                        kind: match self.nodes[j].role {
-                            Role::Primary => Kind::Primary,
-                            Role::Standby => Kind::Standby,
-                            Role::Witness => Kind::Witness,
-                        },
-                        location: "default".into(),
-                        priority: if self.nodes[j].role == Role::Witness {
-                            0
-                        } else {
-                            100
-                        },
-                        automatic: true,
-                        answer: answers
-                            .iter()
-                            .find(|(k, _)| *k == j)
-                            .map(|(_, a)| a.clone()),
-                    })
-                    .collect();
                 let n = &self.nodes[i];
-                let me = Me {
-                    node_id: n.id,
-                    term: n.durable.term,
-                    lsn: n.lsn,
-                    silence: n.voter.silence(local),
-                    location: "default".into(),
-                    priority: 100,
-                    automatic: true,
-                    paused: false,
-                    replayed_all: true,
+                let quorum = Some((quorum::Config::none(), true));
+                let facts = LocalFacts {
+                    lsn: (n.in_recovery).then_some(n.pos.1),
+                    quorum,
                 };
-                let rules = Rules {
-                    timing,
-                    max_lag: 16 << 20,
-                    visibility_consensus: true,
-                    primary_location: None,
-                    quorum: repmgr_core::quorum::Config::none(),
-                };
-                let plan = election::plan(&me, &peers, &rules);
-                if !matches!(plan, Plan::Stand { .. }) {
-                    let id = self.nodes[i].id;
-                    self.log(format!("node {id}: {plan:?}"));
+                self.drive(i, Input::Local { round, facts });
+            }
+            Action::Validate { round, .. } => {
+                let ok = !self.rng.chance(200_000);
+                self.drive(i, Input::Validated { round, ok });
+            }
+            Action::StopWalReceiver => {
+                self.nodes[i].wal_stopped_until = self.now + WAL_RETRY;
+            }
+            Action::RequestVotes {
+                term,
+                request,
+                manual,
+                to,
+            } => {
+                self.report.elections += 1;
+                self.requests
+                    .insert((term, id), (request.lsn, to.len() + 1));
+                self.log(format!(
+                    "node {id} stands in term {term} (lsn {})",
+                    request.lsn
+                ));
+                for t in self.indices(&to) {
+                    self.send(
+                        i,
+                        t,
+                        Msg::VoteReq {
+                            req: request,
+                            manual,
+                        },
+                    );
                 }
-                if let Plan::Stand { term } = plan {
-                    let n = &mut self.nodes[i];
-                    n.durable = Durable {
-                        term,
-                        supports: Some(n.id),
-                    };
-                    n.voter.durable = n.durable;
-                    let req = VoteRequest {
-                        term,
-                        candidate: n.id,
-                        lsn: n.lsn,
-                    };
-                    n.phase = Some(Phase::Voting {
-                        term,
-                        until: local + dur(VOTE_WAIT),
-                        asked_at: local,
-                        grants: Vec::new(),
-                    });
-                    self.report.elections += 1;
-                    let id = n.id;
-                    self.log(format!("node {id} stands in term {term}"));
-                    for j in 0..self.nodes.len() {
-                        if j != i {
-                            self.send(i, j, Msg::VoteReq(req));
+            }
+            Action::Promote { term } => self.promote(i, term),
+            Action::RecordPromotion { term } => {
+                let result = self.write_catalog(i, |c, me| {
+                    for n in c.nodes.iter_mut() {
+                        if n.node_type == NodeType::Primary && n.active && n.node_id != me {
+                            n.active = false;
+                        }
+                        if n.node_id == me {
+                            n.node_type = NodeType::Primary;
+                            n.upstream_node_id = None;
+                            n.active = true;
                         }
                     }
+                });
+                let retry = result.is_err();
+                self.drive(
+                    i,
+                    Input::Recorded {
+                        term,
+                        result,
+                        retry,
+                    },
+                );
+            }
+            Action::NotifyFollow { to } => {
+                for t in self.indices(&to) {
+                    self.send(i, t, Msg::Notify);
                 }
             }
-            Some(Phase::Voting {
-                term,
-                until,
-                asked_at,
-                grants,
-            }) => {
-                if self.nodes[i].durable.term != term {
-                    return;
-                }
-                if election::won(grants.len() + 1, self.nodes.len()) {
-                    self.promote(i, term, asked_at, &grants);
-                } else if local < until {
-                    self.nodes[i].phase = Some(Phase::Voting {
-                        term,
-                        until,
-                        asked_at,
-                        grants,
-                    });
-                } else {
-                    self.nodes[i].retry_at = local + dur(self.rng.range(300 * MS, 1500 * MS));
-                }
+            Action::MarkReadOnly(_) => {}
+            Action::Shutdown => {
+                self.log(format!(
+                    "node {id} shuts down (repmgr.fence_action = shutdown)"
+                ));
+                self.crash(i);
+            }
+            Action::Event(e) => self.log(format!("node {id} event {}: {}", e.name, e.details)),
+            Action::Log(_, text) => self.log(format!("node {id}: {text}")),
+            Action::Answer { seq, outcome } => {
+                self.log(format!("node {id} answers request {seq}: {outcome:?}"))
             }
         }
     }
 
-    fn promote(&mut self, i: usize, term: u64, asked_at: Duration, grants: &[usize]) {
-        if let Some(prev) = self.winners.insert(term, i)
+    fn promote(&mut self, i: usize, term: u64) {
+        let id = self.nodes[i].id;
+        let request = self.requests.get(&(term, id)).copied();
+        let lsn = request.map(|(l, _)| l);
+        let granted = self.grants.get(&(term, id)).map_or(0, Vec::len) + 1;
+        // A forced promotion wins nothing: it stays fenced until a majority confirms it,
+        // which the two-primaries check watches.
+        let won = request.is_some_and(|(_, voters)| granted >= majority(voters));
+        if won
+            && let Some(prev) = self.winners.insert(term, i)
             && prev != i
         {
-            panic_later(
-                &mut self.trace,
-                format!(
-                    "term {term} won by nodes {} and {}",
-                    self.nodes[prev].id, self.nodes[i].id
-                ),
-            );
+            self.broken = Some(format!(
+                "term {term} won by nodes {} and {}",
+                self.nodes[prev].id, id
+            ));
         }
-        let others = self.others(i);
-        let grant_ids: Vec<NodeId> = grants.iter().map(|g| self.nodes[*g].id).collect();
-        let n = &mut self.nodes[i];
-        n.role = Role::Primary;
-        n.incarnation += 1;
-        n.lease = Some(Lease::new(
-            term,
-            n.incarnation,
-            &others,
-            Some((asked_at, &grant_ids)),
-        ));
-        n.promoted_at = n.lsn;
-        n.source = None;
-        n.phase = None;
-        self.report.promotions += 1;
-        let (id, lsn) = (n.id, n.lsn);
-        self.log(format!(
-            "node {id} promoted in term {term} at lsn {lsn} with votes from {grant_ids:?}"
-        ));
-        for j in 0..self.nodes.len() {
-            if j != i {
-                self.send(i, j, Msg::NewPrimary { term });
+        for (voter, theirs, slack) in self.grants.get(&(term, id)).cloned().unwrap_or_default() {
+            if lsn.is_some_and(|mine| mine + slack < theirs) {
+                self.broken = Some(format!(
+                    "node {id} promoted in term {term} at lsn {lsn:?}, but voter {voter} had received {theirs} (allowed lag {slack})"
+                ));
             }
+        }
+        let n = &self.nodes[i];
+        if !n.in_recovery || n.witness {
+            let result = Err("it is not a standby".to_string());
+            self.drive(i, Input::Promoted { term, result });
+            return;
+        }
+        let tl = self.timelines.len();
+        self.timelines.push(Timeline {
+            parent: Some(n.pos.0),
+            start: n.pos.1,
+        });
+        let n = &mut self.nodes[i];
+        n.in_recovery = false;
+        n.pos = (tl, n.pos.1);
+        n.source = None;
+        self.report.promotions += 1;
+        let lsn = n.pos.1;
+        self.log(format!("node {id} promoted in term {term} at lsn {lsn}"));
+        self.drive(
+            i,
+            Input::Promoted {
+                term,
+                result: Ok(None),
+            },
+        );
+    }
+
+    /// Writes node `i`'s catalog as a transaction on it would: only on a primary whose fence
+    /// lets it commit; a change of the voters goes through the membership rule first (the
+    /// catalog trigger), and is refused while an earlier change is still settling.
+    fn write_catalog(
+        &mut self,
+        i: usize,
+        change: impl FnOnce(&mut Catalog, NodeId),
+    ) -> Result<(), String> {
+        let now = self.now;
+        let n = &self.nodes[i];
+        if !n.is_primary() || !n.running(now) {
+            return Err("not a running primary".into());
+        }
+        let local = n.local(now);
+        let id = n.id;
+        let mut catalog = self.catalog_at(n.pos).unwrap_or(Catalog {
+            nodes: Vec::new(),
+            version: 0,
+            previous: Vec::new(),
+            changed_by: None,
+        });
+        let before = catalog.membership();
+        change(&mut catalog, id);
+        let lsn = self.nodes[i].pos.1 + 200;
+        let after = catalog.membership();
+        if after.voters != before.voters {
+            catalog.version = lsn.max(catalog.version + 1);
+            catalog.previous = before.voters.clone();
+            catalog.changed_by = Some(id);
+            let view = Membership::new(catalog.version, after.voters.iter().copied());
+            let n = &mut self.nodes[i];
+            n.state.change_view(&view, &mut n.disk)?;
+        }
+        let n = &mut self.nodes[i];
+        if !n.state.may_commit(local) {
+            n.state.undo_view(catalog.version, &mut n.disk);
+            return Err(format!("cannot commit: node {id} is fenced"));
+        }
+        n.pos.1 = lsn;
+        let at = n.pos;
+        self.writes.push(CatalogWrite {
+            at,
+            catalog: Some(catalog),
+        });
+        Ok(())
+    }
+
+    /// One step of one running node: its monitoring round when due, its driver's tick, and
+    /// what a standby's round does about following.
+    fn step_node(&mut self, i: usize) {
+        let local = self.nodes[i].local(self.now);
+        if local >= self.nodes[i].next_observe {
+            self.nodes[i].next_observe = local + MONITOR_INTERVAL;
+            self.observe(i);
+        }
+        if local >= self.nodes[i].next_tick {
+            self.drive(i, Input::Tick);
+            let n = &self.nodes[i];
+            self.nodes[i].next_tick = local + n.driver.next_tick(local).min(ms(50));
+        }
+        let n = &self.nodes[i];
+        if n.is_primary() && n.can_commit(self.now) {
+            let add = self.rng.range(0, 4000);
+            self.nodes[i].pos.1 += add;
+            self.report.commits += 1;
         }
     }
 
-    /// Standbys receive WAL from their source while both run and the link is up.
+    /// A monitoring round: the catalog and role reach the driver; the witness copies the node
+    /// list; a standby follows whom the driver says.
+    fn observe(&mut self, i: usize) {
+        let local = self.nodes[i].local(self.now);
+        if self.nodes[i].witness && local >= self.nodes[i].next_copy {
+            self.nodes[i].next_copy = local + WITNESS_SYNC;
+            // From whichever node runs as a primary and answers.
+            let from = (0..self.nodes.len()).find(|j| {
+                let p = &self.nodes[*j];
+                *j != i
+                    && p.running(self.now)
+                    && p.is_primary()
+                    && !self.blocked[*j][i]
+                    && !self.blocked[i][*j]
+            });
+            if let Some(j) = from {
+                self.nodes[i].copy = self.catalog_at(self.nodes[j].pos);
+            }
+        }
+        let catalog = self.catalog_of(i);
+        let in_recovery = self.nodes[i].in_recovery;
+        self.drive(
+            i,
+            Input::Observe {
+                catalog,
+                in_recovery,
+            },
+        );
+        if !self.nodes[i].in_recovery || self.nodes[i].witness {
+            return;
+        }
+        let silent = self.now.saturating_sub(self.nodes[i].streamed_at);
+        let upstream = Upstream {
+            node: self.nodes[i].source.map(|s| self.nodes[s].id),
+            unreachable: silent > UPSTREAM_DOWN_AFTER / 3,
+            down: silent > UPSTREAM_DOWN_AFTER,
+        };
+        let n = &mut self.nodes[i];
+        let decision = n.driver.follow_decision(&n.state, upstream);
+        for a in n.driver.take_actions() {
+            self.act(i, a);
+        }
+        if let Some((target, event)) = decision
+            && let Some(t) = self.index(target.node_id)
+        {
+            self.follow(i, t, event);
+        }
+    }
+
+    /// Repoints standby `i` at `t`, unless its timeline diverged from `t`'s.
+    fn follow(&mut self, i: usize, t: usize, event: &str) {
+        let (id, tid) = (self.nodes[i].id, self.nodes[t].id);
+        if self.nodes[t].is_primary() && !self.contains(self.nodes[t].pos, self.nodes[i].pos) {
+            self.nodes[i].state.diverged = true;
+            self.log(format!("node {id} cannot follow node {tid}: diverged"));
+            return;
+        }
+        self.nodes[i].source = Some(t);
+        self.nodes[i].streamed_at = self.now;
+        self.log(format!("node {id} follows node {tid} ({event})"));
+    }
+
+    /// Standbys receive WAL from their source while both run, the link is up, and the
+    /// standby's history is part of the source's.
     fn replicate(&mut self) {
         for i in 0..self.nodes.len() {
             let Some(src) = self.nodes[i].source else {
                 continue;
             };
-            let ok = self.nodes[i].role == Role::Standby
-                && !self.nodes[i].diverged
-                && self.nodes[i].running(self.now)
-                && self.nodes[src].running(self.now)
-                && self.nodes[src].role == Role::Primary
+            let n = &self.nodes[i];
+            let s = &self.nodes[src];
+            let ok = n.in_recovery
+                && !n.witness
+                && n.running(self.now)
+                && s.running(self.now)
+                && s.is_primary()
+                && self.now >= n.wal_stopped_until
                 && !self.blocked[src][i]
                 && !self.blocked[i][src];
-            if ok {
-                let lag = self.rng.range(0, 20_000);
-                let target = self.nodes[src].lsn.saturating_sub(lag);
-                if target > self.nodes[i].lsn {
-                    self.nodes[i].lsn = target;
-                }
+            if !ok {
+                continue;
             }
+            if !self.contains(s.pos, n.pos) {
+                if !n.state.diverged {
+                    let id = n.id;
+                    self.nodes[i].state.diverged = true;
+                    self.log(format!("node {id} diverged from its upstream"));
+                }
+                continue;
+            }
+            let lag = self.rng.range(0, 20_000);
+            let target = s.pos.1.saturating_sub(lag).max(n.pos.1);
+            let tl = s.pos.0;
+            let n = &mut self.nodes[i];
+            n.pos = (tl, target);
+            n.streamed_at = self.now;
         }
     }
 
     fn check(&mut self) -> Result<(), Violation> {
-        if let Some(what) = self.trace.iter().find(|l| l.contains("INVARIANT")) {
-            return Err(self.violation(what.clone()));
+        if let Some(what) = self.broken.take() {
+            return Err(self.violation(what));
         }
-        let timing = self.cfg.timing;
+        let now = self.now;
         let leaders: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|n| n.running(self.now) && n.leading(n.local(self.now), &timing))
+            .filter(|n| n.can_commit(now))
             .map(|n| n.id)
             .collect();
         if leaders.len() > 1 {
@@ -872,7 +1100,7 @@ impl World {
             )));
         }
         for i in 0..self.nodes.len() {
-            let term = self.nodes[i].durable.term;
+            let term = self.nodes[i].state.term();
             if term < self.max_terms[i] {
                 return Err(self.violation(format!(
                     "node {}'s term went back from {} to {term}",
@@ -882,6 +1110,87 @@ impl World {
             self.max_terms[i] = term;
         }
         Ok(())
+    }
+
+    /// Once everything healed: the surviving nodes have a leader whenever they could elect
+    /// one, by this rule of the simulator's own — a registered, automatic standby with a
+    /// priority, not paused, on the primary's history and close enough to the best, whose
+    /// node list a majority of its voters alive would accept (theirs is not newer), and that
+    /// is in the registered primary's location or sees another voter alive there.
+    fn check_recovered(&mut self) -> Result<(), Violation> {
+        let now = self.now;
+        let leaders: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| n.can_commit(now))
+            .map(|n| n.id)
+            .collect();
+        if leaders.len() == 1 {
+            return Ok(());
+        }
+        let alive: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].up)
+            .collect();
+        let best = alive
+            .iter()
+            .filter(|i| self.nodes[**i].in_recovery && !self.nodes[**i].state.diverged)
+            .map(|i| self.nodes[*i].pos.1)
+            .max()
+            .unwrap_or(0);
+        let electable = alive.iter().find(|i| {
+            let n = &self.nodes[**i];
+            let Some(c) = self.catalog_of(**i) else {
+                return false;
+            };
+            let view = c.membership();
+            let Some(me) = c.node(n.id) else { return false };
+            // Voters alive, not running as a primary (a primary never votes), whose node list
+            // is not newer than the candidate's.
+            let seen = view
+                .voters
+                .iter()
+                .filter(|v| {
+                    self.index(**v).is_some_and(|j| {
+                        let v = &self.nodes[j];
+                        v.up && !v.is_primary() && v.state.version <= n.state.version
+                    })
+                })
+                .count();
+            n.in_recovery
+                && !n.witness
+                && !n.state.diverged
+                && !n.paused
+                && n.setup.settings.automatic
+                && n.setup.settings.priority > 0
+                && me.priority > 0
+                && me.active
+                && n.pos.1 + n.setup.settings.max_lag >= best
+                && seen >= majority(view.voters.len())
+                && c.primary().is_none_or(|p| {
+                    n.setup.location == p.location
+                        || view.voters.iter().any(|v| {
+                            *v != p.node_id
+                                && self.index(*v).is_some_and(|j| {
+                                    self.nodes[j].up && self.nodes[j].setup.location == p.location
+                                })
+                        })
+                })
+        });
+        match (leaders.len(), electable) {
+            (0, Some(c)) => {
+                Err(self.violation(format!(
+                    "{} s after every fault healed, no node holds a lease, though node {} could be elected",
+                    self.cfg.settle_for.as_secs(),
+                    self.nodes[*c].id
+                )))
+            }
+            (0, _) => Ok(()),
+            _ => Err(self.violation(format!(
+                "{} s after every fault healed, {} nodes hold a lease ({leaders:?})",
+                self.cfg.settle_for.as_secs(),
+                leaders.len()
+            ))),
+        }
     }
 
     fn inject_faults(&mut self) {
@@ -927,6 +1236,182 @@ impl World {
                 "message loss now {}%",
                 self.loss_per_million / 10_000
             ));
+        } else if self.rng.chance(300) {
+            let failing = !self.nodes[victim].disk.failing;
+            self.nodes[victim].disk.failing = failing;
+            self.log(format!(
+                "node {id}'s disk {}",
+                if failing {
+                    "refuses writes"
+                } else {
+                    "works again"
+                }
+            ));
+        } else if self.rng.chance(500) {
+            // A reload with new timing (valid on that node, not necessarily with the others).
+            let t = random_timing(&mut self.rng);
+            self.nodes[victim].setup.settings.timing = Ok(t);
+            let s = self.nodes[victim].setup.settings.clone();
+            self.log(format!(
+                "node {id} reloads: heartbeat {} ms, fence {} ms, lease {} ms",
+                t.heartbeat.as_millis(),
+                t.fence.as_millis(),
+                t.lease.as_millis()
+            ));
+            if self.nodes[victim].running(now) {
+                self.drive(victim, Input::Reload(s));
+            }
+        }
+    }
+
+    /// An operator at work: registering and unregistering, pausing, promoting by hand,
+    /// repointing, and losing and restoring the catalog.
+    fn operate(&mut self) {
+        if !self.rng.chance(1200) {
+            return;
+        }
+        self.report.operator_actions += 1;
+        let n = self.nodes.len();
+        let victim = self.rng.range(0, n as u64 - 1) as usize;
+        let id = self.nodes[victim].id;
+        let primary = (0..n).find(|i| self.nodes[*i].can_commit(self.now));
+        match self.rng.range(0, 7) {
+            0 => {
+                let p = !self.nodes[victim].paused;
+                self.nodes[victim].paused = p;
+                self.log(format!("operator: repmgr.pause({p}) on node {id}"));
+                if self.nodes[victim].running(self.now) {
+                    self.drive(victim, Input::Paused(p));
+                }
+            }
+            1 if self.nodes[victim].running(self.now) => {
+                self.manual_seq += 1;
+                let seq = self.manual_seq;
+                let force = self.rng.chance(300_000);
+                self.log(format!(
+                    "operator: repmgr.promote(force => {force}) on node {id}"
+                ));
+                self.drive(
+                    victim,
+                    Input::ManualPromote {
+                        seq,
+                        force,
+                        allow_data_loss: false,
+                    },
+                );
+            }
+            2 => {
+                // repmgr.follow(): a standby repointed at another data node.
+                let target = self.rng.range(0, n as u64 - 1) as usize;
+                if target != victim
+                    && self.nodes[victim].in_recovery
+                    && !self.nodes[target].witness
+                    && self.nodes[target].is_primary()
+                {
+                    self.log(format!(
+                        "operator: repmgr.follow({}) on node {id}",
+                        self.nodes[target].id
+                    ));
+                    self.follow(victim, target, "standby_follow");
+                }
+            }
+            3 | 4 => {
+                let Some(p) = primary else { return };
+                if p == victim {
+                    return;
+                }
+                // Unregister, or register again, a standby or the witness.
+                let setup = self.nodes[victim].setup.clone();
+                let kind = if self.nodes[victim].witness {
+                    NodeType::Witness
+                } else {
+                    NodeType::Standby
+                };
+                let pid = self.nodes[p].id;
+                let registered = self
+                    .catalog_at(self.nodes[p].pos)
+                    .is_some_and(|c| c.node(id).is_some());
+                let r = self.write_catalog(p, |c, _| {
+                    if registered {
+                        c.nodes.retain(|x| x.node_id != id);
+                    } else {
+                        c.nodes.push(record(id, kind, &setup, Some(pid)));
+                        c.nodes.sort_by_key(|x| x.node_id);
+                    }
+                });
+                self.log(format!(
+                    "operator: {} node {id} on node {pid}: {r:?}",
+                    if registered { "unregister" } else { "register" }
+                ));
+            }
+            5 => {
+                // unregister_node(<primary>, force => true), later registered back.
+                let Some(p) = primary else { return };
+                let pid = self.nodes[p].id;
+                let rec = self
+                    .catalog_at(self.nodes[p].pos)
+                    .and_then(|c| c.node(pid).cloned());
+                let Some(rec) = rec else { return };
+                let r = self.write_catalog(p, |c, _| c.nodes.retain(|x| x.node_id != pid));
+                self.log(format!(
+                    "operator: unregister the primary node {pid}: {r:?}"
+                ));
+                let back = self.now + self.rng.range(1000 * MS, 6000 * MS);
+                self.pending.push((back, p, "register primary"));
+                let _ = rec;
+            }
+            _ => {
+                // The catalog lost: TRUNCATE repmgr.nodes, restored a moment later.
+                let Some(p) = primary else { return };
+                let pid = self.nodes[p].id;
+                let r = self.write_catalog(p, |c, _| c.nodes.clear());
+                self.log(format!(
+                    "operator: TRUNCATE repmgr.nodes on node {pid}: {r:?}"
+                ));
+                if r.is_ok() {
+                    let back = self.now + self.rng.range(500 * MS, 5000 * MS);
+                    self.pending.push((back, p, "restore"));
+                }
+            }
+        }
+    }
+
+    /// Writes back what the catalog should hold for a cluster with `p` as primary (the
+    /// operator restoring a saved copy of `repmgr.nodes`).
+    fn restore_catalog(&mut self, p: usize, i: usize, only: Option<NodeId>) {
+        let pid = self.nodes[p].id;
+        let records: Vec<NodeRecord> = (0..self.nodes.len())
+            .map(|j| {
+                let n = &self.nodes[j];
+                let kind = if n.witness {
+                    NodeType::Witness
+                } else if j == p {
+                    NodeType::Primary
+                } else {
+                    NodeType::Standby
+                };
+                record(n.id, kind, &n.setup, (j != p).then_some(pid))
+            })
+            .collect();
+        let r = self.write_catalog(p, |c, _| {
+            for rec in records {
+                if only.is_none_or(|o| o == rec.node_id) && c.node(rec.node_id).is_none() {
+                    c.nodes.push(rec);
+                }
+            }
+            c.nodes.sort_by_key(|x| x.node_id);
+        });
+        self.log(format!(
+            "operator: restores the node list on node {pid}: {r:?}"
+        ));
+        if r.is_err() {
+            // Tried again a little later, as an operator would.
+            let what = if only.is_some() {
+                "register primary"
+            } else {
+                "restore"
+            };
+            self.pending.push((self.now + 500 * MS, i, what));
         }
     }
 
@@ -934,30 +1419,31 @@ impl World {
         let n = &mut self.nodes[i];
         n.up = false;
         n.frozen_until = None;
-        n.lease = None;
-        n.phase = None;
-        n.poll_sent = None;
         let id = n.id;
         self.log(format!("node {id} crashed"));
     }
 
     fn restart(&mut self, i: usize) {
         let now = self.now;
-        let others = self.others(i);
         let n = &mut self.nodes[i];
-        if n.up {
+        if n.up || n.lost {
             return;
         }
         n.up = true;
         let local = n.local(now);
-        n.voter = Voter::new(n.durable, local);
-        n.incarnation += 1;
-        n.next_poll = local;
-        n.retry_at = local;
-        if n.role == Role::Primary {
-            // It comes back as a primary with no confirmation: fenced until voters confirm.
-            n.lease = Some(Lease::new(n.durable.term, n.incarnation, &others, None));
-        }
+        // A new server: its shared memory from the saved file, a new worker.
+        let fallback = n.driver.timing();
+        let inc = n.state.incarnation + 1_000_000;
+        let diverged = n.state.diverged;
+        n.state = State::new(n.id, n.disk.saved.clone(), local, inc, fallback);
+        n.state.diverged = diverged;
+        n.driver = Driver::new(n.id, n.setup.settings.clone(), fallback, inc);
+        n.driver.publish(&mut n.state);
+        n.driver
+            .step(local, &mut n.state, &mut n.disk, Input::Paused(n.paused));
+        n.next_observe = local;
+        n.next_tick = local;
+        n.streamed_at = now;
         let id = n.id;
         self.log(format!("node {id} restarted"));
     }
@@ -974,6 +1460,14 @@ impl World {
         for (_, i, what) in due {
             match what {
                 "restart" => self.restart(i),
+                "restore" | "register primary" => {
+                    // On whichever node is the primary now, as the operator would.
+                    let only = (what == "register primary").then(|| self.nodes[i].id);
+                    match (0..self.nodes.len()).find(|j| self.nodes[*j].can_commit(now)) {
+                        Some(p) => self.restore_catalog(p, i, only),
+                        None => self.pending.push((now + 500 * MS, i, what)),
+                    }
+                }
                 _ => {
                     for j in 0..self.nodes.len() {
                         self.blocked[i][j] = false;
@@ -993,17 +1487,33 @@ impl World {
         for row in &mut self.blocked {
             row.iter_mut().for_each(|b| *b = false);
         }
-        self.pending.clear();
+        let restores: Vec<(Us, usize, &'static str)> = self
+            .pending
+            .iter()
+            .copied()
+            .filter(|(_, _, w)| *w == "restore" || *w == "register primary")
+            .collect();
+        self.pending = restores;
+        let primary = (0..self.nodes.len()).find(|i| self.nodes[*i].can_commit(self.now));
         for i in 0..self.nodes.len() {
             self.nodes[i].frozen_until = None;
+            self.nodes[i].disk.failing = false;
+            if self.nodes[i].paused {
+                self.nodes[i].paused = false;
+                if self.nodes[i].up {
+                    self.drive(i, Input::Paused(false));
+                }
+            }
+            if self.cfg.lose_primary && Some(i) == primary {
+                let id = self.nodes[i].id;
+                self.log(format!("node {id}, the primary, is lost for good"));
+                self.nodes[i].lost = true;
+                self.crash(i);
+                continue;
+            }
             self.restart(i);
         }
     }
-}
-
-/// Records an invariant breach found deep inside a step; `check` reports it.
-fn panic_later(trace: &mut VecDeque<String>, what: String) {
-    trace.push_back(format!("INVARIANT: {what}"));
 }
 
 /// Runs `count` schedules from `first_seed`; returns the totals, or the first violation.
@@ -1014,11 +1524,7 @@ pub fn run_many(first_seed: u64, count: u64) -> Result<Report, Violation> {
         total.promotions += r.promotions;
         total.elections += r.elections;
         total.commits += r.commits;
+        total.operator_actions += r.operator_actions;
     }
     Ok(total)
-}
-
-/// The confirmations a primary of `voters` needs, re-exported for reports.
-pub fn confirmations_needed(voters: usize) -> usize {
-    lease::confirmations_needed(voters)
 }
