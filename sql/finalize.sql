@@ -45,6 +45,37 @@ CREATE VIEW repmgr.replication_status AS
              FROM repmgr.monitoring_history m1
             GROUP BY 1);
 
+-- Every change of the voters goes through the failover protocol before it commits: on a
+-- primary, repmgr.membership_changed() makes the lease count the new list (and the old one
+-- until enough voters have the new), saved to disk, or refuses while an earlier change is still
+-- settling. It runs as the extension's owner, whoever changes the nodes.
+CREATE FUNCTION repmgr.nodes_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  now_voters INT[] := ARRAY(SELECT node_id FROM repmgr.nodes WHERE active ORDER BY node_id);
+  m repmgr.membership;
+BEGIN
+  SELECT * INTO m FROM repmgr.membership;
+  IF m.voters IS NOT DISTINCT FROM now_voters THEN
+    RETURN NULL;
+  END IF;
+  UPDATE repmgr.membership
+     SET version = repmgr.membership_changed(
+           GREATEST(m.version + 1, (pg_current_wal_insert_lsn() - '0/0')::BIGINT), now_voters),
+         previous = m.voters,
+         voters = now_voters,
+         changed_by = NULLIF(NULLIF(current_setting('repmgr.node_id', true), ''), '0')::INT;
+  RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER nodes_membership
+  AFTER INSERT OR UPDATE OR DELETE ON repmgr.nodes
+  FOR EACH STATEMENT EXECUTE FUNCTION repmgr.nodes_changed();
+CREATE TRIGGER nodes_membership_truncate
+  AFTER TRUNCATE ON repmgr.nodes
+  FOR EACH STATEMENT EXECUTE FUNCTION repmgr.nodes_changed();
+
 -- Nothing here is for PUBLIC: functions are executable by PUBLIC by default, so take that
 -- back. A DBA grants what a management or monitoring role needs (see the README).
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA repmgr FROM PUBLIC;

@@ -57,6 +57,20 @@ CREATE TABLE repmgr.synchronous_quorum (
 );
 CREATE UNIQUE INDEX synchronous_quorum_single ON repmgr.synchronous_quorum ((TRUE));
 
+-- The failover protocol's view of who votes: the active nodes, the list before its last
+-- change and who made it, with a version that only grows (a WAL position taken when the list
+-- changed). Written by the trigger on repmgr.nodes (see repmgr.nodes_changed()); a primary
+-- counts the old list too until enough voters have the new one, so that no election can be
+-- won under a list it no longer counts. One row. Not dumped: it describes a running cluster.
+CREATE TABLE repmgr.membership (
+  version    BIGINT NOT NULL,
+  voters     INT[]  NOT NULL,
+  previous   INT[]  NOT NULL,
+  changed_by INT    NULL
+);
+CREATE UNIQUE INDEX membership_single ON repmgr.membership ((TRUE));
+INSERT INTO repmgr.membership VALUES (0, '{}', '{}', NULL);
+
 -- The catalog's contents belong in pg_dump output, like user data.
 SELECT pg_catalog.pg_extension_config_dump('repmgr.nodes', '');
 SELECT pg_catalog.pg_extension_config_dump('repmgr.events', '');

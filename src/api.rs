@@ -6,7 +6,7 @@
 use pgrx::prelude::*;
 
 use crate::config::Settings;
-use crate::error::{Failure, OrRaise};
+use crate::error::{Failure, OrRaise, required};
 use crate::pglsn::PgLsn;
 use crate::{registration, shmem, status};
 
@@ -23,9 +23,10 @@ fn settings_with(config_file: Option<String>) -> Settings {
 /// Registers this server, which must not be in recovery, as the cluster's primary.
 #[pg_extern(volatile)]
 fn register_primary(
-    force: default!(bool, false),
+    force: default!(Option<bool>, "false"),
     config_file: default!(Option<String>, "NULL"),
 ) -> i32 {
+    let force = required(force, "force", "repmgr.register_primary()");
     registration::register_primary(&settings_with(config_file), force).or_raise()
 }
 
@@ -33,30 +34,35 @@ fn register_primary(
 #[pg_extern(volatile)]
 fn register_standby(
     upstream_node_id: default!(Option<i32>, "NULL"),
-    force: default!(bool, false),
+    force: default!(Option<bool>, "false"),
     config_file: default!(Option<String>, "NULL"),
 ) -> i32 {
+    let force = required(force, "force", "repmgr.register_standby()");
     registration::register_standby(&settings_with(config_file), upstream_node_id, force).or_raise()
 }
 
 /// Registers this separate server as the cluster's witness.
 #[pg_extern(volatile)]
 fn register_witness(
-    primary_conninfo: &str,
-    force: default!(bool, false),
+    primary_conninfo: Option<&str>,
+    force: default!(Option<bool>, "false"),
     config_file: default!(Option<String>, "NULL"),
 ) -> i32 {
+    let f = "repmgr.register_witness()";
+    let primary_conninfo = required(primary_conninfo, "primary_conninfo", f);
+    let force = required(force, "force", f);
     registration::register_witness(&settings_with(config_file), primary_conninfo, force).or_raise()
 }
 
 /// Removes a node's record (this node's when `node_id` is NULL).
 #[pg_extern(volatile)]
-fn unregister_node(node_id: default!(Option<i32>, "NULL"), force: default!(bool, false)) {
+fn unregister_node(node_id: default!(Option<i32>, "NULL"), force: default!(Option<bool>, "false")) {
+    let force = required(force, "force", "repmgr.unregister_node()");
     registration::unregister_node(&Settings::current(), node_id, force).or_raise()
 }
 
 /// A connection string with its passwords replaced by `********`.
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe, strict)]
 fn mask_conninfo(conninfo: &str) -> String {
     repmgr_core::conninfo::mask(conninfo)
 }
@@ -106,7 +112,7 @@ fn node_status() -> TableIterator<
     let worker_last_round = shared
         .filter(|st| st.last_round_at != 0)
         .and_then(|st| TimestampWithTimeZone::try_from(st.last_round_at).ok());
-    let term = shared.map(|st| st.term() as i64);
+    let term = shared.map(|st| st.failover.term() as i64);
     let fenced = !s.in_recovery && crate::fence::refusal().is_some();
     let diverged = shared.is_some_and(|st| st.failover.diverged);
     TableIterator::once((
@@ -215,7 +221,8 @@ fn daemon_status() -> TableIterator<
 /// Pauses (true) or resumes (false) this node's automatic actions; monitoring goes on. The
 /// choice survives a restart.
 #[pg_extern(volatile)]
-fn pause(pause: bool) {
+fn pause(pause: Option<bool>) {
+    let pause = required(pause, "pause", "repmgr.pause()");
     if !shmem::set_paused(pause) {
         Failure::state("repmgr.pause() needs the repmgr library in shared_preload_libraries")
             .hint("Add 'repmgr' to shared_preload_libraries in postgresql.conf and restart PostgreSQL.")

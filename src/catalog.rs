@@ -1,58 +1,15 @@
 //! Reading and writing the `repmgr` catalog tables, on any node, through [`Db`].
 
-use repmgr_core::node::NodeType;
-
 use crate::db::{Db, Rows};
 use crate::error::{Failure, Result};
 
-/// One row of `repmgr.nodes`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeRecord {
-    pub node_id: i32,
-    pub upstream_node_id: Option<i32>,
-    pub active: bool,
-    pub node_name: String,
-    pub node_type: NodeType,
-    pub location: String,
-    pub priority: i32,
-    pub conninfo: String,
-    pub repluser: String,
-    pub slot_name: Option<String>,
-    pub config_file: String,
-}
-
-impl NodeRecord {
-    /// "node 3 (\"db3\")", the way messages name a node.
-    pub fn describe(&self) -> String {
-        format!("node {} (\"{}\")", self.node_id, self.node_name)
-    }
-}
-
-const NODE_COLUMNS: &str = "node_id, upstream_node_id, active, node_name, type, location, priority, conninfo, repluser, slot_name, config_file";
-
-fn int(v: Option<&str>) -> Option<i32> {
-    v.and_then(|s| s.parse().ok())
-}
+use repmgr_core::node::NODE_COLUMNS;
+pub use repmgr_core::node::NodeRecord;
 
 fn parse_nodes(rows: &Rows) -> Vec<NodeRecord> {
     rows.rows
         .iter()
-        .filter_map(|r| {
-            let col = |i: usize| r.get(i).and_then(|v| v.as_deref());
-            Some(NodeRecord {
-                node_id: int(col(0))?,
-                upstream_node_id: int(col(1)),
-                active: col(2) == Some("t"),
-                node_name: col(3)?.to_string(),
-                node_type: NodeType::parse(col(4)?)?,
-                location: col(5).unwrap_or("default").to_string(),
-                priority: int(col(6)).unwrap_or(100),
-                conninfo: col(7).unwrap_or_default().to_string(),
-                repluser: col(8).unwrap_or_default().to_string(),
-                slot_name: col(9).map(str::to_string),
-                config_file: col(10).unwrap_or_default().to_string(),
-            })
-        })
+        .filter_map(|r| NodeRecord::from_text(|i| r.get(i).cloned().flatten()))
         .collect()
 }
 
@@ -80,6 +37,44 @@ pub fn ensure_extension(db: &mut dyn Db) -> Result<()> {
     .hint(format!(
         "Run CREATE EXTENSION repmgr in database \"{database}\" on that node first."
     )))
+}
+
+/// The catalog as the failover state machine reads it: the nodes and the membership row
+/// (its version, the voters before its last change, and who made it).
+pub fn failover_catalog(db: &mut dyn Db) -> Result<repmgr_core::driver::Catalog> {
+    let nodes = nodes(db)?;
+    let r = db.read(
+        "SELECT version, pg_catalog.array_to_string(previous, ','), changed_by FROM repmgr.membership",
+        &[],
+    )?;
+    Ok(repmgr_core::driver::Catalog {
+        nodes,
+        version: r.get(0, 0).and_then(|v| v.parse().ok()).unwrap_or(0),
+        previous: r
+            .get(0, 1)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|v| v.parse().ok())
+            .collect(),
+        changed_by: r.get(0, 2).and_then(|v| v.parse().ok()),
+    })
+}
+
+/// Copies the membership row of `from` (the primary) into `to` (a witness's own catalog),
+/// after its node list: the witness then counts the primary's version, not its own.
+pub fn copy_membership(from: &mut dyn Db, to: &mut dyn Db) -> Result<()> {
+    let r = from.read(
+        "SELECT version::text, voters::text, previous::text, changed_by::text FROM repmgr.membership",
+        &[],
+    )?;
+    if r.rows.is_empty() {
+        return Ok(());
+    }
+    to.write(
+        "UPDATE repmgr.membership SET version = $1::bigint, voters = $2::int[], previous = $3::int[], changed_by = $4::int",
+        &[r.get(0, 0), r.get(0, 1), r.get(0, 2), r.get(0, 3)],
+    )
+    .map(drop)
 }
 
 /// Serialises registrations: two nodes registering at once must not both pass the checks.
@@ -199,6 +194,9 @@ pub fn server_facts(db: &mut dyn Db) -> Result<ServerFacts> {
     Ok(ServerFacts {
         in_recovery: rows.get(0, 0) == Some("t"),
         system_identifier: rows.get(0, 1).unwrap_or_default().to_string(),
-        node_id: int(rows.get(0, 2)).filter(|id| *id > 0),
+        node_id: rows
+            .get(0, 2)
+            .and_then(|v| v.parse().ok())
+            .filter(|id: &i32| *id > 0),
     })
 }

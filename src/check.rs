@@ -125,6 +125,7 @@ pub fn node_check(settings: &Settings) -> Result<Vec<Check>> {
             format!("refused, the previous values stay in force: {rule}"),
         ),
     });
+    out.push(timing_across_nodes(settings, me, &nodes));
     let Some(s) = shared else { return Ok(out) };
     let f = s.failover;
     let now = clock::now();
@@ -136,26 +137,25 @@ pub fn node_check(settings: &Settings) -> Result<Vec<Check>> {
         }),
         _ => {
             let silence = f.voter.silence(now);
-            silent = f.voter.last_heard.is_none() || silence >= f.timing.lease;
-            out.push(
-                if f.voter.last_heard.is_some() && silence < f.timing.lease {
-                    check(
-                        "primary",
-                        "OK",
-                        format!(
-                            "heard node {} {} ms ago",
-                            f.voter.leader.unwrap_or(0),
-                            silence.as_millis()
-                        ),
-                    )
-                } else {
-                    check(
-                        "primary",
-                        "CRITICAL",
-                        format!("no primary heard for {} ms", silence.as_millis()),
-                    )
-                },
-            );
+            let wait = f.voter.wait_needed(&f.timing);
+            silent = f.voter.last_heard.is_none() || silence >= wait;
+            out.push(if f.voter.last_heard.is_some() && silence < wait {
+                check(
+                    "primary",
+                    "OK",
+                    format!(
+                        "heard node {} {} ms ago",
+                        f.voter.leader.unwrap_or(0),
+                        silence.as_millis()
+                    ),
+                )
+            } else {
+                check(
+                    "primary",
+                    "CRITICAL",
+                    format!("no primary heard for {} ms", silence.as_millis()),
+                )
+            });
         }
     }
     if f.diverged {
@@ -196,6 +196,118 @@ pub fn node_check(settings: &Settings) -> Result<Vec<Check>> {
         });
     }
     Ok(out)
+}
+
+/// Every voter's timing as it reports it (`repmgr.vote_info()`), this node's from its own
+/// shared memory: what each waits before voting, against what its settings say, and the
+/// fence of the primary that makes it wait longer. Safety does not depend on agreement (each
+/// voter waits out the fence the primary announces), but failover time does.
+fn timing_across_nodes(settings: &Settings, me: &NodeRecord, nodes: &[NodeRecord]) -> Check {
+    let name = "timing across nodes";
+    let mut seen: Vec<(String, repmgr_core::state::PreVote)> = Vec::new();
+    let mut unreachable = Vec::new();
+    if let Some(st) = shmem::read() {
+        let local = repmgr_core::state::Local {
+            in_recovery: unsafe { pgrx::pg_sys::RecoveryInProgress() },
+            lsn: None,
+            paused: st.paused,
+        };
+        seen.push((me.describe(), st.failover.pre_vote(clock::now(), &local)));
+    }
+    let mut short = settings.clone();
+    short.peer_connect_timeout = short
+        .peer_connect_timeout
+        .min(std::time::Duration::from_secs(2));
+    short.peer_statement_timeout = short
+        .peer_statement_timeout
+        .min(std::time::Duration::from_secs(2));
+    for n in nodes.iter().filter(|n| n.active && n.node_id != me.node_id) {
+        let got =
+            crate::peer::Peer::connect(&n.conninfo, &n.describe(), &short).and_then(|mut p| {
+                p.run(
+                    &format!(
+                        "SELECT {} FROM repmgr.vote_info()",
+                        crate::protocol::VOTE_INFO_COLUMNS
+                    ),
+                    &[],
+                )
+            });
+        match got.ok().and_then(|r| crate::protocol::parse_vote_info(&r)) {
+            Some(p) => seen.push((n.describe(), p)),
+            None => unreachable.push(n.describe()),
+        }
+    }
+    let ms = |d: std::time::Duration| d.as_millis();
+    let primary = seen
+        .iter()
+        .find(|(_, p)| !p.answer.in_recovery && p.primary.is_some_and(|(_, _)| p.answer.leading));
+    let mut slower = Vec::new();
+    for (who, p) in &seen {
+        if p.wait > p.timing.lease {
+            slower.push(format!(
+                "{who} waits {} ms before it votes, not its repmgr.lease_timeout of {} ms, because the primary it confirmed runs with a longer repmgr.fence_timeout{}",
+                ms(p.wait),
+                ms(p.timing.lease),
+                primary.map_or(String::new(), |(pw, pp)| format!(
+                    " ({pw}: {} ms)",
+                    ms(pp.timing.fence)
+                ))
+            ));
+        }
+    }
+    let mut distinct: Vec<repmgr_core::lease::Timing> =
+        seen.iter().map(|(_, p)| p.timing).collect();
+    distinct.sort_by_key(|t| (t.heartbeat, t.fence, t.lease));
+    distinct.dedup();
+    let each: Vec<String> = seen
+        .iter()
+        .map(|(who, p)| {
+            format!(
+                "{who}: heartbeat {} ms, fence {} ms, lease {} ms",
+                ms(p.timing.heartbeat),
+                ms(p.timing.fence),
+                ms(p.timing.lease)
+            )
+        })
+        .collect();
+    let missing = if unreachable.is_empty() {
+        String::new()
+    } else {
+        format!("; could not ask {}", unreachable.join(", "))
+    };
+    if !slower.is_empty() {
+        check(
+            name,
+            "WARNING",
+            format!(
+                "{}; failover takes longer than these nodes' settings say: give every node the same repmgr.heartbeat_interval, repmgr.fence_timeout and repmgr.lease_timeout ({}){missing}",
+                slower.join("; "),
+                each.join("; ")
+            ),
+        )
+    } else if distinct.len() > 1 {
+        check(
+            name,
+            "WARNING",
+            format!(
+                "the nodes' timing settings differ ({}); safety holds (every voter waits out the fence the primary announces) but a failover's time depends on which node is primary{missing}",
+                each.join("; ")
+            ),
+        )
+    } else {
+        check(
+            name,
+            if unreachable.is_empty() {
+                "OK"
+            } else {
+                "WARNING"
+            },
+            format!(
+                "{} node(s) answered with the same timing{missing}",
+                seen.len()
+            ),
+        )
+    }
 }
 
 /// The synchronous quorum (repmgr.synchronous_standbys): on the primary, whether commits are

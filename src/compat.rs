@@ -76,9 +76,31 @@ fn set_upstream_node_id(node_id: i32) {
     }
 }
 
-/// Tells this node to follow `node_id` (or, with -2, to re-run the election).
+/// Tells this node to follow `node_id` (or, with -2, to re-run the election). Refused for
+/// a node a standby cannot stream from: the witness, this node itself, or an unknown id.
 #[pg_extern(strict, volatile)]
 fn notify_follow_primary(node_id: i32) {
+    if node_id != ELECTION_RERUN_NOTIFICATION {
+        let me = crate::config::node_id();
+        let target = crate::catalog::nodes(&mut Local)
+            .ok()
+            .and_then(|n| n.into_iter().find(|n| n.node_id == node_id));
+        let refusal = match &target {
+            _ if node_id == me => Some(format!("node {node_id} is this node itself")),
+            Some(t) if t.node_type == repmgr_core::node::NodeType::Witness => {
+                Some(format!("{} is the witness", t.describe()))
+            }
+            None => Some(format!("node {node_id} is not registered")),
+            Some(_) => None,
+        };
+        if let Some(why) = refusal {
+            Failure::invalid(format!(
+                "node {me} cannot be told to follow node {node_id}: {why}"
+            ))
+            .hint("A standby follows the primary or another standby; see SELECT * FROM repmgr.show_nodes.")
+            .raise();
+        }
+    }
     let local = shmem::update(|s| {
         if s.local_node_id != -1 {
             s.candidate_node_id = node_id;

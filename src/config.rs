@@ -69,6 +69,7 @@ static HTTP_LISTEN_ADDRESS: GucSetting<Option<CString>> = GucSetting::<Option<CS
 static HTTP_PORT: GucSetting<i32> = GucSetting::<i32>::new(8008);
 static SYNCHRONOUS_STANDBYS: GucSetting<i32> = GucSetting::<i32>::new(0);
 static SYNCHRONOUS_MODE: GucSetting<SyncMode> = GucSetting::<SyncMode>::new(SyncMode::Strict);
+static ALLOW_DROP_EXTENSION: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 /// `repmgr.synchronous_mode`: what the primary does when fewer standbys stream than
 /// `repmgr.synchronous_standbys` asks for.
@@ -105,6 +106,50 @@ pub enum CheckType {
     /// Run a query on the connection kept open across rounds.
     #[name = c"query"]
     Query,
+}
+
+/// Tells PostgreSQL why a value a check hook refused is wrong (its DETAIL line).
+fn refuse_value(why: &str) -> bool {
+    let c = CString::new(why.replace('\0', " ")).unwrap_or_default();
+    unsafe { pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(c.as_ptr()) };
+    false
+}
+
+/// The value a string check hook is given, `None` when empty or unset.
+unsafe fn hook_value(newval: *mut *mut std::ffi::c_char) -> Option<String> {
+    let v = unsafe { *newval };
+    if v.is_null() {
+        return None;
+    }
+    let s = unsafe { CStr::from_ptr(v) }.to_string_lossy().into_owned();
+    (!s.trim().is_empty()).then_some(s)
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_node_name(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    match unsafe { hook_value(newval) }.map(|n| node::validate_name(&n)) {
+        Some(Err(why)) => refuse_value(&format!("{why}.")),
+        _ => true,
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_conninfo_setting(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let Some(c) = (unsafe { hook_value(newval) }) else {
+        return true;
+    };
+    match repmgr_pq::check_conninfo(&c).and_then(|()| repmgr_core::conninfo::check_values(&c)) {
+        Ok(()) => true,
+        Err(why) => refuse_value(&format!("It is not a valid connection string: {why}.")),
+    }
 }
 
 /// Defines a reloadable integer setting.
@@ -153,14 +198,21 @@ pub fn define(preloading: bool) {
         identity(),
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
-        c"repmgr.node_name",
-        c"Name of this node; standbys must use it as application_name in primary_conninfo.",
-        c"Defaults to cluster_name, or node<id> when cluster_name is empty.",
-        &NODE_NAME,
-        identity(),
-        GucFlags::default(),
-    );
+    // Checked when set, so that a name that could never equal a standby's application_name
+    // (or a connection string libpq would refuse) never takes effect.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"repmgr.node_name",
+            c"Name of this node; standbys must use it as application_name in primary_conninfo.",
+            c"Defaults to cluster_name, or node<id> when cluster_name is empty; at most 63 bytes of printable ASCII.",
+            &NODE_NAME,
+            identity(),
+            GucFlags::default(),
+            Some(check_node_name),
+            None,
+            None,
+        )
+    };
     GucRegistry::define_string_guc(
         c"repmgr.database",
         c"Database where the repmgr extension lives on every node.",
@@ -169,14 +221,19 @@ pub fn define(preloading: bool) {
         identity(),
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
-        c"repmgr.conninfo",
-        c"Connection string other nodes use to reach this node.",
-        c"Stored in repmgr.nodes at registration. Prefer a password file over a password here.",
-        &CONNINFO,
-        GucContext::Sighup,
-        secret,
-    );
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"repmgr.conninfo",
+            c"Connection string other nodes use to reach this node.",
+            c"Stored in repmgr.nodes at registration. Prefer a password file over a password here.",
+            &CONNINFO,
+            GucContext::Sighup,
+            secret,
+            Some(check_conninfo_setting),
+            None,
+            None,
+        )
+    };
     GucRegistry::define_string_guc(
         c"repmgr.replication_user",
         c"User standbys replicate as; defaults to the user in repmgr.conninfo.",
@@ -254,6 +311,14 @@ pub fn define(preloading: bool) {
         3_600_000,
         GucContext::Sighup,
         ms,
+    );
+    GucRegistry::define_bool_guc(
+        c"repmgr.allow_drop_extension",
+        c"Let DROP EXTENSION repmgr through while nodes are registered (to rebuild the catalog).",
+        c"Set it for one session, by a superuser; see the README's recovery of a lost catalog.",
+        &ALLOW_DROP_EXTENSION,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     define_monitoring();
     define_failover();
@@ -497,6 +562,11 @@ fn define_monitoring() {
     );
 }
 
+/// `repmgr.allow_drop_extension`, as the session set it.
+pub fn allow_drop_extension() -> bool {
+    ALLOW_DROP_EXTENSION.get()
+}
+
 /// `repmgr.node_id`, for code that runs before settings are snapshotted (shared memory setup).
 pub fn node_id() -> i32 {
     NODE_ID.get()
@@ -563,6 +633,21 @@ pub struct FailoverSettings {
 }
 
 impl FailoverSettings {
+    /// What the failover state machine reads, with this node's `repmgr.priority`.
+    pub fn driver(&self, priority: i32) -> repmgr_core::driver::Settings {
+        repmgr_core::driver::Settings {
+            timing: self.timing.clone(),
+            automatic: self.automatic,
+            priority,
+            max_lag: self.max_lag,
+            visibility_consensus: self.visibility_consensus,
+            validation_command: self.validation_command.is_some(),
+            election_rerun_interval: self.election_rerun_interval,
+            disconnect_on_failover: self.disconnect_on_failover,
+            fence_shutdown: self.fence_action == FenceAction::Shutdown,
+        }
+    }
+
     fn current() -> FailoverSettings {
         let timing = Timing {
             heartbeat: millis(HEARTBEAT_INTERVAL.get()),

@@ -7,7 +7,9 @@
 //! is exactly libpq's text protocol and costs nothing that matters for catalog operations.
 
 use std::ffi::CStr;
+use std::panic::AssertUnwindSafe;
 
+use pgrx::bgworkers::BackgroundWorker;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
@@ -90,5 +92,19 @@ impl Db for Local {
 
     fn label(&self) -> String {
         "this node".into()
+    }
+}
+
+/// Runs `f` in a transaction of its own, as the worker must for any local SQL.
+pub fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
+    BackgroundWorker::transaction(AssertUnwindSafe(f))
+}
+
+/// Runs `f`, which writes to this node, in a transaction of its own. On a fenced primary its
+/// commit would fail, and an error at commit ends the worker, so it is not even started.
+pub fn write_transaction<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    match crate::fence::refusal() {
+        Some(fenced) => Err(fenced),
+        None => in_transaction(f),
     }
 }

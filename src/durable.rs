@@ -8,8 +8,10 @@
 use std::fs::{self, File};
 use std::io::Write;
 
+use pgrx::prelude::*;
 use repmgr_core::durable::Saved;
 use repmgr_core::lease::NodeId;
+use repmgr_core::state::Disk;
 
 /// Relative to the data directory, the working directory of every server process.
 const FILE: &str = "repmgr_failover.state";
@@ -29,4 +31,20 @@ pub fn save(saved: &Saved) -> std::io::Result<()> {
     drop(f);
     fs::rename(TEMP, FILE)?;
     File::open(".")?.sync_all()
+}
+
+/// The state file as the failover state machine's [`Disk`]: a failed save is logged (the
+/// state machine then puts the change back and does not act on it).
+pub struct StateFile;
+
+impl Disk for StateFile {
+    fn save(&mut self, saved: &Saved) -> bool {
+        match save(saved) {
+            Ok(()) => true,
+            Err(e) => {
+                warning!("repmgr: could not save the failover state in the data directory: {e}");
+                false
+            }
+        }
+    }
 }

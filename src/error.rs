@@ -84,6 +84,21 @@ impl Failure {
     }
 }
 
+/// A required argument of SQL function `function`, or a clear error naming it (SQLSTATE
+/// 22004) instead of the generic one for a NULL where a value is needed.
+pub fn required<T>(value: Option<T>, name: &str, function: &str) -> T {
+    value.unwrap_or_else(|| {
+        Failure::new(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{function}: {name} must not be NULL"),
+        )
+        .hint(format!(
+            "Pass a value for {name}, or leave it out to use its default."
+        ))
+        .raise()
+    })
+}
+
 /// Masks passwords in free text that may quote connection strings.
 pub fn mask_text(text: &str) -> String {
     conninfo::mask_in_text(text)

@@ -32,20 +32,23 @@ pub fn refusal() -> Option<Failure> {
     if lease.may_commit(now, f.timing.fence) {
         return None;
     }
-    let since = repmgr_core::lease::confirmed_since(now, &lease.confirmations(), lease.voters());
-    let age = since.map_or("never since it started".to_string(), |t| {
-        format!("for {} ms", now.saturating_sub(t).as_millis())
-    });
+    let age = match lease.valid_until(f.timing.fence) {
+        Some(Some(until)) => format!(
+            "its confirmations ran out {} ms ago",
+            now.saturating_sub(until).as_millis()
+        ),
+        _ => "it has not been confirmed by enough voters since it started".to_string(),
+    };
+    let (needed, others) = lease.needs();
     Some(
         Failure::new(
             PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
-            format!("cannot commit: node {} is fenced, it has not been confirmed by enough voters {age}", f.node_id),
+            format!("cannot commit: node {} is fenced: {age}", f.node_id),
         )
         .detail(format!(
-            "A primary needs fresh confirmations from {} of its {} other voters (repmgr.fence_timeout is {} ms); without them another node may have been promoted.",
-            repmgr_core::lease::confirmations_needed(lease.voters()),
-            lease.voters() - 1,
-            f.timing.fence.as_millis()
+            "A primary needs fresh confirmations from {needed} of its {others} other voters (repmgr.fence_timeout is {} ms){}; without them another node may have been promoted.",
+            f.timing.fence.as_millis(),
+            if lease.changing() { ", under both the node list and the one before it" } else { "" }
         ))
         .hint("Send writes to the current primary (SELECT * FROM repmgr.daemon_status()). If this node was replaced it needs repmgr node rejoin."),
     )

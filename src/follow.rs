@@ -47,7 +47,7 @@ fn alter_system_reset(name: &str) -> Result<()> {
 /// the worker's own, then makes the server re-read its configuration as `pg_reload_conf()`
 /// does.
 pub fn set_and_reload(settings: &[(&str, Option<&str>)]) -> Result<()> {
-    crate::monitor::in_transaction(|| -> Result<()> {
+    crate::db::in_transaction(|| -> Result<()> {
         for (name, value) in settings {
             match value {
                 Some(v) => alter_system(name, v)?,

@@ -307,7 +307,7 @@ impl Publisher {
     /// Reads the database facts again (main thread, after a monitoring round). Keeps the old
     /// ones when the node cannot say (extension not created yet, node not registered).
     pub fn refresh(&mut self, settings: &crate::config::Settings) {
-        let read = crate::monitor::in_transaction(|| {
+        let read = crate::db::in_transaction(|| {
             let s = crate::status::node_status(settings)?;
             let standbys = if s.in_recovery {
                 Vec::new()
@@ -376,7 +376,7 @@ impl Publisher {
         };
         let mut v = base.clone();
         let now_ts = unsafe { pg_sys::GetCurrentTimestamp() };
-        v.term = st.term();
+        v.term = st.failover.term();
         v.paused = st.paused;
         v.lease = st.failover.lease;
         v.armed = st.failover.armed;

@@ -14,6 +14,7 @@ mod command;
 mod compat;
 mod config;
 mod db;
+mod drop_guard;
 mod durable;
 mod error;
 mod events;
@@ -42,11 +43,16 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // A Rust backtrace, with its build paths, never reaches a client or the log: an error
+    // says what went wrong in its message, detail and hint. (Set before any thread exists:
+    // the postmaster, or a backend loading the library, runs this single-threaded.)
+    unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     config::define(preloading);
     if preloading {
         shmem::init();
         fence::install();
+        drop_guard::install();
         worker::register();
     }
 }

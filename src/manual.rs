@@ -84,7 +84,13 @@ fn ask_worker(action: Action, what: &str) -> String {
 /// quorum it also refuses a node that may lack acknowledged commits, unless
 /// `allow_data_loss`.
 #[pg_extern(volatile)]
-fn promote(force: default!(bool, false), allow_data_loss: default!(bool, false)) -> String {
+fn promote(
+    force: default!(Option<bool>, "false"),
+    allow_data_loss: default!(Option<bool>, "false"),
+) -> String {
+    let f = "repmgr.promote()";
+    let force = crate::error::required(force, "force", f);
+    let allow_data_loss = crate::error::required(allow_data_loss, "allow_data_loss", f);
     ask_worker(
         Action::Promote {
             force,
@@ -97,6 +103,7 @@ fn promote(force: default!(bool, false), allow_data_loss: default!(bool, false))
 /// Makes this standby stream from `node_id` (another standby, or the primary) and waits until
 /// it does.
 #[pg_extern(volatile)]
-fn follow(node_id: i32) -> String {
+fn follow(node_id: Option<i32>) -> String {
+    let node_id = crate::error::required(node_id, "node_id", "repmgr.follow()");
     ask_worker(Action::Follow { node_id }, "repmgr.follow()")
 }

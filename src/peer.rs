@@ -103,7 +103,9 @@ impl Waiter for LatchWaiter {
 
 /// Checks a connection string with libpq's parser; `what` names where it came from.
 pub fn check_conninfo(conninfo: &str, what: &str, node: &str) -> Result<()> {
-    repmgr_pq::check_conninfo(conninfo).map_err(|why| {
+    repmgr_pq::check_conninfo(conninfo)
+        .and_then(|()| conninfo::check_values(conninfo))
+        .map_err(|why| {
         Failure::invalid(format!("{what} on {node} is not a valid connection string: {why}"))
             .detail(format!("The value is: {}", conninfo::mask(conninfo)))
             .hint("Use the libpq key=value form, e.g. 'host=10.0.0.5 port=5432 dbname=repmgr user=repmgr'.")

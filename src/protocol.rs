@@ -1,93 +1,84 @@
 //! The failover protocol between nodes: SQL functions that other nodes' workers call.
 //!
 //! `lease_poll` runs on the primary (a voter confirming it), `vote_info` and `request_vote`
-//! on every voter (a candidate asking around, then asking for votes). Each decision is a pure
-//! function of `repmgr-core` applied to this node's shared state under its lock; a change a
-//! vote depends on reaches disk before the answer leaves (see [`crate::durable`]). None is
-//! executable by PUBLIC: grant them to the role in `repmgr.conninfo`.
+//! on every voter (a candidate asking around, then asking for votes), `membership_changed`
+//! in the catalog trigger of the primary. Each is one call into [`repmgr_core::state::State`]
+//! under this node's shared-state lock; a change a vote depends on reaches disk before the
+//! answer leaves. None is executable by PUBLIC: grant them to the role in `repmgr.conninfo`.
+
+use std::time::Duration;
 
 use pgrx::prelude::*;
-use repmgr_core::durable::Saved;
-use repmgr_core::election;
-use repmgr_core::lease::{Stamp, Timing};
-use repmgr_core::vote::{VoteRequest, VoterFacts};
+use repmgr_core::election::Answer;
+use repmgr_core::lease::{Membership, Poll, Stamp};
+use repmgr_core::state::{Local as LocalFacts, PreVote};
+use repmgr_core::vote::{VoteRequest, VoterFacts, catalog_objection};
 
 use crate::db::{Db, Local};
-use crate::shmem::{self, FailoverState};
-use crate::{catalog, clock, durable};
+use crate::error::{Failure, OrRaise, required};
+use crate::{catalog, clock, durable, shmem};
 
 fn in_recovery() -> bool {
     unsafe { pg_sys::RecoveryInProgress() }
 }
 
-/// What this node saves for `state` (its durable voter state, and its lease voters if any).
-pub fn saved(state: &FailoverState) -> Saved {
-    let durable = match state.lease {
-        Some(l) => repmgr_core::vote::Durable {
-            term: l.term.max(state.voter.durable.term),
-            supports: Some(state.node_id),
-        },
-        None => state.voter.durable,
-    };
-    Saved {
-        node_id: state.node_id,
-        durable,
-        lease_voters: state.lease.map(|l| l.others().collect()),
-    }
-}
-
-/// Saves `state`. Called with the shared-state lock held, so the file always ends with the
-/// newest state whoever writes it.
-pub fn persist(state: &FailoverState) -> bool {
-    match durable::save(&saved(state)) {
-        Ok(()) => true,
-        Err(e) => {
-            warning!("repmgr: could not save the failover state in the data directory: {e}");
-            false
-        }
-    }
+fn micros(v: i64) -> Duration {
+    Duration::from_micros(v.max(0) as u64)
 }
 
 /// A voter confirms this primary. No row: this node is not a primary in the protocol.
 #[pg_extern(volatile)]
+#[allow(clippy::type_complexity)]
 fn lease_poll(
-    voter_id: i32,
-    voter_term: i64,
+    voter_id: Option<i32>,
+    voter_term: Option<i64>,
     echo_incarnation: Option<i64>,
     echo_at_us: Option<i64>,
+    echo_fence_us: default!(Option<i64>, "NULL"),
+    voter_version: default!(Option<i64>, "0"),
+    voter_wait_ms: default!(Option<i64>, "0"),
 ) -> TableIterator<
     'static,
     (
         name!(term, i64),
         name!(accepted, bool),
         name!(holds_lease, bool),
+        name!(yielding, bool),
         name!(incarnation, i64),
         name!(at_us, i64),
+        name!(fence_us, i64),
+        name!(heartbeat_ms, i64),
     ),
 > {
-    if in_recovery() {
-        return TableIterator::new(std::iter::empty());
-    }
-    let echo = echo_incarnation.zip(echo_at_us).map(|(i, at)| Stamp {
-        incarnation: i as u64,
-        at: std::time::Duration::from_micros(at.max(0) as u64),
-    });
+    let f = "repmgr.lease_poll()";
+    let poll = Poll {
+        voter: required(voter_id, "voter_id", f),
+        term: required(voter_term, "voter_term", f).max(0) as u64,
+        echo: match (echo_incarnation, echo_at_us) {
+            (Some(i), Some(at)) => Some(Stamp {
+                incarnation: i as u64,
+                at: micros(at),
+                // A stamp echoed without its fence counts for no longer than the current one.
+                fence: echo_fence_us.map_or(Duration::MAX, micros),
+            }),
+            _ => None,
+        },
+        version: voter_version.unwrap_or(0).max(0) as u64,
+        wait: Duration::from_millis(voter_wait_ms.unwrap_or(0).max(0) as u64),
+    };
     let now = clock::now();
-    let reply = shmem::update(|s| {
-        let fence = s.failover.timing.fence;
-        s.failover
-            .lease
-            .as_mut()
-            .map(|l| l.poll(now, voter_id, voter_term.max(0) as u64, echo, fence))
-    })
-    .flatten();
+    let recovery = in_recovery();
+    let reply = shmem::update(|s| s.failover.answer_poll(now, recovery, &poll)).flatten();
     TableIterator::new(reply.map(|r| {
         (
             r.term as i64,
             r.accepted,
             r.leading,
+            r.yielding,
             r.stamp.incarnation as i64,
             r.stamp.at.as_micros() as i64,
+            r.stamp.fence.as_micros() as i64,
+            r.heartbeat.as_millis() as i64,
         )
     }))
 }
@@ -107,7 +98,44 @@ pub(crate) fn received_lsn() -> Option<u64> {
     rows.get(0, 0).and_then(|v| v.parse().ok())
 }
 
-/// How things look from this node: the pre-vote answer.
+/// The columns of `repmgr.vote_info()` that [`parse_vote_info`] reads, in its order.
+pub const VOTE_INFO_COLUMNS: &str = "term, holds_lease, in_recovery, silence_ms, lost, lsn, unavailable, diverged, priority, version, primary_id, primary_term, switch_lsn, heartbeat_ms, fence_ms, lease_ms, wait_ms";
+
+/// A pre-vote answer from the row of `repmgr.vote_info()`.
+pub fn parse_vote_info(r: &repmgr_pq::Rows) -> Option<PreVote> {
+    if r.rows.is_empty() {
+        return None;
+    }
+    let int = |c: usize| r.get(0, c).and_then(|v| v.parse::<i64>().ok());
+    let yes = |c: usize| r.get(0, c) == Some("t");
+    let ms = |c: usize| Duration::from_millis(int(c).unwrap_or(0).max(0) as u64);
+    Some(PreVote {
+        answer: Answer {
+            term: int(0)?.max(0) as u64,
+            leading: yes(1),
+            in_recovery: yes(2),
+            silence: ms(3),
+            lost: yes(4),
+            lsn: int(5).map(|l| l.max(0) as u64),
+            unavailable: yes(6),
+            diverged: yes(7),
+            priority: int(8).unwrap_or(0) as i32,
+            version: int(9).unwrap_or(0).max(0) as u64,
+        },
+        primary: int(10)
+            .zip(int(11))
+            .map(|(p, t)| (p as i32, t.max(0) as u64)),
+        switch_lsn: int(12).unwrap_or(0).max(0) as u64,
+        timing: repmgr_core::lease::Timing {
+            heartbeat: ms(13),
+            fence: ms(14),
+            lease: ms(15),
+        },
+        wait: ms(16),
+    })
+}
+
+/// How things look from this node: the pre-vote answer, with this node's timing.
 #[pg_extern(volatile)]
 #[allow(clippy::type_complexity)]
 fn vote_info() -> TableIterator<
@@ -118,88 +146,67 @@ fn vote_info() -> TableIterator<
         name!(holds_lease, bool),
         name!(in_recovery, bool),
         name!(silence_ms, i64),
+        name!(lost, bool),
         name!(lsn, Option<i64>),
+        name!(unavailable, bool),
         name!(paused, bool),
         name!(diverged, bool),
+        name!(priority, i32),
+        name!(version, i64),
         name!(primary_id, Option<i32>),
         name!(primary_term, Option<i64>),
         name!(switch_lsn, i64),
+        name!(heartbeat_ms, i64),
+        name!(fence_ms, i64),
+        name!(lease_ms, i64),
+        name!(wait_ms, i64),
     ),
 > {
     let Some(st) = shmem::read() else {
         return TableIterator::new(std::iter::empty());
     };
-    let f = st.failover;
-    let now = clock::now();
     let recovery = in_recovery();
-    let leading = !recovery && f.lease.is_some_and(|l| l.may_commit(now, f.timing.fence));
-    let silence = match (recovery, f.lease) {
-        (false, Some(_)) if leading => 0,
-        (false, Some(_)) => i64::MAX / 2,
-        _ => f.voter.silence(now).as_millis() as i64,
+    let local = LocalFacts {
+        in_recovery: recovery,
+        lsn: if recovery { received_lsn() } else { None },
+        paused: st.paused,
     };
-    let (primary_id, primary_term) = match f.lease {
-        Some(l) if !recovery => (Some(f.node_id), Some(l.term as i64)),
-        _ => match f
-            .voter
-            .leader
-            .filter(|_| !f.voter.lease_expired(now, &f.timing))
-        {
-            Some(l) => (Some(l), Some(f.voter.durable.term as i64)),
-            None => (None, None),
-        },
-    };
-    let lsn = if recovery {
-        received_lsn().map(|l| l as i64)
-    } else {
-        None
-    };
+    let p = st.failover.pre_vote(clock::now(), &local);
+    let a = &p.answer;
+    let ms = |d: Duration| d.as_millis().min(i64::MAX as u128 / 2) as i64;
     TableIterator::once((
-        f.node_id,
-        f.voter.durable.term.max(f.lease.map_or(0, |l| l.term)) as i64,
-        leading,
-        recovery,
-        silence,
-        lsn,
+        st.failover.node_id,
+        a.term as i64,
+        a.leading,
+        a.in_recovery,
+        ms(a.silence),
+        a.lost,
+        a.lsn.map(|l| l as i64),
+        a.unavailable,
         st.paused,
-        f.diverged,
-        primary_id,
-        primary_term,
-        f.switch_lsn as i64,
+        a.diverged,
+        a.priority,
+        a.version as i64,
+        p.primary.map(|(id, _)| id),
+        p.primary.map(|(_, t)| t as i64),
+        p.switch_lsn as i64,
+        ms(p.timing.heartbeat),
+        ms(p.timing.fence),
+        ms(p.timing.lease),
+        ms(p.wait),
     ))
 }
 
-/// Why `candidate` may not be promoted, from this node's copy of the catalog. A manual
-/// promotion (`repmgr.promote()`) may pick a node automatic failover never would. `lenient`
-/// checks only what the candidate is: a manual promotion, or a witness, whose copy of the
-/// node list is only refreshed every `repmgr.witness_sync_interval` and may still show a
-/// rejoined node as inactive (the data nodes' replicated catalogs check the rest).
-fn candidate_ineligible(candidate: i32, lenient: bool) -> Option<String> {
-    let nodes = catalog::nodes(&mut Local).ok()?;
-    match nodes.iter().find(|n| n.node_id == candidate) {
-        None => Some(format!("node {candidate} is not registered")),
-        // A node registered as primary may be a former primary rejoined as a standby that
-        // this copy of the catalog has not caught up with yet (a witness copies the list
-        // every repmgr.witness_sync_interval); it asks from recovery, so only a witness is
-        // refused for what it is.
-        Some(n) if n.node_type == repmgr_core::node::NodeType::Witness => {
-            Some(format!("{} is the witness", n.describe()))
-        }
-        Some(_) if lenient => None,
-        Some(n) if !n.active => Some(format!("{} is inactive", n.describe())),
-        Some(n) => {
-            election::ineligible(n.priority, true).map(|why| format!("{}: {why}", n.describe()))
-        }
-    }
-}
-
-/// A candidate asks for this node's vote in `term` (`manual`: for `repmgr.promote()`).
+/// A candidate asks for this node's vote in `term` (`manual`: for `repmgr.promote()`), with
+/// the fence it will run with and the membership version of its node list.
 #[pg_extern(volatile)]
 fn request_vote(
-    term: i64,
-    candidate: i32,
-    lsn: i64,
-    manual: default!(bool, false),
+    term: Option<i64>,
+    candidate: Option<i32>,
+    lsn: Option<i64>,
+    manual: default!(Option<bool>, "false"),
+    fence_us: default!(Option<i64>, "NULL"),
+    version: default!(Option<i64>, "0"),
 ) -> TableIterator<
     'static,
     (
@@ -208,6 +215,12 @@ fn request_vote(
         name!(reason, String),
     ),
 > {
+    let f = "repmgr.request_vote()";
+    let (term, candidate, lsn) = (
+        required(term, "term", f),
+        required(candidate, "candidate", f),
+        required(lsn, "lsn", f),
+    );
     let Some(st) = shmem::read() else {
         return TableIterator::once((
             0,
@@ -215,44 +228,45 @@ fn request_vote(
             "repmgr is not in shared_preload_libraries on this node".to_string(),
         ));
     };
+    let settings = crate::config::Settings::current();
     let recovery = in_recovery();
-    let witness = catalog::nodes(&mut Local)
-        .ok()
-        .and_then(|n| n.into_iter().find(|n| n.node_id == st.failover.node_id))
+    let nodes = catalog::nodes(&mut Local).unwrap_or_default();
+    let witness = nodes
+        .iter()
+        .find(|n| n.node_id == st.failover.node_id)
         .is_some_and(|n| n.node_type == repmgr_core::node::NodeType::Witness);
+    let req = VoteRequest {
+        term: term.max(0) as u64,
+        candidate,
+        lsn: lsn.max(0) as u64,
+        // A candidate that does not say is taken to run with the longest fence.
+        fence: fence_us.map_or(repmgr_core::lease::MAX_FENCE, micros),
+        version: version.unwrap_or(0).max(0) as u64,
+    };
+    let may_stand = settings.failover.automatic && settings.priority > 0 && !st.paused;
     let facts = VoterFacts {
-        // A standby that holds a lease has won its election and is promoting: it must not
-        // help a rival win a later term while pg_promote() runs.
-        is_primary: (!recovery || st.failover.lease.is_some()) && !witness,
+        is_primary: !recovery && !witness,
         received_lsn: if recovery && !st.failover.diverged {
             received_lsn()
         } else {
             None
         },
-        candidate_ineligible: candidate_ineligible(candidate, manual || witness),
-    };
-    let req = VoteRequest {
-        term: term.max(0) as u64,
-        candidate,
-        lsn: lsn.max(0) as u64,
+        tolerance: if may_stand {
+            0
+        } else {
+            settings.failover.max_lag
+        },
+        candidate_ineligible: catalog_objection(
+            candidate,
+            nodes.iter().find(|n| n.node_id == candidate),
+            manual.unwrap_or(false) || witness,
+            st.failover.version < req.version,
+        ),
+        version: st.failover.version,
     };
     let now = clock::now();
-    let reply = shmem::update(|s| {
-        let timing: Timing = s.failover.timing;
-        let before = s.failover.voter.durable;
-        let reply = s.failover.voter.decide(now, &req, &facts, &timing);
-        if s.failover.voter.durable != before && !persist(&s.failover) {
-            // Not on disk: the vote must not leave this node.
-            s.failover.voter.durable = before;
-            return repmgr_core::vote::VoteReply {
-                term: before.term,
-                granted: false,
-                reason: "could not save the vote durably".into(),
-            };
-        }
-        reply
-    })
-    .expect("shared memory was read above");
+    let reply = shmem::update(|s| s.failover.vote(now, &req, &facts, &mut durable::StateFile))
+        .expect("shared memory was read above");
     if reply.granted {
         log!(
             "repmgr: node {} votes for node {candidate} in term {term}",
@@ -266,16 +280,43 @@ fn request_vote(
 /// control file that it shut down cleanly: this voter stops waiting for the lease to run out,
 /// so that the new primary's votes come at once. Returns whether `node_id` was the primary
 /// this node follows.
-#[pg_extern(volatile)]
+#[pg_extern(volatile, strict)]
 fn primary_stopped(node_id: i32) -> bool {
     let now = clock::now();
-    let known = shmem::update(|s| {
-        let timing = s.failover.timing;
-        s.failover.voter.primary_gone(now, node_id, &timing)
-    })
-    .unwrap_or(false);
+    let known = shmem::update(|s| s.failover.primary_stopped(now, node_id)).unwrap_or(false);
     if known {
         log!("repmgr: told that primary node {node_id} shut down cleanly for a switchover");
     }
     known
+}
+
+/// How long a change of the node list waits for the previous one to reach the voters.
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
+
+/// Called by the trigger on `repmgr.nodes`, in the transaction that changes the voters, with
+/// the new voters and the version the trigger gives them: a primary in the failover protocol
+/// counts the new node list from now on (and the old one until enough voters have seen it),
+/// saved before the change may commit. Waits up to 10 s for an earlier change to settle, then
+/// refuses. Returns `version`.
+#[pg_extern(volatile, strict)]
+fn membership_changed(version: i64, voters: Vec<i32>) -> i64 {
+    let view = Membership::new(version.max(0) as u64, voters);
+    let waited = crate::peer::poll(MEMBERSHIP_WAIT, Duration::from_millis(100), || {
+        let settled = shmem::read().is_none_or(|s| s.failover.lease.is_none_or(|l| !l.changing()));
+        Ok(settled.then_some(()))
+    })
+    .or_raise();
+    let outcome = shmem::update(|s| s.failover.change_view(&view, &mut durable::StateFile));
+    match (waited, outcome) {
+        (_, None) | (_, Some(Ok(()))) => {
+            let v = view.version;
+            pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || {
+                shmem::update(|s| s.failover.undo_view(v, &mut durable::StateFile));
+            });
+            version
+        }
+        (_, Some(Err(why))) => Failure::state(format!("cannot change the node list now: {why}"))
+            .hint("Try again in a few seconds, once the standbys and the witness have replayed the previous change; repmgr.node_check() shows the voters that have not.")
+            .raise(),
+    }
 }

@@ -19,9 +19,9 @@ use repmgr_core::quorum::{self, Candidate, Config, Mode, Step};
 use crate::catalog::NodeRecord;
 use crate::config::Settings;
 use crate::db::{Db, Local};
+use crate::db::{in_transaction, write_transaction};
 use crate::error::Result;
 use crate::events::Event;
-use crate::monitor::{in_transaction, write_transaction};
 
 /// How long after a reload the new `synchronous_standby_names` is taken to be in force in
 /// every WAL sender (they reload within milliseconds of the postmaster's signal).

@@ -210,6 +210,28 @@ fn find_primary(settings: &Settings, local_nodes: &[NodeRecord]) -> Result<(Peer
     .hint("Check that the primary is running and registered (SELECT repmgr.register_primary() on it), and that its repmgr.conninfo is reachable from this node."))
 }
 
+/// How long a registration waits for a primary that does not hold its lease (a primary
+/// whose worker has just started waits for its voters' first confirmations).
+const FENCED_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits while `primary` is fenced, at most [`FENCED_WAIT`]; then says so.
+fn wait_until_writable(primary: &mut Peer, settings: &Settings) -> Result<()> {
+    let writable = peer::poll(FENCED_WAIT, Duration::from_millis(100), || {
+        let r = primary.read("SELECT fenced FROM repmgr.node_status()", &[])?;
+        Ok((r.get(0, 0) != Some("t")).then_some(()))
+    })?;
+    if writable.is_some() {
+        return Ok(());
+    }
+    Err(Failure::state(format!(
+        "{} cannot change the node list on {}: that primary is fenced (it is not confirmed by enough voters) and was still fenced after {} s",
+        settings.describe(),
+        primary.label(),
+        FENCED_WAIT.as_secs()
+    ))
+    .hint("SELECT * FROM repmgr.node_check() on the primary says which voters it is missing; once it holds its lease again, try again."))
+}
+
 /// Opens the registration transaction on the primary: locks the node list and reads it,
 /// finds the registered primary and checks this node's name is free. Returns the node list
 /// and the primary's record.
@@ -217,6 +239,7 @@ fn begin_on_primary(
     primary: &mut Peer,
     settings: &Settings,
 ) -> Result<(Vec<NodeRecord>, NodeRecord)> {
+    wait_until_writable(primary, settings)?;
     primary.write("BEGIN", &[])?;
     catalog::lock_nodes(primary)?;
     let nodes = catalog::nodes(primary)?;
@@ -553,6 +576,8 @@ pub fn register_witness(settings: &Settings, primary_conninfo: &str, force: bool
     );
     events::record(Some(&mut primary), settings, ev)?;
     primary.write("COMMIT", &[])?;
+    // The witness counts the primary's node list version, not the one its own copy made.
+    catalog::copy_membership(&mut primary, &mut Local)?;
     Ok(settings.node_id)
 }
 
@@ -580,6 +605,7 @@ pub fn unregister_node(settings: &Settings, node_id: Option<i32>, force: bool) -
     let mut local = Local;
     let db: &mut dyn Db = match remote.as_mut() {
         Some(p) => {
+            wait_until_writable(p, settings)?;
             p.write("BEGIN", &[])?;
             p
         }
@@ -610,23 +636,42 @@ pub fn unregister_node(settings: &Settings, node_id: Option<i32>, force: bool) -
         )
         .hint("Repoint or unregister those nodes first, or pass force => true (their upstream is then cleared)."));
     }
-    if rec.node_type == NodeType::Primary && rec.active && !force {
+    if rec.node_type == NodeType::Primary && rec.active {
+        // A running primary stays in the failover protocol whatever its record says, so
+        // removing the record would only confuse the cluster: never, forced or not.
         let running = if remote.is_none() && target == settings.node_id {
-            true
+            Some(true)
         } else {
-            matches!(probe(&rec.conninfo, &rec.describe(), settings), Probe::Reached(_, f) if !f.in_recovery)
+            match probe(&rec.conninfo, &rec.describe(), settings) {
+                Probe::Reached(_, f) => Some(!f.in_recovery),
+                Probe::Unreachable(_) => None,
+            }
         };
-        if running {
-            return Err(Failure::new(
-                PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
-                format!(
-                    "cannot unregister {}: it is the active primary and it is running",
-                    rec.describe()
-                ),
-            )
-            .hint(
-                "Unregister a primary once it has been demoted or stopped, or pass force => true.",
-            ));
+        match (running, force) {
+            (Some(true), _) => {
+                return Err(Failure::new(
+                    PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+                    format!(
+                        "cannot unregister {}: it is the active primary and it is running",
+                        rec.describe()
+                    ),
+                )
+                .detail("A running primary keeps its role in the failover protocol whatever its catalog record says; force => true does not change that.")
+                .hint(
+                    "Switch over to another node first (repmgr standby switchover), or stop this one; then unregister it.",
+                ));
+            }
+            (None, false) => {
+                return Err(Failure::new(
+                    PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+                    format!(
+                        "cannot unregister {}: it is the active primary and could not be reached to check that it is stopped",
+                        rec.describe()
+                    ),
+                )
+                .hint("If you know it is stopped for good, pass force => true."));
+            }
+            _ => {}
         }
     }
     let db: &mut dyn Db = match remote.as_mut() {

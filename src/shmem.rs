@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use pgrx::prelude::*;
 use pgrx::{PGRXSharedMemory, PgLwLock, pg_shmem_init};
-use repmgr_core::lease::{Lease, Timing};
-use repmgr_core::vote::{Durable, Voter};
+use repmgr_core::lease::Timing;
+use repmgr_core::state::State;
 
 /// Timestamp value meaning "never" for `upstream_last_seen`.
 pub const NEVER: i64 = i64::MIN;
@@ -25,25 +25,6 @@ pub const ELECTION_RERUN_NOTIFICATION: i32 = -2;
 /// `voting_status` when no election is in progress (repmgr's VS_NO_VOTE).
 pub const NO_VOTE: i32 = 0;
 
-/// The failover protocol's state on this node. The worker polls, elects and watches the
-/// lease; backends answer other nodes' polls and vote requests, and check the lease at every
-/// commit that wrote something.
-#[derive(Copy, Clone, Debug)]
-pub struct FailoverState {
-    pub node_id: i32,
-    pub voter: Voter,
-    /// Present while this node runs as a primary in the protocol.
-    pub lease: Option<Lease>,
-    /// Whether commits are checked against the lease.
-    pub armed: bool,
-    /// The timing in force (validated settings, published by the worker).
-    pub timing: Timing,
-    /// The WAL position where this node's timeline began when it was promoted.
-    pub switch_lsn: u64,
-    /// This standby cannot follow the current primary: its timeline diverged.
-    pub diverged: bool,
-}
-
 /// The timing used until the worker publishes the configured one.
 pub const DEFAULT_TIMING: Timing = Timing {
     heartbeat: std::time::Duration::from_millis(200),
@@ -51,31 +32,18 @@ pub const DEFAULT_TIMING: Timing = Timing {
     lease: std::time::Duration::from_millis(2100),
 };
 
-impl FailoverState {
-    /// What a node knows when its shared memory is set up: its saved term and support, and,
-    /// if it was a primary, a lease with no confirmation (fenced until its voters confirm).
-    fn at_start() -> FailoverState {
-        let node_id = crate::config::node_id();
-        let now = crate::clock::now();
-        let saved = crate::durable::load(node_id);
-        let durable = saved.as_ref().map_or(Durable::default(), |s| s.durable);
-        // Unique across restarts and reboots, so no stamp from an earlier run is counted.
-        let incarnation = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_micros() as u64);
-        let lease = saved
-            .and_then(|s| s.lease_voters)
-            .map(|voters| Lease::new(durable.term, incarnation, &voters, None));
-        FailoverState {
-            node_id,
-            voter: Voter::new(durable, now),
-            armed: lease.is_some(),
-            lease,
-            timing: DEFAULT_TIMING,
-            switch_lsn: 0,
-            diverged: false,
-        }
-    }
+/// What a node knows of the failover protocol when its shared memory is set up: its saved
+/// term, support and fence, and, if it was a primary, a lease with no confirmation (fenced
+/// until its voters confirm).
+fn failover_at_start() -> State {
+    let node_id = crate::config::node_id();
+    State::new(
+        node_id,
+        crate::durable::load(node_id),
+        crate::clock::now(),
+        crate::failover::incarnation(),
+        DEFAULT_TIMING,
+    )
 }
 
 /// A manual action a backend asks of the worker.
@@ -140,7 +108,9 @@ fn copy_text(buf: &mut [u8; ERROR_CAPACITY], text: &str) -> u16 {
 #[derive(Copy, Clone)]
 #[repr(C)]
 pub struct SharedState {
-    pub failover: FailoverState,
+    /// The failover protocol's state: the worker drives it, backends answer other nodes from
+    /// it and check it at every commit that wrote something.
+    pub failover: State,
     pub request: Request,
     pub local_node_id: i32,
     pub daemon_pid: i32,
@@ -171,7 +141,7 @@ pub struct SharedState {
 impl Default for SharedState {
     fn default() -> Self {
         SharedState {
-            failover: FailoverState::at_start(),
+            failover: failover_at_start(),
             request: Request::EMPTY,
             local_node_id: -1,
             daemon_pid: -1,
@@ -195,15 +165,6 @@ impl Default for SharedState {
 }
 
 impl SharedState {
-    /// The failover term this node is in: its voter's, or its lease's when it leads.
-    pub fn term(&self) -> u64 {
-        self.failover
-            .voter
-            .durable
-            .term
-            .max(self.failover.lease.map_or(0, |l| l.term))
-    }
-
     /// Whole seconds since the upstream was last seen, -1 if never (repmgr's convention).
     pub fn upstream_last_seen_secs(&self, now: i64) -> i32 {
         if self.upstream_last_seen == NEVER {

@@ -11,10 +11,8 @@ mod primary;
 mod standby;
 mod witness;
 
-use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use repmgr_core::children::Children;
 use repmgr_core::event;
@@ -23,7 +21,7 @@ use repmgr_core::upstream::{Transition, Upstream};
 
 use crate::catalog::{self, NodeRecord};
 use crate::config::{CheckType, Settings};
-use crate::db::{Db, Local};
+use crate::db::{Db, Local, in_transaction};
 use crate::error::Result;
 use crate::events::{self, Event};
 use crate::failover::Failover;
@@ -49,6 +47,11 @@ struct PendingFollow {
 /// Most events kept while no primary can take them; older ones are dropped (and logged).
 const OUTBOX_LIMIT: usize = 1000;
 
+/// At most this many events of one kind are recorded per [`EVENT_WINDOW`]; more are counted
+/// and the count given with the next one recorded, so nothing writes events in a loop.
+const EVENTS_PER_WINDOW: usize = 10;
+const EVENT_WINDOW: Duration = Duration::from_secs(60);
+
 /// What this node is, as far as monitoring goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -61,6 +64,8 @@ enum Role {
 struct Snapshot {
     in_recovery: bool,
     nodes: Vec<NodeRecord>,
+    /// The catalog as the failover state machine reads it (the nodes and the membership).
+    catalog: repmgr_core::driver::Catalog,
     /// The standby's receive position and its last replayed commit time.
     receive_lsn: Option<String>,
     last_replay: Option<String>,
@@ -81,20 +86,6 @@ impl Snapshot {
         self.nodes
             .iter()
             .find(|n| n.node_type == NodeType::Primary && n.active)
-    }
-}
-
-/// Runs `f` in a transaction of its own, as the worker must for any local SQL.
-pub(crate) fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
-    BackgroundWorker::transaction(AssertUnwindSafe(f))
-}
-
-/// Runs `f`, which writes to this node, in a transaction of its own. On a fenced primary its
-/// commit would fail, and an error at commit ends the worker, so it is not even started.
-pub(crate) fn write_transaction<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
-    match crate::fence::refusal() {
-        Some(fenced) => Err(fenced),
-        None => in_transaction(f),
     }
 }
 
@@ -158,6 +149,11 @@ pub struct Monitor {
     next_witness_sync: Duration,
     last_status_line: Option<Duration>,
     started: bool,
+    /// The role it last monitored in, for events: a new `repmgrd_reload` only when it changes.
+    entered: Option<Role>,
+    /// When recent events of each kind were queued, and how many were held back since.
+    recent_events: Vec<(&'static str, Duration)>,
+    held_back: Vec<(&'static str, usize)>,
     /// The failover protocol's side of this worker.
     failover: Failover,
     /// The synchronous quorum, while this node is the primary.
@@ -184,6 +180,9 @@ impl Monitor {
             next_witness_sync: Duration::ZERO,
             last_status_line: None,
             started: false,
+            entered: None,
+            recent_events: Vec::new(),
+            held_back: Vec::new(),
         }
     }
 
@@ -250,6 +249,36 @@ impl Monitor {
 
     /// Keeps an event until a primary can take it.
     fn queue(&mut self, mut ev: Event) {
+        let now = self.clock.elapsed();
+        self.recent_events
+            .retain(|(_, t)| now.saturating_sub(*t) < EVENT_WINDOW);
+        let recent = self
+            .recent_events
+            .iter()
+            .filter(|(n, _)| *n == ev.name)
+            .count();
+        if recent >= EVENTS_PER_WINDOW {
+            match self.held_back.iter_mut().find(|(n, _)| *n == ev.name) {
+                Some((_, count)) => *count += 1,
+                None => {
+                    log!(
+                        "repmgr: more than {EVENTS_PER_WINDOW} \"{}\" events in {} s; holding the next ones back",
+                        ev.name,
+                        EVENT_WINDOW.as_secs()
+                    );
+                    self.held_back.push((ev.name, 1));
+                }
+            }
+            return;
+        }
+        self.recent_events.push((ev.name, now));
+        if let Some(i) = self.held_back.iter().position(|(n, _)| *n == ev.name) {
+            let (_, count) = self.held_back.remove(i);
+            ev.details = format!(
+                "{} ({count} more \"{}\" events were held back in the minute before)",
+                ev.details, ev.name
+            );
+        }
         ev.at.get_or_insert_with(timestamp_now);
         if ev.successful {
             match ev.name {
@@ -299,7 +328,8 @@ impl Monitor {
             if ext.get(0, 0) != Some("t") {
                 return Ok(None);
             }
-            let nodes = catalog::nodes(&mut Local)?;
+            let failover_catalog = catalog::failover_catalog(&mut Local)?;
+            let nodes = failover_catalog.nodes.clone();
             let r = Local.read(
                 "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_last_wal_receive_lsn()::text,
                         pg_catalog.pg_last_xact_replay_timestamp()::text,
@@ -313,6 +343,7 @@ impl Monitor {
             Ok(Some(Snapshot {
                 in_recovery: r.get(0, 0) == Some("t"),
                 nodes,
+                catalog: failover_catalog,
                 receive_lsn: text(1),
                 last_replay: text(2),
                 apply_lag: text(3),
@@ -350,6 +381,10 @@ impl Monitor {
         let snap = match self.snapshot() {
             Ok(Some(s)) => s,
             Ok(None) => {
+                // The catalog is gone (DROP EXTENSION): the failover protocol keeps what it
+                // knows, and says so.
+                let in_recovery = unsafe { pg_sys::RecoveryInProgress() };
+                self.failover.observe(None, in_recovery);
                 let db = self.settings.database.clone();
                 return Ok(self.wait_for(format!(
                     "waiting for CREATE EXTENSION repmgr in database \"{db}\" before monitoring"
@@ -363,7 +398,15 @@ impl Monitor {
                 return Ok(self.settings.monitor.retry.monitor_interval);
             }
         };
+        self.failover
+            .observe(Some(snap.catalog.clone()), snap.in_recovery);
         let Some(me) = snap.node(self.settings.node_id).cloned() else {
+            // A witness whose own record vanished from its copy (the primary's node list was
+            // emptied and restored) keeps copying the primary's, or it would never see it
+            // restored.
+            if self.entered == Some(Role::Witness) && !snap.in_recovery {
+                self.resync_witness(now, &snap);
+            }
             let me = self.me();
             return Ok(self.wait_for(format!(
                 "waiting for {me} to be registered before monitoring"
@@ -375,7 +418,6 @@ impl Monitor {
             (false, NodeType::Witness) => Role::Witness,
             (false, _) => Role::Primary,
         };
-        self.failover.observe(&snap.nodes, &me, snap.in_recovery);
         if self.role != Some(role) {
             self.enter(role, &snap, &me);
         }
@@ -424,8 +466,8 @@ impl Monitor {
                 force,
                 allow_data_loss,
             } => {
-                let outcome = self.failover.manual_promote(force, allow_data_loss);
-                shmem::finish_request(seq, &outcome);
+                // Answered through the request slot once the state machine is done.
+                self.failover.manual_promote(seq, force, allow_data_loss);
             }
             shmem::Action::Follow { node_id } => {
                 let target = snap.node(node_id).filter(|t| {
@@ -479,6 +521,12 @@ impl Monitor {
                 }
             }
         };
+        // Back in the role it had before a pause (unregistered for a moment, the catalog
+        // briefly empty): nothing new to say, or a flapping catalog would say it every round.
+        if self.entered == Some(role) {
+            return;
+        }
+        self.entered = Some(role);
         log!("repmgr: {} {what}", self.me());
         let event = if self.started {
             event::REPMGRD_RELOAD

@@ -9,8 +9,9 @@ use repmgr_core::event;
 use repmgr_core::node::NodeType;
 use repmgr_core::template;
 
-use super::{Monitor, Snapshot, flush, write_transaction};
+use super::{Monitor, Snapshot, flush};
 use crate::catalog::NodeRecord;
+use crate::db::write_transaction;
 use crate::db::{Db, Local};
 use crate::events::Event;
 use crate::shmem;

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use pgrx::prelude::*;
-use repmgr_core::event;
 
 use super::{Monitor, Snapshot, Stop, flush_to};
 use crate::catalog::NodeRecord;
@@ -69,21 +68,25 @@ impl Monitor {
         {
             flush_to(&mut self.outbox, &self.settings, &mut self.peers, p);
         }
-        // The upstream is gone but the cluster has a primary elsewhere (a failover happened,
-        // or a cascading upstream died): stream from it.
-        let paused = shmem::read().is_some_and(|s| s.paused);
-        if let Some(p) = primary.as_ref().filter(|p| p.node_id != upstream.node_id)
-            && self
-                .upstream
-                .as_ref()
-                .is_some_and(|(_, u)| u.down_since().is_some())
-            && !paused
-            && self.pending_follow.is_none()
+        // A new primary said so (notify_follow_primary), unless paused: the notification
+        // then waits.
+        self.take_notification();
+        // Whom to stream from is the failover state machine's call: the primary it knows,
+        // when the upstream is gone (a failover happened, or a cascading upstream died), or
+        // the node that said it is the new primary.
+        let tracker = self.upstream.as_ref().map(|(_, u)| u);
+        let state = repmgr_core::driver::Upstream {
+            node: Some(upstream.node_id),
+            unreachable: tracker.is_some_and(|u| !u.is_up()),
+            down: tracker.is_some_and(|u| u.down_since().is_some()),
+        };
+        if self.pending_follow.is_none()
+            && let Some((target, event)) = self.failover.follow_decision(state)
         {
-            let _ = self.start_follow(now, snap, me, p, event::REPMGRD_FAILOVER_FOLLOW, None);
+            // A failure is logged and recorded inside.
+            let _ = self.start_follow(now, snap, me, &target, event, None);
         }
         self.confirm_follow(now, me);
-        self.follow_if_told(snap, me);
         self.degraded_check(now)?;
         Ok(self.until_next_check())
     }
@@ -135,8 +138,9 @@ impl Monitor {
         }
     }
 
-    /// Acts on `notify_follow_primary()`, unless paused (the notification then waits).
-    fn follow_if_told(&mut self, snap: &Snapshot, me: &NodeRecord) {
+    /// Hands a `notify_follow_primary()` to the failover state machine, unless paused (the
+    /// notification then waits).
+    fn take_notification(&mut self) {
         let Some(state) = shmem::read() else { return };
         if !state.follow_new_primary || state.paused {
             return;
@@ -153,31 +157,7 @@ impl Monitor {
             );
             return;
         }
-        let upstream = match snap.node(target) {
-            Some(u) if u.node_id != me.node_id => u.clone(),
-            _ => {
-                warning!(
-                    "repmgr: {} was told to follow node {target}, which is not another registered node; ignoring",
-                    self.me()
-                );
-                return;
-            }
-        };
-        // Told by a new primary whose election replaced ours: that is a failover follow.
-        let failover = self
-            .failover
-            .current_primary()
-            .is_some_and(|p| p.node_id == target)
-            && me.upstream_node_id.is_some_and(|u| u != target)
-            && !self.upstream.as_ref().is_some_and(|(_, u)| u.is_up());
-        let now = self.clock.elapsed();
-        let event = if failover {
-            event::REPMGRD_FAILOVER_FOLLOW
-        } else {
-            event::STANDBY_FOLLOW
-        };
-        // A failure is logged and recorded inside.
-        let _ = self.start_follow(now, snap, me, &upstream, event, None);
+        self.failover.notified(target);
     }
 
     /// Repoints this standby at `target`, unless its timeline diverged from `target`'s; the
@@ -268,7 +248,7 @@ impl Monitor {
             .and_then(|v| v.parse().ok())
             .filter(|s| *s > 0)?;
         let target_tli: Option<i64> = r.get(0, 1).and_then(|v| v.parse().ok());
-        let (held, my_tli) = crate::monitor::in_transaction(|| {
+        let (held, my_tli) = crate::db::in_transaction(|| {
             let tli = Local
                 .read(
                     "SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver",

@@ -8,9 +8,10 @@ use repmgr_core::event;
 use repmgr_core::node::NodeType;
 
 use super::standby::upstream_of;
-use super::{Monitor, Snapshot, Stop, flush_to, in_transaction};
+use super::{Monitor, Snapshot, Stop, flush_to};
 use crate::catalog::{self, NodeRecord};
 use crate::db::Local;
+use crate::db::in_transaction;
 use crate::error::Result;
 use crate::events::Event;
 
@@ -51,6 +52,25 @@ impl Monitor {
         }
         self.degraded_check(now)?;
         Ok(self.until_next_check())
+    }
+
+    /// Copies the node list from the primary the failover protocol knows, for a witness whose
+    /// own copy no longer lists it, every `repmgr.witness_sync_interval`.
+    pub(super) fn resync_witness(&mut self, now: Duration, snap: &Snapshot) {
+        if now < self.next_witness_sync {
+            return;
+        }
+        self.next_witness_sync = now + self.settings.monitor.witness_sync_interval;
+        let Some(primary) = self.failover.current_primary() else {
+            return;
+        };
+        if let Err(f) = self.copy_nodes(snap, &primary) {
+            self.peers.forget(primary.node_id);
+            log!(
+                "repmgr: witness could not copy the node list: {}",
+                crate::error::mask_text(&f.message)
+            );
+        }
     }
 
     /// Records on the new primary that this witness now follows it.
@@ -95,12 +115,16 @@ impl Monitor {
             if catalog::server_facts(peer)?.in_recovery {
                 continue;
             }
-            let theirs = catalog::nodes(peer)?;
-            if theirs != snap.nodes {
-                in_transaction(|| catalog::replace_nodes(&mut Local, &theirs))?;
+            let theirs = catalog::failover_catalog(peer)?;
+            if theirs != snap.catalog {
+                in_transaction(|| -> Result<()> {
+                    catalog::replace_nodes(&mut Local, &theirs.nodes)?;
+                    catalog::copy_membership(peer, &mut Local)
+                })?;
                 log!(
-                    "repmgr: witness copied {} node records from {}",
-                    theirs.len(),
+                    "repmgr: witness copied {} node records (node list version {}) from {}",
+                    theirs.nodes.len(),
+                    theirs.version,
                     node.describe()
                 );
             }
