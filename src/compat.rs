@@ -77,7 +77,9 @@ fn set_upstream_node_id(node_id: i32) {
 }
 
 /// Tells this node to follow `node_id` (or, with -2, to re-run the election). Refused for
-/// a node a standby cannot stream from: the witness, this node itself, or an unknown id.
+/// a node a standby can never stream from: the witness, or this node itself. An id this
+/// node's catalog does not know yet is taken (the catalog may lag a new primary's) and
+/// ignored with a warning if it is still unknown when the worker acts on it.
 #[pg_extern(strict, volatile)]
 fn notify_follow_primary(node_id: i32) {
     if node_id != ELECTION_RERUN_NOTIFICATION {
@@ -90,8 +92,7 @@ fn notify_follow_primary(node_id: i32) {
             Some(t) if t.node_type == repmgr_core::node::NodeType::Witness => {
                 Some(format!("{} is the witness", t.describe()))
             }
-            None => Some(format!("node {node_id} is not registered")),
-            Some(_) => None,
+            _ => None,
         };
         if let Some(why) = refusal {
             Failure::invalid(format!(

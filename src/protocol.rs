@@ -290,6 +290,24 @@ fn primary_stopped(node_id: i32) -> bool {
     known
 }
 
+/// Set by [`vouch_removal`] for the rest of this backend's transaction.
+static VOUCHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The caller (`unregister_node(..., force => true)` of a node that cannot be reached)
+/// vouches that the voters this transaction removes are gone for good: the primary stops
+/// counting the node list before the change, so that a primary fenced by dead voters can
+/// be repaired. Lasts until the end of the transaction.
+#[pg_extern(volatile)]
+fn vouch_removal() {
+    VOUCHED.store(true, std::sync::atomic::Ordering::Relaxed);
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, || {
+        VOUCHED.store(false, std::sync::atomic::Ordering::Relaxed)
+    });
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, || {
+        VOUCHED.store(false, std::sync::atomic::Ordering::Relaxed)
+    });
+}
+
 /// How long a change of the node list waits for the previous one to reach the voters.
 const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
 
@@ -301,12 +319,23 @@ const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
 #[pg_extern(volatile, strict)]
 fn membership_changed(version: i64, voters: Vec<i32>) -> i64 {
     let view = Membership::new(version.max(0) as u64, voters);
+    let vouched = VOUCHED.load(std::sync::atomic::Ordering::Relaxed);
     let waited = crate::peer::poll(MEMBERSHIP_WAIT, Duration::from_millis(100), || {
-        let settled = shmem::read().is_none_or(|s| s.failover.lease.is_none_or(|l| !l.changing()));
+        let settled =
+            vouched || shmem::read().is_none_or(|s| s.failover.lease.is_none_or(|l| !l.changing()));
         Ok(settled.then_some(()))
     })
     .or_raise();
-    let outcome = shmem::update(|s| s.failover.change_view(&view, &mut durable::StateFile));
+    if vouched {
+        warning!(
+            "repmgr: the node list changes to {:?} with the operator's word that the nodes removed are gone for good",
+            view.voters
+        );
+    }
+    let outcome = shmem::update(|s| {
+        s.failover
+            .change_view(&view, vouched, &mut durable::StateFile)
+    });
     match (waited, outcome) {
         (_, None) | (_, Some(Ok(()))) => {
             let v = view.version;

@@ -581,6 +581,15 @@ pub fn register_witness(settings: &Settings, primary_conninfo: &str, force: bool
     Ok(settings.node_id)
 }
 
+/// Whether `rec` answers a connection now.
+fn reachable(rec: &NodeRecord, settings: &Settings) -> bool {
+    rec.node_id == settings.node_id
+        || matches!(
+            probe(&rec.conninfo, &rec.describe(), settings),
+            Probe::Reached(..)
+        )
+}
+
 pub fn unregister_node(settings: &Settings, node_id: Option<i32>, force: bool) -> Result<()> {
     let target = match node_id.or((settings.node_id > 0).then_some(settings.node_id)) {
         Some(t) => t,
@@ -680,6 +689,11 @@ pub fn unregister_node(settings: &Settings, node_id: Option<i32>, force: bool) -
     };
     if force {
         catalog::detach_downstream(db, target)?;
+    }
+    // Forced removal of a node that did not answer: the operator's word that it is gone
+    // for good, which a primary fenced by dead voters needs to be repaired.
+    if force && !reachable(&rec, settings) {
+        db.read("SELECT repmgr.vouch_removal()", &[])?;
     }
     catalog::delete_node(db, target)?;
     let event = match rec.node_type {

@@ -522,10 +522,21 @@ mod tests {
                 Some("node 2 (\"beta\") unregistered by node 1 (\"alpha\")".into())
             ]
         );
+        // A running primary's record stays, forced or not: it keeps its role whatever its
+        // record says, so removing the record would only confuse the cluster.
+        let e = sql_error("SELECT repmgr.unregister_node(1, force => true)");
+        assert_eq!(e.code, PgSqlErrorCode::ERRCODE_OBJECT_IN_USE);
+        assert!(
+            e.message
+                .contains("it is the active primary and it is running"),
+            "{e:?}"
+        );
+        // Forced, a node others stream from goes, and their upstream is cleared.
         insert_node(2, "beta", "standby", Some(1), "host=b");
-        sql("SELECT repmgr.unregister_node(1, force => true)");
+        insert_node(3, "gamma", "standby", Some(2), "host=c");
+        sql("SELECT repmgr.unregister_node(2, force => true)");
         assert_eq!(
-            one("SELECT coalesce(upstream_node_id::text, 'cleared') FROM repmgr.nodes").as_deref(),
+            one("SELECT coalesce(upstream_node_id::text, 'cleared') FROM repmgr.nodes WHERE node_id = 3").as_deref(),
             Some("cleared")
         );
     }

@@ -380,6 +380,16 @@ impl Lease {
         settled
     }
 
+    /// The membership changed to `view` and the operator vouches that the voters it removed
+    /// are gone for good (`unregister_node(..., force => true)` of nodes that cannot be
+    /// reached): the older views are not counted any more. If such a voter is in fact running
+    /// behind a partition, this is the one operator action that can leave two primaries.
+    pub fn replace_views(&mut self, view: &Membership) {
+        self.nviews = 0;
+        self.push_view(view);
+        self.free_slots();
+    }
+
     /// Undoes [`Lease::change_view`] to the view of `version` (its transaction rolled back).
     pub fn undo_view(&mut self, version: u64) {
         if self.nviews > 1 && self.views[0].version == version {

@@ -179,10 +179,31 @@ impl State {
     /// now on, and the old one until enough of its voters have seen the change, and saves
     /// that before the change may commit. Refused while an earlier change is still settling,
     /// or when it cannot be saved.
-    pub fn change_view(&mut self, view: &Membership, disk: &mut dyn Disk) -> Result<(), String> {
+    /// `vouched`: the operator vouches that the voters removed are gone for good (see
+    /// [`Lease::replace_views`]).
+    pub fn change_view(
+        &mut self,
+        view: &Membership,
+        vouched: bool,
+        disk: &mut dyn Disk,
+    ) -> Result<(), String> {
         let Some(lease) = self.lease.as_ref() else {
             return Ok(());
         };
+        if vouched {
+            let node_id = self.node_id;
+            return self
+                .durably(disk, |s| {
+                    if let Some(l) = s.lease.as_mut() {
+                        l.replace_views(view);
+                    }
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "node {node_id} could not save its failover state in the data directory"
+                    )
+                });
+        }
         if lease.changing() {
             let pending = lease.views().get(1).map_or(String::new(), |m| {
                 format!(

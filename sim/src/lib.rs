@@ -947,7 +947,7 @@ impl World {
             catalog.changed_by = Some(id);
             let view = Membership::new(catalog.version, after.voters.iter().copied());
             let n = &mut self.nodes[i];
-            n.state.change_view(&view, &mut n.disk)?;
+            n.state.change_view(&view, false, &mut n.disk)?;
         }
         let n = &mut self.nodes[i];
         if !n.state.may_commit(local) {
