@@ -6,8 +6,9 @@
 use pgrx::prelude::*;
 
 use crate::config::Settings;
-use crate::error::{Failure, OrRaise, required};
+use crate::error::Failure;
 use crate::pglsn::PgLsn;
+use crate::raise::{OrRaise, required};
 use crate::{registration, shmem, status};
 
 /// The settings, with the `nodes.config_file` to record: the caller's repmgr.conf when the

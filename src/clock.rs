@@ -17,3 +17,11 @@ pub fn now() -> Duration {
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
+
+/// An id for this run of the server (wall-clock microseconds at its start): stamps from an
+/// earlier run are never counted.
+pub fn incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+}

@@ -562,6 +562,17 @@ fn define_monitoring() {
     );
 }
 
+/// Checks a connection string with libpq's parser; `what` names where it came from.
+pub fn check_conninfo(conninfo: &str, what: &str, node: &str) -> Result<()> {
+    repmgr_pq::check_conninfo(conninfo)
+        .and_then(|()| repmgr_core::conninfo::check_values(conninfo))
+        .map_err(|why| {
+        Failure::invalid(format!("{what} on {node} is not a valid connection string: {why}"))
+            .detail(format!("The value is: {}", repmgr_core::conninfo::mask(conninfo)))
+            .hint("Use the libpq key=value form, e.g. 'host=10.0.0.5 port=5432 dbname=repmgr user=repmgr'.")
+    })
+}
+
 /// `repmgr.allow_drop_extension`, as the session set it.
 pub fn allow_drop_extension() -> bool {
     ALLOW_DROP_EXTENSION.get()
@@ -785,7 +796,7 @@ impl Settings {
                 "Set repmgr.conninfo in postgresql.conf to the connection string other nodes use to reach this one, e.g. 'host=10.0.0.5 port=5432 dbname=repmgr user=repmgr', then reload.",
             )
         })?;
-        crate::peer::check_conninfo(conninfo, "repmgr.conninfo", &self.describe())?;
+        check_conninfo(conninfo, "repmgr.conninfo", &self.describe())?;
         Ok(conninfo)
     }
 

@@ -107,7 +107,7 @@ fn render(cmd: &str, ev: &Event, timestamp: &str) -> String {
 /// Runs after commit, where raising an error would take the server down: only logs. The
 /// worker never waits (monitoring must go on); a session waits up to [`NOTIFY_WAIT`].
 fn notify(event: &str, line: String) {
-    let wait = if crate::worker::active() {
+    let wait = if crate::latch::active() {
         Duration::ZERO
     } else {
         NOTIFY_WAIT

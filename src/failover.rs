@@ -51,16 +51,9 @@ pub struct Failover {
     pub outbox: Outbox,
 }
 
-/// An id for this run of the server: stamps from an earlier run are never counted.
-pub fn incarnation() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_micros() as u64)
-}
-
 impl Failover {
     pub fn new(settings: Settings) -> Failover {
-        let seed = incarnation() ^ u64::from(unsafe { pg_sys::MyProcPid } as u32);
+        let seed = clock::incarnation() ^ u64::from(unsafe { pg_sys::MyProcPid } as u32);
         let driver = Driver::new(
             settings.node_id,
             settings.failover.driver(settings.priority),
@@ -102,8 +95,6 @@ impl Failover {
     /// The monitoring round's view of the catalog (`None`: the extension is missing) and of
     /// this node.
     pub fn observe(&mut self, catalog: Option<Catalog>, in_recovery: bool) {
-        let paused = shmem::read().is_some_and(|s| s.paused);
-        self.feed(Input::Paused(paused));
         self.feed(Input::Observe {
             catalog,
             in_recovery,
@@ -154,6 +145,10 @@ impl Failover {
 
     /// One step: never blocks, except during an election (bounded by short deadlines).
     pub fn tick(&mut self) -> Wait {
+        // repmgr.pause() takes effect at once: a switchover pauses every node, then makes
+        // their wait run out.
+        let paused = shmem::read().is_some_and(|s| s.paused);
+        self.feed(Input::Paused(paused));
         self.feed(Input::Tick);
         let socket = self.drive_poll();
         let timeout = self.driver.next_tick(clock::now());
@@ -629,7 +624,7 @@ fn end_recovery(timeout: Duration) -> bool {
         if !unsafe { pg_sys::RecoveryInProgress() } {
             return true;
         }
-        if !crate::peer::sleep(Duration::from_millis(10)) {
+        if !crate::latch::sleep(Duration::from_millis(10)) {
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -89,8 +89,8 @@ fn promote(
     allow_data_loss: default!(Option<bool>, "false"),
 ) -> String {
     let f = "repmgr.promote()";
-    let force = crate::error::required(force, "force", f);
-    let allow_data_loss = crate::error::required(allow_data_loss, "allow_data_loss", f);
+    let force = crate::raise::required(force, "force", f);
+    let allow_data_loss = crate::raise::required(allow_data_loss, "allow_data_loss", f);
     ask_worker(
         Action::Promote {
             force,
@@ -104,6 +104,6 @@ fn promote(
 /// it does.
 #[pg_extern(volatile)]
 fn follow(node_id: Option<i32>) -> String {
-    let node_id = crate::error::required(node_id, "node_id", "repmgr.follow()");
+    let node_id = crate::raise::required(node_id, "node_id", "repmgr.follow()");
     ask_worker(Action::Follow { node_id }, "repmgr.follow()")
 }

@@ -22,63 +22,6 @@ use crate::config::Settings;
 use crate::db::{Db, Rows};
 use crate::error::{Failure, Result};
 
-/// Waits for `events` on the process latch (and `fd`). Returns false when the monitoring
-/// worker has been asked to stop; in a backend, a cancel request or termination raises an
-/// ERROR instead, closing any connection as it unwinds.
-fn latch_wait(events: u32, fd: RawFd, timeout: Duration) -> bool {
-    let events = events | pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
-    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as std::ffi::c_long;
-    unsafe {
-        let rc = pg_sys::WaitLatchOrSocket(
-            pg_sys::MyLatch,
-            events as i32,
-            fd,
-            ms,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-    }
-    if crate::worker::active() {
-        return !crate::worker::shutdown_requested();
-    }
-    check_for_interrupts!();
-    true
-}
-
-/// Sleeps without ignoring cancel requests or shutdown. Returns false when the worker must stop.
-pub fn sleep(d: Duration) -> bool {
-    latch_wait(0, pg_sys::PGINVALID_SOCKET, d)
-}
-
-/// Calls `check` every `every` until it gives a value, or gives `None` once `timeout` has
-/// passed (or the worker must stop). Waits like [`sleep`].
-pub fn poll<T>(
-    timeout: Duration,
-    every: Duration,
-    mut check: impl FnMut() -> Result<Option<T>>,
-) -> Result<Option<T>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check()? {
-            return Ok(Some(v));
-        }
-        if Instant::now() >= deadline || !sleep(every) {
-            return Ok(None);
-        }
-    }
-}
-
-/// Like [`sleep`], returning early when `socket` is ready.
-pub fn wait(socket: Option<(RawFd, Interest)>, d: Duration) -> bool {
-    match socket {
-        None => sleep(d),
-        Some((fd, Interest::Read)) => latch_wait(pg_sys::WL_SOCKET_READABLE, fd, d),
-        Some((fd, Interest::Write)) => latch_wait(pg_sys::WL_SOCKET_WRITEABLE, fd, d),
-    }
-}
-
 /// Waits on the socket and the process latch together.
 struct LatchWaiter;
 
@@ -93,23 +36,12 @@ impl Waiter for LatchWaiter {
             Interest::Read => pg_sys::WL_SOCKET_READABLE,
             Interest::Write => pg_sys::WL_SOCKET_WRITEABLE,
         };
-        if latch_wait(socket, fd, timeout) {
+        if crate::latch::latch_wait(socket, fd, timeout) {
             Ok(())
         } else {
             Err(Interrupted)
         }
     }
-}
-
-/// Checks a connection string with libpq's parser; `what` names where it came from.
-pub fn check_conninfo(conninfo: &str, what: &str, node: &str) -> Result<()> {
-    repmgr_pq::check_conninfo(conninfo)
-        .and_then(|()| conninfo::check_values(conninfo))
-        .map_err(|why| {
-        Failure::invalid(format!("{what} on {node} is not a valid connection string: {why}"))
-            .detail(format!("The value is: {}", conninfo::mask(conninfo)))
-            .hint("Use the libpq key=value form, e.g. 'host=10.0.0.5 port=5432 dbname=repmgr user=repmgr'.")
-    })
 }
 
 /// An open connection to another node.

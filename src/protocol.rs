@@ -15,7 +15,8 @@ use repmgr_core::state::{Local as LocalFacts, PreVote};
 use repmgr_core::vote::{VoteRequest, VoterFacts, catalog_objection};
 
 use crate::db::{Db, Local};
-use crate::error::{Failure, OrRaise, required};
+use crate::error::Failure;
+use crate::raise::{OrRaise, required};
 use crate::{catalog, clock, durable, shmem};
 
 fn in_recovery() -> bool {
@@ -320,7 +321,7 @@ const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
 fn membership_changed(version: i64, voters: Vec<i32>) -> i64 {
     let view = Membership::new(version.max(0) as u64, voters);
     let vouched = VOUCHED.load(std::sync::atomic::Ordering::Relaxed);
-    let waited = crate::peer::poll(MEMBERSHIP_WAIT, Duration::from_millis(100), || {
+    let waited = crate::latch::poll(MEMBERSHIP_WAIT, Duration::from_millis(100), || {
         let settled =
             vouched || shmem::read().is_none_or(|s| s.failover.lease.is_none_or(|l| !l.changing()));
         Ok(settled.then_some(()))

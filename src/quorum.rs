@@ -191,7 +191,7 @@ pub fn prepare_promotion(settings: &Settings, me: NodeId) -> Result<Option<Strin
     apply(&value)?;
     // Let the startup process take the reload before the promotion request: when both reach
     // it together it can sleep a whole wal_retrieve_retry_interval before promoting.
-    crate::peer::wait(None, RELOAD_BEFORE_PROMOTE);
+    crate::latch::wait(None, RELOAD_BEFORE_PROMOTE);
     Ok(Some(value))
 }
 

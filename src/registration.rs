@@ -18,7 +18,7 @@ use crate::config::{Settings, server_setting};
 use crate::db::{Db, Local};
 use crate::error::{Failure, Result};
 use crate::events::{self, Event};
-use crate::peer::{self, Peer};
+use crate::peer::Peer;
 
 /// How long `register_standby()` waits for its record to replay on the standby.
 const REGISTER_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -216,7 +216,7 @@ const FENCED_WAIT: Duration = Duration::from_secs(10);
 
 /// Waits while `primary` is fenced, at most [`FENCED_WAIT`]; then says so.
 fn wait_until_writable(primary: &mut Peer, settings: &Settings) -> Result<()> {
-    let writable = peer::poll(FENCED_WAIT, Duration::from_millis(100), || {
+    let writable = crate::latch::poll(FENCED_WAIT, Duration::from_millis(100), || {
         let r = primary.read("SELECT fenced FROM repmgr.node_status()", &[])?;
         Ok((r.get(0, 0) != Some("t")).then_some(()))
     })?;
@@ -261,7 +261,7 @@ fn begin_on_primary(
 
 /// Waits until this standby has replayed `lsn`, at most `timeout`. Returns whether it did.
 fn wait_for_replay(lsn: &str, timeout: Duration) -> Result<bool> {
-    let replayed = peer::poll(timeout, Duration::from_millis(50), || {
+    let replayed = crate::latch::poll(timeout, Duration::from_millis(50), || {
         let rows = Local.read(
             "SELECT pg_catalog.pg_last_wal_replay_lsn() >= $1::pg_lsn",
             &[Some(lsn)],
@@ -456,7 +456,7 @@ fn check_attached(
     // The WAL receiver's status when last looked at.
     let mut receiver = None;
     // Some(true): attached; Some(false): streaming, but not to `upstream` under our name.
-    let attached = peer::poll(ATTACH_WAIT, Duration::from_millis(100), || {
+    let attached = crate::latch::poll(ATTACH_WAIT, Duration::from_millis(100), || {
         let rows = other.as_mut().unwrap_or(&mut *primary).read(sql, &params)?;
         if rows.get(0, 0).is_some_and(|n| n != "0") {
             return Ok(Some(true));
@@ -491,7 +491,7 @@ pub fn register_witness(settings: &Settings, primary_conninfo: &str, force: bool
         return Err(Failure::state(format!("cannot register {me} as a witness: this server is a standby"))
             .hint("A witness is a separate, stand-alone PostgreSQL server created with initdb, not a replica."));
     }
-    peer::check_conninfo(primary_conninfo, "primary_conninfo", &me)?;
+    crate::config::check_conninfo(primary_conninfo, "primary_conninfo", &me)?;
     let local = catalog::server_facts(&mut Local)?;
     let local_nodes = catalog::nodes(&mut Local)?;
     check_own_conninfo(settings, conninfo_text, &local)?;

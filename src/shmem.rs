@@ -41,7 +41,7 @@ fn failover_at_start() -> State {
         node_id,
         crate::durable::load(node_id),
         crate::clock::now(),
-        crate::failover::incarnation(),
+        crate::clock::incarnation(),
         DEFAULT_TIMING,
     )
 }

@@ -6,7 +6,6 @@
 //! is restarted by the postmaster one second after it dies, and leaves promptly on SIGTERM:
 //! every wait in it, including waits on other nodes, watches the process latch.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pgrx::bgworkers::{
@@ -17,13 +16,7 @@ use pgrx::prelude::*;
 use crate::config::Settings;
 use crate::http::{Http, Publisher};
 use crate::monitor::Monitor;
-use crate::{peer, shmem};
-
-/// True in the worker process only.
-static ACTIVE: AtomicBool = AtomicBool::new(false);
-
-/// True while the stopping worker makes its last, short writes.
-static FINISHING: AtomicBool = AtomicBool::new(false);
+use crate::{latch, shmem};
 
 /// How long the postmaster waits before restarting a worker that died.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
@@ -40,26 +33,6 @@ pub fn register() {
         .set_start_time(BgWorkerStartTime::ConsistentState)
         .set_restart_time(Some(RESTART_DELAY))
         .load();
-}
-
-/// Whether this process is the monitoring worker.
-pub fn active() -> bool {
-    ACTIVE.load(Ordering::Relaxed)
-}
-
-/// Whether the postmaster asked the worker to stop (SIGTERM), outside [`finishing`].
-pub fn shutdown_requested() -> bool {
-    let requested = unsafe { pg_sys::ShutdownRequestPending != 0 };
-    requested && !FINISHING.load(Ordering::Relaxed)
-}
-
-/// Runs the stopping worker's last writes, which must not be cut short by the very request
-/// to stop; the caller bounds them with short timeouts.
-pub fn finishing<R>(f: impl FnOnce() -> R) -> R {
-    FINISHING.store(true, Ordering::Relaxed);
-    let r = f();
-    FINISHING.store(false, Ordering::Relaxed);
-    r
 }
 
 /// Reloads postgresql.conf when a SIGHUP arrived. Returns whether it did.
@@ -99,7 +72,7 @@ fn connect(settings: &Settings) {
         settings.database
     );
     loop {
-        if !peer::sleep(settings.monitor.retry.monitor_interval) {
+        if !latch::sleep(settings.monitor.retry.monitor_interval) {
             exit(true);
         }
         reload_if_asked();
@@ -148,7 +121,7 @@ fn database_exists(name: &str) -> bool {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn repmgr_worker_main(_arg: pg_sys::Datum) {
-    ACTIVE.store(true, Ordering::Relaxed);
+    latch::become_worker();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let settings = Settings::current();
     connect(&settings);
@@ -190,7 +163,7 @@ pub extern "C-unwind" fn repmgr_worker_main(_arg: pg_sys::Datum) {
     // between (every heartbeat, or when its poll's socket is ready).
     let mut next_round = std::time::Instant::now();
     let stop_for_good = loop {
-        if shutdown_requested() {
+        if latch::shutdown_requested() {
             break false;
         }
         let pass = std::time::Instant::now();
@@ -215,7 +188,7 @@ pub extern "C-unwind" fn repmgr_worker_main(_arg: pg_sys::Datum) {
             publisher.publish();
         }
         let until_round = next_round.saturating_duration_since(std::time::Instant::now());
-        if !peer::wait(wait.socket, wait.timeout.min(until_round)) {
+        if !latch::wait(wait.socket, wait.timeout.min(until_round)) {
             break false;
         }
     };

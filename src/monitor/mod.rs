@@ -716,7 +716,7 @@ impl Monitor {
         let grace = Duration::from_millis(500);
         self.settings.peer_connect_timeout = self.settings.peer_connect_timeout.min(grace);
         self.settings.peer_statement_timeout = self.settings.peer_statement_timeout.min(grace);
-        crate::worker::finishing(|| {
+        crate::latch::finishing(|| {
             if self.role == Some(Role::Primary) {
                 if crate::fence::refusal().is_none() {
                     flush(&mut self.outbox, &self.settings, &mut Local);
