@@ -18,7 +18,10 @@
 //! members have, so the same rule keeps it from standing; that is why the candidate must have
 //! replayed all it received before it reads the published quorum.
 
+use std::time::Duration;
+
 use crate::lease::NodeId;
+use crate::node::{NodeRecord, NodeType};
 
 /// A quorum: `k` of `members` acknowledge each commit; `k = 0` is asynchronous replication.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -265,6 +268,244 @@ pub fn may_promote(
     Ok(())
 }
 
+/// Whether a registered node may be a member of a quorum: an active standby with a priority.
+pub fn may_join(n: &NodeRecord) -> bool {
+    n.node_type == NodeType::Standby && n.active && n.priority > 0
+}
+
+/// The standbys of `nodes` that may be in primary `me`'s quorum, and whether each streams
+/// from it now (`streams`). One that streams from `me` counts whatever its record says of its
+/// upstream: the record can lag a failover. One registered under another active standby
+/// cascades, and never acknowledges for the primary.
+pub fn candidates(
+    me: NodeId,
+    nodes: &[NodeRecord],
+    streams: impl Fn(NodeId) -> bool,
+) -> Vec<Candidate> {
+    let cascades_from = |u: NodeId| {
+        nodes
+            .iter()
+            .any(|x| x.node_id == u && x.node_type == NodeType::Standby && x.active)
+    };
+    nodes
+        .iter()
+        .filter(|n| n.node_id != me && may_join(n))
+        .map(|n| Candidate {
+            node_id: n.node_id,
+            streaming: streams(n.node_id),
+        })
+        .filter(|c| {
+            let upstream = nodes
+                .iter()
+                .find(|n| n.node_id == c.node_id)
+                .and_then(|n| n.upstream_node_id);
+            c.streaming || upstream.is_none_or(|u| u == me || !cascades_from(u))
+        })
+        .collect()
+}
+/// How long after a reload a new `synchronous_standby_names` is taken to be in force in every
+/// WAL sender (they reload within milliseconds of the postmaster's signal).
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// What the primary's worker reads for one round of the quorum keeper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// `repmgr.synchronous_standbys` and `repmgr.synchronous_mode`.
+    pub n: u32,
+    pub mode: Mode,
+    /// The primary does not hold its lease: it can publish nothing, and commits nothing.
+    pub fenced: bool,
+    /// The quorum `synchronous_standby_names` describes now (none for a value the keeper did
+    /// not write).
+    pub applied: Config,
+    /// The quorum published in the catalog, when the keeper asked for it
+    /// ([`Keeper::needs_published`]).
+    pub published: Option<Config>,
+    /// The standbys that may be members, and whether each streams from this primary now.
+    pub candidates: Vec<Candidate>,
+    /// How far each standby streaming from this primary has flushed, by node id: from the
+    /// primary's own WAL senders, whatever the catalog says of them.
+    pub flushed: Vec<(NodeId, u64)>,
+}
+
+/// What the keeper wants done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeeperAction {
+    /// Write this quorum to the catalog, then tell [`Keeper::wrote`] at which WAL position.
+    Publish(Config),
+    /// Set `synchronous_standby_names` to this quorum and reload (an event says `why`), then
+    /// tell [`Keeper::set`].
+    Apply { config: Config, why: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pending {
+    /// Written at `lsn`; confirmed once enough of the applied quorum flushed it.
+    Publish { config: Config, lsn: u64 },
+    /// Set at `since`.
+    Apply { config: Config, since: Duration },
+}
+
+/// The primary's quorum keeper: one safe move at a time towards the quorum asked for, each
+/// confirmed before the next (see the module documentation).
+#[derive(Debug, Clone, Default)]
+pub struct Keeper {
+    /// The published quorum, read once: on a primary only its keeper writes it.
+    published: Option<Config>,
+    pending: Option<Pending>,
+    /// The last thing it waited for, said once.
+    waiting: Option<String>,
+}
+
+impl Keeper {
+    /// Whether the next round needs the published quorum read from the catalog.
+    pub fn needs_published(&self) -> bool {
+        self.published.is_none()
+    }
+
+    /// A publication of `config` was written at WAL position `lsn`.
+    pub fn wrote(&mut self, config: Config, lsn: u64) {
+        self.published = Some(config.clone());
+        self.pending = Some(Pending::Publish { config, lsn });
+    }
+
+    /// `config` was set in `synchronous_standby_names` at `now`.
+    pub fn set(&mut self, config: Config, now: Duration) {
+        self.pending = Some(Pending::Apply { config, since: now });
+    }
+
+    /// Says `why` the keeper waits, once per reason.
+    fn wait(&mut self, why: String) -> Option<String> {
+        if self.waiting.as_ref() == Some(&why) {
+            return None;
+        }
+        self.waiting = Some(why.clone());
+        Some(why)
+    }
+
+    /// One round at `now`: the next move, if any, and a line to log, if any.
+    pub fn round(&mut self, now: Duration, o: &Observed) -> (Option<KeeperAction>, Option<String>) {
+        if o.fenced {
+            // It cannot publish, and its commits are refused anyway.
+            let why = "this primary is fenced; the quorum is managed again once it holds its lease";
+            return (None, self.wait(why.into()));
+        }
+        if let (None, Some(p)) = (&self.published, &o.published) {
+            self.published = Some(p.clone());
+        }
+        let Some(published) = self.published.clone() else {
+            return (None, None);
+        };
+        if o.n == 0 && !published.is_sync() && self.pending.is_none() {
+            // Off, and nothing promised: synchronous_standby_names is the DBA's.
+            return (None, None);
+        }
+        let applied = &o.applied;
+        match self.pending.take() {
+            Some(Pending::Publish { config, lsn }) => {
+                let flushed =
+                    |id: NodeId| o.flushed.iter().find(|(n, _)| *n == id).map(|(_, f)| *f);
+                let streaming = applied
+                    .members
+                    .iter()
+                    .filter(|m| flushed(**m).is_some())
+                    .count();
+                let needed = match o.mode {
+                    Mode::Strict => applied.k as usize,
+                    Mode::Preferred => (applied.k as usize).min(streaming),
+                };
+                let have = applied
+                    .members
+                    .iter()
+                    .filter(|m| flushed(**m).is_some_and(|f| f >= lsn))
+                    .count();
+                if have < needed {
+                    let why = format!(
+                        "waiting for {needed} of the applied quorum ({}) to receive the published {} ({have} have it)",
+                        applied.describe(),
+                        config.describe()
+                    );
+                    self.pending = Some(Pending::Publish { config, lsn });
+                    return (None, self.wait(why));
+                }
+            }
+            Some(Pending::Apply { config, since })
+                if *applied != config || now < since + SETTLE =>
+            {
+                self.pending = Some(Pending::Apply { config, since });
+                return (None, None);
+            }
+            Some(Pending::Apply { .. }) | None => {}
+        }
+        let target = target(o.n, o.mode, &o.candidates);
+        match step(&target, applied, &published) {
+            Step::Done => {
+                self.waiting = None;
+                (None, None)
+            }
+            Step::Publish(config) => (Some(KeeperAction::Publish(config)), None),
+            Step::Apply(config) => {
+                let n = o.n;
+                let streaming = o.candidates.iter().filter(|c| c.streaming).count();
+                let why = if n == 0 {
+                    "repmgr.synchronous_standbys is 0: commits no longer wait for standbys"
+                        .to_string()
+                } else if (streaming as u32) < n && o.mode == Mode::Preferred {
+                    format!(
+                        "{streaming} of the {n} standbys asked for stream: commits wait for {} until more return (repmgr.synchronous_mode = preferred)",
+                        config.k
+                    )
+                } else if (streaming as u32) < n {
+                    format!(
+                        "only {streaming} of the {n} standbys asked for stream: commits wait until {n} acknowledge (repmgr.synchronous_mode = strict)"
+                    )
+                } else {
+                    format!(
+                        "{n} of {} streaming standbys acknowledge each commit",
+                        config.members.len()
+                    )
+                };
+                (Some(KeeperAction::Apply { config, why }), None)
+            }
+        }
+    }
+}
+
+/// The quorum a standby about to promote itself starts with as a primary, so that not one
+/// commit of the new primary is acknowledged before its keeper runs: the published quorum
+/// without this node (in preferred mode with `k` lowered to what is left), which the
+/// publication covers. When it was the only member, every standby of `nodes` that may join.
+pub fn for_promotion(
+    published: &Config,
+    me: NodeId,
+    mode: Mode,
+    nodes: &[NodeRecord],
+) -> Option<Config> {
+    if !published.is_sync() {
+        return None;
+    }
+    let mut rest: Vec<NodeId> = published
+        .members
+        .iter()
+        .copied()
+        .filter(|m| *m != me)
+        .collect();
+    if rest.is_empty() {
+        // Nobody can be promoted under the publication, which names only this node, before
+        // this node's keeper publishes the next one.
+        rest = nodes
+            .iter()
+            .filter(|n| n.node_id != me && may_join(n))
+            .map(|n| n.node_id)
+            .collect();
+    }
+    let k = match mode {
+        Mode::Strict => published.k,
+        Mode::Preferred => published.k.min(rest.len() as u32),
+    };
+    Some(Config::new(k, rest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,5 +718,61 @@ mod tests {
         );
         assert_eq!(Config::none().standby_names(|_| unreachable!()), "");
         assert_eq!(Config::new(0, [2]), Config::none());
+    }
+
+    fn observed(n: u32, applied: &Config, streaming: &[(NodeId, u64)]) -> Observed {
+        Observed {
+            n,
+            mode: Mode::Strict,
+            fenced: false,
+            applied: applied.clone(),
+            published: Some(Config::none()),
+            candidates: [2, 3]
+                .iter()
+                .map(|id| c(*id, streaming.iter().any(|(s, _)| s == id)))
+                .collect(),
+            flushed: streaming.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_keeper_confirms_each_move_before_the_next() {
+        let secs = Duration::from_secs;
+        let mut k = Keeper::default();
+        assert!(k.needs_published());
+        // From asynchronous: what waits is applied first (nothing was promised before).
+        let none = Config::none();
+        let (a, _) = k.round(secs(0), &observed(1, &none, &[(2, 0)]));
+        let one = Config::new(1, [2]);
+        assert!(matches!(&a, Some(KeeperAction::Apply { config, .. }) if *config == one));
+        k.set(one.clone(), secs(0));
+        assert!(!k.needs_published());
+        // Nothing more until every WAL sender has taken it.
+        assert_eq!(k.round(secs(1), &observed(1, &one, &[(2, 0)])).0, None);
+        let (a, _) = k.round(SETTLE, &observed(1, &one, &[(2, 0)]));
+        assert_eq!(a, Some(KeeperAction::Publish(one.clone())));
+        k.wrote(one.clone(), 500);
+        // Node 3 starts streaming: widening waits until the applied quorum has the
+        // publication of the wider one...
+        let both = [(2, 400), (3, 400)];
+        let (a, say) = k.round(secs(3), &observed(1, &one, &both));
+        assert_eq!(a, None);
+        assert!(say.is_some_and(|s| s.contains("waiting for 1 of the applied quorum")));
+        // ...and a line is said once.
+        assert_eq!(k.round(secs(4), &observed(1, &one, &both)), (None, None));
+        let both = [(2, 500), (3, 400)];
+        let wide = Config::new(1, [2, 3]);
+        let (a, _) = k.round(secs(5), &observed(1, &one, &both));
+        assert_eq!(a, Some(KeeperAction::Publish(wide.clone())));
+        k.wrote(wide.clone(), 600);
+        assert_eq!(k.round(secs(6), &observed(1, &one, &both)).0, None);
+        let (a, _) = k.round(secs(7), &observed(1, &one, &[(2, 600), (3, 600)]));
+        assert!(matches!(&a, Some(KeeperAction::Apply { config, .. }) if *config == wide));
+        // A fenced primary touches nothing.
+        let mut fenced = observed(1, &wide, &[]);
+        fenced.fenced = true;
+        let (a, say) = k.round(secs(8), &fenced);
+        assert_eq!(a, None);
+        assert!(say.is_some_and(|s| s.contains("fenced")));
     }
 }
