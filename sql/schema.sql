@@ -53,7 +53,9 @@ CREATE TABLE repmgr.synchronous_quorum (
   primary_node_id INT NOT NULL,
   num_sync INT NOT NULL CHECK (num_sync >= 0),
   members INT[] NOT NULL,
-  published_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT CURRENT_TIMESTAMP
+  published_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  -- The WAL position it was written at: a node that has it has at least that much WAL.
+  version BIGINT NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX synchronous_quorum_single ON repmgr.synchronous_quorum ((TRUE));
 

@@ -211,6 +211,8 @@ fn timing_across_nodes(settings: &Settings, me: &NodeRecord, nodes: &[NodeRecord
             in_recovery: unsafe { pgrx::pg_sys::RecoveryInProgress() },
             lsn: None,
             paused: st.paused,
+            // Only the timing is read here.
+            sync_quorum: 0,
         };
         seen.push((me.describe(), st.failover.pre_vote(clock::now(), &local)));
     }

@@ -387,6 +387,7 @@ impl Failover {
             manual.to_string(),
             request.fence.as_micros().to_string(),
             request.version.to_string(),
+            request.quorum_version.to_string(),
         ];
         let args: Vec<Option<&str>> = args.iter().map(|a| Some(a.as_str())).collect();
         for n in to {
@@ -395,7 +396,7 @@ impl Failover {
             }
             let answer = self.peers.get(n, &es).and_then(|p| {
                 p.run(
-                    "SELECT term, granted, reason FROM repmgr.request_vote($1::bigint, $2::int, $3::bigint, $4::boolean, $5::bigint, $6::bigint)",
+                    "SELECT term, granted, reason FROM repmgr.request_vote($1::bigint, $2::int, $3::bigint, $4::boolean, $5::bigint, $6::bigint, $7::bigint)",
                     &args,
                 )
             });
@@ -518,7 +519,11 @@ fn local_facts() -> LocalFacts {
     .ok()
     .is_some_and(|r| r.get(0, 0) == Some("t"));
     if !catalog {
-        return LocalFacts { lsn, quorum: None };
+        return LocalFacts {
+            lsn,
+            quorum: None,
+            quorum_version: 0,
+        };
     }
     let read = || -> crate::error::Result<_> {
         // Two transactions: the second one's snapshot includes all that the first saw replayed.
@@ -529,20 +534,27 @@ fn local_facts() -> LocalFacts {
             )
         })?;
         let replayed_all = r.get(0, 0) == Some("t");
-        let quorum = in_transaction(|| crate::quorum::published(&mut Local))?;
-        Ok((quorum, replayed_all))
+        let publication = in_transaction(|| crate::quorum::publication(&mut Local))?;
+        Ok((publication, replayed_all))
     };
-    let quorum = match read() {
-        Ok(v) => Some(v),
+    match read() {
+        Ok(((quorum, quorum_version), replayed_all)) => LocalFacts {
+            lsn,
+            quorum: Some((quorum, replayed_all)),
+            quorum_version,
+        },
         Err(f) => {
             log!(
                 "repmgr: cannot read the published synchronous quorum: {}",
                 f.message
             );
-            None
+            LocalFacts {
+                lsn,
+                quorum: None,
+                quorum_version: 0,
+            }
         }
-    };
-    LocalFacts { lsn, quorum }
+    }
 }
 
 /// `repmgr.standby_disconnect_on_failover`: stops this standby's WAL receiver, so the

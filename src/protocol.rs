@@ -100,7 +100,7 @@ pub(crate) fn received_lsn() -> Option<u64> {
 }
 
 /// The columns of `repmgr.vote_info()` that [`parse_vote_info`] reads, in its order.
-pub const VOTE_INFO_COLUMNS: &str = "term, holds_lease, in_recovery, silence_ms, lost, lsn, unavailable, diverged, priority, version, primary_id, primary_term, switch_lsn, heartbeat_ms, fence_ms, lease_ms, wait_ms";
+pub const VOTE_INFO_COLUMNS: &str = "term, holds_lease, in_recovery, silence_ms, lost, lsn, unavailable, diverged, priority, version, primary_id, primary_term, switch_lsn, heartbeat_ms, fence_ms, lease_ms, wait_ms, sync_quorum";
 
 /// A pre-vote answer from the row of `repmgr.vote_info()`.
 pub fn parse_vote_info(r: &repmgr_pq::Rows) -> Option<PreVote> {
@@ -122,6 +122,7 @@ pub fn parse_vote_info(r: &repmgr_pq::Rows) -> Option<PreVote> {
             diverged: yes(7),
             priority: int(8).unwrap_or(0) as i32,
             version: int(9).unwrap_or(0).max(0) as u64,
+            sync_quorum: int(17).unwrap_or(0).max(0) as u64,
         },
         primary: int(10)
             .zip(int(11))
@@ -161,6 +162,7 @@ fn vote_info() -> TableIterator<
         name!(fence_ms, i64),
         name!(lease_ms, i64),
         name!(wait_ms, i64),
+        name!(sync_quorum, i64),
     ),
 > {
     let Some(st) = shmem::read() else {
@@ -171,6 +173,11 @@ fn vote_info() -> TableIterator<
         in_recovery: recovery,
         lsn: if recovery { received_lsn() } else { None },
         paused: st.paused,
+        sync_quorum: if recovery {
+            crate::quorum::sync_version(&mut Local)
+        } else {
+            0
+        },
     };
     let p = st.failover.pre_vote(clock::now(), &local);
     let a = &p.answer;
@@ -195,6 +202,7 @@ fn vote_info() -> TableIterator<
         ms(p.timing.fence),
         ms(p.timing.lease),
         ms(p.wait),
+        a.sync_quorum as i64,
     ))
 }
 
@@ -208,6 +216,7 @@ fn request_vote(
     manual: default!(Option<bool>, "false"),
     fence_us: default!(Option<i64>, "NULL"),
     version: default!(Option<i64>, "0"),
+    quorum_version: default!(Option<i64>, "0"),
 ) -> TableIterator<
     'static,
     (
@@ -243,6 +252,7 @@ fn request_vote(
         // A candidate that does not say is taken to run with the longest fence.
         fence: fence_us.map_or(repmgr_core::lease::MAX_FENCE, micros),
         version: version.unwrap_or(0).max(0) as u64,
+        quorum_version: quorum_version.unwrap_or(0).max(0) as u64,
     };
     let may_stand = settings.failover.automatic && settings.priority > 0 && !st.paused;
     let facts = VoterFacts {
@@ -256,6 +266,15 @@ fn request_vote(
             0
         } else {
             settings.failover.max_lag
+        },
+        // Unreadable counts as a member: the stricter answer.
+        quorum_member: recovery
+            && crate::quorum::published(&mut Local)
+                .map_or(true, |q| q.members.contains(&st.failover.node_id)),
+        sync_quorum: if recovery && !st.failover.diverged {
+            crate::quorum::sync_version(&mut Local)
+        } else {
+            0
         },
         candidate_ineligible: catalog_objection(
             candidate,

@@ -29,8 +29,14 @@ pub struct Keeper(quorum::Keeper);
 
 /// The quorum published in this node's catalog (after replay, on a standby).
 pub fn published(db: &mut dyn Db) -> Result<Config> {
+    Ok(publication(db)?.0)
+}
+
+/// The quorum published in this node's catalog and the WAL position it was written at (0:
+/// none).
+pub fn publication(db: &mut dyn Db) -> Result<(Config, u64)> {
     let r = db.read(
-        "SELECT num_sync, pg_catalog.array_to_string(members, ',') FROM repmgr.synchronous_quorum",
+        "SELECT num_sync, pg_catalog.array_to_string(members, ','), version FROM repmgr.synchronous_quorum",
         &[],
     )?;
     let k = r.get(0, 0).and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -39,7 +45,18 @@ pub fn published(db: &mut dyn Db) -> Result<Config> {
         .unwrap_or_default()
         .split(',')
         .filter_map(|m| m.parse().ok());
-    Ok(Config::new(k, members))
+    let version = r.get(0, 2).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok((Config::new(k, members), version))
+}
+
+/// Where the synchronous quorum this node's catalog publishes was written; 0 when it
+/// publishes none or an asynchronous one (what a voter tells candidates). Unreadable counts
+/// as none: the candidate's own catalog, and the members' positions, still guard.
+pub fn sync_version(db: &mut dyn Db) -> u64 {
+    match publication(db) {
+        Ok((q, v)) if q.is_sync() => v,
+        _ => 0,
+    }
 }
 
 /// The quorum `synchronous_standby_names` describes, by node id; `None` for a value that is
@@ -198,7 +215,7 @@ impl Keeper {
                 write_transaction(|| {
                     Local.write("DELETE FROM repmgr.synchronous_quorum", &[])?;
                     Local.write(
-                        "INSERT INTO repmgr.synchronous_quorum (primary_node_id, num_sync, members) VALUES ($1::int, $2::int, $3::int[])",
+                        "INSERT INTO repmgr.synchronous_quorum (primary_node_id, num_sync, members, version) VALUES ($1::int, $2::int, $3::int[], (pg_catalog.pg_current_wal_insert_lsn() - '0/0')::bigint)",
                         &[Some(&id), Some(&k), Some(&list)],
                     )
                 })?;

@@ -106,6 +106,8 @@ pub struct LocalFacts {
     /// The synchronous quorum published in this node's catalog, and whether it had replayed
     /// all it received when it read it; `None` when it could not be read.
     pub quorum: Option<(quorum::Config, bool)>,
+    /// Where that quorum was written (a WAL position; 0: none).
+    pub quorum_version: u64,
 }
 
 /// What happens to the driver.
@@ -351,6 +353,9 @@ pub struct Driver {
     echo_now: bool,
     /// A primary learnt from other voters (or its own notification), with its term.
     leader_hint: Option<(NodeId, u64)>,
+    /// Where the quorum in this node's catalog was written, as read at its last look around:
+    /// sent with its vote requests.
+    quorum_version: u64,
     /// The heartbeat the primary last heard asks for, when shorter than this node's own.
     leader_heartbeat: Option<Duration>,
     // Elections.
@@ -411,6 +416,7 @@ impl Driver {
             next_poll: Duration::ZERO,
             echo_now: false,
             leader_hint: None,
+            quorum_version: 0,
             leader_heartbeat: None,
             notified: None,
             retry_at: Duration::ZERO,
@@ -552,10 +558,11 @@ impl Driver {
     }
 
     /// Whether this standby should stream from another node now, and which (with the event to
-    /// record once it does): the primary it knows, when its `upstream` is down (its reconnect
-    /// attempts are used up) and that is another node; or the node that said it is the new
-    /// primary (a failover follow when the upstream does not answer). Never while paused (a
-    /// notification then waits), and never a witness or this node itself.
+    /// record once it does): the primary it knows, when that is another node and its
+    /// `upstream` is down (its reconnect attempts are used up) or is a primary that was
+    /// replaced; or the node that said it is the new primary (a failover follow when the
+    /// upstream does not answer). Never while paused (a notification then waits), and never
+    /// a witness or this node itself.
     pub fn follow_decision(
         &mut self,
         state: &State,
@@ -608,8 +615,17 @@ impl Driver {
             };
         }
         let p = self.current_primary(state)?;
-        (upstream.down && upstream.node != Some(p.node_id) && p.node_type != NodeType::Witness)
-            .then_some((p, event::REPMGRD_FAILOVER_FOLLOW))
+        if p.node_type == NodeType::Witness || upstream.node == Some(p.node_id) {
+            return None;
+        }
+        // A primary that was replaced still streams what it wrote before its fence, on a
+        // branch nobody continues: a standby left on it would look ahead of the new timeline
+        // and hold every election back. A cascaded standby stays on its upstream.
+        let replaced = upstream
+            .node
+            .and_then(|u| self.record(u))
+            .is_some_and(|u| u.node_type == NodeType::Primary);
+        (upstream.down || replaced).then_some((p, event::REPMGRD_FAILOVER_FOLLOW))
     }
 
     /// Log lines and events that a query like [`Driver::follow_decision`] produced.
@@ -1136,7 +1152,9 @@ impl Driver {
         let local = a.local.clone().unwrap_or(LocalFacts {
             lsn: None,
             quorum: None,
+            quorum_version: 0,
         });
+        self.quorum_version = local.quorum_version;
         match a.manual {
             Some(m) => self.manual_checks(now, state, disk, m, &a, &local),
             None => self.decide(now, state, disk, &a, &local),
@@ -1192,6 +1210,7 @@ impl Driver {
             diverged: f.diverged,
             replayed_all,
             version: f.version,
+            quorum_version: local.quorum_version,
         };
         let peers: Vec<Peer> =
             a.to.iter()
@@ -1386,6 +1405,7 @@ impl Driver {
             lsn,
             fence,
             version: state.version,
+            quorum_version: self.quorum_version,
         };
         let voting = Voting {
             term,
@@ -1823,7 +1843,13 @@ impl Driver {
                     })
                 })
                 .collect();
-            let verdict = if q.is_sync() && !replayed_all {
+            let newer = election::newer_quorum(
+                local.quorum_version,
+                answers.iter().map(|(n, p)| (n.node_id, &p.answer)),
+            );
+            let verdict = if let Some(why) = newer {
+                Err(why)
+            } else if q.is_sync() && !replayed_all {
                 Err("it is still replaying the WAL it received".to_string())
             } else {
                 quorum::may_promote(&q, self.node_id, lsn, &reports)

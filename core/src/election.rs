@@ -12,6 +12,7 @@ use std::cmp::Reverse;
 use std::time::Duration;
 
 use crate::lease::{NodeId, majority};
+use crate::lsn::Lsn;
 use crate::quorum::{self, Config, Report};
 
 /// How a registered node takes part.
@@ -46,6 +47,10 @@ pub struct Answer {
     pub priority: i32,
     /// The membership version of its node list: it refuses candidates with an older one.
     pub version: u64,
+    /// Where the synchronous quorum its catalog publishes was written (a WAL position); 0
+    /// when it publishes none or an asynchronous one. It refuses candidates whose catalog
+    /// lacks that publication.
+    pub sync_quorum: u64,
 }
 
 /// Another registered, active node, as the candidate sees it.
@@ -78,6 +83,8 @@ pub struct Me {
     pub replayed_all: bool,
     /// The membership version of its node list.
     pub version: u64,
+    /// Where the quorum its catalog publishes was written (0: none).
+    pub quorum_version: u64,
 }
 
 /// Cluster-wide rules for the election.
@@ -218,6 +225,12 @@ pub fn plan(me: &Me, peers: &[Peer], rules: &Rules) -> Plan {
             ));
         }
     }
+    if let Some(why) = newer_quorum(
+        me.quorum_version,
+        voting.iter().map(|(p, a)| (p.node_id, *a)),
+    ) {
+        return declined(why);
+    }
     // Standbys that answered, with what they received.
     let standbys: Vec<(&Peer, &Answer, u64)> = answered
         .iter()
@@ -255,13 +268,22 @@ pub fn plan(me: &Me, peers: &[Peer], rules: &Rules) -> Plan {
             rules.max_lag
         ));
     }
+    // A standby whose node list is older than a majority's gets too few votes: deferring to
+    // it would leave nobody standing (one that streamed a replaced primary's last WAL can be
+    // ahead by its position and yet behind by its node list).
+    let could_win = |p: &Peer, a: &Answer| {
+        let grant = voting
+            .iter()
+            .filter(|(q, b)| q.node_id != p.node_id && b.lost && b.version <= a.version)
+            .count();
+        1 + grant + usize::from(me.version <= a.version) >= majority(voters)
+    };
     // Only standbys that may stand can be deferred to: each says so in its own answer
     // (failover mode, priority, pause), so one set to manual never holds the others back.
     let best = standbys
         .iter()
         .filter(|(_, a, _)| !a.unavailable)
-        // With a synchronous quorum only its members may hold every acknowledged commit.
-        .filter(|(p, _, _)| !sync || rules.quorum.members.contains(&p.node_id))
+        .filter(|(p, a, _)| could_win(p, a))
         .map(|(p, a, l)| (*l, a.priority, Reverse(p.node_id)))
         .chain(std::iter::once((me.lsn, me.priority, Reverse(me.node_id))))
         .max()
@@ -270,6 +292,25 @@ pub fn plan(me: &Me, peers: &[Peer], rules: &Rules) -> Plan {
         return Plan::Defer { to: best.2.0 };
     }
     Plan::Stand { term: current + 1 }
+}
+
+/// Why a candidate whose catalog's quorum was published at `mine` may lack acknowledged
+/// commits, if an answer (by node id) shows a synchronous quorum published after it: that
+/// node has WAL the candidate lacks. A diverged node's catalog is on a dead branch and does
+/// not count.
+pub fn newer_quorum<'a>(
+    mine: u64,
+    answers: impl IntoIterator<Item = (NodeId, &'a Answer)>,
+) -> Option<String> {
+    let (id, a) = answers
+        .into_iter()
+        .filter(|(_, a)| !a.diverged && a.sync_quorum > mine)
+        .max_by_key(|(_, a)| a.sync_quorum)?;
+    Some(format!(
+        "node {id}'s catalog publishes a synchronous quorum written at {}, after this node's (at {}): this node lacks WAL that may hold acknowledged commits",
+        Lsn(a.sync_quorum),
+        Lsn(mine)
+    ))
 }
 
 impl Answer {

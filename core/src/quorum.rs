@@ -4,10 +4,11 @@
 //! With `repmgr.synchronous_standbys = n`, the primary's worker keeps
 //! `synchronous_standby_names = 'ANY k (members)'`, so a commit is acknowledged only once `k`
 //! members have flushed it. It also *publishes* a quorum in the catalog, which reaches every
-//! standby through replication. A candidate may be promoted only if it is a member of the
-//! published quorum and, among at least `|members| - k + 1` members that answered (any `k`
-//! members and that many always share one), none has received more WAL than it: then it holds
-//! every acknowledged commit.
+//! standby through replication. A candidate may be promoted only if at least
+//! `|members| - k + 1` members of the published quorum answered (itself included, when it is
+//! one) and none has received more WAL than it: any `k` members and that many always share
+//! one, so it holds every acknowledged commit. A standby outside the quorum qualifies too
+//! once enough members show it is ahead of them.
 //!
 //! The published quorum must always *cover* the applied one ([`Config::covers`]: every set of
 //! nodes that can acknowledge under the applied quorum meets every report set of the
@@ -220,19 +221,13 @@ pub fn may_promote(
     if !quorum.is_sync() {
         return Ok(());
     }
-    if !quorum.members.contains(&me) {
-        return Err(format!(
-            "node {me} is not in the synchronous quorum ({}), so it may lack acknowledged commits",
-            quorum.describe()
-        ));
-    }
     // Too few members answering stops every candidate, the one furthest ahead too: that is
     // the reason to give first.
     let mut reported: Vec<NodeId> = reports
         .iter()
         .map(|r| r.node_id)
-        .filter(|id| quorum.members.contains(id))
         .chain(std::iter::once(me))
+        .filter(|id| quorum.members.contains(id))
         .collect();
     reported.sort_unstable();
     reported.dedup();
@@ -655,16 +650,11 @@ mod tests {
     }
 
     #[test]
-    fn only_a_member_holding_every_acknowledged_commit_may_be_promoted() {
+    fn only_a_standby_holding_every_acknowledged_commit_may_be_promoted() {
         let q = Config::new(1, [2, 3, 4]);
         let r = |id, lsn| Report { node_id: id, lsn };
         assert_eq!(may_promote(&Config::none(), 9, 0, &[]), Ok(()));
         assert_eq!(may_promote(&q, 2, 100, &[r(3, 100), r(4, 90)]), Ok(()));
-        assert!(
-            may_promote(&q, 5, 100, &[r(3, 90), r(4, 90)])
-                .unwrap_err()
-                .contains("not in the synchronous quorum")
-        );
         assert!(
             may_promote(&q, 2, 100, &[r(3, 120), r(4, 90)])
                 .unwrap_err()
@@ -683,6 +673,16 @@ mod tests {
             e.contains("only 2 of the synchronous quorum's 3 members answered")
                 && e.contains("node(s) 2"),
             "{e}"
+        );
+        // A standby outside the quorum needs as many members' reports, all behind it.
+        let e = may_promote(&q, 5, 100, &[r(3, 90), r(4, 90)]).unwrap_err();
+        assert!(
+            e.contains("only 2 of the synchronous quorum's 3 members answered"),
+            "{e}"
+        );
+        assert_eq!(
+            may_promote(&q, 5, 100, &[r(2, 100), r(3, 90), r(4, 90)]),
+            Ok(())
         );
         // k = 2 of 3: two reports (its own included) suffice.
         assert_eq!(

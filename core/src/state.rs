@@ -72,6 +72,9 @@ pub struct Local {
     /// Received (or replayed, if further) WAL position, on a standby.
     pub lsn: Option<u64>,
     pub paused: bool,
+    /// Where the synchronous quorum its catalog publishes was written (0: none, or an
+    /// asynchronous one).
+    pub sync_quorum: u64,
 }
 
 impl State {
@@ -293,6 +296,11 @@ impl State {
                 diverged: self.diverged,
                 priority: self.priority,
                 version: self.version,
+                sync_quorum: if local.in_recovery && !self.diverged {
+                    local.sync_quorum
+                } else {
+                    0
+                },
             },
             primary,
             switch_lsn: self.switch_lsn,
@@ -376,6 +384,7 @@ mod tests {
             lsn: 10,
             fence: T.fence,
             version: 0,
+            quorum_version: 0,
         }
     }
 
@@ -384,6 +393,8 @@ mod tests {
             is_primary: false,
             received_lsn: Some(10),
             tolerance: 0,
+            quorum_member: false,
+            sync_quorum: 0,
             candidate_ineligible: None,
             version: 0,
         }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::election;
 use crate::lease::{NodeId, PollReply, Stamp, Timing, lease_for};
+use crate::lsn::Lsn;
 use crate::node::{NodeRecord, NodeType};
 
 /// What a voter keeps on disk.
@@ -63,6 +64,8 @@ pub struct VoteRequest {
     pub fence: Duration,
     /// The membership version of the candidate's node list.
     pub version: u64,
+    /// Where the quorum its catalog publishes was written (0: none).
+    pub quorum_version: u64,
 }
 
 /// What the voter knows about itself and the candidate when it decides.
@@ -76,6 +79,14 @@ pub struct VoterFacts {
     /// would be the better candidate), its `repmgr.max_lag_on_failover` when it may not be
     /// promoted (priority 0, manual, paused), as the election plan allows.
     pub tolerance: u64,
+    /// This voter is a member of the synchronous quorum published in its catalog: its WAL
+    /// may hold acknowledged commits, so it grants no candidate behind it, whatever its
+    /// tolerance (a candidate whose catalog lacks the publication would not know to ask).
+    pub quorum_member: bool,
+    /// Where the synchronous quorum its catalog publishes was written (0: none, or an
+    /// asynchronous one): a candidate whose catalog's quorum is older lacks WAL this voter
+    /// has, which may hold acknowledged commits.
+    pub sync_quorum: u64,
     /// Why the candidate may not be promoted, if it may not (priority 0, manual, unknown).
     pub candidate_ineligible: Option<String>,
     /// The membership version of this voter's node list.
@@ -309,11 +320,28 @@ impl Voter {
         if let Some(why) = &facts.candidate_ineligible {
             return refuse(why.clone());
         }
+        if facts.sync_quorum > req.quorum_version {
+            return refuse(format!(
+                "this voter's catalog publishes a synchronous quorum written at {}, after the candidate's (at {}): the candidate lacks WAL that may hold acknowledged commits",
+                Lsn(facts.sync_quorum),
+                Lsn(req.quorum_version)
+            ));
+        }
+        let tolerance = if facts.quorum_member {
+            0
+        } else {
+            facts.tolerance
+        };
         if let Some(mine) = facts
             .received_lsn
-            .filter(|mine| *mine > req.lsn.saturating_add(facts.tolerance))
+            .filter(|mine| *mine > req.lsn.saturating_add(tolerance))
         {
-            return refuse(if facts.tolerance == 0 {
+            return refuse(if facts.quorum_member {
+                format!(
+                    "the candidate has received less WAL ({}) than this voter ({mine}), a member of the synchronous quorum that may hold acknowledged commits the candidate lacks",
+                    req.lsn
+                )
+            } else if tolerance == 0 {
                 format!(
                     "the candidate has received less WAL ({}) than this voter ({mine})",
                     req.lsn
@@ -322,7 +350,7 @@ impl Voter {
                 format!(
                     "the candidate has received {} bytes less WAL than this voter, more than repmgr.max_lag_on_failover ({})",
                     mine - req.lsn,
-                    facts.tolerance
+                    tolerance
                 )
             });
         }
@@ -376,6 +404,8 @@ mod tests {
             is_primary: false,
             received_lsn: Some(100),
             tolerance: 0,
+            quorum_member: false,
+            sync_quorum: 0,
             candidate_ineligible: None,
             version: 1,
         }
@@ -388,6 +418,7 @@ mod tests {
             lsn,
             fence: ms(1500),
             version: 1,
+            quorum_version: 0,
         }
     }
 

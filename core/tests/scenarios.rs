@@ -130,6 +130,7 @@ fn plan_case(lines: &[&str]) -> String {
                     diverged: w.has("diverged"),
                     replayed_all: !w.has("replaying"),
                     version: w.num("version", 1),
+                    quorum_version: w.num("published", 0),
                 })
             }
             "peer" => {
@@ -145,6 +146,7 @@ fn plan_case(lines: &[&str]) -> String {
                     diverged: w.has("diverged"),
                     priority: w.int("priority", 100),
                     version: w.num("version", 1),
+                    sync_quorum: w.num("published", 0),
                 });
                 peers.push(Peer {
                     node_id: w.int("id", 0),
@@ -182,6 +184,8 @@ fn vote_case(lines: &[&str]) -> String {
         is_primary: false,
         received_lsn: Some(1000),
         tolerance: 0,
+        quorum_member: false,
+        sync_quorum: 0,
         candidate_ineligible: None,
         version: 1,
     };
@@ -210,6 +214,8 @@ fn vote_case(lines: &[&str]) -> String {
                     is_primary: w.has("primary"),
                     received_lsn: (!w.has("no_lsn")).then(|| w.num("lsn", 1000)),
                     tolerance: w.num("tolerance", 0),
+                    quorum_member: w.has("member"),
+                    sync_quorum: w.num("published", 0),
                     candidate_ineligible: w.kv.get("ineligible").cloned(),
                     version: w.num("version", 1),
                 }
@@ -221,6 +227,7 @@ fn vote_case(lines: &[&str]) -> String {
                     lsn: w.num("lsn", 1000),
                     fence: w.ms("fence", 1500),
                     version: w.num("version", 1),
+                    quorum_version: w.num("published", 0),
                 };
                 let r = voter.decide(w.ms("at", 5000), &req, &facts, &timing);
                 let d = voter.durable;

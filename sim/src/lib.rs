@@ -18,7 +18,13 @@
 //! 3. a promoted node had received at least as much WAL as every voter that elected it and
 //!    could have stood itself, and is within `repmgr.max_lag_on_failover` of the others;
 //! 4. once every fault is healed, a leader holds its lease within a bounded time whenever
-//!    the surviving nodes could elect one (by a rule of its own, not the election's code).
+//!    the surviving nodes could elect one (by a rule of its own, not the election's code);
+//! 5. with a synchronous quorum published, every commit a primary acknowledged through it is
+//!    in the history of every node promoted after it (until an operator forces a promotion).
+//!
+//! The primaries' quorum keepers ([`quorum::Keeper`], the extension's own) run too: they
+//! publish the quorum in the replicated catalog and set `synchronous_standby_names`, whose
+//! members' flushed positions are what acknowledges a commit.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -31,7 +37,7 @@ use repmgr_core::lease::{
     Lease, MAX_DRIFT_PPM, Membership, NodeId, Poll, PollReply, Timing, lease_for, majority,
 };
 use repmgr_core::node::{NodeRecord, NodeType};
-use repmgr_core::quorum;
+use repmgr_core::quorum::{self, Keeper, KeeperAction, Observed};
 use repmgr_core::state::{Disk, Local, PreVote, State};
 use repmgr_core::vote::{VoteReply, VoteRequest, VoterFacts, catalog_objection};
 
@@ -69,6 +75,10 @@ impl Rng {
 /// Real (simulated) time in microseconds.
 type Us = u64;
 
+/// Backends a primary has: once this many commits wait for their synchronous
+/// acknowledgement, no new one starts.
+const BACKENDS: usize = 64;
+
 const MS: Us = 1000;
 const TICK: Us = 10 * MS;
 /// How often a node's monitoring round reads its catalog (`repmgr.monitor_interval`).
@@ -96,6 +106,9 @@ pub struct NodeSetup {
     pub location: String,
     /// The priority registered in the catalog.
     pub priority: i32,
+    /// `repmgr.synchronous_standbys` and `repmgr.synchronous_mode`.
+    pub synchronous_standbys: u32,
+    pub synchronous_mode: quorum::Mode,
 }
 
 /// What a schedule looks like.
@@ -158,6 +171,13 @@ impl Config {
         let voters = rng.range(3, 7) as usize;
         let data_nodes = if witness { voters - 1 } else { voters };
         let two_sites = rng.chance(300_000);
+        // Drawn apart, so that the asynchronous schedules stay those of earlier versions.
+        let mut sync_rng = Rng::new(seed ^ 0x5_1DE_CA5);
+        let cluster_n = if sync_rng.chance(500_000) {
+            sync_rng.range(1, 2) as u32
+        } else {
+            0
+        };
         let nodes = (0..voters)
             .map(|i| {
                 let mut s = default_settings();
@@ -177,10 +197,23 @@ impl Config {
                 } else {
                     "a"
                 };
+                // Mostly the cluster's setting, sometimes one of the node's own.
+                let synchronous_standbys = if sync_rng.chance(200_000) {
+                    sync_rng.range(0, 2) as u32
+                } else {
+                    cluster_n
+                };
+                let synchronous_mode = if sync_rng.chance(300_000) {
+                    quorum::Mode::Preferred
+                } else {
+                    quorum::Mode::Strict
+                };
                 NodeSetup {
                     priority: if is_witness { 0 } else { s.priority },
                     settings: s,
                     location: location.into(),
+                    synchronous_standbys,
+                    synchronous_mode,
                 }
             })
             .collect();
@@ -296,6 +329,12 @@ struct Node {
     /// The witness's own copy of the catalog.
     copy: Option<Catalog>,
     next_copy: Duration,
+    /// `synchronous_standby_names` (kept in postgresql.auto.conf across restarts).
+    sync_names: quorum::Config,
+    /// The worker's quorum keeper (a new one at each restart).
+    keeper: Keeper,
+    /// Commits written but waiting for their synchronous acknowledgement, by position.
+    waiting: Vec<u64>,
 }
 
 impl Node {
@@ -323,6 +362,8 @@ pub struct Report {
     pub promotions: u64,
     pub elections: u64,
     pub commits: u64,
+    /// Commits acknowledged under a synchronous quorum.
+    pub acknowledged: u64,
     pub operator_actions: u64,
 }
 
@@ -375,6 +416,17 @@ struct World {
     /// Each node's highest term so far.
     max_terms: Vec<u64>,
     manual_seq: u64,
+    /// The published quorum, as written by primaries at WAL positions (it replicates with
+    /// the catalog; a TRUNCATE of repmgr.nodes leaves it).
+    quorum_writes: Vec<(Pos, quorum::Config)>,
+    /// Per timeline, the furthest commit acknowledged through a published synchronous quorum,
+    /// and by which node: what no later promotion may lose.
+    acked: HashMap<usize, (u64, NodeId)>,
+    /// Nodes with a forced repmgr.promote() under way, by the request's sequence number.
+    forcing: HashMap<usize, u64>,
+    /// A forced promotion happened: the operator accepted losing commits, and the schedule
+    /// no longer checks that none is lost.
+    forced: bool,
     broken: Option<String>,
 }
 
@@ -401,6 +453,7 @@ pub fn run(cfg: &Config) -> Result<Report, Violation> {
             }
         }
         w.replicate();
+        w.acknowledge();
         w.check()?;
     }
     w.check_recovered()?;
@@ -485,6 +538,9 @@ impl World {
                     next_tick: Duration::ZERO,
                     copy: (i >= cfg.data_nodes).then(|| catalog.clone()),
                     next_copy: Duration::ZERO,
+                    sync_names: quorum::Config::none(),
+                    keeper: Keeper::default(),
+                    waiting: Vec::new(),
                 };
                 let local = n.local(0);
                 n.state = State::new(id, None, local, n.state.incarnation, fallback);
@@ -523,6 +579,10 @@ impl World {
             pending: Vec::new(),
             max_terms: vec![1; total],
             manual_seq: 0,
+            quorum_writes: Vec::new(),
+            acked: HashMap::new(),
+            forcing: HashMap::new(),
+            forced: false,
             broken: None,
         };
         // The initial primary starts with confirmations from everyone, as after a clean start,
@@ -605,6 +665,29 @@ impl World {
             .rev()
             .find(|w| self.contains(pos, w.at))
             .and_then(|w| w.catalog.clone())
+    }
+
+    /// The synchronous quorum published in the catalog a data node at `pos` has replayed,
+    /// and where it was written (0: none).
+    fn publication_at(&self, pos: Pos) -> (quorum::Config, u64) {
+        self.quorum_writes
+            .iter()
+            .rev()
+            .find(|(at, _)| self.contains(pos, *at))
+            .map_or_else(|| (quorum::Config::none(), 0), |(at, q)| (q.clone(), at.1))
+    }
+
+    fn quorum_at(&self, pos: Pos) -> quorum::Config {
+        self.publication_at(pos).0
+    }
+
+    /// What a standby at `pos` reports of its publication: where a synchronous one was
+    /// written, else 0.
+    fn sync_quorum_at(&self, pos: Pos) -> u64 {
+        match self.publication_at(pos) {
+            (q, at) if q.is_sync() => at,
+            _ => 0,
+        }
     }
 
     fn catalog_of(&self, i: usize) -> Option<Catalog> {
@@ -693,6 +776,11 @@ impl World {
                     in_recovery: n.in_recovery,
                     lsn: n.in_recovery.then_some(n.pos.1),
                     paused: n.paused,
+                    sync_quorum: if n.witness {
+                        0
+                    } else {
+                        self.sync_quorum_at(n.pos)
+                    },
                 };
                 let pre = n.state.pre_vote(local, &l);
                 self.send(to, from, Msg::Answer { round, pre });
@@ -721,6 +809,12 @@ impl World {
                         0
                     } else {
                         n.setup.settings.max_lag
+                    },
+                    quorum_member: self.quorum_at(n.pos).members.contains(&n.id),
+                    sync_quorum: if n.in_recovery && !n.state.diverged {
+                        self.sync_quorum_at(n.pos)
+                    } else {
+                        0
                     },
                     candidate_ineligible,
                     version: n.state.version,
@@ -783,10 +877,12 @@ impl World {
                     self.send(i, t, Msg::Ask { round });
                 }
                 let n = &self.nodes[i];
-                let quorum = Some((quorum::Config::none(), true));
+                // What it has received it has replayed: the quorum read is the latest.
+                let (q, quorum_version) = self.publication_at(n.pos);
                 let facts = LocalFacts {
                     lsn: (n.in_recovery).then_some(n.pos.1),
-                    quorum,
+                    quorum: Some((q, true)),
+                    quorum_version,
                 };
                 self.drive(i, Input::Local { round, facts });
             }
@@ -860,6 +956,9 @@ impl World {
             Action::Event(e) => self.log(format!("node {id} event {}: {}", e.name, e.details)),
             Action::Log(_, text) => self.log(format!("node {id}: {text}")),
             Action::Answer { seq, outcome } => {
+                if self.forcing.get(&i) == Some(&seq) {
+                    self.forcing.remove(&i);
+                }
                 self.log(format!("node {id} answers request {seq}: {outcome:?}"))
             }
         }
@@ -895,6 +994,34 @@ impl World {
             self.drive(i, Input::Promoted { term, result });
             return;
         }
+        if self.forcing.remove(&i).is_some() {
+            self.forced = true;
+            self.acked.clear();
+            self.log(format!(
+                "node {id}'s promotion is forced: acknowledged commits are no longer checked"
+            ));
+        }
+        let n = &self.nodes[i];
+        let lost = self
+            .acked
+            .iter()
+            .find(|(tl, (at, _))| !self.contains(n.pos, (**tl, *at)));
+        if let Some((tl, (at, by))) = lost {
+            self.broken = Some(format!(
+                "node {id} promoted in term {term} at {:?} lacks the commit node {by} acknowledged at {:?} through a synchronous quorum",
+                n.pos,
+                (tl, at)
+            ));
+        }
+        // As the worker does before pg_promote(): start with the published quorum less
+        // itself, so that its first commit already waits.
+        let published = self.quorum_at(n.pos);
+        let nodes = self.catalog_of(i).map(|c| c.nodes).unwrap_or_default();
+        let mode = n.setup.synchronous_mode;
+        if let Some(start) = quorum::for_promotion(&published, id, mode, &nodes) {
+            self.nodes[i].sync_names = start;
+        }
+        let n = &self.nodes[i];
         let tl = self.timelines.len();
         self.timelines.push(Timeline {
             parent: Some(n.pos.0),
@@ -979,8 +1106,132 @@ impl World {
         let n = &self.nodes[i];
         if n.is_primary() && n.can_commit(self.now) {
             let add = self.rng.range(0, 4000);
-            self.nodes[i].pos.1 += add;
-            self.report.commits += 1;
+            let n = &mut self.nodes[i];
+            if n.waiting.len() < BACKENDS {
+                n.pos.1 += add;
+                self.report.commits += 1;
+                if n.sync_names.is_sync() {
+                    n.waiting.push(n.pos.1);
+                }
+            }
+        }
+    }
+
+    /// Node `i`'s quorum keeper, at a monitoring round of a primary: what the worker reads
+    /// and does, around the extension's own keeper.
+    fn keep_quorum(&mut self, i: usize) {
+        let local = self.nodes[i].local(self.now);
+        let n = &self.nodes[i];
+        let id = n.id;
+        let fenced = !n.state.may_commit(local);
+        let published = (n.keeper.needs_published() && !fenced).then(|| self.quorum_at(n.pos));
+        let nodes = self.catalog_of(i).map(|c| c.nodes).unwrap_or_default();
+        let (candidates, flushed) = if fenced {
+            (Vec::new(), Vec::new())
+        } else {
+            // From its WAL senders, by registered name.
+            let flushed: Vec<(NodeId, u64)> = (0..self.nodes.len())
+                .filter(|j| self.streams_from(*j, i))
+                .map(|j| (self.nodes[j].id, self.nodes[j].pos.1))
+                .filter(|(m, _)| nodes.iter().any(|r| r.node_id == *m))
+                .collect();
+            let candidates =
+                quorum::candidates(id, &nodes, |m| flushed.iter().any(|(f, _)| *f == m));
+            (candidates, flushed)
+        };
+        let o = Observed {
+            n: n.setup.synchronous_standbys,
+            mode: n.setup.synchronous_mode,
+            fenced,
+            applied: n.sync_names.clone(),
+            published,
+            candidates,
+            flushed,
+        };
+        let now = self.now;
+        let n = &mut self.nodes[i];
+        let (action, say) = n.keeper.round(local, &o);
+        match action {
+            // A write of its own (synchronous_commit = local), refused when fenced.
+            Some(KeeperAction::Publish(config)) if n.can_commit(now) => {
+                n.pos.1 += 100;
+                let at = n.pos;
+                n.keeper.wrote(config.clone(), at.1);
+                self.quorum_writes.push((at, config.clone()));
+                self.log(format!("node {id} publishes {}", config.describe()));
+            }
+            Some(KeeperAction::Publish(_)) | None => {}
+            Some(KeeperAction::Apply { config, why }) => {
+                n.sync_names = config.clone();
+                n.keeper.set(config.clone(), local);
+                self.log(format!(
+                    "node {id} sets synchronous_standby_names to {}: {why}",
+                    config.describe()
+                ));
+            }
+        }
+        if let Some(line) = say {
+            self.log(format!("node {id}: synchronous quorum: {line}"));
+        }
+    }
+
+    /// Commits whose synchronous acknowledgement arrived: `k` members of the applied quorum
+    /// streaming from the primary flushed them. The fence is checked again at that moment
+    /// (a commit that finishes fenced is never acknowledged: its client is disconnected).
+    fn acknowledge(&mut self) {
+        let now = self.now;
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].waiting.is_empty() || !self.nodes[i].running(now) {
+                continue;
+            }
+            let applied = self.nodes[i].sync_names.clone();
+            let threshold = if applied.is_sync() {
+                let mut flushed: Vec<u64> = applied
+                    .members
+                    .iter()
+                    .filter_map(|m| self.index(*m))
+                    .filter(|j| self.streams_from(*j, i))
+                    .map(|j| self.nodes[j].pos.1)
+                    .collect();
+                flushed.sort_unstable_by(|a, b| b.cmp(a));
+                match flushed.get(applied.k as usize - 1) {
+                    Some(f) => *f,
+                    None => continue,
+                }
+            } else {
+                // No longer synchronous: every waiting commit returns.
+                u64::MAX
+            };
+            let n = &mut self.nodes[i];
+            let done: Vec<u64> = n
+                .waiting
+                .iter()
+                .copied()
+                .filter(|p| *p <= threshold)
+                .collect();
+            n.waiting.retain(|p| *p > threshold);
+            if done.is_empty() || !n.can_commit(now) {
+                continue;
+            }
+            self.report.acknowledged += done.len() as u64;
+            let n = &self.nodes[i];
+            let (tl, id) = (n.pos.0, n.id);
+            // Returned by a quorum that went asynchronous: never protected.
+            if self.forced || !applied.is_sync() {
+                continue;
+            }
+            // Promised once a synchronous quorum was published before the commit (the keeper
+            // applies the first one before publishing it).
+            let promised = done
+                .iter()
+                .copied()
+                .filter(|p| self.quorum_at((tl, *p)).is_sync());
+            if let Some(last) = promised.max() {
+                let e = self.acked.entry(tl).or_insert((last, id));
+                if e.0 < last {
+                    *e = (last, id);
+                }
+            }
         }
     }
 
@@ -1002,6 +1253,9 @@ impl World {
             if let Some(j) = from {
                 self.nodes[i].copy = self.catalog_at(self.nodes[j].pos);
             }
+        }
+        if self.nodes[i].is_primary() {
+            self.keep_quorum(i);
         }
         let catalog = self.catalog_of(i);
         let in_recovery = self.nodes[i].in_recovery;
@@ -1046,6 +1300,27 @@ impl World {
         self.log(format!("node {id} follows node {tid} ({event})"));
     }
 
+    /// Whether standby `i` can stream from `src` now: it is its source, both run, the link
+    /// is up and its WAL receiver runs (the histories may have diverged).
+    fn connected(&self, i: usize, src: usize) -> bool {
+        let n = &self.nodes[i];
+        let s = &self.nodes[src];
+        n.source == Some(src)
+            && n.in_recovery
+            && !n.witness
+            && n.running(self.now)
+            && s.running(self.now)
+            && s.is_primary()
+            && self.now >= n.wal_stopped_until
+            && !self.blocked[src][i]
+            && !self.blocked[i][src]
+    }
+
+    /// Whether standby `i` streams from `src` now: connected, on `src`'s history.
+    fn streams_from(&self, i: usize, src: usize) -> bool {
+        self.connected(i, src) && self.contains(self.nodes[src].pos, self.nodes[i].pos)
+    }
+
     /// Standbys receive WAL from their source while both run, the link is up, and the
     /// standby's history is part of the source's.
     fn replicate(&mut self) {
@@ -1053,19 +1328,10 @@ impl World {
             let Some(src) = self.nodes[i].source else {
                 continue;
             };
-            let n = &self.nodes[i];
-            let s = &self.nodes[src];
-            let ok = n.in_recovery
-                && !n.witness
-                && n.running(self.now)
-                && s.running(self.now)
-                && s.is_primary()
-                && self.now >= n.wal_stopped_until
-                && !self.blocked[src][i]
-                && !self.blocked[i][src];
-            if !ok {
+            if !self.connected(i, src) {
                 continue;
             }
+            let (n, s) = (&self.nodes[i], &self.nodes[src]);
             if !self.contains(s.pos, n.pos) {
                 if !n.state.diverged {
                     let id = n.id;
@@ -1116,7 +1382,9 @@ impl World {
     /// one, by this rule of the simulator's own — a registered, automatic standby with a
     /// priority, not paused, on the primary's history and close enough to the best, whose
     /// node list a majority of its voters alive would accept (theirs is not newer), and that
-    /// is in the registered primary's location or sees another voter alive there.
+    /// is in the registered primary's location or sees another voter alive there; with a
+    /// synchronous quorum published, one that enough members alive show to be furthest, and
+    /// that no standby alive shows a newer publication to.
     fn check_recovered(&mut self) -> Result<(), Violation> {
         let now = self.now;
         let leaders: Vec<NodeId> = self
@@ -1156,7 +1424,37 @@ impl World {
                     })
                 })
                 .count();
-            n.in_recovery
+            // Members that would report their position: registered (a candidate asks only
+            // the nodes it knows), running standbys on the history.
+            let (q, version) = self.publication_at(n.pos);
+            // A registered standby alive whose catalog has a newer synchronous quorum has WAL
+            // the candidate lacks.
+            let newer = c
+                .nodes
+                .iter()
+                .filter_map(|r| self.index(r.node_id))
+                .any(|j| {
+                    let m = &self.nodes[j];
+                    m.up && m.in_recovery
+                        && !m.witness
+                        && !m.state.diverged
+                        && self.sync_quorum_at(m.pos) > version
+                });
+            let reporting: Vec<u64> = q
+                .members
+                .iter()
+                .filter(|m| c.node(**m).is_some())
+                .filter_map(|m| self.index(*m))
+                .map(|j| &self.nodes[j])
+                .filter(|m| m.up && m.in_recovery && !m.witness && !m.state.diverged)
+                .map(|m| m.pos.1)
+                .collect();
+            let holds_every_commit = !newer
+                && (!q.is_sync()
+                    || (reporting.len() >= q.reports_needed()
+                        && reporting.iter().all(|p| *p <= n.pos.1)));
+            holds_every_commit
+                && n.in_recovery
                 && !n.witness
                 && !n.state.diverged
                 && !n.paused
@@ -1291,6 +1589,11 @@ impl World {
                 self.log(format!(
                     "operator: repmgr.promote(force => {force}) on node {id}"
                 ));
+                if force {
+                    self.forcing.insert(victim, seq);
+                } else {
+                    self.forcing.remove(&victim);
+                }
                 self.drive(
                     victim,
                     Input::ManualPromote {
@@ -1419,6 +1722,7 @@ impl World {
         let n = &mut self.nodes[i];
         n.up = false;
         n.frozen_until = None;
+        n.waiting.clear();
         let id = n.id;
         self.log(format!("node {id} crashed"));
     }
@@ -1438,6 +1742,7 @@ impl World {
         n.state = State::new(n.id, n.disk.saved.clone(), local, inc, fallback);
         n.state.diverged = diverged;
         n.driver = Driver::new(n.id, n.setup.settings.clone(), fallback, inc);
+        n.keeper = Keeper::default();
         n.driver.publish(&mut n.state);
         n.driver
             .step(local, &mut n.state, &mut n.disk, Input::Paused(n.paused));
@@ -1524,6 +1829,7 @@ pub fn run_many(first_seed: u64, count: u64) -> Result<Report, Violation> {
         total.promotions += r.promotions;
         total.elections += r.elections;
         total.commits += r.commits;
+        total.acknowledged += r.acknowledged;
         total.operator_actions += r.operator_actions;
     }
     Ok(total)
