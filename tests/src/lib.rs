@@ -694,10 +694,35 @@ impl Cluster {
         self.sql(id, "SELECT pg_reload_conf()");
     }
 
-    /// Runs one statement on a node, panicking with the server's message on failure.
+    /// Runs one statement on a node, panicking with the server's message on failure, and
+    /// the end of every node's server log (a failure here is not the test's subject: what
+    /// the servers said is what finds its cause).
     pub fn sql(&self, id: i32, sql: &str) -> Rows {
-        self.try_sql(id, sql)
-            .unwrap_or_else(|e| panic!("on node {id}: {sql}: {e} {:?}", e.detail))
+        self.try_sql(id, sql).unwrap_or_else(|e| {
+            panic!(
+                "on node {id}: {sql}: {e} {:?}\n{}",
+                e.detail,
+                self.log_tails(15)
+            )
+        })
+    }
+
+    /// The last `lines` lines of every node's server log.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let log = self.log(n.id);
+            let all: Vec<&str> = log.lines().collect();
+            out.push_str(&format!(
+                "--- node {} server log (last {lines} lines) ---\n",
+                n.id
+            ));
+            for l in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// Runs one statement on a node in a fresh session.

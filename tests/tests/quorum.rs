@@ -212,3 +212,61 @@ fn no_failover_promotes_a_standby_that_may_lack_acknowledged_commits() {
     });
     wait_quorum(&c, 2, "ANY 1 (node3, node4)", "1:3,4");
 }
+
+#[test]
+fn a_standby_that_missed_the_quorums_publication_is_not_promoted_over_it() {
+    // Found by the simulator (seed 839): a standby down when the quorum was first published
+    // still reads "asynchronous" in its catalog, and voters outside the quorum granted it.
+    let mut c = Cluster::new("quorum-missed");
+    c.populate(&[2, 3, 4], |id| match id {
+        4 => NodeOptions::default().conf("repmgr.priority = 0"),
+        _ => NodeOptions::default(),
+    });
+    c.add_witness(5, NodeOptions::default());
+    c.settled(1, &[2, 3, 4, 5], WAIT);
+    // Node 3 stops receiving before the quorum is asked for.
+    c.set(3, "primary_conninfo", "host=127.0.0.1 port=1");
+    c.wait_for("node 3 to stop streaming", WAIT, || {
+        (!c.streams_from(1, 3)).then_some(())
+    });
+    for id in 1..=4 {
+        c.set(id, "repmgr.synchronous_standbys", "1");
+    }
+    wait_quorum(&c, 1, "ANY 1 (node2)", "1:2");
+    assert_eq!(published(&c, 3), "", "node 3 received the publication");
+    let load = c.write_load(&[1]);
+    std::thread::sleep(Duration::from_secs(2));
+    load.pause();
+    let acks = load.stop();
+    assert!(acks.len() > 20, "{} acknowledged", acks.len());
+
+    // The primary and the only member die. Nodes 3 and 4 and the witness are a majority;
+    // node 4 (priority 0, outside the quorum) and the witness would allow node 3 its lag,
+    // but node 4's catalog publishes a quorum node 3's lacks, and node 3 lacks the commits
+    // acknowledged through it.
+    c.kill9(1);
+    c.stop(2);
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        c.writable(&[3, 4]),
+        Vec::<i32>::new(),
+        "a standby that lacks acknowledged commits was promoted; node 3's worker said:\n{}",
+        c.worker_log(3)
+    );
+    let why = "catalog publishes a synchronous quorum written at";
+    assert!(
+        c.log(3).contains(why),
+        "node 3 does not say why it waits; what its worker said:\n{}",
+        c.worker_log(3)
+    );
+
+    // The member comes back: it is promoted, with every acknowledged commit.
+    c.start(2);
+    assert_eq!(c.one_writable(&[2, 3, 4], WAIT), 2);
+    let lost = c.missing_acks(2, "acked", &acks);
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged commits lost: {lost:?}",
+        lost.len()
+    );
+}
