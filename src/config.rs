@@ -29,8 +29,9 @@ static NODE_NAME: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::n
 static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"repmgr"));
 static CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static REPLICATION_USER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+// repmgr_core::node::DEFAULT_LOCATION, as the C string a GUC default needs.
 static LOCATION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"default"));
-static PRIORITY: GucSetting<i32> = GucSetting::<i32>::new(100);
+static PRIORITY: GucSetting<i32> = GucSetting::<i32>::new(repmgr_core::node::DEFAULT_PRIORITY);
 static FAILOVER: GucSetting<FailoverMode> =
     GucSetting::<FailoverMode>::new(FailoverMode::Automatic);
 static USE_REPLICATION_SLOTS: GucSetting<bool> = GucSetting::<bool>::new(true);
@@ -746,7 +747,8 @@ impl Settings {
             database: string(&DATABASE).unwrap_or_else(|| "repmgr".into()),
             conninfo: string(&CONNINFO),
             replication_user: string(&REPLICATION_USER),
-            location: string(&LOCATION).unwrap_or_else(|| "default".into()),
+            location: string(&LOCATION)
+                .unwrap_or_else(|| repmgr_core::node::DEFAULT_LOCATION.into()),
             priority: PRIORITY.get(),
             use_replication_slots: USE_REPLICATION_SLOTS.get(),
             event_notification_command: string(&EVENT_NOTIFICATION_COMMAND),

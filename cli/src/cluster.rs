@@ -6,11 +6,12 @@ use repmgr_core::conninfo;
 use repmgr_core::node::NodeType;
 use serde_json::{Value, json};
 
-use crate::catalog::{self, NodeRow};
+use crate::catalog::{self, Connect};
 use crate::conn::Session;
 use crate::context::Ctx;
 use crate::exit::{ERR_NODE_STATUS, Failure, Result, SUCCESS};
 use crate::output::{Format, Table, csv_field, opt, pretty, text_table};
+use repmgr_core::node::NodeRecord;
 
 /// What connecting to a node found.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,8 +26,8 @@ pub enum Seen {
 }
 
 /// repmgr's status column, and the problem it signals (if any).
-pub fn status(node: &NodeRow, seen: &Seen) -> (&'static str, Option<String>) {
-    let who = format!("node \"{}\" (ID: {})", node.name, node.id);
+pub fn status(node: &NodeRecord, seen: &Seen) -> (&'static str, Option<String>) {
+    let who = format!("node \"{}\" (ID: {})", node.node_name, node.node_id);
     let recovery = match seen {
         Seen::Unreachable => None,
         Seen::Up { in_recovery, .. } => Some(*in_recovery),
@@ -64,28 +65,30 @@ pub fn status(node: &NodeRow, seen: &Seen) -> (&'static str, Option<String>) {
 
 /// The upstream column: the name, `? name` when it cannot be verified, `! name` when the node
 /// is not attached to it; and the problem, if any.
-pub fn upstream(node: &NodeRow, up: Option<(&NodeRow, &Seen)>) -> (String, Option<String>) {
+pub fn upstream(node: &NodeRecord, up: Option<(&NodeRecord, &Seen)>) -> (String, Option<String>) {
     let Some((u, seen)) = up else {
-        return (node.upstream_name.clone().unwrap_or_default(), None);
+        return (String::new(), None);
     };
     if node.node_type != NodeType::Standby || !node.active {
-        return (u.name.clone(), None);
+        return (u.node_name.clone(), None);
     }
     match seen {
-        Seen::Unreachable => (format!("? {}", u.name), None),
-        Seen::Up { streaming, .. } if streaming.contains(&node.name) => (u.name.clone(), None),
+        Seen::Unreachable => (format!("? {}", u.node_name), None),
+        Seen::Up { streaming, .. } if streaming.contains(&node.node_name) => {
+            (u.node_name.clone(), None)
+        }
         Seen::Up { .. } => (
-            format!("! {}", u.name),
+            format!("! {}", u.node_name),
             Some(format!(
                 "node \"{}\" (ID: {}) is not attached to its upstream node \"{}\" (ID: {})",
-                node.name, node.id, u.name, u.id
+                node.node_name, node.node_id, u.node_name, u.node_id
             )),
         ),
     }
 }
 
 /// Connects to `node` and reads what `cluster show` needs.
-fn look(node: &NodeRow) -> Seen {
+fn look(node: &NodeRecord) -> Seen {
     let Ok(mut s) = node.connect() else {
         return Seen::Unreachable;
     };
@@ -128,7 +131,7 @@ fn look(node: &NodeRow) -> Seen {
 }
 
 /// Reads the catalog through the local node (or `-d`).
-fn catalog_nodes(ctx: &Ctx) -> Result<Vec<NodeRow>> {
+fn catalog_nodes(ctx: &Ctx) -> Result<Vec<NodeRecord>> {
     let mut s = ctx.connect_local()?;
     let nodes = catalog::nodes(&mut s)?;
     if nodes.is_empty() {
@@ -140,7 +143,7 @@ fn catalog_nodes(ctx: &Ctx) -> Result<Vec<NodeRow>> {
 
 /// `cluster show` for `nodes` as `seen`: what goes to stdout, and the problems found.
 pub fn render_show(
-    nodes: &[NodeRow],
+    nodes: &[NodeRecord],
     seen: &HashMap<i32, Seen>,
     compact: bool,
     format: Format,
@@ -160,13 +163,13 @@ pub fn render_show(
     let mut csv = String::new();
     let mut json_nodes = Vec::new();
     for n in nodes {
-        let s = seen.get(&n.id).unwrap_or(&Seen::Unreachable);
+        let s = seen.get(&n.node_id).unwrap_or(&Seen::Unreachable);
         let (st, w) = status(n, s);
         warnings.extend(w);
         let up = n
-            .upstream_id
-            .and_then(|u| nodes.iter().find(|x| x.id == u))
-            .map(|u| (u, seen.get(&u.id).unwrap_or(&Seen::Unreachable)));
+            .upstream_node_id
+            .and_then(|u| nodes.iter().find(|x| x.node_id == u))
+            .map(|u| (u, seen.get(&u.node_id).unwrap_or(&Seen::Unreachable)));
         let (up_text, w) = upstream(n, up);
         warnings.extend(w);
         let (reachable, recovery, timeline) = match s {
@@ -179,7 +182,7 @@ pub fn render_show(
         };
         csv.push_str(&format!(
             "{},{},{}\n",
-            n.id,
+            n.node_id,
             if reachable { 0 } else { -1 },
             recovery.map_or(-1, i32::from)
         ));
@@ -189,8 +192,8 @@ pub fn render_show(
             timeline.map_or(json!("?"), |t| json!(t))
         };
         table.push(vec![
-            json!(n.id),
-            json!(n.name),
+            json!(n.node_id),
+            json!(n.node_name),
             json!(n.node_type.to_string()),
             json!(st),
             json!(up_text),
@@ -200,15 +203,15 @@ pub fn render_show(
             json!(conninfo::mask(&n.conninfo)),
         ]);
         json_nodes.push(json!({
-            "id": n.id,
-            "name": n.name,
+            "id": n.node_id,
+            "name": n.node_name,
             "role": n.node_type.to_string(),
             "active": n.active,
             "status": st.trim(),
             "reachable": reachable,
             "in_recovery": opt(recovery),
-            "upstream_id": opt(n.upstream_id),
-            "upstream_name": opt(n.upstream_name.clone()),
+            "upstream_id": opt(n.upstream_node_id),
+            "upstream_name": opt(catalog::upstream_name(nodes, n)),
             "location": n.location,
             "priority": n.priority,
             "timeline": opt(timeline),
@@ -232,7 +235,7 @@ pub fn render_show(
 
 pub fn show(ctx: &Ctx, compact: bool) -> Result<i32> {
     let nodes = catalog_nodes(ctx)?;
-    let seen: HashMap<i32, Seen> = nodes.iter().map(|n| (n.id, look(n))).collect();
+    let seen: HashMap<i32, Seen> = nodes.iter().map(|n| (n.node_id, look(n))).collect();
     let (out, warnings) = render_show(&nodes, &seen, compact, ctx.format());
     print!("{out}");
     if ctx.format() == Format::Text && !warnings.is_empty() {
@@ -264,7 +267,11 @@ fn matrix_from(s: &mut Session) -> Result<Vec<(i32, i32, Option<bool>)>> {
 }
 
 /// Prints a matrix: rows are sources, columns targets; `*` reachable, `x` not, `?` unknown.
-fn print_matrix(ctx: &Ctx, nodes: &[NodeRow], cells: &BTreeMap<(i32, i32), Option<bool>>) -> i32 {
+fn print_matrix(
+    ctx: &Ctx,
+    nodes: &[NodeRecord],
+    cells: &BTreeMap<(i32, i32), Option<bool>>,
+) -> i32 {
     let mark = |v: Option<&Option<bool>>| match v {
         Some(Some(true)) => "*",
         Some(Some(false)) => "x",
@@ -272,7 +279,7 @@ fn print_matrix(ctx: &Ctx, nodes: &[NodeRow], cells: &BTreeMap<(i32, i32), Optio
     };
     let problems = nodes
         .iter()
-        .flat_map(|a| nodes.iter().map(move |b| (a.id, b.id)))
+        .flat_map(|a| nodes.iter().map(move |b| (a.node_id, b.node_id)))
         .any(|k| cells.get(&k) != Some(&Some(true)));
     match ctx.format() {
         Format::Json => {
@@ -295,17 +302,17 @@ fn print_matrix(ctx: &Ctx, nodes: &[NodeRow], cells: &BTreeMap<(i32, i32), Optio
             }
         }
         Format::Text => {
-            let ids: Vec<String> = nodes.iter().map(|n| n.id.to_string()).collect();
+            let ids: Vec<String> = nodes.iter().map(|n| n.node_id.to_string()).collect();
             let mut header = vec!["Name", "ID"];
             header.extend(ids.iter().map(String::as_str));
             let rows: Vec<Vec<String>> = nodes
                 .iter()
                 .map(|a| {
-                    let mut r = vec![a.name.clone(), a.id.to_string()];
+                    let mut r = vec![a.node_name.clone(), a.node_id.to_string()];
                     r.extend(
                         nodes
                             .iter()
-                            .map(|b| mark(cells.get(&(a.id, b.id))).to_string()),
+                            .map(|b| mark(cells.get(&(a.node_id, b.node_id))).to_string()),
                     );
                     r
                 })
@@ -443,7 +450,7 @@ pub fn cleanup(ctx: &Ctx, keep_days: i64, node_id: Option<i32>) -> Result<i32> {
     );
     crate::node::record_event(
         &mut s,
-        primary.id,
+        primary.node_id,
         repmgr_core::event::CLUSTER_CLEANUP,
         true,
         &details,
@@ -456,14 +463,13 @@ pub fn cleanup(ctx: &Ctx, keep_days: i64, node_id: Option<i32>) -> Result<i32> {
 mod tests {
     use super::*;
 
-    fn node(id: i32, name: &str, t: NodeType, active: bool, upstream: Option<i32>) -> NodeRow {
-        NodeRow {
-            id,
-            name: name.into(),
+    fn node(id: i32, name: &str, t: NodeType, active: bool, upstream: Option<i32>) -> NodeRecord {
+        NodeRecord {
+            node_id: id,
+            node_name: name.into(),
             node_type: t,
             active,
-            upstream_id: upstream,
-            upstream_name: upstream.map(|u| format!("node{u}")),
+            upstream_node_id: upstream,
             location: "default".into(),
             priority: 100,
             conninfo: "host=a password=x".into(),
@@ -547,7 +553,7 @@ mod tests {
     }
 
     /// A cluster in every state `cluster show` distinguishes.
-    fn sample() -> (Vec<NodeRow>, HashMap<i32, Seen>) {
+    fn sample() -> (Vec<NodeRecord>, HashMap<i32, Seen>) {
         let mut p = node(1, "node1", NodeType::Primary, true, None);
         p.conninfo = "host=10.0.0.1 dbname=repmgr user=repmgr password=hunter2".into();
         let mut s2 = node(2, "node2", NodeType::Standby, true, Some(1));

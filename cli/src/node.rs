@@ -8,13 +8,14 @@ use repmgr_core::lsn::Lsn;
 use repmgr_core::node::NodeType;
 use serde_json::json;
 
-use crate::catalog::{self, NodeRow};
+use crate::catalog::{self, Connect};
 use crate::conn::Session;
 use crate::context::Ctx;
 use crate::exit::{ERR_NO_RESTART, ERR_NODE_STATUS, ERR_REJOIN_FAIL, Failure, Result, SUCCESS};
 use crate::local::{self, Service};
 use crate::output::{Format, pretty};
 use crate::register::notice;
+use repmgr_core::node::NodeRecord;
 
 /// Records an event on `s` (a primary), as the extension's own functions do.
 pub fn record_event(s: &mut Session, node_id: i32, event: &str, ok: bool, details: &str) {
@@ -321,8 +322,8 @@ pub fn nagios_line(name: &str, o: &Outcome) -> String {
 struct Checker<'a> {
     ctx: &'a Ctx,
     s: Session,
-    me: NodeRow,
-    nodes: Vec<NodeRow>,
+    me: NodeRecord,
+    nodes: Vec<NodeRecord>,
     in_recovery: bool,
 }
 
@@ -420,8 +421,8 @@ impl Checker<'_> {
         }
         let Some(up) = self
             .me
-            .upstream_id
-            .and_then(|u| self.nodes.iter().find(|n| n.id == u))
+            .upstream_node_id
+            .and_then(|u| self.nodes.iter().find(|n| n.node_id == u))
             .cloned()
         else {
             return Ok(outcome(Level::Critical, "node has no registered upstream"));
@@ -437,7 +438,7 @@ impl Checker<'_> {
         };
         let attached = us.value(
             "SELECT state FROM pg_catalog.pg_stat_replication WHERE application_name = $1",
-            &[Some(&self.me.name)],
+            &[Some(&self.me.node_name)],
         )?;
         Ok(match attached.as_deref() {
             Some("streaming") => outcome(
@@ -459,11 +460,13 @@ impl Checker<'_> {
     }
 
     fn downstream(&mut self) -> Result<Outcome> {
-        let expected: Vec<&NodeRow> = self
+        let expected: Vec<&NodeRecord> = self
             .nodes
             .iter()
             .filter(|n| {
-                n.upstream_id == Some(self.me.id) && n.active && n.node_type == NodeType::Standby
+                n.upstream_node_id == Some(self.me.node_id)
+                    && n.active
+                    && n.node_type == NodeType::Standby
             })
             .collect();
         let r = self.s.query(
@@ -473,7 +476,7 @@ impl Checker<'_> {
         let streaming: Vec<String> = r.rows.iter().filter_map(|x| x[0].clone()).collect();
         let missing: Vec<String> = expected
             .iter()
-            .filter(|n| !streaming.contains(&n.name))
+            .filter(|n| !streaming.contains(&n.node_name))
             .map(|n| n.describe())
             .collect();
         let attached = expected.len() - missing.len();
@@ -541,7 +544,9 @@ impl Checker<'_> {
             .nodes
             .iter()
             .filter(|n| {
-                n.upstream_id == Some(self.me.id) && n.active && n.node_type == NodeType::Standby
+                n.upstream_node_id == Some(self.me.node_id)
+                    && n.active
+                    && n.node_type == NodeType::Standby
             })
             .filter_map(|n| n.slot_name.clone())
             .filter(|s| !present.contains(s))
@@ -884,7 +889,7 @@ const KEPT_FILES: &[&str] = &[
     "pg_ident.conf",
 ];
 
-fn rewind(ctx: &Ctx, dir: &Path, primary: &NodeRow) -> Result<()> {
+fn rewind(ctx: &Ctx, dir: &Path, primary: &NodeRecord) -> Result<()> {
     let cd = local::control_data(&ctx.cfg, dir)?;
     if !cd.wal_log_hints && !cd.checksums {
         return Err(Failure::new(
@@ -966,7 +971,7 @@ pub fn rejoin(ctx: &Ctx, force_rewind: bool) -> Result<i32> {
     let nodes = catalog::nodes(&mut entry)?;
     let (primary, mut p) = catalog::connect_primary(&nodes)?;
     let me = catalog::node(&nodes, my_id)?.clone();
-    if me.id == primary.id {
+    if me.node_id == primary.node_id {
         return Err(fail(format!(
             "{} is the registered primary; it cannot rejoin itself",
             me.describe()
@@ -1010,7 +1015,7 @@ pub fn rejoin(ctx: &Ctx, force_rewind: bool) -> Result<i32> {
         rewind(ctx, &dir, &primary)?;
     }
     let conninfo =
-        repmgr_core::conninfo::replication(&primary.conninfo, &primary.repluser, &me.name)
+        repmgr_core::conninfo::replication(&primary.conninfo, &primary.repluser, &me.node_name)
             .map_err(|e| {
                 Failure::config(format!(
                     "the conninfo of {} is not valid: {e}",
@@ -1035,7 +1040,7 @@ pub fn rejoin(ctx: &Ctx, force_rewind: bool) -> Result<i32> {
     if let Err(f) = local::service(&ctx.cfg, &dir, Service::Start) {
         record_event(
             &mut p,
-            me.id,
+            me.node_id,
             event::NODE_REJOIN,
             false,
             &format!("{} could not be started: {}", me.describe(), f.message),
@@ -1047,7 +1052,7 @@ pub fn rejoin(ctx: &Ctx, force_rewind: bool) -> Result<i32> {
         let streaming = p
             .value(
                 "SELECT 1 FROM pg_catalog.pg_stat_replication WHERE application_name = $1 AND state = 'streaming'",
-                &[Some(&me.name)],
+                &[Some(&me.node_name)],
             )?
             .is_some();
         if streaming {
@@ -1060,14 +1065,14 @@ pub fn rejoin(ctx: &Ctx, force_rewind: bool) -> Result<i32> {
                 primary.describe(),
                 ctx.cfg.node_rejoin_timeout
             );
-            record_event(&mut p, me.id, event::NODE_REJOIN, false, &details);
+            record_event(&mut p, me.node_id, event::NODE_REJOIN, false, &details);
             return Err(fail(details).hint("Check this node's server log (a timeline that forked before this node's end needs --force-rewind)."));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     p.query(
         "UPDATE repmgr.nodes SET active = true, type = 'standby', upstream_node_id = $2::int WHERE node_id = $1::int",
-        &[Some(&me.id.to_string()), Some(&primary.id.to_string())],
+        &[Some(&me.node_id.to_string()), Some(&primary.node_id.to_string())],
     )?;
     let details = format!(
         "{} is now a standby of {}{}",
@@ -1079,7 +1084,7 @@ pub fn rejoin(ctx: &Ctx, force_rewind: bool) -> Result<i32> {
             ""
         }
     );
-    record_event(&mut p, me.id, event::NODE_REJOIN, true, &details);
+    record_event(&mut p, me.node_id, event::NODE_REJOIN, true, &details);
     notice(&details);
     Ok(SUCCESS)
 }

@@ -7,10 +7,10 @@ use std::process::Command;
 use repmgr_core::conninfo;
 use repmgr_core::template::shell_quote;
 
-use crate::catalog::NodeRow;
 use crate::config::Config;
 use crate::conn::debug;
 use crate::exit::{ERR_BAD_SSH, Failure, Result};
+use repmgr_core::node::NodeRecord;
 
 /// Whether `host` (from a conninfo) is this machine.
 pub fn is_local_host(host: &str) -> bool {
@@ -31,7 +31,7 @@ pub fn is_local_host(host: &str) -> bool {
 }
 
 /// The first host of a node's conninfo (empty: the default Unix socket).
-pub fn host_of(node: &NodeRow) -> String {
+pub fn host_of(node: &NodeRecord) -> String {
     conninfo::get(&node.conninfo, "host")
         .or_else(|| conninfo::get(&node.conninfo, "hostaddr"))
         .unwrap_or_default()
@@ -51,7 +51,7 @@ pub struct Ran {
 
 /// Runs `repmgr <args>` for `node` on its machine. Its repmgr.conf is the one registered for it
 /// (`nodes.config_file`) when that is a repmgr.conf rather than its postgresql.conf.
-pub fn repmgr(cfg: &Config, node: &NodeRow, args: &[String]) -> Result<Ran> {
+pub fn repmgr(cfg: &Config, node: &NodeRecord, args: &[String]) -> Result<Ran> {
     let mut full: Vec<String> = Vec::new();
     if !node.config_file.is_empty() && !node.config_file.ends_with("postgresql.conf") {
         full.extend(["-f".to_string(), node.config_file.clone()]);

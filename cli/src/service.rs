@@ -2,11 +2,12 @@
 
 use serde_json::json;
 
-use crate::catalog::{self, NodeRow};
+use crate::catalog::{self, Connect};
 use crate::context::Ctx;
 use crate::exit::{ERR_REPMGRD_PAUSE, Failure, Result, SUCCESS};
 use crate::output::{Format, Table, opt};
 use crate::register::notice;
+use repmgr_core::node::NodeRecord;
 
 pub fn status(ctx: &Ctx) -> Result<i32> {
     let mut s = ctx.connect_local()?;
@@ -88,7 +89,7 @@ pub fn status(ctx: &Ctx) -> Result<i32> {
 }
 
 /// Sets the pause flag on one node.
-fn set_paused(n: &NodeRow, on: bool, dry_run: bool) -> Result<()> {
+fn set_paused(n: &NodeRecord, on: bool, dry_run: bool) -> Result<()> {
     let mut s = n.connect()?;
     if !dry_run {
         s.query(
@@ -143,7 +144,7 @@ pub fn pause(ctx: &Ctx, on: bool) -> Result<i32> {
 
 /// Pauses every reachable node and returns those that were not paused before, to unpause
 /// later; an unreachable active node is an error unless `force`.
-pub fn pause_all(nodes: &[NodeRow], force: bool) -> Result<Vec<NodeRow>> {
+pub fn pause_all(nodes: &[NodeRecord], force: bool) -> Result<Vec<NodeRecord>> {
     let mut changed = Vec::new();
     for n in nodes {
         let state = n.connect().and_then(|mut s| {
@@ -168,7 +169,7 @@ pub fn pause_all(nodes: &[NodeRow], force: bool) -> Result<Vec<NodeRow>> {
 }
 
 /// Unpauses `nodes`, warning about any that cannot be reached.
-pub fn unpause(nodes: &[NodeRow]) -> bool {
+pub fn unpause(nodes: &[NodeRecord]) -> bool {
     let mut all = true;
     for n in nodes {
         if let Err(f) = set_paused(n, false, false) {

@@ -9,7 +9,7 @@ use repmgr_core::event;
 use repmgr_core::lsn::Lsn;
 use repmgr_core::node::{NodeType, slot_name};
 
-use crate::catalog::{self, NodeRow};
+use crate::catalog::{self, Connect};
 use crate::conn::{Session, debug};
 use crate::context::Ctx;
 use crate::exit::{
@@ -20,6 +20,7 @@ use crate::local;
 use crate::node::record_event;
 use crate::register::notice;
 use crate::{remote, service};
+use repmgr_core::node::NodeRecord;
 
 // ---------------------------------------------------------------------------------------
 // standby clone
@@ -131,7 +132,7 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
     let mut up = Session::connect(&given, "the upstream")?;
     let nodes = catalog::nodes(&mut up)?;
     let upstream_id: Option<i32> = match a.upstream_node_id {
-        Some(id) => Some(catalog::node(&nodes, id)?.id),
+        Some(id) => Some(catalog::node(&nodes, id)?.node_id),
         None => up
             .value(
                 "SELECT pg_catalog.current_setting('repmgr.node_id', true)",
@@ -141,7 +142,7 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
             .filter(|v| *v > 0),
     };
     let upstream = upstream_id
-        .and_then(|id| nodes.iter().find(|n| n.id == id))
+        .and_then(|id| nodes.iter().find(|n| n.node_id == id))
         .cloned();
     let node_id = a.node_id.or(ctx.cfg.node_id).ok_or_else(|| {
         Failure::config("the new standby needs a node id")
@@ -157,8 +158,8 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
     // The same node again may be rebuilt with -F; any other match is a clash.
     if let Some(other) = nodes
         .iter()
-        .find(|n| (n.id == node_id || n.name == node_name) && n.active)
-        && (other.id != node_id || other.name != node_name || !ctx.g.force)
+        .find(|n| (n.node_id == node_id || n.node_name == node_name) && n.active)
+        && (other.node_id != node_id || other.node_name != node_name || !ctx.g.force)
     {
         return Err(Failure::config(format!(
             "{} is already registered and active; the new standby would be node {node_id} (\"{node_name}\")",
@@ -234,7 +235,7 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
     }
     let upstream_label = upstream
         .as_ref()
-        .map_or_else(|| conninfo::mask(&given), NodeRow::describe);
+        .map_or_else(|| conninfo::mask(&given), NodeRecord::describe);
     if ctx.g.dry_run {
         notice(format!(
             "--dry-run: the checks passed; would clone {upstream_label} into {} as node {node_id} (\"{node_name}\"){}",
@@ -375,7 +376,7 @@ pub fn follow(ctx: &Ctx, upstream: Option<i32>) -> Result<i32> {
         Some(id) => catalog::node(&nodes, id)?.clone(),
         None => catalog::registered_primary(&nodes)?.clone(),
     };
-    if target.id == me.node_id {
+    if target.node_id == me.node_id {
         return Err(Failure::new(
             ERR_FOLLOW_FAIL,
             format!("{} cannot follow itself", target.describe()),
@@ -390,7 +391,7 @@ pub fn follow(ctx: &Ctx, upstream: Option<i32>) -> Result<i32> {
         ));
         return Ok(SUCCESS);
     }
-    let id = target.id.to_string();
+    let id = target.node_id.to_string();
     let done = s
         .query_for(
             "SELECT repmgr.follow($1::int)",
@@ -423,12 +424,12 @@ const POLL: Duration = Duration::from_millis(200);
 
 /// What the switchover learnt before it changed anything.
 struct Plan {
-    me: NodeRow,
-    primary: NodeRow,
+    me: NodeRecord,
+    primary: NodeRecord,
     /// The old primary's data directory (on its machine).
     primary_dir: PathBuf,
-    siblings: Vec<NodeRow>,
-    nodes: Vec<NodeRow>,
+    siblings: Vec<NodeRecord>,
+    nodes: Vec<NodeRecord>,
 }
 
 fn checks(ctx: &Ctx, a: &SwitchoverArgs, local: &mut Session, my_id: i32) -> Result<Plan> {
@@ -443,21 +444,21 @@ fn checks(ctx: &Ctx, a: &SwitchoverArgs, local: &mut Session, my_id: i32) -> Res
     let me = catalog::node(&nodes, my_id)?.clone();
     let (primary, mut p) =
         catalog::connect_primary(&nodes).map_err(|f| f.code(ERR_SWITCHOVER_FAIL))?;
-    if me.upstream_id != Some(primary.id) {
+    if me.upstream_node_id != Some(primary.node_id) {
         return Err(refuse(format!(
             "{} does not stream from the primary {} (its upstream is {})",
             me.describe(),
             primary.describe(),
-            me.upstream_name.as_deref().unwrap_or("none")
+            catalog::upstream_name(&nodes, &me).unwrap_or_else(|| "none".into())
         ))
         .hint(format!(
             "Make it follow the primary first: repmgr standby follow --upstream-node-id {}",
-            primary.id
+            primary.node_id
         )));
     }
     let streaming = p.value(
         "SELECT state FROM pg_catalog.pg_stat_replication WHERE application_name = $1",
-        &[Some(&me.name)],
+        &[Some(&me.node_name)],
     )?;
     if streaming.as_deref() != Some("streaming") {
         return Err(refuse(format!(
@@ -520,10 +521,13 @@ fn checks(ctx: &Ctx, a: &SwitchoverArgs, local: &mut Session, my_id: i32) -> Res
             )));
         }
     }
-    let siblings: Vec<NodeRow> = nodes
+    let siblings: Vec<NodeRecord> = nodes
         .iter()
         .filter(|n| {
-            n.active && n.node_type == NodeType::Standby && n.id != me.id && n.id != primary.id
+            n.active
+                && n.node_type == NodeType::Standby
+                && n.node_id != me.node_id
+                && n.node_id != primary.node_id
         })
         .cloned()
         .collect();
@@ -579,7 +583,7 @@ fn on_old_primary(ctx: &Ctx, plan: &Plan, args: &[&str]) -> Result<remote::Ran> 
 }
 
 /// Starts the old primary again after an abandoned switchover, and says what state is left.
-fn back_out(ctx: &Ctx, plan: &Plan, paused: &[NodeRow], why: String) -> Failure {
+fn back_out(ctx: &Ctx, plan: &Plan, paused: &[NodeRecord], why: String) -> Failure {
     let restarted =
         on_old_primary(ctx, plan, &["node", "service", "--action=start"]).is_ok_and(|r| r.success);
     let unpaused = service::unpause(paused);
@@ -721,12 +725,12 @@ pub fn switchover(ctx: &Ctx, a: &SwitchoverArgs) -> Result<i32> {
     }
     // The old primary is down and wrote nothing after its checkpoint: the voters need not
     // wait for its lease to run out. Told all at once: writes wait for this.
-    let old = plan.primary.id.to_string();
+    let old = plan.primary.node_id.to_string();
     std::thread::scope(|scope| {
         for n in plan
             .nodes
             .iter()
-            .filter(|n| n.active && n.id != plan.primary.id)
+            .filter(|n| n.active && n.node_id != plan.primary.node_id)
         {
             let old = &old;
             scope.spawn(move || {
@@ -771,7 +775,7 @@ pub fn switchover(ctx: &Ctx, a: &SwitchoverArgs) -> Result<i32> {
         )),
     }
     if a.siblings_follow {
-        let id = plan.me.id.to_string();
+        let id = plan.me.node_id.to_string();
         for s in &plan.siblings {
             let r = s.connect().and_then(|mut c| {
                 c.query_for(
@@ -797,7 +801,7 @@ pub fn switchover(ctx: &Ctx, a: &SwitchoverArgs) -> Result<i32> {
     let mut p = Session::connect(&plan.me.conninfo, &plan.me.describe())?;
     record_event(
         &mut p,
-        plan.me.id,
+        plan.me.node_id,
         event::STANDBY_SWITCHOVER,
         incomplete.is_empty(),
         &if incomplete.is_empty() {
