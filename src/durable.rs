@@ -20,7 +20,14 @@ const TEMP: &str = "repmgr_failover.state.tmp";
 /// This node's saved state, if the file exists and is this node's.
 pub fn load(node_id: NodeId) -> Option<Saved> {
     let saved = Saved::decode(&fs::read_to_string(FILE).ok()?)?;
-    (saved.node_id == node_id).then_some(saved)
+    if saved.node_id != node_id {
+        log!(
+            "repmgr: the failover state file {FILE} names node {} (a copy pg_basebackup or pg_rewind brought from it); node {node_id} starts with no saved term or vote",
+            saved.node_id
+        );
+        return None;
+    }
+    Some(saved)
 }
 
 /// Saves durably. The caller must not act on the state until this returns `Ok`.

@@ -881,12 +881,15 @@ fn needs_rewind(p: &mut Session, cd: &local::ControlData) -> Result<(bool, Strin
     }
 }
 
-/// Configuration files pg_rewind would overwrite with the source's.
+/// Files pg_rewind would overwrite with the source's: the configuration, and the failover
+/// state (term, whom it supports), whose copy would name the source, be ignored, and leave
+/// this node with no memory of its votes.
 const KEPT_FILES: &[&str] = &[
     "postgresql.conf",
     "postgresql.auto.conf",
     "pg_hba.conf",
     "pg_ident.conf",
+    "repmgr_failover.state",
 ];
 
 fn rewind(ctx: &Ctx, dir: &Path, primary: &NodeRecord) -> Result<()> {
@@ -920,7 +923,8 @@ fn rewind(ctx: &Ctx, dir: &Path, primary: &NodeRecord) -> Result<()> {
         ],
     );
     let out = local::output(c, "pg_rewind")?;
-    // This node keeps its own configuration (its identity, port and access rules).
+    // This node keeps its own configuration (its identity, port and access rules) and its
+    // failover state.
     for (p, bytes) in &kept {
         let text = String::from_utf8_lossy(bytes);
         local::write_owned(p, &text, dir)?;

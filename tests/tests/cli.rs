@@ -494,12 +494,15 @@ fn rejoin_brings_back_a_crashed_primary_with_pg_rewind() {
             == Some("1000"))
         .then_some(())
     });
-    // It kept its own identity and settings through pg_rewind.
+    // It kept its own identity and settings through pg_rewind, and its own failover state
+    // (the source's copy names the source).
     assert_eq!(
         c.value(1, "SELECT current_setting('repmgr.node_id')")
             .as_deref(),
         Some("1")
     );
+    let copied = format!("repmgr_failover.state names node {new}");
+    assert!(!c.log(1).contains(&copied), "{}", c.worker_log(1));
     let rec = c.sql(
         new,
         "SELECT type, active::text, upstream_node_id::text FROM repmgr.nodes WHERE node_id = 1",
