@@ -389,8 +389,15 @@ fn without_preload_the_catalog_and_compatible_functions_still_work() {
         .chain(std::iter::repeat_n(None, 8))
         .collect();
     assert_eq!(r.rows[0], expected);
+    // Told to follow itself: refused (a standby follows another node), and named.
+    let e = c
+        .try_sql(1, "SELECT repmgr.notify_follow_primary(1)")
+        .unwrap_err();
+    assert_eq!(e.sqlstate.as_deref(), Some("22023"), "{e:?}");
+    assert!(e.message.contains("node 1 is this node itself"), "{e:?}");
     for f in [
-        "notify_follow_primary(1)",
+        // A node this catalog does not know yet is taken (it may lag a new primary's).
+        "notify_follow_primary(2)",
         "reset_voting_status()",
         "set_local_node_id(1)",
         "repmgrd_pause(true)",
