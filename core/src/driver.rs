@@ -1067,17 +1067,21 @@ impl Driver {
     /// A node that runs as a standby or witness holds no lease.
     fn drop_lease_if_any(&mut self, state: &mut State, disk: &mut dyn Disk) {
         self.was_leading = None;
-        if state.lease.is_some()
-            && state
-                .durably(disk, |s| {
-                    s.lease = None;
-                    s.armed = false;
-                })
-                .is_none()
-        {
+        if state.lease.is_some() {
+            self.drop_lease(state, disk, "after leaving the primary role");
+        }
+    }
+
+    /// Forgets the lease, durably; says so when the disk refuses (`when`: after what).
+    fn drop_lease(&mut self, state: &mut State, disk: &mut dyn Disk, when: &str) {
+        let saved = state.durably(disk, |s| {
+            s.lease = None;
+            s.armed = false;
+        });
+        if saved.is_none() {
             self.say(
                 Level::Warning,
-                "could not save the failover state in the data directory after leaving the primary role".into(),
+                format!("could not save the failover state in the data directory {when}"),
             );
         }
     }
@@ -1604,18 +1608,7 @@ impl Driver {
                 let details = format!("{me} won the election in term {term} but {why}");
                 self.say(Level::Warning, details.clone());
                 self.failed_event(event::REPMGRD_PROMOTE_ERROR, details.clone());
-                if state
-                    .durably(disk, |s| {
-                        s.lease = None;
-                        s.armed = false;
-                    })
-                    .is_none()
-                {
-                    self.say(
-                        Level::Warning,
-                        "could not save the failover state after the failed promotion".into(),
-                    );
-                }
+                self.drop_lease(state, disk, "after the failed promotion");
                 if let Some(m) = v.manual {
                     self.actions.push(Action::Answer {
                         seq: m.seq,

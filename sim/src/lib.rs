@@ -1349,17 +1349,21 @@ impl World {
         }
     }
 
+    /// The nodes that can commit now.
+    fn leaders(&self) -> Vec<NodeId> {
+        let now = self.now;
+        self.nodes
+            .iter()
+            .filter(|n| n.can_commit(now))
+            .map(|n| n.id)
+            .collect()
+    }
+
     fn check(&mut self) -> Result<(), Violation> {
         if let Some(what) = self.broken.take() {
             return Err(self.violation(what));
         }
-        let now = self.now;
-        let leaders: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|n| n.can_commit(now))
-            .map(|n| n.id)
-            .collect();
+        let leaders = self.leaders();
         if leaders.len() > 1 {
             return Err(self.violation(format!(
                 "nodes {leaders:?} can all commit at the same moment"
@@ -1386,13 +1390,7 @@ impl World {
     /// synchronous quorum published, one that enough members alive show to be furthest, and
     /// that no standby alive shows a newer publication to.
     fn check_recovered(&mut self) -> Result<(), Violation> {
-        let now = self.now;
-        let leaders: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|n| n.can_commit(now))
-            .map(|n| n.id)
-            .collect();
+        let leaders = self.leaders();
         if leaders.len() == 1 {
             return Ok(());
         }

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use repmgr_pq::{Conn, PollWaiter};
-use repmgr_tests::{Cluster, NodeOptions};
+use repmgr_tests::{Cluster, NodeOptions, load};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -64,6 +64,16 @@ fn commits_within(c: &Cluster, id: i32, within: Duration) -> bool {
         &mut PollWaiter,
     )
     .is_ok()
+}
+
+/// Writes to `primary` for two seconds; the acknowledged values.
+fn acknowledged_writes(c: &Cluster, primary: i32) -> Vec<load::Ack> {
+    let load = c.write_load(&[primary]);
+    std::thread::sleep(Duration::from_secs(2));
+    load.pause();
+    let acks = load.stop();
+    assert!(acks.len() > 20, "{} acknowledged", acks.len());
+    acks
 }
 
 #[test]
@@ -152,11 +162,7 @@ fn no_failover_promotes_a_standby_that_may_lack_acknowledged_commits() {
     }
     wait_quorum(&c, 1, "ANY 1 (node2)", "1:2");
     assert_eq!(published(&c, 3), "1:2,3,4");
-    let load = c.write_load(&[1]);
-    std::thread::sleep(Duration::from_secs(2));
-    load.pause();
-    let acks = load.stop();
-    assert!(acks.len() > 20, "{} acknowledged", acks.len());
+    let acks = acknowledged_writes(&c, 1);
 
     // The primary dies and so does the only standby that has those commits. Nodes 3 and 4
     // and the witness are a majority, but without node 2's position neither node can know it
@@ -234,11 +240,7 @@ fn a_standby_that_missed_the_quorums_publication_is_not_promoted_over_it() {
     }
     wait_quorum(&c, 1, "ANY 1 (node2)", "1:2");
     assert_eq!(published(&c, 3), "", "node 3 received the publication");
-    let load = c.write_load(&[1]);
-    std::thread::sleep(Duration::from_secs(2));
-    load.pause();
-    let acks = load.stop();
-    assert!(acks.len() > 20, "{} acknowledged", acks.len());
+    let acks = acknowledged_writes(&c, 1);
 
     // The primary and the only member die. Nodes 3 and 4 and the witness are a majority;
     // node 4 (priority 0, outside the quorum) and the witness would allow node 3 its lag,
