@@ -696,7 +696,7 @@ impl Driver {
                 seq,
                 force,
                 allow_data_loss,
-            } => self.manual_promote(now, state, disk, seq, force, allow_data_loss),
+            } => self.manual_promote(now, seq, force, allow_data_loss),
         }
         std::mem::take(&mut self.actions)
     }
@@ -1675,8 +1675,6 @@ impl Driver {
     fn manual_promote(
         &mut self,
         now: Duration,
-        state: &mut State,
-        disk: &mut dyn Disk,
         seq: u64,
         force: bool,
         allow_data_loss: bool,
@@ -1724,7 +1722,6 @@ impl Driver {
             )));
             return;
         }
-        let _ = (state, disk);
         self.look_around(
             now,
             Some(Manual {
