@@ -1222,11 +1222,13 @@ impl World {
             }
             // Promised once a synchronous quorum was published before the commit (the keeper
             // applies the first one before publishing it).
+            // The furthest such commit is all the check needs (waiting commits are in order).
             let promised = done
                 .iter()
+                .rev()
                 .copied()
-                .filter(|p| self.quorum_at((tl, *p)).is_sync());
-            if let Some(last) = promised.max() {
+                .find(|p| self.quorum_at((tl, *p)).is_sync());
+            if let Some(last) = promised {
                 let e = self.acked.entry(tl).or_insert((last, id));
                 if e.0 < last {
                     *e = (last, id);
