@@ -687,8 +687,9 @@ impl Driver {
                 retry,
             } => self.recorded(term, result, retry),
             Input::Notified { from } => {
+                // Whom to follow, not who the primary is: the target may be a standby
+                // (cascading), and the primary's catalog row is what a follow updates.
                 if from != self.node_id {
-                    self.leader_hint = Some((from, state.term()));
                     self.notified = Some(from);
                 }
             }
@@ -1672,13 +1673,7 @@ impl Driver {
     /// primary answers. Without `force`, only with a majority of votes and no reachable standby
     /// ahead of it. With a synchronous quorum, never a node that may lack acknowledged commits
     /// unless `allow_data_loss`.
-    fn manual_promote(
-        &mut self,
-        now: Duration,
-        seq: u64,
-        force: bool,
-        allow_data_loss: bool,
-    ) {
+    fn manual_promote(&mut self, now: Duration, seq: u64, force: bool, allow_data_loss: bool) {
         let answer = |r: Refusal| Action::Answer {
             seq,
             outcome: Err(r),

@@ -490,7 +490,9 @@ fn a_notification_makes_a_standby_follow_another_upstream() {
             1,
             "SELECT upstream_node_id FROM repmgr.nodes WHERE node_id = 3"
         ),
-        2
+        2,
+        "node 3's worker said:\n{}",
+        c.worker_log(3)
     );
     assert_eq!(
         c.value(
