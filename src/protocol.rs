@@ -340,12 +340,32 @@ const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
 fn membership_changed(version: i64, voters: Vec<i32>) -> i64 {
     let view = Membership::new(version.max(0) as u64, voters);
     let vouched = VOUCHED.load(std::sync::atomic::Ordering::Relaxed);
+    // The previous change settled, and the new list would not fence this primary: a standby
+    // registered a moment ago confirms only once its worker has seen its record, and a
+    // registration right after it would otherwise be refused at commit.
     let waited = crate::latch::poll(MEMBERSHIP_WAIT, Duration::from_millis(100), || {
-        let settled =
-            vouched || shmem::read().is_none_or(|s| s.failover.lease.is_none_or(|l| !l.changing()));
+        let settled = vouched
+            || shmem::read().is_none_or(|s| {
+                s.failover.lease.is_none_or(|l| !l.changing())
+                    && s.failover.may_commit_with(clock::now(), &view)
+            });
         Ok(settled.then_some(()))
     })
     .or_raise();
+    let fenced_by_it = !vouched
+        && shmem::read().is_some_and(|s| {
+            s.failover.lease.is_some_and(|l| !l.changing())
+                && !s.failover.may_commit_with(clock::now(), &view)
+        });
+    if waited.is_none() && fenced_by_it {
+        Failure::state(format!(
+            "cannot change the node list now: with voters {:?} this primary would not be confirmed by enough of them to keep its lease, and it still was not after {} s",
+            view.voters,
+            MEMBERSHIP_WAIT.as_secs()
+        ))
+        .hint("repmgr.node_check() on the primary lists the voters it is missing; once their workers confirm it, try again.")
+        .raise();
+    }
     if vouched {
         warning!(
             "repmgr: the node list changes to {:?} with the operator's word that the nodes removed are gone for good",

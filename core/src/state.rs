@@ -139,6 +139,18 @@ impl State {
         }
     }
 
+    /// Whether this node could still commit at `now` once its node list is `view` (a change
+    /// about to be made): voters it adds count only once they have confirmed it.
+    pub fn may_commit_with(&self, now: Duration, view: &Membership) -> bool {
+        match self.lease.filter(|_| self.armed) {
+            Some(mut l) => {
+                l.change_view(view);
+                l.may_commit(now, self.timing.fence)
+            }
+            None => true,
+        }
+    }
+
     /// Whether this node leads: it runs as a primary and holds its lease.
     pub fn leading(&self, now: Duration, in_recovery: bool) -> bool {
         !in_recovery
