@@ -367,6 +367,8 @@ pub struct Driver {
     outage: Option<Outage>,
     // As a primary.
     was_leading: Option<bool>,
+    /// The lease's incarnation and lapse count when last looked at.
+    lapses_seen: Option<(u64, u32)>,
     reported_replaced: bool,
     /// A node that said it is the new primary (`repmgr.notify_follow_primary()`), not yet
     /// followed.
@@ -425,6 +427,7 @@ impl Driver {
             last_plan: None,
             outage: None,
             was_leading: None,
+            lapses_seen: None,
             reported_replaced: false,
             unrecorded: None,
             recording: false,
@@ -450,6 +453,12 @@ impl Driver {
     /// Whether it is collecting votes in `term` (the caller asks the next voter, or stops).
     pub fn collecting_votes(&self, term: u64) -> bool {
         matches!(&self.phase, Phase::Voting(v) if v.term == term)
+    }
+
+    /// Whether it has looked at its lease as a primary since it took the role: from then on
+    /// it reports every lapse of it.
+    pub fn watches_lease(&self) -> bool {
+        self.was_leading.is_some()
     }
 
     /// Whether an election or promotion is under way.
@@ -995,6 +1004,26 @@ impl Driver {
         let Some(l) = state.lease else { return };
         let leading = l.may_commit(now, fence);
         let newer = l.newer_term;
+        let lapses = l.lapses();
+        let seen = self.lapses_seen.replace((l.incarnation, lapses.count));
+        if let (Some(true), true, Some((inc, count)), Some(to)) =
+            (self.was_leading, leading, seen, lapses.to)
+            && inc == l.incarnation
+            && count != lapses.count
+        {
+            // Lost and won back between two looks: still a fencing, which operators count.
+            let refused = to.saturating_sub(lapses.from).as_millis();
+            let details = format!(
+                "node {me} fenced: not confirmed by enough voters for {refused} ms (commits that write were refused), then confirmed again"
+            );
+            self.say(Level::Warning, details.clone());
+            self.event(event::REPMGRD_PRIMARY_FENCED, details, None);
+            self.event(
+                event::REPMGRD_PRIMARY_UNFENCED,
+                format!("node {me} holds its lease again: commits are allowed"),
+                None,
+            );
+        }
         if self.was_leading != Some(leading) {
             self.actions.push(Action::MarkReadOnly(!leading));
             if self.was_leading.is_some() {
@@ -1068,6 +1097,7 @@ impl Driver {
     /// A node that runs as a standby or witness holds no lease.
     fn drop_lease_if_any(&mut self, state: &mut State, disk: &mut dyn Disk) {
         self.was_leading = None;
+        self.lapses_seen = None;
         if state.lease.is_some() {
             self.drop_lease(state, disk, "after leaving the primary role");
         }

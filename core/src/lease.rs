@@ -249,6 +249,18 @@ pub struct Lease {
     origin: View,
     /// Since when it has not held its lease (its own clock), while it does not.
     unled_since: Option<Duration>,
+    /// The lapses backends saw while answering polls. A primary frozen past its fence and
+    /// then thawed gets its lease back from the first polls it answers, often before its
+    /// worker looks: the worker learns of the lapse from here.
+    lapses: Lapses,
+}
+
+/// How often the lease lapsed, and the last lapse: from its end to its renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lapses {
+    pub count: u32,
+    pub from: Duration,
+    pub to: Option<Duration>,
 }
 
 /// Time an election needs once the voters' silence has grown long enough.
@@ -286,6 +298,7 @@ impl Lease {
                 version: 0,
             },
             unled_since: None,
+            lapses: Lapses::default(),
         };
         for v in views.iter().rev() {
             if lease.nviews == 0 || lease.views[0].version != v.version {
@@ -532,8 +545,8 @@ impl Lease {
             self.newer_term = Some(self.newer_term.map_or(voter_term, |t| t.max(voter_term)));
         }
         let leading = self.may_commit(now, fence);
-        if leading {
-            self.unled_since = None;
+        if leading && self.unled_since.take().is_some() {
+            self.lapses.to = Some(now);
         }
         PollReply {
             term: self.term,
@@ -552,10 +565,23 @@ impl Lease {
     /// Whether, without its lease at `now`, the primary is in a yielding phase.
     fn yielding(&mut self, now: Duration, fence: Duration) -> bool {
         if self.may_commit(now, fence) {
-            self.unled_since = None;
+            if self.unled_since.take().is_some() {
+                self.lapses.to = Some(now);
+            }
             return false;
         }
-        let since = *self.unled_since.get_or_insert(now);
+        let since = match self.unled_since {
+            Some(since) => since,
+            None => {
+                let ended = self.valid_until(fence).flatten().filter(|t| *t <= now);
+                self.lapses = Lapses {
+                    count: self.lapses.count.wrapping_add(1),
+                    from: ended.unwrap_or(now),
+                    to: None,
+                };
+                *self.unled_since.insert(now)
+            }
+        };
         let take = lease_for(fence);
         let slowest = self
             .slots
@@ -610,6 +636,11 @@ impl Lease {
             until = Some(until.map_or(end, |u| u.min(end)));
         }
         Some(until)
+    }
+
+    /// The lapses backends saw while answering polls.
+    pub fn lapses(&self) -> Lapses {
+        self.lapses
     }
 
     /// Whether the primary may commit at `now`, `fence` being its fence timeout now.
@@ -745,6 +776,27 @@ mod tests {
         };
         l.poll(ms(2000), &pl(3, 3, Some(old), 1, W), &TF);
         assert!(!l.may_commit(ms(2000), F));
+    }
+
+    #[test]
+    fn a_lapse_seen_while_answering_polls_is_recorded_with_its_length() {
+        let v = view(1, &[1, 2, 3]);
+        let mut l = Lease::new(3, 1, 1, std::slice::from_ref(&v), Some((ms(0), F, &[2, 3])));
+        let r = l.poll(ms(100), &pl(2, 3, None, 1, W), &TF);
+        l.poll(ms(200), &pl(2, 3, stamp(&r), 1, W), &TF);
+        assert!(l.may_commit(ms(200), F));
+        let before = l.lapses();
+        // Frozen from 200 ms to 2000 ms: confirmed until 100 + 1500 = 1600 ms.
+        let r = l.poll(ms(2000), &pl(2, 3, None, 1, W), &TF);
+        assert!(!r.leading);
+        let during = l.lapses();
+        assert_eq!(during.count, before.count + 1);
+        assert_eq!((during.from, during.to), (ms(1600), None));
+        l.poll(ms(2010), &pl(2, 3, stamp(&r), 1, W), &TF);
+        assert!(l.may_commit(ms(2010), F), "won back at the first echo");
+        let after = l.lapses();
+        assert_eq!(after.count, during.count, "one lapse, however many polls");
+        assert_eq!((after.from, after.to), (ms(1600), Some(ms(2010))));
     }
 
     #[test]

@@ -20,7 +20,10 @@
 //! 4. once every fault is healed, a leader holds its lease within a bounded time whenever
 //!    the surviving nodes could elect one (by a rule of its own, not the election's code);
 //! 5. with a synchronous quorum published, every commit a primary acknowledged through it is
-//!    in the history of every node promoted after it (until an operator forces a promotion).
+//!    in the history of every node promoted after it (until an operator forces a promotion);
+//! 6. a running primary whose worker watches its lease, and that could commit, then could
+//!    not, reports the fencing (`repmgrd_primary_fenced`) within a second of its own clock,
+//!    even when it got its lease back before its worker looked again.
 //!
 //! The primaries' quorum keepers ([`quorum::Keeper`], the extension's own) run too: they
 //! publish the quorum in the replicated catalog and set `synchronous_standby_names`, whose
@@ -33,6 +36,7 @@ use std::time::Duration;
 
 use repmgr_core::driver::{Action, Catalog, Driver, Input, LocalFacts, Settings, Upstream};
 use repmgr_core::durable::Saved;
+use repmgr_core::event;
 use repmgr_core::lease::{
     Lease, MAX_DRIFT_PPM, Membership, NodeId, Poll, PollReply, Timing, lease_for, majority,
 };
@@ -335,6 +339,10 @@ struct Node {
     keeper: Keeper,
     /// Commits written but waiting for their synchronous acknowledgement, by position.
     waiting: Vec<u64>,
+    /// Whether, at the last check, it ran as a primary that could commit.
+    held_lease: bool,
+    /// Since when (its own clock) a lapse of its lease has gone unreported.
+    unreported_fence: Option<Duration>,
 }
 
 impl Node {
@@ -541,6 +549,8 @@ impl World {
                     sync_names: quorum::Config::none(),
                     keeper: Keeper::default(),
                     waiting: Vec::new(),
+                    held_lease: false,
+                    unreported_fence: None,
                 };
                 let local = n.local(0);
                 n.state = State::new(id, None, local, n.state.incarnation, fallback);
@@ -953,7 +963,14 @@ impl World {
                 ));
                 self.crash(i);
             }
-            Action::Event(e) => self.log(format!("node {id} event {}: {}", e.name, e.details)),
+            Action::Event(e) => {
+                if e.name == event::REPMGRD_PRIMARY_FENCED {
+                    // Reported, perhaps before the check below noticed it.
+                    self.nodes[i].unreported_fence = None;
+                    self.nodes[i].held_lease = false;
+                }
+                self.log(format!("node {id} event {}: {}", e.name, e.details));
+            }
             Action::Log(_, text) => self.log(format!("node {id}: {text}")),
             Action::Answer { seq, outcome } => {
                 if self.forcing.get(&i) == Some(&seq) {
@@ -1380,8 +1397,45 @@ impl World {
                 )));
             }
             self.max_terms[i] = term;
+            self.check_fence_reported(i)?;
         }
         Ok(())
+    }
+
+    /// Invariant 6, for node `i`.
+    fn check_fence_reported(&mut self, i: usize) -> Result<(), Violation> {
+        let now = self.now;
+        let n = &mut self.nodes[i];
+        let local = n.local(now);
+        if !n.is_primary() || !n.up {
+            n.held_lease = false;
+            n.unreported_fence = None;
+            return Ok(());
+        }
+        // Frozen too: a lease that ran out during a freeze is a lapse, even if the first
+        // polls after the thaw renew it.
+        let holds = n.state.may_commit(local) && n.driver.watches_lease();
+        if n.held_lease && !holds {
+            n.unreported_fence.get_or_insert(local);
+        }
+        n.held_lease = holds;
+        if !n.running(now) {
+            // Its worker gets a second once it runs again.
+            if n.unreported_fence.is_some() {
+                n.unreported_fence = Some(local);
+            }
+            return Ok(());
+        }
+        match n.unreported_fence {
+            Some(since) if local.saturating_sub(since) > ms(1000) => {
+                let id = n.id;
+                Err(self.violation(format!(
+                    "node {id} lost its lease {} ms ago and has not reported it",
+                    local.saturating_sub(since).as_millis()
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Once everything healed: the surviving nodes have a leader whenever they could elect

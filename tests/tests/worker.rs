@@ -216,6 +216,22 @@ fn a_frozen_primary_stalls_no_standby_and_promotes_nobody() {
             ),
         );
     }
+    // The primary's worker restarts once the repmgr database exists: the outage told below
+    // is one of a primary that held its lease, with standbys that knew it.
+    wait_row(
+        &c,
+        1,
+        "the primary to hold its lease",
+        "SELECT 1 FROM repmgr.vote_info() WHERE holds_lease",
+    );
+    for id in [2, 3] {
+        wait_row(
+            &c,
+            id,
+            "the standbys to know the primary",
+            "SELECT 1 FROM repmgr.vote_info() WHERE primary_id = 1",
+        );
+    }
     let freeze_at = c.value(1, "SELECT now()::text").unwrap();
     c.freeze(1);
     let frozen = Instant::now();
@@ -349,6 +365,44 @@ fn a_frozen_primary_stalls_no_standby_and_promotes_nobody() {
             .count();
         assert!(said >= 2, "node {id} said it {said} times:\n{}", c.log(id));
     }
+
+    // Every freeze past the fence is a fencing, reported as one, even when the first polls
+    // after the thaw renew the lease before the worker looks again.
+    let fenced = |c: &Cluster| {
+        c.int(
+            1,
+            "SELECT count(*) FROM repmgr.events WHERE node_id = 1 AND event = 'repmgrd_primary_fenced'",
+        )
+    };
+    wait_row(
+        &c,
+        1,
+        "the second outage's fencing",
+        "SELECT 1 FROM repmgr.events WHERE node_id = 1 AND event = 'repmgrd_primary_fenced' HAVING count(*) >= 2",
+    );
+    let before = fenced(&c);
+    for _ in 0..3 {
+        c.one_writable(&[1], WAIT);
+        c.freeze(1);
+        std::thread::sleep(Duration::from_millis(2500));
+        c.thaw(1);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let after = wait_row(
+        &c,
+        1,
+        "a fencing for each short freeze",
+        &format!(
+            "SELECT count(*) FROM repmgr.events WHERE node_id = 1 AND event = 'repmgrd_primary_fenced' HAVING count(*) >= {}",
+            before + 3
+        ),
+    );
+    assert_eq!(
+        after.get(0, 0).unwrap().parse::<i64>().unwrap(),
+        before + 3,
+        "{}",
+        c.log(1)
+    );
 }
 
 #[test]
