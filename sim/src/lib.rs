@@ -1306,10 +1306,19 @@ impl World {
         }
     }
 
+    /// Whether standby `i` counts as diverged from `src`, as the worker decides it
+    /// (`diverged_from` in src/monitor/standby.rs): it holds WAL that is not in `src`'s
+    /// history, on a timeline older than `src`'s. On a newer timeline than `src`'s, it is
+    /// `src` that is behind (a replaced primary): the standby only fails to stream from it.
+    fn diverged_from(&self, i: usize, src: usize) -> bool {
+        let (n, s) = (&self.nodes[i], &self.nodes[src]);
+        !self.contains(s.pos, n.pos) && n.pos.0 < s.pos.0
+    }
+
     /// Repoints standby `i` at `t`, unless its timeline diverged from `t`'s.
     fn follow(&mut self, i: usize, t: usize, event: &str) {
         let (id, tid) = (self.nodes[i].id, self.nodes[t].id);
-        if self.nodes[t].is_primary() && !self.contains(self.nodes[t].pos, self.nodes[i].pos) {
+        if self.nodes[t].is_primary() && self.diverged_from(i, t) {
             self.nodes[i].state.diverged = true;
             self.log(format!("node {id} cannot follow node {tid}: diverged"));
             return;
@@ -1352,7 +1361,7 @@ impl World {
             }
             let (n, s) = (&self.nodes[i], &self.nodes[src]);
             if !self.contains(s.pos, n.pos) {
-                if !n.state.diverged {
+                if !n.state.diverged && self.diverged_from(i, src) {
                     let id = n.id;
                     self.nodes[i].state.diverged = true;
                     self.log(format!("node {id} diverged from its upstream"));
