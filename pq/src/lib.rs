@@ -1,6 +1,6 @@
 //! A small libpq client that never blocks past a deadline.
 //!
-//! Why libpq (through `pq-sys`) and not the `postgres` crate: this client runs inside
+//! Why libpq (loaded at run time, see [`ffi`]) and not the `postgres` crate: this client runs inside
 //! PostgreSQL backends and the background worker, where no thread may call into the server and
 //! every wait must also watch the process latch so that cancel requests and SIGTERM are served.
 //! libpq's asynchronous API (`PQconnectStartParams`/`PQconnectPoll`, `PQsendQueryParams`,
@@ -20,7 +20,7 @@ use std::os::fd::RawFd;
 use std::ptr::{self, NonNull};
 use std::time::{Duration, Instant};
 
-use pq_sys as ffi;
+pub mod ffi;
 
 /// What a wait is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +134,7 @@ fn cstring(s: &str) -> Result<CString, Error> {
 /// Checks a connection string with libpq's own parser. The error text never quotes the input.
 pub fn check_conninfo(conninfo: &str) -> Result<(), String> {
     let c = CString::new(conninfo).map_err(|_| "it contains a NUL byte".to_string())?;
+    ffi::load()?;
     let mut err: *mut c_char = ptr::null_mut();
     let opts = unsafe { ffi::PQconninfoParse(c.as_ptr(), &mut err) };
     if opts.is_null() {
@@ -259,6 +260,7 @@ impl Conn {
         let mut vp: Vec<*const c_char> = vals.iter().map(|v| v.as_ptr()).collect();
         kp.push(ptr::null());
         vp.push(ptr::null());
+        ffi::load().map_err(|e| Error::new(ErrorKind::Connect, e))?;
         let raw = unsafe { ffi::PQconnectStartParams(kp.as_ptr(), vp.as_ptr(), 1) };
         let raw =
             NonNull::new(raw).ok_or_else(|| Error::new(ErrorKind::Connect, "out of memory"))?;
@@ -309,7 +311,7 @@ impl Conn {
 
     fn status_bad(&self) -> bool {
         let status = unsafe { ffi::PQstatus(self.raw.as_ptr()) };
-        status == ffi::ConnStatusType::CONNECTION_BAD
+        status == ffi::CONNECTION_BAD
     }
 
     fn failure(&self, kind: ErrorKind) -> Error {
@@ -418,7 +420,7 @@ impl Conn {
             )),
             State::Idle => Ok(Step::Idle),
             State::Connecting(_) => match unsafe { ffi::PQconnectPoll(conn) } {
-                ffi::PostgresPollingStatusType::PGRES_POLLING_OK => {
+                ffi::PGRES_POLLING_OK => {
                     if unsafe { ffi::PQsetnonblocking(conn, 1) } != 0 {
                         let e = self.failure(ErrorKind::Connect);
                         return Err(self.broken(e));
@@ -426,11 +428,11 @@ impl Conn {
                     self.state = State::Idle;
                     Ok(Step::Idle)
                 }
-                ffi::PostgresPollingStatusType::PGRES_POLLING_FAILED => {
+                ffi::PGRES_POLLING_FAILED => {
                     let e = self.failure(ErrorKind::Connect);
                     Err(self.broken(e))
                 }
-                ffi::PostgresPollingStatusType::PGRES_POLLING_READING => {
+                ffi::PGRES_POLLING_READING => {
                     self.state = State::Connecting(Interest::Read);
                     Ok(Step::Wait(Interest::Read))
                 }
@@ -464,8 +466,7 @@ impl Conn {
                     }
                     let r = ResultGuard(res);
                     match unsafe { ffi::PQresultStatus(res) } {
-                        ffi::ExecStatusType::PGRES_TUPLES_OK
-                        | ffi::ExecStatusType::PGRES_COMMAND_OK => self.rows = r.rows(),
+                        ffi::PGRES_TUPLES_OK | ffi::PGRES_COMMAND_OK => self.rows = r.rows(),
                         _ => {
                             self.error.get_or_insert_with(|| r.error());
                         }

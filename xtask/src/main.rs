@@ -14,7 +14,7 @@ use std::time::Instant;
 const PACKAGES: &[&str] = &[
     "postgresql-15",
     "postgresql-server-dev-15",
-    "libpq-dev",
+    "libpq5",
     "pkg-config",
     "build-essential",
     "clang",
