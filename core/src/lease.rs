@@ -522,10 +522,18 @@ impl Lease {
         if accepted {
             let incarnation = self.incarnation;
             if let Some(i) = self.slots.iter().position(|s| s.id == voter && s.id != 0) {
+                // Until a majority has confirmed it, confirmations stand in for the votes
+                // this primary lacks (a forced promotion): like a vote, a confirmation does
+                // not count from a voter that knows a newer node list than this primary's.
+                // Under that list a majority may hold up another primary this one's view
+                // does not meet.
+                let outdated = !self.established && p.version > self.views[0].version;
                 let s = &mut self.slots[i];
                 s.version = s.version.max(p.version);
                 s.wait = p.wait;
-                if let Some(stamp) = echo
+                if outdated {
+                    s.confirmed = None;
+                } else if let Some(stamp) = echo
                     .filter(|s| s.incarnation == incarnation && s.at <= now)
                     .filter(|_| !yielding)
                 {
@@ -797,6 +805,30 @@ mod tests {
         let after = l.lapses();
         assert_eq!(after.count, during.count, "one lapse, however many polls");
         assert_eq!((after.from, after.to), (ms(1600), Some(ms(2010))));
+    }
+
+    #[test]
+    fn a_forced_primary_counts_no_confirmation_from_a_voter_with_a_newer_node_list() {
+        // Promoted by force with the five-node list of version 1, while the old primary
+        // removed node 3 (version 9) and, with four voters, holds its lease on one.
+        let mut l = Lease::new(2, 1, 2, &[view(1, &[1, 2, 3, 4, 5])], None);
+        assert!(!l.established());
+        for voter in [3, 5] {
+            let r = l.poll(ms(100), &pl(voter, 2, None, 9, W), &TF);
+            l.poll(ms(200), &pl(voter, 2, stamp(&r), 9, W), &TF);
+        }
+        assert!(
+            !l.may_commit(ms(200), F),
+            "voters that know version 9 do not stand in for votes under version 1"
+        );
+        // The same confirmations from voters on its own list count.
+        let mut l = Lease::new(2, 1, 2, &[view(1, &[1, 2, 3, 4, 5])], None);
+        for voter in [3, 5] {
+            let r = l.poll(ms(100), &pl(voter, 2, None, 1, W), &TF);
+            l.poll(ms(200), &pl(voter, 2, stamp(&r), 1, W), &TF);
+        }
+        assert!(l.may_commit(ms(200), F));
+        assert!(l.established());
     }
 
     #[test]
