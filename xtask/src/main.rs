@@ -345,15 +345,35 @@ fn install(t: &Task, release: bool) -> Result {
     } else {
         "install the extension into PostgreSQL 15"
     });
+    // `cargo pgrx install` copies over the installed files in place, and a server that has
+    // repmgr.so mapped (a demo cluster, a benchmark) dies of SIGBUS when its pages change.
+    // So: package into a staging tree, then rename each file over the old one; running
+    // servers keep the file they mapped.
+    let stage = target_dir(t).join("pgrx-stage/pg15");
+    let _ = std::fs::remove_dir_all(&stage);
     let mut c = t.cargo();
-    c.args(["pgrx", "install", "--pg-config", PG_CONFIG]);
-    if release {
-        c.arg("--release");
+    c.args(["pgrx", "package", "--pg-config", PG_CONFIG, "--out-dir"])
+        .arg(&stage);
+    if !release {
+        c.arg("--debug");
     }
-    if !is_root() {
-        c.arg("--sudo");
+    t.run(c, "cargo pgrx package")?;
+    let mut files = Vec::new();
+    staged_files(&stage, &mut files).map_err(|e| format!("reading {}: {e}", stage.display()))?;
+    for f in &files {
+        let dest = Path::new("/").join(f.strip_prefix(&stage).expect("under the stage"));
+        let new = dest.with_file_name(format!(
+            ".{}.new",
+            dest.file_name().expect("a file").to_string_lossy()
+        ));
+        let mut cp = as_root("install");
+        cp.args(["-D", "-m", "0644"]).arg(f).arg(&new);
+        t.run(cp, "install a staged file")?;
+        let mut mv = as_root("mv");
+        mv.arg("-f").arg(&new).arg(&dest);
+        t.run(mv, "rename it into place")?;
     }
-    t.run(c, "cargo pgrx install")?;
+    println!("          installed {} files by rename", files.len());
     t.step("build the repmgr command line");
     let mut c = t.cargo();
     c.args(["build", "-p", "repmgr-cli"]);
@@ -361,6 +381,23 @@ fn install(t: &Task, release: bool) -> Result {
         c.arg("--release");
     }
     t.run(c, "cargo build -p repmgr-cli")
+}
+
+fn target_dir(t: &Task) -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| t.root.join("target"), PathBuf::from)
+}
+
+/// Every file under `dir`, recursively.
+fn staged_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            staged_files(&p, out)?;
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(())
 }
 
 fn test(t: &Task) -> Result {
@@ -473,9 +510,7 @@ fn bench(t: &Task, args: &[&str]) -> Result {
     ])
     .args(args);
     // The command line measured is the optimised one, as the extension is.
-    let target =
-        env::var_os("CARGO_TARGET_DIR").map_or_else(|| t.root.join("target"), PathBuf::from);
-    c.env("REPMGR_CLI", target.join("release/repmgr"));
+    c.env("REPMGR_CLI", target_dir(t).join("release/repmgr"));
     t.run(c, "repmgr-bench")
 }
 
