@@ -92,6 +92,10 @@ const WITNESS_SYNC: Duration = Duration::from_secs(15);
 /// After this long without streaming, a standby's upstream counts as down (reconnect
 /// attempts exhausted).
 const UPSTREAM_DOWN_AFTER: Us = 3000 * MS;
+/// A connected standby has received what its source wrote this long ago: the random lag
+/// below holds back only recent WAL, as a walsender sends an idle primary's last bytes at
+/// once.
+const SENT_WITHIN: Us = 200 * MS;
 /// A stopped WAL receiver starts again after `wal_retrieve_retry_interval`.
 const WAL_RETRY: Us = 5000 * MS;
 
@@ -339,6 +343,9 @@ struct Node {
     keeper: Keeper,
     /// Commits written but waiting for their synchronous acknowledgement, by position.
     waiting: Vec<u64>,
+    /// Its own positions over the last moments: WAL older than [`SENT_WITHIN`] has reached
+    /// every standby streaming from it.
+    written: VecDeque<(Us, Pos)>,
     /// Whether, at the last check, it ran as a primary that could commit.
     held_lease: bool,
     /// Since when (its own clock) a lapse of its lease has gone unreported.
@@ -549,6 +556,7 @@ impl World {
                     sync_names: quorum::Config::none(),
                     keeper: Keeper::default(),
                     waiting: Vec::new(),
+                    written: VecDeque::new(),
                     held_lease: false,
                     unreported_fence: None,
                 };
@@ -1352,6 +1360,13 @@ impl World {
     /// Standbys receive WAL from their source while both run, the link is up, and the
     /// standby's history is part of the source's.
     fn replicate(&mut self) {
+        let now = self.now;
+        for n in &mut self.nodes {
+            n.written.push_back((now, n.pos));
+            while n.written.len() > 1 && n.written[1].0 + SENT_WITHIN <= now {
+                n.written.pop_front();
+            }
+        }
         for i in 0..self.nodes.len() {
             let Some(src) = self.nodes[i].source else {
                 continue;
@@ -1369,7 +1384,12 @@ impl World {
                 continue;
             }
             let lag = self.rng.range(0, 20_000);
-            let target = s.pos.1.saturating_sub(lag).max(n.pos.1);
+            let sent = s
+                .written
+                .front()
+                .filter(|(t, p)| *t + SENT_WITHIN <= now && p.0 == s.pos.0)
+                .map_or(0, |(_, p)| p.1);
+            let target = s.pos.1.saturating_sub(lag).max(sent).max(n.pos.1);
             let tl = s.pos.0;
             let n = &mut self.nodes[i];
             n.pos = (tl, target);
