@@ -183,12 +183,23 @@ pub struct ServerFacts {
     pub system_identifier: String,
     /// `repmgr.node_id` as that server sees it (None when unset).
     pub node_id: Option<i32>,
+    /// `server_version_num`, 150008 for 15.8.
+    pub version_num: i32,
+    /// `server_version`, as the server names itself ("15.8 (Debian 15.8-0+deb12u1)").
+    pub version: String,
+}
+
+impl ServerFacts {
+    pub fn major(&self) -> i32 {
+        self.version_num / 10000
+    }
 }
 
 pub fn server_facts(db: &mut dyn Db) -> Result<ServerFacts> {
     let rows = db.read(
         "SELECT pg_catalog.pg_is_in_recovery(), (SELECT system_identifier FROM pg_catalog.pg_control_system())::text,
-                NULLIF(pg_catalog.current_setting('repmgr.node_id', true), '')",
+                NULLIF(pg_catalog.current_setting('repmgr.node_id', true), ''),
+                pg_catalog.current_setting('server_version_num'), pg_catalog.current_setting('server_version')",
         &[],
     )?;
     Ok(ServerFacts {
@@ -198,5 +209,7 @@ pub fn server_facts(db: &mut dyn Db) -> Result<ServerFacts> {
             .get(0, 2)
             .and_then(|v| v.parse().ok())
             .filter(|id: &i32| *id > 0),
+        version_num: rows.get(0, 3).and_then(|v| v.parse().ok()).unwrap_or(0),
+        version: rows.get(0, 4).unwrap_or_default().to_string(),
     })
 }

@@ -122,6 +122,33 @@ fn check_not_registered(
     }
 }
 
+/// A cluster runs one PostgreSQL major: a standby of another major cannot replay the
+/// primary's WAL, and a witness of another major would be the one node an upgrade or a
+/// package change treats differently from the rest.
+fn check_same_major(
+    me: &str,
+    role: &str,
+    local: &ServerFacts,
+    primary: &ServerFacts,
+) -> Result<()> {
+    if local.major() == primary.major() {
+        return Ok(());
+    }
+    Err(Failure::state(format!(
+        "cannot register {me} as a {role}: it runs PostgreSQL {}, the primary PostgreSQL {}",
+        local.major(),
+        primary.major()
+    ))
+    .detail(format!(
+        "This node's server_version is {}, the primary's {}. Every node of a cluster runs the same major version.",
+        local.version, primary.version
+    ))
+    .hint(format!(
+        "Create this {role} with PostgreSQL {}'s initdb or pg_basebackup and install repmgr for that version.",
+        primary.major()
+    )))
+}
+
 /// What connecting to a node told us.
 enum Probe {
     Reached(Peer, ServerFacts),
@@ -364,6 +391,7 @@ pub fn register_standby(settings: &Settings, upstream: Option<i32>, force: bool)
         ))
         .hint("A standby must be cloned from its cluster's primary (repmgr standby clone)."));
     }
+    check_same_major(&me, "standby", &local, &primary_facts)?;
 
     let (nodes, primary_rec) = begin_on_primary(&mut primary, settings)?;
     check_not_registered(&nodes, settings, force, "register_standby")?;
@@ -518,6 +546,7 @@ pub fn register_witness(settings: &Settings, primary_conninfo: &str, force: bool
         ))
         .hint("Pass the connection string of the cluster's primary."));
     }
+    check_same_major(&me, "witness", &local, &there)?;
 
     let (nodes, primary_rec) = begin_on_primary(&mut primary, settings)?;
     if let Some(rec) = nodes

