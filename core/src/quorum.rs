@@ -55,8 +55,9 @@ impl Config {
     /// Whether guarding failover with `self` protects every commit acknowledged under
     /// `applied`: every acknowledging set of `applied` meets every report set of `self`.
     pub fn covers(&self, applied: &Config) -> bool {
+        // Nothing acknowledges under asynchronous replication, so any publication covers it.
         if !applied.is_sync() {
-            return !self.is_sync();
+            return true;
         }
         // The fewest published members an acknowledging set can contain must be at least k:
         // then a report set (all but k - 1 published members) always includes one of them.
@@ -576,7 +577,7 @@ mod tests {
             }
         }
         assert!(Config::none().covers(&Config::none()));
-        assert!(!Config::new(1, [2]).covers(&Config::none()));
+        assert!(Config::new(1, [2]).covers(&Config::none()));
         assert!(Config::none().covers(&Config::new(1, [2])));
     }
 
@@ -630,10 +631,13 @@ mod tests {
             walk(&a, Config::none(), Config::none()),
             vec![Step::Apply(a.clone()), Step::Publish(a.clone())]
         );
-        // Turning it off: the promise is withdrawn before the waits stop.
+        // Turning it off narrows like any other change: the waits stop, then the promise is
+        // withdrawn. The other way round, a commit that waited through the withdrawal could
+        // be acknowledged by a quorum applied later (in preferred mode, when a standby
+        // returns) that no publication covers: seed 71446 lost one so.
         assert_eq!(
             walk(&Config::none(), a.clone(), a.clone()),
-            vec![Step::Publish(Config::none()), Step::Apply(Config::none())]
+            vec![Step::Apply(Config::none()), Step::Publish(Config::none())]
         );
         // k raised and lowered.
         assert_eq!(
