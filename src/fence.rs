@@ -94,7 +94,8 @@ fn withhold_acknowledgement() {
     if port.is_null() {
         return;
     }
-    // `sock` is the first member of PostgreSQL's `Port` (13 to 17), which pgrx leaves opaque.
+    // `sock` is the first member of PostgreSQL's `Port` (checked in the headers of 15, 16, 17
+    // and 18), which pgrx leaves opaque.
     let sock = unsafe { *(port as *const libc::c_int) };
     if sock < 0 {
         return;

@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "fonts-dejavu-core",
     "python3-pip",
+    "patchelf",
 ];
 
 const PGRX_VERSION: &str = "0.18.0";
@@ -60,9 +61,44 @@ const WHEELS: &[Wheel] = &[
     },
 ];
 
+/// PostgreSQL 17, which neither Debian 12 nor PyPI has whole: Debian 13's own build, taken
+/// from the mirror this machine already uses (its source package is not served there). Debian
+/// 13's binaries need its C library (2.41; Debian 12 has 2.36), so the packages are unpacked
+/// under one directory with their C library and the few libraries whose versions differ, and
+/// every program is pointed at that loader and that library directory (patchelf). Nothing
+/// is installed into the system: Debian 12's apt never sees a Debian 13 package.
+mod trixie {
+    pub const MAJOR: u32 = 17;
+    pub const SUITE: &str = "trixie";
+    pub const PACKAGES: &[&str] = &[
+        "postgresql-17",
+        "postgresql-client-17",
+        "postgresql-server-dev-17",
+        "libpq5",
+        "libc6",
+        "libssl3t64",
+        "libldap2",
+        "libicu76",
+        "libstdc++6",
+        "libgcc-s1",
+    ];
+    /// Relative to the install directory.
+    pub const PG_CONFIG: &str = "usr/lib/postgresql/17/bin/pg_config";
+    pub const BIN: &str = "usr/lib/postgresql/17/bin";
+    pub const LIBS: &str = "usr/lib/x86_64-linux-gnu";
+    pub const LOADER: &str = "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2";
+    pub const SAYS: &str = "PostgreSQL 17.";
+}
+
 /// Every major this machine builds and tests, with its `pg_config`.
 fn majors() -> Vec<(u32, String)> {
-    let mut v = vec![(15, PG_CONFIG.to_string())];
+    let mut v = vec![
+        (15, PG_CONFIG.to_string()),
+        (
+            trixie::MAJOR,
+            format!("{PG_ROOT}/{}/{}", trixie::MAJOR, trixie::PG_CONFIG),
+        ),
+    ];
     v.extend(
         WHEELS
             .iter()
@@ -70,6 +106,40 @@ fn majors() -> Vec<(u32, String)> {
     );
     v.sort();
     v
+}
+
+/// The majors the integration suite runs on whole; on the others, [`SUBSET`]. Every test
+/// of the suite but the README's tutorial (written for Debian's PostgreSQL 15 packages) runs
+/// on these.
+const FULL: &[u32] = &[15, 18];
+/// The integration test files run on the other majors: the core of the product, so that the
+/// whole run stays within CI's time.
+const SUBSET: &[&str] = &["registration", "failover", "quorum", "cli", "library"];
+
+/// `pg_config` of `major`, if this machine has it.
+fn pg_config_of(major: u32) -> Result<String> {
+    majors()
+        .into_iter()
+        .find(|(m, _)| *m == major)
+        .map(|(_, p)| p)
+        .ok_or_else(|| {
+            let have: Vec<String> = majors().iter().map(|(m, _)| m.to_string()).collect();
+            format!(
+                "PostgreSQL {major} is not one this project installs; choose one of {}",
+                have.join(", ")
+            )
+        })
+}
+
+/// The directory of `pg_config`'s programs (`pg_config --bindir`).
+fn bindir_of(pg_config: &str) -> Result<String> {
+    Command::new(pg_config)
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .ok_or_else(|| format!("{pg_config} --bindir failed: run cargo xtask setup"))
 }
 
 /// What `pg_config --version` prints, if it runs.
@@ -89,9 +159,15 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   setup         install what this machine lacks (Debian packages, cargo-pgrx, PostgreSQL 16
                 and 18 under /opt/repmgr-postgresql, pgrx init for every major)
-  test          setup, then every test: unit, in-server (cargo pgrx test) and integration
-  demo          setup, install, and start a local sandbox cluster on 127.0.0.1:55431
+  test          setup, then every test: unit and simulation once, then in-server (cargo pgrx
+                test) and integration tests on every major (the whole suite on 15 and 18, the
+                registration, failover, quorum, cli and library tests on the others)
+  test --pg N   setup, then PostgreSQL N's in-server and integration tests only
+  demo [--pg N] setup, install, and start a local sandbox cluster on 127.0.0.1:55431
+                (PostgreSQL 15 unless --pg N)
   demo --stop   stop the sandbox and remove its files
+  bench ... --pg N                 one of our benchmarks on PostgreSQL N (default 15; the
+                                   repmgr 5 comparisons run on 15 only)
   bench [--quick]
                 every benchmark below in one run (release build; prints figures and writes
                 bench/results/<date>.json, .md and a .png chart; asserts nothing)
@@ -310,6 +386,8 @@ fn setup(t: &Task) -> Result {
         }
     }
 
+    setup_17(t)?;
+
     let all = majors();
     let names: Vec<String> = all.iter().map(|(m, _)| m.to_string()).collect();
     t.step(&format!(
@@ -338,21 +416,179 @@ fn setup(t: &Task) -> Result {
     Ok(())
 }
 
-/// Installs the extension into the PostgreSQL tree and builds the command line.
-fn install(t: &Task, release: bool) -> Result {
-    t.step(if release {
-        "install the extension into PostgreSQL 15 (release build)"
-    } else {
-        "install the extension into PostgreSQL 15"
-    });
+/// The Debian mirror this machine's apt uses (its first `URIs:` or `deb` line).
+fn debian_mirror() -> String {
+    let texts = [
+        std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default(),
+        std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default(),
+    ];
+    texts
+        .iter()
+        .flat_map(|t| t.lines())
+        .find_map(|l| {
+            let l = l.trim();
+            let uri = l.strip_prefix("URIs:").map(str::trim).or_else(|| {
+                l.strip_prefix("deb ")?
+                    .split_whitespace()
+                    .find(|w| w.starts_with("http"))
+            })?;
+            uri.split_whitespace().next().map(str::to_string)
+        })
+        .unwrap_or_else(|| "http://deb.debian.org/debian".to_string())
+}
+
+/// PostgreSQL 17 from Debian 13's packages (see [`trixie`]), unless present.
+fn setup_17(t: &Task) -> Result {
+    let major = trixie::MAJOR;
+    t.step(&format!("setup: PostgreSQL {major}"));
+    let dir = format!("{PG_ROOT}/{major}");
+    let pg_config = format!("{dir}/{}", trixie::PG_CONFIG);
+    if let Some(v) = pg_config_version(&pg_config).filter(|v| v.starts_with(trixie::SAYS)) {
+        println!("          present: {v} in {dir}");
+        return Ok(());
+    }
+    println!(
+        "          unpacking Debian {}'s {} into {dir}",
+        trixie::SUITE,
+        trixie::PACKAGES.join(" ")
+    );
+    let mut rm = as_root("rm");
+    rm.args(["-rf", &dir]);
+    t.run(rm, "remove a partial installation")?;
+    let apt = format!("{dir}/apt");
+    let debs = format!("{apt}/debs");
+    let mut mk = as_root("mkdir");
+    mk.args([
+        "-p",
+        &format!("{apt}/lists/partial"),
+        &format!("{apt}/cache/archives/partial"),
+        &debs,
+    ]);
+    t.run(mk, "create the apt directories")?;
+    let list = format!("{apt}/sources.list");
+    let line = format!(
+        "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {} {} main\n",
+        debian_mirror(),
+        trixie::SUITE
+    );
+    let mut tee = as_root("tee");
+    tee.arg(&list).stdin(Stdio::piped()).stdout(Stdio::null());
+    let mut child = tee.spawn().map_err(|e| format!("tee {list}: {e}"))?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(line.as_bytes())
+            .map_err(|e| format!("writing {list}: {e}"))?;
+    }
+    child.wait().map_err(|e| format!("tee {list}: {e}"))?;
+    let mut touch = as_root("touch");
+    touch.arg(format!("{apt}/status"));
+    t.run(touch, "create apt's status file")?;
+    // apt's own configuration, pointed at these files only.
+    let options = [
+        format!("Dir::Etc::SourceList={list}"),
+        "Dir::Etc::SourceParts=/dev/null".to_string(),
+        format!("Dir::State::Lists={apt}/lists"),
+        format!("Dir::State::status={apt}/status"),
+        format!("Dir::Cache={apt}/cache"),
+        "APT::Sandbox::User=root".to_string(),
+    ];
+    let apt_get = |args: &[&str]| {
+        let mut c = as_root("apt-get");
+        for o in &options {
+            c.arg("-o").arg(o);
+        }
+        c.args(["-q"]).args(args).current_dir(&debs);
+        c
+    };
+    t.run(
+        apt_get(&["update"]),
+        &format!("apt-get update ({})", trixie::SUITE),
+    )?;
+    let mut download = vec!["download"];
+    download.extend(trixie::PACKAGES);
+    t.run(
+        apt_get(&download),
+        &format!("apt-get download ({})", trixie::SUITE),
+    )?;
+    let mut got: Vec<PathBuf> = std::fs::read_dir(&debs)
+        .map_err(|e| format!("reading {debs}: {e}"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    got.sort();
+    if got.len() != trixie::PACKAGES.len() {
+        return Err(format!(
+            "apt-get download left {} packages in {debs}, not {}",
+            got.len(),
+            trixie::PACKAGES.len()
+        ));
+    }
+    for deb in &got {
+        let mut x = as_root("dpkg-deb");
+        x.arg("-x").arg(deb).arg(&dir);
+        t.run(x, "dpkg-deb -x")?;
+    }
+    let bin = format!("{dir}/{}", trixie::BIN);
+    let mut programs = 0;
+    for e in std::fs::read_dir(&bin)
+        .map_err(|e| format!("reading {bin}: {e}"))?
+        .flatten()
+    {
+        let p = e.path();
+        let elf = std::fs::read(&p)
+            .map(|b| b.starts_with(b"\x7fELF"))
+            .unwrap_or(false);
+        if !elf {
+            continue;
+        }
+        // DT_RPATH (not RUNPATH) so that the libraries the server loads later (libpq for
+        // its WAL receiver, extensions) are looked for there too.
+        let mut pe = as_root("patchelf");
+        pe.args(["--set-interpreter", &format!("{dir}/{}", trixie::LOADER)])
+            .args([
+                "--force-rpath",
+                "--set-rpath",
+                &format!("{dir}/{}", trixie::LIBS),
+            ])
+            .arg(&p);
+        t.run(pe, "patchelf")?;
+        programs += 1;
+    }
+    let v = pg_config_version(&pg_config);
+    match v.as_deref() {
+        Some(v) if v.starts_with(trixie::SAYS) => {
+            println!(
+                "          {v}: {} packages, {programs} programs pointed at {dir}/{}",
+                got.len(),
+                trixie::LIBS
+            );
+            Ok(())
+        }
+        _ => Err(format!(
+            "{pg_config} reports {v:?} after unpacking Debian {}'s packages",
+            trixie::SUITE
+        )),
+    }
+}
+
+/// Installs the extension into the PostgreSQL tree of `major`.
+fn install(t: &Task, release: bool, major: u32) -> Result {
+    let pg_config = pg_config_of(major)?;
+    t.step(&format!(
+        "install the extension into PostgreSQL {major}{}",
+        if release { " (release build)" } else { "" }
+    ));
     // `cargo pgrx install` copies over the installed files in place, and a server that has
     // repmgr.so mapped (a demo cluster, a benchmark) dies of SIGBUS when its pages change.
     // So: package into a staging tree, then rename each file over the old one; running
     // servers keep the file they mapped.
-    let stage = target_dir(t).join("pgrx-stage/pg15");
+    let stage = target_dir(t).join(format!("pgrx-stage/pg{major}"));
     let _ = std::fs::remove_dir_all(&stage);
     let mut c = t.cargo();
-    c.args(["pgrx", "package", "--pg-config", PG_CONFIG, "--out-dir"])
+    c.args(["pgrx", "package", "--pg-config", &pg_config, "--out-dir"])
         .arg(&stage);
     if !release {
         c.arg("--debug");
@@ -374,6 +610,11 @@ fn install(t: &Task, release: bool) -> Result {
         t.run(mv, "rename it into place")?;
     }
     println!("          installed {} files by rename", files.len());
+    Ok(())
+}
+
+/// Builds the repmgr command line.
+fn build_cli(t: &Task, release: bool) -> Result {
     t.step("build the repmgr command line");
     let mut c = t.cargo();
     c.args(["build", "-p", "repmgr-cli"]);
@@ -400,52 +641,102 @@ fn staged_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn test(t: &Task) -> Result {
+/// Every test. With `only`, that major's in-server and integration tests alone.
+fn test(t: &Task, only: Option<u32>) -> Result {
     setup(t)?;
+    let all: Vec<u32> = majors().iter().map(|(m, _)| *m).collect();
+    let run: Vec<u32> = match only {
+        Some(m) => {
+            pg_config_of(m)?;
+            vec![m]
+        }
+        None => all.clone(),
+    };
     let mut summary = Vec::new();
 
-    t.step("unit tests (pure Rust crates)");
-    let mut c = t.cargo();
-    c.args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "repmgr",
-        "--exclude",
-        "repmgr-tests",
-    ]);
-    t.run_tests(c, "unit tests", &mut summary)?;
+    if only.is_none() {
+        t.step("unit tests (pure Rust crates) and the simulation");
+        let mut c = t.cargo();
+        c.args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "repmgr",
+            "--exclude",
+            "repmgr-tests",
+        ]);
+        t.run_tests(c, "unit tests", &mut summary)?;
+    }
 
-    t.step("in-server tests (cargo pgrx test)");
-    let mut mk = as_root("install");
-    mk.args([
-        "-d",
-        "-o",
-        "postgres",
-        "-g",
-        "postgres",
-        "-m",
-        "0700",
-        PGRX_TEST_DIR,
-    ]);
-    t.run(mk, "create the pgrx test directory")?;
-    let mut c = t.cargo();
-    c.args([
-        "pgrx",
-        "test",
-        "pg15",
-        "--runas",
-        "postgres",
-        "--pgdata",
-        PGRX_TEST_DIR,
-    ]);
-    t.run_tests(c, "in-server tests", &mut summary)?;
+    // cargo pgrx test installs its build in place: every one runs before any server of the
+    // integration tests has the library mapped.
+    for &major in &run {
+        t.step(&format!(
+            "in-server tests on PostgreSQL {major} (cargo pgrx test)"
+        ));
+        let pgdata = format!("{PGRX_TEST_DIR}/pg{major}");
+        let mut mk = as_root("install");
+        mk.args([
+            "-d",
+            "-o",
+            "postgres",
+            "-g",
+            "postgres",
+            "-m",
+            "0700",
+            PGRX_TEST_DIR,
+            &pgdata,
+        ]);
+        t.run(mk, "create the pgrx test directory")?;
+        let mut c = t.cargo();
+        c.args([
+            "pgrx",
+            "test",
+            &format!("pg{major}"),
+            "--runas",
+            "postgres",
+            "--pgdata",
+            &pgdata,
+        ]);
+        t.run_tests(
+            c,
+            &format!("PostgreSQL {major} in-server tests"),
+            &mut summary,
+        )?;
+    }
 
-    install(t, false)?;
-    t.step("integration tests (real clusters)");
-    let mut c = t.cargo();
-    c.args(["test", "-p", "repmgr-tests"]);
-    t.run_tests(c, "integration tests", &mut summary)?;
+    // Every major's extension, since a test on one major starts a server of another.
+    for &major in &all {
+        install(t, false, major)?;
+    }
+    build_cli(t, false)?;
+    for &major in &run {
+        let bindir = bindir_of(&pg_config_of(major)?)?;
+        let other = all
+            .iter()
+            .copied()
+            .find(|m| *m != major)
+            .ok_or("only one major installed")?;
+        let mut c = t.cargo();
+        c.args(["test", "-p", "repmgr-tests"])
+            .env("REPMGR_PG_BINDIR", &bindir)
+            .env("REPMGR_PG_OTHER_BINDIR", bindir_of(&pg_config_of(other)?)?);
+        let files = integration_tests(major)?;
+        t.step(&format!(
+            "integration tests on PostgreSQL {major} (real clusters): {}",
+            files.join(", ")
+        ));
+        // The harness's own unit tests, then each file.
+        c.arg("--lib");
+        for f in &files {
+            c.args(["--test", f]);
+        }
+        t.run_tests(
+            c,
+            &format!("PostgreSQL {major} integration tests"),
+            &mut summary,
+        )?;
+    }
 
     t.step("summary");
     for line in &summary {
@@ -454,8 +745,30 @@ fn test(t: &Task) -> Result {
     Ok(())
 }
 
-fn demo(t: &Task, stop: bool) -> Result {
-    let sandbox = |action: &str| {
+/// The integration test files run on `major` (see [`FULL`]).
+fn integration_tests(major: u32) -> Result<Vec<String>> {
+    if !FULL.contains(&major) {
+        return Ok(SUBSET.iter().map(|s| s.to_string()).collect());
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/tests");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("reading {}: {e}", dir.display()))?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".rs")
+                .map(str::to_string)
+        })
+        .filter(|f| major == 15 || f != "readme")
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn demo(t: &Task, stop: bool, major: u32) -> Result {
+    let pg_config = pg_config_of(major)?;
+    let sandbox = |action: &str| -> Result<Command> {
         let mut c = t.cargo();
         c.args([
             "run",
@@ -466,15 +779,16 @@ fn demo(t: &Task, stop: bool) -> Result {
             "repmgr-sandbox",
             "--",
             action,
-        ]);
-        c
+        ])
+        .env("REPMGR_PG_BINDIR", bindir_of(&pg_config)?);
+        Ok(c)
     };
     if stop {
         t.step("stop the sandbox and remove its files");
-        return t.run(sandbox("stop"), "repmgr-sandbox stop");
+        return t.run(sandbox("stop")?, "repmgr-sandbox stop");
     }
     setup(t)?;
-    install(t, false)?;
+    install(t, false, major)?;
     t.step("install the repmgr command line into the cargo bin directory");
     let mut c = t.cargo();
     c.args([
@@ -489,14 +803,30 @@ fn demo(t: &Task, stop: bool) -> Result {
         "target",
     ]);
     t.run(c, "cargo install --path cli")?;
-    t.step("the sandbox: build a cluster, crash its primary, fail over, rejoin");
-    t.run(sandbox("start"), "repmgr-sandbox start")
+    t.step(&format!(
+        "the sandbox on PostgreSQL {major}: build a cluster, crash its primary, fail over, rejoin"
+    ));
+    t.run(sandbox("start")?, "repmgr-sandbox start")
 }
 
-fn bench(t: &Task, args: &[&str]) -> Result {
+fn bench(t: &Task, args: &[&str], major: u32) -> Result {
+    let pg_config = pg_config_of(major)?;
+    if major != 15
+        && args
+            .iter()
+            .any(|a| *a == "all" || a.starts_with("repmgr5-"))
+    {
+        return Err(format!(
+            "the repmgr 5 comparisons run against Debian's postgresql-15-repmgr: run them (and bench all) without --pg {major}, or a single benchmark of ours with --pg {major}"
+        ));
+    }
     setup(t)?;
-    install(t, true)?;
-    t.step(&format!("benchmark: {}", args.join(" ")));
+    install(t, true, major)?;
+    build_cli(t, true)?;
+    t.step(&format!(
+        "benchmark on PostgreSQL {major}: {}",
+        args.join(" ")
+    ));
     let mut c = t.cargo();
     c.args([
         "run",
@@ -508,10 +838,32 @@ fn bench(t: &Task, args: &[&str]) -> Result {
         "repmgr-bench",
         "--",
     ])
-    .args(args);
+    .args(args)
+    .env("REPMGR_PG_BINDIR", bindir_of(&pg_config)?);
     // The command line measured is the optimised one, as the extension is.
     c.env("REPMGR_CLI", target_dir(t).join("release/repmgr"));
     t.run(c, "repmgr-bench")
+}
+
+/// `args` without `--pg N`, and N (15 when absent).
+fn take_pg(args: &[&str]) -> std::result::Result<(Vec<String>, Option<u32>), String> {
+    let mut rest = Vec::new();
+    let mut pg = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if *a == "--pg" {
+            let v = it
+                .next()
+                .ok_or("--pg needs a major version, as in --pg 18")?;
+            pg = Some(
+                v.parse()
+                    .map_err(|_| format!("--pg {v}: not a major version (write --pg 18)"))?,
+            );
+        } else {
+            rest.push(a.to_string());
+        }
+    }
+    Ok((rest, pg))
 }
 
 fn main() -> ExitCode {
@@ -525,14 +877,23 @@ fn main() -> ExitCode {
     };
     let args: Vec<String> = env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (args, pg) = match take_pg(&args) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("xtask: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let major = pg.unwrap_or(15);
     let result = match args.as_slice() {
-        ["setup"] => setup(&t),
-        ["test"] => test(&t),
-        ["demo"] => demo(&t, false),
-        ["demo", "--stop"] => demo(&t, true),
-        ["bench"] => bench(&t, &["all"]),
-        ["bench", "--quick"] => bench(&t, &["all", "--quick"]),
-        ["bench", rest @ ..] => bench(&t, rest),
+        ["setup"] if pg.is_none() => setup(&t),
+        ["test"] => test(&t, pg),
+        ["demo"] => demo(&t, false, major),
+        ["demo", "--stop"] => demo(&t, true, major),
+        ["bench"] => bench(&t, &["all"], major),
+        ["bench", "--quick"] => bench(&t, &["all", "--quick"], major),
+        ["bench", rest @ ..] => bench(&t, rest, major),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
