@@ -428,10 +428,19 @@ struct Report {
 }
 
 impl Report {
+    /// A report; on a major other than Debian's 15, which the comparisons with repmgr 5 use,
+    /// its name carries the major, so that one day's results keep each version's figures.
     fn new(name: impl Into<String>, title: String) -> Report {
+        let major = repmgr_tests::pg_major(&bindir());
+        let title = format!("{title} ({})", postgresql());
+        let name = name.into();
         println!("== {title}");
         Report {
-            name: name.into(),
+            name: if major == 15 {
+                name
+            } else {
+                format!("{name}-pg{major}")
+            },
             started: Instant::now(),
             title,
             lines: Vec::new(),
@@ -474,6 +483,7 @@ impl Report {
                 "summary": self.lines,
                 "figures": self.figures,
                 "machine": machine(),
+                "postgresql": postgresql(),
                 "seconds": self.started.elapsed().as_secs(),
             }),
         );
@@ -583,9 +593,22 @@ fn machine() -> String {
         })
         .unwrap_or(0);
     format!(
-        "{cores} cores, {:.0} GiB, PostgreSQL 15, loopback",
+        "{cores} cores, {:.0} GiB, loopback",
         mem as f64 / 1024.0 / 1024.0
     )
+}
+
+/// The PostgreSQL measured, as its `pg_config --version` names it.
+fn postgresql() -> String {
+    Command::new(bindir().join("pg_config"))
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || format!("PostgreSQL in {}", bindir().display()),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        )
 }
 
 /// `runs` failovers by kill -9 of the primary, each on a fresh cluster of primary 1 and
