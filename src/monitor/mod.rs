@@ -159,6 +159,10 @@ pub struct Monitor {
     /// The synchronous quorum, while this node is the primary.
     quorum: crate::quorum::Keeper,
     pending_follow: Option<PendingFollow>,
+    /// The node a confirmed follow repointed this standby to, and the upstream its record
+    /// named then: the record's change reaches this node by replication a moment later, and
+    /// until it does the standby watches the node it streams from, not the dead one.
+    followed: Option<(NodeRecord, Option<i32>)>,
 }
 
 impl Monitor {
@@ -167,6 +171,7 @@ impl Monitor {
             failover: Failover::new(settings.clone()),
             quorum: crate::quorum::Keeper::default(),
             pending_follow: None,
+            followed: None,
             settings,
             clock: Instant::now(),
             peers: Peers::default(),

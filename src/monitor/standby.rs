@@ -25,7 +25,18 @@ impl Monitor {
         snap: &Snapshot,
         me: &NodeRecord,
     ) -> Result<Duration, Stop> {
-        let Some(upstream) = upstream_of(me, snap).cloned() else {
+        if self
+            .followed
+            .as_ref()
+            .is_some_and(|(_, then)| *then != me.upstream_node_id)
+        {
+            self.followed = None;
+        }
+        let followed = self
+            .followed
+            .as_ref()
+            .map(|(t, _)| snap.node(t.node_id).cloned().unwrap_or_else(|| t.clone()));
+        let Some(upstream) = followed.or_else(|| upstream_of(me, snap).cloned()) else {
             let me = self.me();
             return Ok(self.wait_for(format!(
                 "{me} has no registered upstream or primary to monitor"
@@ -307,6 +318,7 @@ impl Monitor {
         }
         self.pending_follow = None;
         let mut ev = if streaming {
+            self.followed = Some((target.clone(), me.upstream_node_id));
             let details = format!("{} now follows {}", me.describe(), target.describe());
             log!("repmgr: {details}");
             Event::new(me.node_id, event, details)

@@ -132,10 +132,16 @@ fn kill_9_of_the_primary_promotes_one_standby_and_the_other_follows() {
         .as_deref(),
         Some("false")
     );
-    c.wait_for("the promote and follow events", WAIT, || {
-        let r = c.sql(new, "SELECT event FROM repmgr.events WHERE event IN ('repmgrd_failover_promote', 'repmgrd_failover_follow') ORDER BY 1");
-        (r.rows.len() == 2).then_some(())
-    });
+    let events = "SELECT event FROM repmgr.events WHERE event IN ('repmgrd_failover_promote', 'repmgrd_failover_follow') ORDER BY 1";
+    c.wait_for_or_explain(
+        "the promote and follow events",
+        WAIT,
+        || (c.sql(new, events).rows.len() == 2).then_some(()),
+        || {
+            let all = c.sql(new, "SELECT node_id, event, successful, details FROM repmgr.events ORDER BY event_timestamp");
+            format!("events on node {new}: {:?}\n{}", all.rows, c.log_tails(40))
+        },
+    );
     assert!(c.int(new, "SELECT term FROM repmgr.voting_term") >= 2);
 }
 
