@@ -828,10 +828,15 @@ impl Cluster {
 
     /// Waits until exactly one of `ids` is a writable primary, and returns it.
     pub fn one_writable(&self, ids: &[i32], timeout: Duration) -> i32 {
-        self.wait_for("a new primary", timeout, || {
-            let w = self.writable(ids);
-            (w.len() == 1).then(|| w[0])
-        })
+        self.wait_for_or_explain(
+            "a new primary",
+            timeout,
+            || {
+                let w = self.writable(ids);
+                (w.len() == 1).then(|| w[0])
+            },
+            || format!("writable: {:?}\n{}", self.writable(ids), self.log_tails(30)),
+        )
     }
 
     /// Whether `standby` streams from `upstream`.

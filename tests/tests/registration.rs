@@ -56,7 +56,11 @@ fn primary_and_standby_register_and_report_lag() {
         ["standby", "standby", "1", "node1", "t"].map(|s| Some(s.to_string())).to_vec()
     );
 
-    // After writes, the primary sees the standby catch up: lag in bytes reaches zero.
+    // After writes, the primary sees the standby catch up: lag in bytes reaches zero. The
+    // primary's worker restarts once the repmgr database exists (a second after it was
+    // created) and, registered by then, fences the primary until its voters confirm it: a
+    // write in that moment is refused, rightly.
+    c.settled(1, &[2], Duration::from_secs(30));
     c.sql(1, "CREATE TABLE t AS SELECT g AS id, repeat('x', 100) AS pad FROM generate_series(1, 20000) g");
     let written: i64 = count(&c, 1, "SELECT pg_current_wal_lsn() - '0/0'");
     let lag = c.wait_for("the standby to replay everything", WAIT, || {
