@@ -485,15 +485,23 @@ fn check_attached(
     let mut receiver = None;
     // Some(true): attached; Some(false): streaming, but not to `upstream` under our name.
     let attached = crate::latch::poll(ATTACH_WAIT, Duration::from_millis(100), || {
-        let rows = other.as_mut().unwrap_or(&mut *primary).read(sql, &params)?;
-        if rows.get(0, 0).is_some_and(|n| n != "0") {
+        let mut listed = || -> Result<bool> {
+            let rows = other.as_mut().unwrap_or(&mut *primary).read(sql, &params)?;
+            Ok(rows.get(0, 0).is_some_and(|n| n != "0"))
+        };
+        if listed()? {
             return Ok(Some(true));
         }
         receiver = Local
             .read("SELECT status FROM pg_catalog.pg_stat_wal_receiver", &[])?
             .get(0, 0)
             .map(str::to_string);
-        Ok((receiver.as_deref() == Some("streaming")).then_some(false))
+        if receiver.as_deref() != Some("streaming") {
+            return Ok(None);
+        }
+        // It may have started streaming since the upstream was asked. Its WAL sender was
+        // listed there before it answered START_REPLICATION, so asking again now is enough.
+        Ok(Some(listed()?))
     })?;
     if attached == Some(true) {
         return Ok(());
