@@ -63,13 +63,19 @@ pub fn other_major_bindir() -> PathBuf {
     })
 }
 
+/// What `bin/pg_config <flag>` prints, if it runs.
+pub fn pg_config(bin: &Path, flag: &str) -> Option<String> {
+    Command::new(bin.join("pg_config"))
+        .arg(flag)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
 /// The major version of the PostgreSQL in `bin` (from `pg_config --version`).
 pub fn pg_major(bin: &Path) -> u32 {
-    let out = Command::new(bin.join("pg_config"))
-        .arg("--version")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}/pg_config: {e}", bin.display()));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = pg_config(bin, "--version").unwrap_or_default();
     text.split_whitespace()
         .nth(1)
         .and_then(|v| v.split('.').next()?.parse().ok())
@@ -1038,13 +1044,7 @@ pub fn destroy(dir: &Path) {
 }
 
 fn sharedir_extension() -> String {
-    let out = Command::new(bindir().join("pg_config"))
-        .arg("--sharedir")
-        .output();
-    let share = out
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let share = pg_config(&bindir(), "--sharedir");
     format!(
         "{}/extension",
         share.unwrap_or_else(|| "/usr/share/postgresql/15".into())

@@ -5,20 +5,15 @@ use std::process::Command;
 use repmgr_tests::bindir;
 
 fn output(cmd: &mut Command) -> String {
-    let o = cmd.output().expect("the command runs");
-    assert!(
-        o.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    let what = format!("{cmd:?}");
+    String::from_utf8_lossy(&repmgr_tests::run_checked(cmd, &what).stdout).into_owned()
 }
 
 /// A libpq linked into the preloaded library would be found first by the server's own WAL
 /// receiver (it is loaded `RTLD_GLOBAL`): the extension opens libpq privately instead.
 #[test]
 fn the_extension_neither_links_libpq_nor_needs_its_symbols() {
-    let lib = output(Command::new(bindir().join("pg_config")).arg("--pkglibdir"));
+    let lib = repmgr_tests::pg_config(&bindir(), "--pkglibdir").expect("pg_config --pkglibdir");
     let so = format!("{}/repmgr.so", lib.trim());
     let dynamic = output(Command::new("readelf").args(["-d", &so]));
     assert!(

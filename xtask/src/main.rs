@@ -132,25 +132,25 @@ fn pg_config_of(major: u32) -> Result<String> {
         })
 }
 
-/// The directory of `pg_config`'s programs (`pg_config --bindir`).
-fn bindir_of(pg_config: &str) -> Result<String> {
+/// What `pg_config <flag>` prints, if it runs.
+fn pg_config_says(pg_config: &str, flag: &str) -> Option<String> {
     Command::new(pg_config)
-        .arg("--bindir")
+        .arg(flag)
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// The directory of `pg_config`'s programs (`pg_config --bindir`).
+fn bindir_of(pg_config: &str) -> Result<String> {
+    pg_config_says(pg_config, "--bindir")
         .ok_or_else(|| format!("{pg_config} --bindir failed: run cargo xtask setup"))
 }
 
 /// What `pg_config --version` prints, if it runs.
 fn pg_config_version(pg_config: &str) -> Option<String> {
-    Command::new(pg_config)
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    pg_config_says(pg_config, "--version")
 }
 /// Data directory parent for `cargo pgrx test`, owned by `postgres` (PostgreSQL refuses root).
 const PGRX_TEST_DIR: &str = "/var/tmp/repmgr-pgrx-test";
@@ -773,13 +773,7 @@ fn in_private_tree(pg_config: &str, scratch: &str, cmd: Command) -> Result<Comma
         return Ok(cmd);
     }
     let query = |flag: &str| {
-        Command::new(pg_config)
-            .arg(flag)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .ok_or_else(|| format!("{pg_config} {flag} failed"))
+        pg_config_says(pg_config, flag).ok_or_else(|| format!("{pg_config} {flag} failed"))
     };
     let lib = query("--pkglibdir")?;
     let ext = format!("{}/extension", query("--sharedir")?);

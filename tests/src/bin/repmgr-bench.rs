@@ -600,15 +600,8 @@ fn machine() -> String {
 
 /// The PostgreSQL measured, as its `pg_config --version` names it.
 fn postgresql() -> String {
-    Command::new(bindir().join("pg_config"))
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or_else(
-            || format!("PostgreSQL in {}", bindir().display()),
-            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        )
+    repmgr_tests::pg_config(&bindir(), "--version")
+        .unwrap_or_else(|| format!("PostgreSQL in {}", bindir().display()))
 }
 
 /// `runs` failovers by kill -9 of the primary, each on a fresh cluster of primary 1 and
