@@ -241,14 +241,20 @@ fn find_primary(settings: &Settings, local_nodes: &[NodeRecord]) -> Result<(Peer
 /// whose worker has just started waits for its voters' first confirmations).
 const FENCED_WAIT: Duration = Duration::from_secs(10);
 
-/// Waits while `primary` is fenced, at most [`FENCED_WAIT`]; then says so.
-fn wait_until_writable(primary: &mut Peer, settings: &Settings) -> Result<()> {
+/// Waits while `primary` is fenced, at most [`FENCED_WAIT`], then opens a transaction on it;
+/// says so if it stays fenced.
+///
+/// The transaction is `READ WRITE` explicitly: a fenced primary makes new sessions read-only
+/// by default (a hint for clients' routing), and a session opened while it was fenced takes
+/// back that default only when its backend processes the reload, which can come after the
+/// lease does. The fence itself is checked again at commit.
+fn begin_writing(primary: &mut Peer, settings: &Settings) -> Result<()> {
     let writable = crate::latch::poll(FENCED_WAIT, Duration::from_millis(100), || {
         let r = primary.read("SELECT fenced FROM repmgr.node_status()", &[])?;
         Ok((r.get(0, 0) != Some("t")).then_some(()))
     })?;
     if writable.is_some() {
-        return Ok(());
+        return primary.write("BEGIN READ WRITE", &[]).map(|_| ());
     }
     Err(Failure::state(format!(
         "{} cannot change the node list on {}: that primary is fenced (it is not confirmed by enough voters) and was still fenced after {} s",
@@ -266,8 +272,7 @@ fn begin_on_primary(
     primary: &mut Peer,
     settings: &Settings,
 ) -> Result<(Vec<NodeRecord>, NodeRecord)> {
-    wait_until_writable(primary, settings)?;
-    primary.write("BEGIN", &[])?;
+    begin_writing(primary, settings)?;
     catalog::lock_nodes(primary)?;
     let nodes = catalog::nodes(primary)?;
     let primary_rec = nodes
@@ -651,8 +656,7 @@ pub fn unregister_node(settings: &Settings, node_id: Option<i32>, force: bool) -
     let mut local = Local;
     let db: &mut dyn Db = match remote.as_mut() {
         Some(p) => {
-            wait_until_writable(p, settings)?;
-            p.write("BEGIN", &[])?;
+            begin_writing(p, settings)?;
             p
         }
         None => &mut local,
