@@ -164,6 +164,9 @@ commands:
                 test) and integration tests on every major (15 to 18; the README's tutorial,
                 written for Debian's PostgreSQL 15 packages, on 15 only)
   test --pg N   setup, then PostgreSQL N's in-server and integration tests only
+  test [--pg N] FILE...
+                setup, then only these integration test files (tests/tests/FILE.rs), on
+                PostgreSQL N or every major
   demo [--pg N] setup, install, and start a local sandbox cluster on 127.0.0.1:55431
                 (PostgreSQL 15 unless --pg N)
   demo --stop   stop the sandbox and remove its files
@@ -657,7 +660,8 @@ fn staged_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 /// Every test. With `only`, that major's in-server and integration tests alone.
-fn test(t: &Task, only: Option<u32>) -> Result {
+/// Every test, or with `files` only those integration test files.
+fn test(t: &Task, only: Option<u32>, files: &[&str]) -> Result {
     setup(t)?;
     let all: Vec<u32> = majors().iter().map(|(m, _)| *m).collect();
     let run: Vec<u32> = match only {
@@ -669,7 +673,7 @@ fn test(t: &Task, only: Option<u32>) -> Result {
     };
     let mut summary = Vec::new();
 
-    if only.is_none() {
+    if only.is_none() && files.is_empty() {
         t.step("unit tests (pure Rust crates) and the simulation");
         let mut c = t.cargo();
         c.args([
@@ -683,7 +687,7 @@ fn test(t: &Task, only: Option<u32>) -> Result {
         t.run_tests(c, "unit tests", &mut summary)?;
     }
 
-    for &major in &run {
+    for &major in run.iter().filter(|_| files.is_empty()) {
         t.step(&format!(
             "in-server tests on PostgreSQL {major} (cargo pgrx test)"
         ));
@@ -735,7 +739,7 @@ fn test(t: &Task, only: Option<u32>) -> Result {
         c.args(["test", "--no-fail-fast", "-p", "repmgr-tests"])
             .env("REPMGR_PG_BINDIR", &bindir)
             .env("REPMGR_PG_OTHER_BINDIR", bindir_of(&pg_config_of(other)?)?);
-        let files = integration_tests(major)?;
+        let files = integration_tests(major, files)?;
         t.step(&format!(
             "integration tests on PostgreSQL {major} (real clusters): {}",
             files.join(", ")
@@ -817,7 +821,8 @@ exec "$@""#;
 }
 
 /// The integration test files run on `major`: all of them, but the tutorial on 15 only.
-fn integration_tests(major: u32) -> Result<Vec<String>> {
+/// The integration test files to run on `major`: `chosen`, or every one.
+fn integration_tests(major: u32, chosen: &[&str]) -> Result<Vec<String>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/tests");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .map_err(|e| format!("reading {}: {e}", dir.display()))?
@@ -831,6 +836,15 @@ fn integration_tests(major: u32) -> Result<Vec<String>> {
         .filter(|f| major == 15 || f != TUTORIAL)
         .collect();
     files.sort();
+    if let Some(f) = chosen.iter().find(|f| !files.iter().any(|have| have == *f)) {
+        return Err(format!(
+            "no integration test file {f} for PostgreSQL {major}; there are: {}",
+            files.join(", ")
+        ));
+    }
+    if !chosen.is_empty() {
+        files.retain(|f| chosen.contains(&f.as_str()));
+    }
     Ok(files)
 }
 
@@ -956,7 +970,7 @@ fn main() -> ExitCode {
     let major = pg.unwrap_or(15);
     let result = match args.as_slice() {
         ["setup"] if pg.is_none() => setup(&t),
-        ["test"] => test(&t, pg),
+        ["test", files @ ..] => test(&t, pg, files),
         ["demo"] => demo(&t, false, major),
         ["demo", "--stop"] => demo(&t, true, major),
         ["bench"] => bench(&t, &["all"], major),
