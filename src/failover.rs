@@ -203,7 +203,26 @@ impl Failover {
                 ok: self.validated(visible, lost, total),
             }],
             Action::StopWalReceiver => {
-                stop_wal_receiver(&self.settings.describe());
+                stop_wal_receiver(
+                    &self.settings.describe(),
+                    "for the election (repmgr.standby_disconnect_on_failover)",
+                );
+                Vec::new()
+            }
+            Action::Detach { from } => {
+                // An empty primary_conninfo first, so that the startup process does not start
+                // a new receiver against the same node; the follow decision sets it again.
+                if let Err(f) = crate::follow::set_and_reload(&[("primary_conninfo", Some(""))]) {
+                    warning!(
+                        "repmgr: {} could not clear primary_conninfo to stop streaming from node {from}: {}",
+                        self.settings.describe(),
+                        f.message
+                    );
+                }
+                stop_wal_receiver(
+                    &self.settings.describe(),
+                    &format!("to stop streaming from node {from}"),
+                );
                 Vec::new()
             }
             Action::RequestVotes {
@@ -560,7 +579,7 @@ fn local_facts() -> LocalFacts {
 /// `repmgr.standby_disconnect_on_failover`: stops this standby's WAL receiver, so the
 /// positions compared in the election stop moving. The startup process starts a new one
 /// after `wal_retrieve_retry_interval`, or the follow repoints it.
-fn stop_wal_receiver(me: &str) {
+fn stop_wal_receiver(me: &str, why: &str) {
     // The WAL receiver is an auxiliary process, which pg_terminate_backend() refuses to
     // signal; the server's own user may.
     let pid: Option<i32> =
@@ -570,9 +589,7 @@ fn stop_wal_receiver(me: &str) {
     if let Some(pid) = pid.filter(|p| *p > 0)
         && unsafe { libc::kill(pid, libc::SIGTERM) } == 0
     {
-        log!(
-            "repmgr: {me} stopped its WAL receiver (pid {pid}) for the election (repmgr.standby_disconnect_on_failover)"
-        );
+        log!("repmgr: {me} stopped its WAL receiver (pid {pid}) {why}");
     }
 }
 

@@ -60,6 +60,15 @@ pub fn set_and_reload(settings: &[(&str, Option<&str>)]) -> Result<()> {
     Ok(())
 }
 
+/// Whether this standby's `primary_conninfo` is empty (as the worker's last reload read it):
+/// it streams from nobody.
+pub fn streams_from_nobody() -> bool {
+    unsafe {
+        let v = pg_sys::GetConfigOption(c"primary_conninfo".as_ptr(), true, false);
+        v.is_null() || std::ffi::CStr::from_ptr(v).to_bytes().is_empty()
+    }
+}
+
 /// The `primary_conninfo` this standby uses to stream from `upstream`.
 pub fn primary_conninfo(me: &NodeRecord, upstream: &NodeRecord) -> Result<String> {
     conninfo::replication(&upstream.conninfo, &upstream.repluser, &me.node_name).map_err(|e| {

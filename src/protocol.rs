@@ -292,6 +292,7 @@ fn request_vote(
             "repmgr: node {} votes for node {candidate} in term {term}",
             st.failover.node_id
         );
+        shmem::wake_worker();
     }
     TableIterator::once((reply.term as i64, reply.granted, reply.reason))
 }

@@ -288,6 +288,14 @@ pub fn submit(action: Action) -> std::result::Result<u64, String> {
     Ok(seq)
 }
 
+/// Wakes the monitoring worker, so that it acts on a change of the shared state at once (a
+/// vote this backend granted: the worker then stops streaming from the old primary).
+pub fn wake_worker() {
+    if let Some(pid) = read().map(|s| s.daemon_pid) {
+        wake(pid);
+    }
+}
+
 /// Sets the latch of the process `pid` (the worker), if it still runs.
 fn wake(pid: i32) {
     if pid <= 0 {

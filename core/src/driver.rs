@@ -96,6 +96,9 @@ pub struct Upstream {
     pub unreachable: bool,
     /// Its reconnect attempts are used up.
     pub down: bool,
+    /// This standby streams from nobody (its `primary_conninfo` is empty): it detached from
+    /// a primary that was replaced ([`Action::Detach`]), or was set up that way.
+    pub detached: bool,
 }
 
 /// This node's facts the election needs, read when it looks around.
@@ -229,6 +232,12 @@ pub enum Action {
     },
     /// Stop this standby's WAL receiver (`repmgr.standby_disconnect_on_failover`).
     StopWalReceiver,
+    /// Stop streaming from `from` and do not reconnect (empty `primary_conninfo`): this
+    /// standby moved to a newer term than the one `from` leads in, so WAL `from` writes from
+    /// now on is on a branch the next primary does not continue.
+    Detach {
+        from: NodeId,
+    },
     /// Call `repmgr.request_vote()` on `to`, in order, until told to promote.
     RequestVotes {
         term: u64,
@@ -378,6 +387,14 @@ pub struct Driver {
     recording: bool,
     /// The catalog lost this node's record or the primary's: said once.
     said_unlisted: bool,
+    /// What this standby streams from, as the monitoring round last passed it (updated at
+    /// once by a follow or detach decided here).
+    upstream: Option<Upstream>,
+    /// The last primary this voter supported, and in which term.
+    last_support: Option<(NodeId, u64)>,
+    /// The primary it last detached from, and the term it was in then: once per term, even
+    /// while a monitoring round has not yet seen the emptied `primary_conninfo`.
+    detached_in: Option<(NodeId, u64)>,
     /// Saving the lease state failed: said once until it works again.
     said_save_failed: bool,
     actions: Vec<Action>,
@@ -432,6 +449,9 @@ impl Driver {
             unrecorded: None,
             recording: false,
             said_unlisted: false,
+            upstream: None,
+            last_support: None,
+            detached_in: None,
             said_save_failed: false,
             actions: Vec::new(),
         }
@@ -577,6 +597,24 @@ impl Driver {
         state: &State,
         upstream: Upstream,
     ) -> Option<(NodeRecord, &'static str)> {
+        self.upstream = Some(upstream);
+        let decision = self.choose_upstream(state, upstream);
+        if let Some((t, _)) = &decision {
+            self.upstream = Some(Upstream {
+                node: Some(t.node_id),
+                unreachable: false,
+                down: false,
+                detached: false,
+            });
+        }
+        decision
+    }
+
+    fn choose_upstream(
+        &mut self,
+        state: &State,
+        upstream: Upstream,
+    ) -> Option<(NodeRecord, &'static str)> {
         if self.paused || !self.in_recovery {
             return None;
         }
@@ -624,7 +662,18 @@ impl Driver {
             };
         }
         let p = self.current_primary(state)?;
-        if p.node_type == NodeType::Witness || upstream.node == Some(p.node_id) {
+        if p.node_type == NodeType::Witness {
+            return None;
+        }
+        if upstream.detached {
+            // Streams again from a primary this voter supports in its term (the old one, if it
+            // won its role back in a newer term), never from one it moved past.
+            return self
+                .superseded(state, p.node_id)
+                .is_none()
+                .then_some((p, event::REPMGRD_FAILOVER_FOLLOW));
+        }
+        if upstream.node == Some(p.node_id) {
             return None;
         }
         // A primary that was replaced still streams what it wrote before its fence, on a
@@ -635,6 +684,67 @@ impl Driver {
             .and_then(|u| self.record(u))
             .is_some_and(|u| u.node_type == NodeType::Primary);
         (upstream.down || replaced).then_some((p, event::REPMGRD_FAILOVER_FOLLOW))
+    }
+
+    /// Why this voter no longer supports primary `id` in its own term, if it does not: it
+    /// supports another node there (it voted, or heard a newer primary), or it learnt of a
+    /// term newer than the one it last supported `id` in. Nothing while it never supported
+    /// anyone since it started with no saved support, and nothing for supporting itself: a
+    /// former primary that streams again (rejoined, or demoted by a switchover) streams from
+    /// one that came after it.
+    fn superseded(&self, state: &State, id: NodeId) -> Option<String> {
+        let d = state.voter.durable;
+        match d.supports {
+            Some(x) if x == id || x == self.node_id => None,
+            Some(x) => Some(format!("it supports node {x} in term {}", d.term)),
+            None => self
+                .last_support
+                .filter(|(n, t)| *n == id && *t < d.term)
+                .map(|(_, t)| {
+                    format!(
+                        "it is in term {}, newer than term {t} in which it supported node {id}",
+                        d.term
+                    )
+                }),
+        }
+    }
+
+    /// A standby streaming straight from a primary this voter moved past stops at once: that
+    /// primary may wake from a freeze or a partition and send WAL nobody acknowledged, on a
+    /// branch the next primary does not continue. A cascaded standby follows its upstream.
+    fn detach_if_superseded(&mut self, state: &State) {
+        let d = state.voter.durable;
+        if let Some(x) = d.supports {
+            self.last_support = Some((x, d.term));
+        }
+        let Some(up) = self.upstream.filter(|u| !u.detached) else {
+            return;
+        };
+        let Some(u) = up.node.and_then(|u| self.record(u)) else {
+            return;
+        };
+        if u.node_type != NodeType::Primary || u.node_id == self.node_id || self.paused {
+            return;
+        }
+        if self.detached_in == Some((u.node_id, d.term)) {
+            return;
+        }
+        let Some(why) = self.superseded(state, u.node_id) else {
+            return;
+        };
+        self.detached_in = Some((u.node_id, d.term));
+        self.upstream = Some(Upstream {
+            detached: true,
+            ..up
+        });
+        let details = format!(
+            "{} stopped streaming from {}: {why}, so WAL that node writes from now on is not part of the cluster's history; it streams again once it follows the current primary",
+            self.describe_me(),
+            u.describe()
+        );
+        self.say(Level::Warning, details.clone());
+        self.actions.push(Action::Detach { from: u.node_id });
+        self.event(event::REPMGRD_UPSTREAM_DISCONNECT, details, Some(u));
     }
 
     /// Log lines and events that a query like [`Driver::follow_decision`] produced.
@@ -789,6 +899,7 @@ impl Driver {
         }
         self.poll(now, state);
         self.track_outage(now, state);
+        self.detach_if_superseded(state);
         match &self.phase {
             Phase::Idle
                 if state.voter.should_look_around(now, &self.timing) && now >= self.retry_at =>

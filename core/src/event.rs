@@ -106,7 +106,7 @@ pub const ALL: &[(&str, &str, &str)] = &[
     (
         REPMGRD_UPSTREAM_DISCONNECT,
         "worker",
-        "a standby declared its upstream down after its reconnect attempts",
+        "a standby declared its upstream down after its reconnect attempts, or stopped streaming from a primary that was replaced",
     ),
     (
         REPMGRD_UPSTREAM_RECONNECT,

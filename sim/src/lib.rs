@@ -350,6 +350,10 @@ struct Node {
     held_lease: bool,
     /// Since when (its own clock) a lapse of its lease has gone unreported.
     unreported_fence: Option<Duration>,
+    /// Timelines this node already held WAL past the start of when they began: a divergence
+    /// from one of them was there at the promotion (a voter's `max_lag_on_failover`, or WAL
+    /// the winner lacked), not received later from a replaced primary.
+    ahead_at_branch: Vec<usize>,
 }
 
 impl Node {
@@ -380,6 +384,12 @@ pub struct Report {
     /// Commits acknowledged under a synchronous quorum.
     pub acknowledged: u64,
     pub operator_actions: u64,
+    /// Standbys found holding WAL the primary they follow does not have (each would need a
+    /// rewind).
+    pub divergences: u64,
+    /// Of those, the ones that received that WAL after the promotion that began the primary's
+    /// timeline (from a replaced primary): what detaching from it prevents.
+    pub late_divergences: u64,
 }
 
 /// A broken invariant, with the tail of the trace that led to it.
@@ -559,6 +569,7 @@ impl World {
                     written: VecDeque::new(),
                     held_lease: false,
                     unreported_fence: None,
+                    ahead_at_branch: Vec::new(),
                 };
                 let local = n.local(0);
                 n.state = State::new(id, None, local, n.state.incarnation, fallback);
@@ -911,6 +922,15 @@ impl World {
             Action::StopWalReceiver => {
                 self.nodes[i].wal_stopped_until = self.now + WAL_RETRY;
             }
+            Action::Detach { from } => {
+                if self.nodes[i]
+                    .source
+                    .is_some_and(|s| self.nodes[s].id == from)
+                {
+                    self.nodes[i].source = None;
+                    self.log(format!("node {id} stops streaming from node {from}"));
+                }
+            }
             Action::RequestVotes {
                 term,
                 request,
@@ -1048,10 +1068,16 @@ impl World {
         }
         let n = &self.nodes[i];
         let tl = self.timelines.len();
+        let branch = n.pos;
         self.timelines.push(Timeline {
-            parent: Some(n.pos.0),
-            start: n.pos.1,
+            parent: Some(branch.0),
+            start: branch.1,
         });
+        for m in &mut self.nodes {
+            if m.pos.0 == branch.0 && m.pos.1 > branch.1 {
+                m.ahead_at_branch.push(tl);
+            }
+        }
         let n = &mut self.nodes[i];
         n.in_recovery = false;
         n.pos = (tl, n.pos.1);
@@ -1301,6 +1327,7 @@ impl World {
             node: self.nodes[i].source.map(|s| self.nodes[s].id),
             unreachable: silent > UPSTREAM_DOWN_AFTER / 3,
             down: silent > UPSTREAM_DOWN_AFTER,
+            detached: self.nodes[i].source.is_none(),
         };
         let n = &mut self.nodes[i];
         let decision = n.driver.follow_decision(&n.state, upstream);
@@ -1323,12 +1350,41 @@ impl World {
         !self.contains(s.pos, n.pos) && n.pos.0 < s.pos.0
     }
 
+    /// Marks standby `i` diverged from `src` (as the worker does when it finds out), counted
+    /// once, and whether it was already ahead when `src`'s branch began.
+    fn mark_diverged(&mut self, i: usize, src: usize, why: String) {
+        if self.nodes[i].state.diverged {
+            return;
+        }
+        self.nodes[i].state.diverged = true;
+        self.report.divergences += 1;
+        // The timeline of `src`'s history that branched off this standby's.
+        let mine = self.nodes[i].pos.0;
+        let mut t = self.nodes[src].pos.0;
+        while let Some(p) = self.timelines[t].parent.filter(|p| *p != mine) {
+            t = p;
+        }
+        let late = !self.nodes[i].ahead_at_branch.contains(&t);
+        if late {
+            self.report.late_divergences += 1;
+        }
+        let when = if late {
+            "received after the promotion"
+        } else {
+            "held at the promotion"
+        };
+        self.log(format!("{why} (WAL {when})"));
+    }
+
     /// Repoints standby `i` at `t`, unless its timeline diverged from `t`'s.
     fn follow(&mut self, i: usize, t: usize, event: &str) {
         let (id, tid) = (self.nodes[i].id, self.nodes[t].id);
         if self.nodes[t].is_primary() && self.diverged_from(i, t) {
-            self.nodes[i].state.diverged = true;
-            self.log(format!("node {id} cannot follow node {tid}: diverged"));
+            self.mark_diverged(
+                i,
+                t,
+                format!("node {id} cannot follow node {tid}: diverged"),
+            );
             return;
         }
         self.nodes[i].source = Some(t);
@@ -1376,10 +1432,9 @@ impl World {
             }
             let (n, s) = (&self.nodes[i], &self.nodes[src]);
             if !self.contains(s.pos, n.pos) {
-                if !n.state.diverged && self.diverged_from(i, src) {
+                if self.diverged_from(i, src) {
                     let id = n.id;
-                    self.nodes[i].state.diverged = true;
-                    self.log(format!("node {id} diverged from its upstream"));
+                    self.mark_diverged(i, src, format!("node {id} diverged from its upstream"));
                 }
                 continue;
             }
@@ -1914,6 +1969,8 @@ pub fn run_many(first_seed: u64, count: u64) -> Result<Report, Violation> {
         total.commits += r.commits;
         total.acknowledged += r.acknowledged;
         total.operator_actions += r.operator_actions;
+        total.divergences += r.divergences;
+        total.late_divergences += r.late_divergences;
     }
     Ok(total)
 }

@@ -18,13 +18,15 @@ fn seeded_schedules_keep_every_invariant() {
     let started = Instant::now();
     match repmgr_sim::run_many(first, count) {
         Ok(r) => println!(
-            "simulation: {count} schedules (seeds {first}..{}) in {:.1} s: {} elections, {} promotions, {} commit steps ({} acknowledged by a synchronous quorum), no invariant broken",
+            "simulation: {count} schedules (seeds {first}..{}) in {:.1} s: {} elections, {} promotions, {} commit steps ({} acknowledged by a synchronous quorum), {} standbys diverged ({} with WAL received after the promotion), no invariant broken",
             first + count - 1,
             started.elapsed().as_secs_f64(),
             r.elections,
             r.promotions,
             r.commits,
-            r.acknowledged
+            r.acknowledged,
+            r.divergences,
+            r.late_divergences
         ),
         Err(v) => panic!(
             "{v}\nreplay: REPMGR_SIM_SEED={} REPMGR_SIM_SCHEDULES=1 cargo test -p repmgr-sim -- --nocapture",

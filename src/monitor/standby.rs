@@ -90,6 +90,7 @@ impl Monitor {
             node: Some(upstream.node_id),
             unreachable: tracker.is_some_and(|u| !u.is_up()),
             down: tracker.is_some_and(|u| u.down_since().is_some()),
+            detached: follow::streams_from_nobody(),
         };
         if self.pending_follow.is_none()
             && let Some((target, event)) = self.failover.follow_decision(state)

@@ -1,0 +1,188 @@
+//! A standby stops streaming from a primary it has moved past (it voted for another node, or
+//! learnt of a newer term) and streams again only from a primary it supports.
+
+use std::time::Duration;
+
+use repmgr_core::driver::{Action, Catalog, Driver, Input, Settings, Upstream};
+use repmgr_core::durable::Saved;
+use repmgr_core::event;
+use repmgr_core::lease::Timing;
+use repmgr_core::node::{NodeRecord, NodeType};
+use repmgr_core::state::{Disk, State};
+use repmgr_core::vote::Durable;
+
+const TIMING: Timing = Timing {
+    heartbeat: Duration::from_millis(250),
+    fence: Duration::from_millis(1500),
+    lease: Duration::from_millis(2500),
+};
+
+struct NoDisk;
+
+impl Disk for NoDisk {
+    fn save(&mut self, _: &Saved) -> bool {
+        true
+    }
+}
+
+fn node(id: i32, node_type: NodeType) -> NodeRecord {
+    NodeRecord {
+        node_id: id,
+        upstream_node_id: None,
+        active: true,
+        node_name: format!("node{id}"),
+        node_type,
+        location: "default".into(),
+        priority: 100,
+        conninfo: format!("host=node{id}"),
+        repluser: "repmgr".into(),
+        slot_name: None,
+        config_file: String::new(),
+    }
+}
+
+/// Node 2, a standby streaming from primary 1, with node 3 another standby.
+fn standby() -> (Driver, State) {
+    let settings = Settings {
+        timing: Ok(TIMING),
+        automatic: true,
+        priority: 100,
+        max_lag: 0,
+        visibility_consensus: false,
+        validation_command: false,
+        election_rerun_interval: Duration::from_secs(15),
+        disconnect_on_failover: false,
+        fence_shutdown: false,
+    };
+    let mut d = Driver::new(2, settings, TIMING, 7);
+    let mut s = State::new(2, None, Duration::ZERO, 1, TIMING);
+    let catalog = Catalog {
+        nodes: vec![
+            node(1, NodeType::Primary),
+            node(2, NodeType::Standby),
+            node(3, NodeType::Standby),
+        ],
+        version: 1,
+        previous: Vec::new(),
+        changed_by: None,
+    };
+    d.step(
+        Duration::ZERO,
+        &mut s,
+        &mut NoDisk,
+        Input::Observe {
+            catalog: Some(catalog),
+            in_recovery: true,
+        },
+    );
+    (d, s)
+}
+
+fn streaming_from(id: i32) -> Upstream {
+    Upstream {
+        node: Some(id),
+        unreachable: false,
+        down: false,
+        detached: false,
+    }
+}
+
+fn detached_from(id: i32) -> Upstream {
+    Upstream {
+        detached: true,
+        ..streaming_from(id)
+    }
+}
+
+fn support(s: &mut State, term: u64, node: Option<i32>) {
+    s.voter.durable = Durable {
+        term,
+        supports: node,
+        fence: TIMING.fence,
+    };
+    s.voter.leader = node;
+}
+
+/// The detach actions and their events one tick produces.
+fn tick(d: &mut Driver, s: &mut State, ms: u64) -> (Vec<i32>, usize) {
+    let actions = d.step(Duration::from_millis(ms), s, &mut NoDisk, Input::Tick);
+    let from = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Detach { from } => Some(*from),
+            _ => None,
+        })
+        .collect();
+    let events = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Event(e) if e.name == event::REPMGRD_UPSTREAM_DISCONNECT))
+        .count();
+    (from, events)
+}
+
+#[test]
+fn a_vote_for_another_node_detaches_from_the_old_primary_once() {
+    let (mut d, mut s) = standby();
+    support(&mut s, 1, Some(1));
+    assert_eq!(d.follow_decision(&s, streaming_from(1)), None);
+    assert_eq!(
+        tick(&mut d, &mut s, 10),
+        (vec![], 0),
+        "it supports its upstream"
+    );
+
+    // It grants node 3 its vote in term 2.
+    support(&mut s, 2, Some(3));
+    assert_eq!(tick(&mut d, &mut s, 20), (vec![1], 1));
+    assert_eq!(tick(&mut d, &mut s, 30), (vec![], 0), "once per term");
+    // Until a monitoring round sees the emptied primary_conninfo, nothing more happens.
+    let _ = d.follow_decision(&s, streaming_from(1));
+    assert_eq!(tick(&mut d, &mut s, 40), (vec![], 0));
+
+    // Detached, it follows the node it voted for.
+    let (target, _) = d
+        .follow_decision(&s, detached_from(1))
+        .expect("a detached standby follows the primary it supports");
+    assert_eq!(target.node_id, 3);
+}
+
+#[test]
+fn a_newer_term_detaches_and_the_old_primary_is_followed_again_once_it_leads_in_one() {
+    let (mut d, mut s) = standby();
+    support(&mut s, 1, Some(1));
+    assert_eq!(d.follow_decision(&s, streaming_from(1)), None);
+    assert_eq!(tick(&mut d, &mut s, 10), (vec![], 0));
+    // Another voter told it of term 2 (an election it took no part in): it supports nobody.
+    support(&mut s, 2, None);
+    assert_eq!(tick(&mut d, &mut s, 20), (vec![1], 1));
+    // The catalog still names node 1 the primary: it does not stream from it in term 2.
+    assert_eq!(d.follow_decision(&s, detached_from(1)), None);
+    // The election failed and node 1 leads again, in term 3.
+    support(&mut s, 3, Some(1));
+    let (target, _) = d
+        .follow_decision(&s, detached_from(1))
+        .expect("it streams again from the primary it supports");
+    assert_eq!(target.node_id, 1);
+    assert_eq!(tick(&mut d, &mut s, 30), (vec![], 0));
+}
+
+#[test]
+fn no_detach_without_knowing_whom_it_supported() {
+    // A standby started with no saved support that hears of a newer term knows nothing
+    // about its upstream's term: it keeps streaming (its next look around tells it more).
+    let (mut d, mut s) = standby();
+    support(&mut s, 5, None);
+    let _ = d.follow_decision(&s, streaming_from(1));
+    assert_eq!(tick(&mut d, &mut s, 10), (vec![], 0));
+}
+
+#[test]
+fn a_former_primary_streaming_again_does_not_detach_from_its_successor() {
+    // Node 2 was the primary in term 4 (it supports itself there), then was rejoined or
+    // demoted and streams from node 1, which leads in a later term it has not heard yet.
+    let (mut d, mut s) = standby();
+    support(&mut s, 4, Some(2));
+    s.voter.leader = None;
+    assert_eq!(d.follow_decision(&s, streaming_from(1)), None);
+    assert_eq!(tick(&mut d, &mut s, 10), (vec![], 0));
+}
