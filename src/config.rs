@@ -71,6 +71,21 @@ static HTTP_PORT: GucSetting<i32> = GucSetting::<i32>::new(8008);
 static SYNCHRONOUS_STANDBYS: GucSetting<i32> = GucSetting::<i32>::new(0);
 static SYNCHRONOUS_MODE: GucSetting<SyncMode> = GucSetting::<SyncMode>::new(SyncMode::Strict);
 static ALLOW_DROP_EXTENSION: GucSetting<bool> = GucSetting::<bool>::new(false);
+static AUTO_REJOIN: GucSetting<AutoRejoinMode> =
+    GucSetting::<AutoRejoinMode>::new(AutoRejoinMode::On);
+static CLI_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `repmgr.auto_rejoin`.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AutoRejoinMode {
+    #[name = c"on"]
+    On,
+    #[name = c"off"]
+    Off,
+    /// Held (maintenance): the node says it needs a rejoin and waits.
+    #[name = c"pause"]
+    Pause,
+}
 
 /// `repmgr.synchronous_mode`: what the primary does when fewer standbys stream than
 /// `repmgr.synchronous_standbys` asks for.
@@ -402,6 +417,22 @@ fn define_failover() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_enum_guc(
+        c"repmgr.auto_rejoin",
+        c"Whether a replaced primary or a diverged standby rejoins the current primary by itself (pg_rewind, run outside the server): on, off, or pause.",
+        c"",
+        &AUTO_REJOIN,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"repmgr.cli_path",
+        c"The repmgr command line the automatic rejoin runs (empty: repmgr in the server's bindir, /usr/bin or /usr/local/bin).",
+        c"",
+        &CLI_PATH,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
     int_setting(
         c"repmgr.synchronous_standbys",
         c"Standbys that must flush each commit before it is acknowledged (0: asynchronous); the primary manages synchronous_standby_names.",
@@ -639,6 +670,9 @@ pub struct FailoverSettings {
     pub election_rerun_interval: Duration,
     pub disconnect_on_failover: bool,
     pub fence_action: FenceAction,
+    pub auto_rejoin: AutoRejoinMode,
+    /// `repmgr.cli_path`, when set.
+    pub cli_path: Option<String>,
     /// `repmgr.synchronous_standbys` and `repmgr.synchronous_mode`.
     pub synchronous_standbys: u32,
     pub synchronous_mode: repmgr_core::quorum::Mode,
@@ -657,6 +691,11 @@ impl FailoverSettings {
             election_rerun_interval: self.election_rerun_interval,
             disconnect_on_failover: self.disconnect_on_failover,
             fence_shutdown: self.fence_action == FenceAction::Shutdown,
+            auto_rejoin: match self.auto_rejoin {
+                AutoRejoinMode::On => repmgr_core::driver::AutoRejoin::On,
+                AutoRejoinMode::Off => repmgr_core::driver::AutoRejoin::Off,
+                AutoRejoinMode::Pause => repmgr_core::driver::AutoRejoin::Pause,
+            },
         }
     }
 
@@ -675,6 +714,8 @@ impl FailoverSettings {
             election_rerun_interval: millis(ELECTION_RERUN_INTERVAL.get()),
             disconnect_on_failover: STANDBY_DISCONNECT_ON_FAILOVER.get(),
             fence_action: FENCE_ACTION.get(),
+            auto_rejoin: AUTO_REJOIN.get(),
+            cli_path: string(&CLI_PATH),
             synchronous_standbys: SYNCHRONOUS_STANDBYS.get().max(0) as u32,
             synchronous_mode: match SYNCHRONOUS_MODE.get() {
                 SyncMode::Strict => repmgr_core::quorum::Mode::Strict,

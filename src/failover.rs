@@ -203,12 +203,16 @@ impl Failover {
                 ok: self.validated(visible, lost, total),
             }],
             Action::StopWalReceiver => {
-                stop_wal_receiver(
+                crate::follow::stop_wal_receiver(
                     &self.settings.describe(),
                     "for the election (repmgr.standby_disconnect_on_failover)",
                 );
                 Vec::new()
             }
+            Action::Rejoin { why } => match crate::rejoin::start(&self.settings, &why) {
+                Ok(()) => Vec::new(),
+                Err((why, retry)) => vec![Input::RejoinRefused { why, retry }],
+            },
             Action::Detach { from } => {
                 // An empty primary_conninfo first, so that the startup process does not start
                 // a new receiver against the same node; the follow decision sets it again.
@@ -219,7 +223,7 @@ impl Failover {
                         f.message
                     );
                 }
-                stop_wal_receiver(
+                crate::follow::stop_wal_receiver(
                     &self.settings.describe(),
                     &format!("to stop streaming from node {from}"),
                 );
@@ -573,23 +577,6 @@ fn local_facts() -> LocalFacts {
                 quorum_version: 0,
             }
         }
-    }
-}
-
-/// `repmgr.standby_disconnect_on_failover`: stops this standby's WAL receiver, so the
-/// positions compared in the election stop moving. The startup process starts a new one
-/// after `wal_retrieve_retry_interval`, or the follow repoints it.
-fn stop_wal_receiver(me: &str, why: &str) {
-    // The WAL receiver is an auxiliary process, which pg_terminate_backend() refuses to
-    // signal; the server's own user may.
-    let pid: Option<i32> =
-        in_transaction(|| Local.read("SELECT pid FROM pg_catalog.pg_stat_wal_receiver", &[]))
-            .ok()
-            .and_then(|r| r.get(0, 0).and_then(|v| v.parse().ok()));
-    if let Some(pid) = pid.filter(|p| *p > 0)
-        && unsafe { libc::kill(pid, libc::SIGTERM) } == 0
-    {
-        log!("repmgr: {me} stopped its WAL receiver (pid {pid}) {why}");
     }
 }
 

@@ -50,7 +50,7 @@ pub fn refusal() -> Option<Failure> {
             f.timing.fence.as_millis(),
             if lease.changing() { ", under both the node list and the one before it" } else { "" }
         ))
-        .hint("Send writes to the current primary (SELECT * FROM repmgr.daemon_status()). If this node was replaced it needs repmgr node rejoin."),
+        .hint("Send writes to the current primary (SELECT * FROM repmgr.daemon_status()). If this node was replaced, it rejoins that primary by itself while repmgr.auto_rejoin is on; otherwise run repmgr node rejoin."),
     )
 }
 

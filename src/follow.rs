@@ -60,6 +60,28 @@ pub fn set_and_reload(settings: &[(&str, Option<&str>)]) -> Result<()> {
     Ok(())
 }
 
+/// Stops this standby's WAL receiver, if one runs; `why` ends the log line. The receiver is
+/// an auxiliary process, which pg_terminate_backend() refuses to signal; the server's own
+/// user may. Its pid is read from shared memory, so this works in any process, inside a
+/// transaction or not.
+pub fn stop_wal_receiver(me: &str, why: &str) {
+    let pid = unsafe {
+        let w = pg_sys::WalRcv;
+        if w.is_null() { 0 } else { (*w).pid }
+    };
+    if pid > 0 && unsafe { libc::kill(pid, libc::SIGTERM) } == 0 {
+        log!("repmgr: {me} stopped its WAL receiver (pid {pid}) {why}");
+    }
+}
+
+/// Whether this standby's WAL receiver is streaming.
+pub fn receiver_streams() -> bool {
+    unsafe {
+        let w = pg_sys::WalRcv;
+        !w.is_null() && (*w).walRcvState == pg_sys::WalRcvState::WALRCV_STREAMING
+    }
+}
+
 /// Whether this standby's `primary_conninfo` is empty (as the worker's last reload read it):
 /// it streams from nobody.
 pub fn streams_from_nobody() -> bool {

@@ -31,6 +31,7 @@ mod protocol;
 mod quorum;
 mod raise;
 mod registration;
+mod rejoin;
 mod shmem;
 mod status;
 mod worker;

@@ -292,6 +292,15 @@ fn request_vote(
             "repmgr: node {} votes for node {candidate} in term {term}",
             st.failover.node_id
         );
+        // WAL the old primary sends from now on is on a branch the candidate does not
+        // continue: stop receiving it at once, without waiting for the worker (which may be
+        // in the middle of a connection attempt), which then detaches for good.
+        if recovery {
+            crate::follow::stop_wal_receiver(
+                &settings.describe(),
+                &format!("at once: it voted for node {candidate} in term {term}"),
+            );
+        }
         shmem::wake_worker();
     }
     TableIterator::once((reply.term as i64, reply.granted, reply.reason))

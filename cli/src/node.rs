@@ -890,6 +890,8 @@ const KEPT_FILES: &[&str] = &[
     "pg_hba.conf",
     "pg_ident.conf",
     "repmgr_failover.state",
+    // The automatic rejoin's attempt counter (the extension's src/rejoin.rs).
+    "repmgr_rejoin.attempts",
 ];
 
 fn rewind(ctx: &Ctx, dir: &Path, primary: &NodeRecord) -> Result<()> {

@@ -42,6 +42,18 @@ pub struct Settings {
     pub disconnect_on_failover: bool,
     /// `repmgr.fence_action = shutdown`.
     pub fence_shutdown: bool,
+    /// `repmgr.auto_rejoin`.
+    pub auto_rejoin: AutoRejoin,
+}
+
+/// `repmgr.auto_rejoin`: whether a node that finds it was replaced (or diverged) rejoins the
+/// current primary by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoRejoin {
+    On,
+    Off,
+    /// Held: it says it needs a rejoin, and waits.
+    Pause,
 }
 
 /// The catalog of this node, as a monitoring round read it.
@@ -169,6 +181,12 @@ pub enum Input {
     Notified {
         from: NodeId,
     },
+    /// [`Action::Rejoin`] could not start: why, and whether it may work later (no writable
+    /// primary yet) or never will as things are (pg_rewind cannot run, too many attempts).
+    RejoinRefused {
+        why: String,
+        retry: bool,
+    },
     /// `repmgr.promote()`, request number `seq`.
     ManualPromote {
         seq: u64,
@@ -259,6 +277,11 @@ pub enum Action {
     },
     /// Make new sessions read-only by default (fenced), or undo it.
     MarkReadOnly(bool),
+    /// Rejoin the current primary as a standby, outside the server (which must stop for a
+    /// rewind): a replaced primary, or a standby whose timeline diverged. `why` says which.
+    Rejoin {
+        why: String,
+    },
     /// `repmgr.fence_action = shutdown`: stop the server.
     Shutdown,
     Event(Event),
@@ -387,6 +410,14 @@ pub struct Driver {
     recording: bool,
     /// The catalog lost this node's record or the primary's: said once.
     said_unlisted: bool,
+    /// Automatic rejoin: since when this node has needed one, when it may next try, the
+    /// back-off after a refusal, and why it will not try again (until a reload).
+    needs_rejoin_since: Option<Duration>,
+    /// Since when this primary has been fenced (it looks around once that lasts a lease).
+    fenced_since: Option<Duration>,
+    rejoin_at: Duration,
+    rejoin_backoff: Duration,
+    rejoin_blocked: Option<String>,
     /// What this standby streams from, as the monitoring round last passed it (updated at
     /// once by a follow or detach decided here).
     upstream: Option<Upstream>,
@@ -399,6 +430,12 @@ pub struct Driver {
     said_save_failed: bool,
     actions: Vec<Action>,
 }
+
+/// How long a node must have needed a rejoin before it starts one.
+const REJOIN_GRACE: Duration = Duration::from_secs(5);
+/// The first wait after a refused rejoin, doubled each time up to [`REJOIN_BACKOFF_MAX`].
+const REJOIN_BACKOFF_FIRST: Duration = Duration::from_secs(5);
+const REJOIN_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// The membership versions the voters of round `a` reported.
 fn versions_of(a: &Asking) -> Vec<(NodeId, u64)> {
@@ -449,6 +486,11 @@ impl Driver {
             unrecorded: None,
             recording: false,
             said_unlisted: false,
+            needs_rejoin_since: None,
+            fenced_since: None,
+            rejoin_at: Duration::ZERO,
+            rejoin_backoff: REJOIN_BACKOFF_FIRST,
+            rejoin_blocked: None,
             upstream: None,
             last_support: None,
             detached_in: None,
@@ -817,6 +859,7 @@ impl Driver {
                 force,
                 allow_data_loss,
             } => self.manual_promote(now, seq, force, allow_data_loss),
+            Input::RejoinRefused { why, retry } => self.rejoin_refused(now, why, retry),
         }
         std::mem::take(&mut self.actions)
     }
@@ -838,6 +881,9 @@ impl Driver {
             }
         }
         self.settings = settings;
+        // A changed configuration may have fixed what stood in the way.
+        self.rejoin_blocked = None;
+        self.rejoin_backoff = REJOIN_BACKOFF_FIRST;
         self.publish(state);
     }
 
@@ -900,6 +946,15 @@ impl Driver {
         self.poll(now, state);
         self.track_outage(now, state);
         self.detach_if_superseded(state);
+        let diverged = state.diverged
+            && self
+                .me
+                .as_ref()
+                .is_some_and(|m| m.node_type == NodeType::Standby);
+        self.want_rejoin(
+            now,
+            diverged.then_some("its timeline diverged from the primary's"),
+        );
         match &self.phase {
             Phase::Idle
                 if state.voter.should_look_around(now, &self.timing) && now >= self.retry_at =>
@@ -1114,6 +1169,22 @@ impl Driver {
         }
         let Some(l) = state.lease else { return };
         let leading = l.may_commit(now, fence);
+        // A fenced primary nobody polls any more (its voters follow a newer primary; it was
+        // stopped, frozen or cut off meanwhile) asks them how things look, to learn it was
+        // replaced.
+        if leading {
+            self.fenced_since = None;
+        } else {
+            let since = *self.fenced_since.get_or_insert(now);
+            if now >= since + self.timing.lease && self.phase == Phase::Idle && now >= self.retry_at
+            {
+                self.look_around(now, None);
+            }
+        }
+        if matches!(&self.phase, Phase::Asking(a) if now >= a.until) {
+            self.close_round(now, state, disk, true);
+        }
+        let Some(l) = state.lease else { return };
         let newer = l.newer_term;
         let lapses = l.lapses();
         let seen = self.lapses_seen.replace((l.incarnation, lapses.count));
@@ -1168,13 +1239,22 @@ impl Driver {
         }
         if let (false, Some(t), false) = (leading, newer, self.reported_replaced) {
             self.reported_replaced = true;
+            let next = match self.settings.auto_rejoin {
+                AutoRejoin::On => {
+                    "it rejoins the new primary once one answers (repmgr.auto_rejoin)"
+                }
+                AutoRejoin::Pause => "it stays fenced: repmgr.auto_rejoin is pause",
+                AutoRejoin::Off => "it stays fenced and needs repmgr node rejoin",
+            };
             self.say(
                 Level::Warning,
-                format!(
-                    "node {me} was replaced: its voters are in term {t}; it stays fenced and needs repmgr node rejoin"
-                ),
+                format!("node {me} was replaced: its voters are in term {t}; {next}"),
             );
         }
+        let replaced = newer
+            .filter(|_| !leading)
+            .map(|t| format!("it was replaced as primary: its voters are in term {t}"));
+        self.want_rejoin(now, replaced.as_deref());
         if leading {
             self.reported_replaced = false;
             if let (Some(term), false) = (self.unrecorded, self.recording) {
@@ -1182,6 +1262,60 @@ impl Driver {
                 self.actions.push(Action::RecordPromotion { term });
             }
         }
+    }
+
+    /// Asks for an automatic rejoin while `why` holds (a replaced primary, a diverged
+    /// standby), once it has held for [`REJOIN_GRACE`] (a failed election's primary wins its
+    /// role back in that time) and no sooner than the back-off allows.
+    fn want_rejoin(&mut self, now: Duration, why: Option<&str>) {
+        let Some(why) = why else {
+            self.needs_rejoin_since = None;
+            self.rejoin_backoff = REJOIN_BACKOFF_FIRST;
+            return;
+        };
+        let since = *self.needs_rejoin_since.get_or_insert(now);
+        if self.settings.auto_rejoin != AutoRejoin::On
+            || self.paused
+            || self.rejoin_blocked.is_some()
+            || now < since + REJOIN_GRACE
+            || now < self.rejoin_at
+        {
+            return;
+        }
+        // Until the caller says otherwise, the attempt is under way: the server stops.
+        self.rejoin_at = now + self.rejoin_backoff;
+        self.say(
+            Level::Warning,
+            format!(
+                "{}: {why}; rejoining the current primary as a standby (repmgr.auto_rejoin)",
+                self.describe_me()
+            ),
+        );
+        self.actions.push(Action::Rejoin {
+            why: why.to_string(),
+        });
+    }
+
+    fn rejoin_refused(&mut self, now: Duration, why: String, retry: bool) {
+        let me = self.describe_me();
+        if retry {
+            self.rejoin_at = now + self.rejoin_backoff;
+            self.say(
+                Level::Info,
+                format!(
+                    "{me} cannot rejoin yet: {why}; trying again in {} s",
+                    self.rejoin_backoff.as_secs()
+                ),
+            );
+            self.rejoin_backoff = (self.rejoin_backoff * 2).min(REJOIN_BACKOFF_MAX);
+            return;
+        }
+        let details = format!(
+            "{me} does not rejoin automatically: {why}; it stays as it is until repmgr node rejoin or a reload"
+        );
+        self.say(Level::Warning, details.clone());
+        self.failed_event(event::NODE_REJOIN, details);
+        self.rejoin_blocked = Some(why);
     }
 
     fn recorded(&mut self, term: u64, result: Result<(), String>, retry: bool) {
@@ -1278,7 +1412,13 @@ impl Driver {
             .filter_map(|(_, p)| p.as_ref().map(|p| p.answer.term))
             .max()
             .unwrap_or(0);
-        if state
+        if self.is_primary() {
+            // A fenced primary that looked around: a newer term means it was replaced. It
+            // keeps its own vote (it supports itself in its term).
+            if let Some(l) = state.lease.as_mut() {
+                l.note_newer_term(newest);
+            }
+        } else if state
             .durably(disk, |s| s.voter.learn_term(newest))
             .is_none()
         {

@@ -604,6 +604,14 @@ impl Lease {
         into >= take.as_micros()
     }
 
+    /// A voter asked directly (this primary looked around while fenced) is in `term`: as if it
+    /// had said so in a poll.
+    pub fn note_newer_term(&mut self, term: u64) {
+        if term > self.term {
+            self.newer_term = Some(self.newer_term.map_or(term, |t| t.max(term)));
+        }
+    }
+
     /// When a voter reported a newer term (a failed election raised it) while this primary
     /// still holds its lease, moves to a term above it and returns it (persist it before the
     /// next reply). Voters that raised their term can then confirm this primary again. Safe

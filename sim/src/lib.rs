@@ -34,7 +34,9 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use repmgr_core::driver::{Action, Catalog, Driver, Input, LocalFacts, Settings, Upstream};
+use repmgr_core::driver::{
+    Action, AutoRejoin, Catalog, Driver, Input, LocalFacts, Settings, Upstream,
+};
 use repmgr_core::durable::Saved;
 use repmgr_core::event;
 use repmgr_core::lease::{
@@ -154,6 +156,7 @@ pub fn default_settings() -> Settings {
         election_rerun_interval: ms(15_000),
         disconnect_on_failover: false,
         fence_shutdown: false,
+        auto_rejoin: AutoRejoin::On,
     }
 }
 
@@ -186,9 +189,18 @@ impl Config {
         } else {
             0
         };
+        // Its own stream too: the schedules of earlier versions stay as they were.
+        let mut rejoin_rng = Rng::new(seed ^ 0x2E_301E);
         let nodes = (0..voters)
             .map(|i| {
                 let mut s = default_settings();
+                s.auto_rejoin = if rejoin_rng.chance(100_000) {
+                    AutoRejoin::Off
+                } else if rejoin_rng.chance(100_000) {
+                    AutoRejoin::Pause
+                } else {
+                    AutoRejoin::On
+                };
                 s.timing = Ok(random_timing(&mut rng));
                 let is_witness = i >= data_nodes;
                 if i > 0 && !is_witness {
@@ -390,6 +402,8 @@ pub struct Report {
     /// Of those, the ones that received that WAL after the promotion that began the primary's
     /// timeline (from a replaced primary): what detaching from it prevents.
     pub late_divergences: u64,
+    /// Automatic rejoins carried out.
+    pub rejoins: u64,
 }
 
 /// A broken invariant, with the tail of the trace that led to it.
@@ -985,6 +999,7 @@ impl World {
                 }
             }
             Action::MarkReadOnly(_) => {}
+            Action::Rejoin { why } => self.rejoin(i, &why),
             Action::Shutdown => {
                 self.log(format!(
                     "node {id} shuts down (repmgr.fence_action = shutdown)"
@@ -1856,6 +1871,44 @@ impl World {
         }
     }
 
+    /// What the worker's rejoin helper does: once a writable primary answers, stop this
+    /// node, rewind it onto that primary's history (what only it wrote is discarded), make it
+    /// a standby streaming from it, start it, and mark it an active standby in the catalog
+    /// (`repmgr node rejoin`).
+    fn rejoin(&mut self, i: usize, why: &str) {
+        let now = self.now;
+        let id = self.nodes[i].id;
+        let target = (0..self.nodes.len()).find(|&j| {
+            j != i && self.nodes[j].can_commit(now) && !self.blocked[i][j] && !self.blocked[j][i]
+        });
+        let Some(j) = target else {
+            let why = "no writable primary answers".to_string();
+            self.drive(i, Input::RejoinRefused { why, retry: true });
+            return;
+        };
+        let tid = self.nodes[j].id;
+        self.log(format!("node {id} rejoins node {tid} ({why})"));
+        self.crash(i);
+        let pos = self.nodes[j].pos;
+        let n = &mut self.nodes[i];
+        n.in_recovery = true;
+        n.pos = pos;
+        n.source = Some(j);
+        self.restart(i);
+        self.nodes[i].state.diverged = false;
+        self.report.rejoins += 1;
+        let r = self.write_catalog(j, |c, _| {
+            if let Some(r) = c.nodes.iter_mut().find(|r| r.node_id == id) {
+                r.node_type = NodeType::Standby;
+                r.active = true;
+                r.upstream_node_id = Some(tid);
+            }
+        });
+        if let Err(e) = r {
+            self.log(format!("node {id}'s record not updated on node {tid}: {e}"));
+        }
+    }
+
     fn crash(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         n.up = false;
@@ -1971,6 +2024,7 @@ pub fn run_many(first_seed: u64, count: u64) -> Result<Report, Violation> {
         total.operator_actions += r.operator_actions;
         total.divergences += r.divergences;
         total.late_divergences += r.late_divergences;
+        total.rejoins += r.rejoins;
     }
     Ok(total)
 }

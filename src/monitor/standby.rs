@@ -99,6 +99,7 @@ impl Monitor {
             let _ = self.start_follow(now, snap, me, &target, event, None);
         }
         self.confirm_follow(now, me);
+        crate::rejoin::note_streaming();
         self.degraded_check(now)?;
         Ok(self.until_next_check())
     }

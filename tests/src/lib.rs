@@ -378,6 +378,10 @@ impl Cluster {
             "max_replication_slots = 10".into(),
             "wal_keep_size = '256MB'".into(),
             "log_line_prefix = '%m [%p] '".into(),
+            // Tests of the automatic rejoin turn it on; the others check fencing and the
+            // manual rejoin.
+            "repmgr.auto_rejoin = off".into(),
+            format!("repmgr.cli_path = '{}'", cli().display()),
         ];
         if opts.preload {
             lines.push("shared_preload_libraries = 'repmgr'".into());
@@ -993,6 +997,7 @@ fn signal_tree(pid: i32, signal: i32) {
 
 /// Stops every server whose data directory is directly inside `dir`.
 pub fn stop_servers(dir: &Path) {
+    kill_rejoin_helpers(dir);
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
@@ -1038,6 +1043,41 @@ pub fn stop_servers(dir: &Path) {
 }
 
 /// Stops every server in `dir` and removes the directory.
+/// The automatic rejoin's helpers that the servers under `dir` started (each names its
+/// process in the server log), with their process groups: they outlive the server they
+/// stop, and must not start it again once the test is over.
+fn kill_rejoin_helpers(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let logs = entries.flatten().map(|e| e.path()).flat_map(|p| {
+        if p.is_dir() {
+            vec![p.join("repmgr-start.log")]
+        } else {
+            vec![p]
+        }
+    });
+    for log in logs.filter(|p| p.extension().is_some_and(|e| e == "log")) {
+        let Ok(text) = fs::read_to_string(&log) else {
+            continue;
+        };
+        for line in text.lines().filter(|l| l.contains("starts its rejoin of")) {
+            let pid = line
+                .split("in process ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|p| p.parse::<i32>().ok());
+            let ours = |pid: i32| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("rejoin"))
+            };
+            if let Some(pid) = pid.filter(|p| *p > 0 && ours(*p)) {
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 pub fn destroy(dir: &Path) {
     stop_servers(dir);
     let _ = fs::remove_dir_all(dir);

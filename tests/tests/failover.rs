@@ -669,3 +669,93 @@ fn fence_action_shutdown_stops_a_primary_that_lost_its_lease() {
         c.log(1)
     );
 }
+
+/// Options for a cluster that rejoins by itself (pg_rewind needs wal_log_hints).
+fn self_healing(_: i32) -> NodeOptions {
+    NodeOptions::default()
+        .conf("wal_log_hints = on")
+        .conf("repmgr.auto_rejoin = on")
+}
+
+/// Waits until `old` streams from `primary` as a standby, with no command run; returns how
+/// long that took from `since`.
+fn rejoined(c: &Cluster, old: i32, primary: i32, since: Instant) -> Duration {
+    c.wait_for_or_explain(
+        &format!("node {old} to rejoin node {primary} by itself"),
+        Duration::from_secs(30),
+        || c.streams_from(primary, old).then_some(()),
+        || c.log_tails(40),
+    );
+    let took = since.elapsed();
+    assert_eq!(
+        c.value(old, "SELECT pg_is_in_recovery()::text").as_deref(),
+        Some("true")
+    );
+    c.wait_for("the rejoin's event on the primary", WAIT, || {
+        c.value(
+            primary,
+            &format!("SELECT successful::text FROM repmgr.events WHERE node_id = {old} AND event = 'node_rejoin' ORDER BY event_timestamp DESC LIMIT 1"),
+        )
+        .filter(|v| v == "t" || v == "true")
+    });
+    assert_eq!(c.writable(&[1, 2, 3]), [primary]);
+    took
+}
+
+#[test]
+fn a_replaced_primary_rejoins_by_itself_after_a_crash_a_freeze_and_a_long_stop() {
+    let c = cluster("selfheal", &[2, 3], self_healing);
+    c.settled(1, &[2, 3], WAIT);
+
+    // kill -9 of the whole node, then a start as a reboot would.
+    c.crash(1);
+    let second = c.one_writable(&[2, 3], WAIT);
+    let started = Instant::now();
+    c.start(1);
+    let took = rejoined(&c, 1, second, started);
+    println!(
+        "after kill -9 and a start: node 1 streams from node {second} {:.1} s after the start",
+        took.as_secs_f64()
+    );
+    let third_one = [1, 2, 3]
+        .into_iter()
+        .find(|n| *n != second && *n != 1)
+        .unwrap();
+    c.wait_for("both standbys to stream", WAIT, || {
+        c.streams_from(second, third_one).then_some(())
+    });
+
+    // A freeze longer than the lease: replaced while frozen, it rejoins once thawed.
+    c.settled(second, &[1, third_one], WAIT);
+    c.freeze(second);
+    let others: Vec<i32> = [1, 2, 3].into_iter().filter(|n| *n != second).collect();
+    let third = c.one_writable(&others, WAIT);
+    let thawed = Instant::now();
+    c.thaw(second);
+    let took = rejoined(&c, second, third, thawed);
+    println!(
+        "after a freeze and the thaw: node {second} streams from node {third} {:.1} s after the thaw",
+        took.as_secs_f64()
+    );
+
+    // Stopped for longer than the lease (a package upgrade): replaced, then back as a standby.
+    c.settled(
+        third,
+        &[1, 2, 3]
+            .into_iter()
+            .filter(|n| *n != third)
+            .collect::<Vec<_>>(),
+        WAIT,
+    );
+    c.stop(third);
+    let rest: Vec<i32> = [1, 2, 3].into_iter().filter(|n| *n != third).collect();
+    let fourth = c.one_writable(&rest, WAIT);
+    std::thread::sleep(Duration::from_secs(5));
+    let back = Instant::now();
+    c.start(third);
+    let took = rejoined(&c, third, fourth, back);
+    println!(
+        "after a 5 s stop and a start: node {third} streams from node {fourth} {:.1} s after the start",
+        took.as_secs_f64()
+    );
+}

@@ -1,9 +1,10 @@
-//! A standby stops streaming from a primary it has moved past (it voted for another node, or
-//! learnt of a newer term) and streams again only from a primary it supports.
+//! Self-healing decisions of the driver: a standby stops streaming from a primary it has moved
+//! past (it voted for another node, or learnt of a newer term) and streams again only from a
+//! primary it supports; a diverged standby asks for a rejoin, with back-off, within limits.
 
 use std::time::Duration;
 
-use repmgr_core::driver::{Action, Catalog, Driver, Input, Settings, Upstream};
+use repmgr_core::driver::{Action, AutoRejoin, Catalog, Driver, Input, Settings, Upstream};
 use repmgr_core::durable::Saved;
 use repmgr_core::event;
 use repmgr_core::lease::Timing;
@@ -43,6 +44,10 @@ fn node(id: i32, node_type: NodeType) -> NodeRecord {
 
 /// Node 2, a standby streaming from primary 1, with node 3 another standby.
 fn standby() -> (Driver, State) {
+    standby_with(AutoRejoin::On)
+}
+
+fn standby_with(auto_rejoin: AutoRejoin) -> (Driver, State) {
     let settings = Settings {
         timing: Ok(TIMING),
         automatic: true,
@@ -53,6 +58,7 @@ fn standby() -> (Driver, State) {
         election_rerun_interval: Duration::from_secs(15),
         disconnect_on_failover: false,
         fence_shutdown: false,
+        auto_rejoin,
     };
     let mut d = Driver::new(2, settings, TIMING, 7);
     let mut s = State::new(2, None, Duration::ZERO, 1, TIMING);
@@ -185,4 +191,77 @@ fn a_former_primary_streaming_again_does_not_detach_from_its_successor() {
     s.voter.leader = None;
     assert_eq!(d.follow_decision(&s, streaming_from(1)), None);
     assert_eq!(tick(&mut d, &mut s, 10), (vec![], 0));
+}
+
+/// The times, in ms from `from` to `to` every 100 ms, at which a tick asked for a rejoin; a
+/// refusal `refuse(at)` is fed back right after each.
+fn rejoins(
+    d: &mut Driver,
+    s: &mut State,
+    from: u64,
+    to: u64,
+    refuse: impl Fn(u64) -> Option<(String, bool)>,
+) -> Vec<u64> {
+    let mut asked = Vec::new();
+    for at in (from..=to).step_by(100) {
+        let now = Duration::from_millis(at);
+        let actions = d.step(now, s, &mut NoDisk, Input::Tick);
+        if actions.iter().any(|a| matches!(a, Action::Rejoin { .. })) {
+            asked.push(at);
+            if let Some((why, retry)) = refuse(at) {
+                d.step(now, s, &mut NoDisk, Input::RejoinRefused { why, retry });
+            }
+        }
+    }
+    asked
+}
+
+#[test]
+fn a_diverged_standby_asks_for_a_rejoin_after_a_grace_with_back_off() {
+    let (mut d, mut s) = standby();
+    support(&mut s, 1, Some(1));
+    let _ = d.follow_decision(&s, streaming_from(1));
+    assert!(rejoins(&mut d, &mut s, 0, 3000, |_| None).is_empty());
+    s.diverged = true;
+    // 5 s of grace from when it first saw the divergence (at 3.1 s); then, refused for want
+    // of a writable primary, 5 s, 10 s, 20 s apart.
+    let asked = rejoins(&mut d, &mut s, 3100, 45_000, |_| {
+        Some((
+            "no other node answers as a writable primary yet".into(),
+            true,
+        ))
+    });
+    assert_eq!(asked, [8100, 13_100, 23_100, 43_100]);
+}
+
+#[test]
+fn a_rejoin_that_cannot_work_is_asked_once() {
+    let (mut d, mut s) = standby();
+    s.diverged = true;
+    let asked = rejoins(&mut d, &mut s, 0, 120_000, |_| {
+        Some((
+            "pg_rewind needs wal_log_hints = on or data checksums".into(),
+            false,
+        ))
+    });
+    assert_eq!(asked, [5000]);
+}
+
+#[test]
+fn no_rejoin_when_off_paused_or_held() {
+    for mode in [AutoRejoin::Off, AutoRejoin::Pause] {
+        let (mut d, mut s) = standby_with(mode);
+        s.diverged = true;
+        assert!(
+            rejoins(&mut d, &mut s, 0, 30_000, |_| None).is_empty(),
+            "{mode:?}"
+        );
+    }
+    let (mut d, mut s) = standby();
+    d.step(Duration::ZERO, &mut s, &mut NoDisk, Input::Paused(true));
+    s.diverged = true;
+    assert!(
+        rejoins(&mut d, &mut s, 0, 30_000, |_| None).is_empty(),
+        "paused"
+    );
 }

@@ -1,0 +1,232 @@
+//! The automatic rejoin: a replaced primary, or a standby whose timeline diverged, becomes a
+//! standby of the current primary with no command typed (`repmgr.auto_rejoin`).
+//!
+//! The decision is the failover state machine's ([`repmgr_core::driver::Action::Rejoin`]);
+//! this module carries it out. The server must stop for pg_rewind, and the worker stops with
+//! it, so the work runs in a helper process of its own (its own process group, which the
+//! postmaster's shutdown does not signal): the command line's `node service --action=stop`,
+//! then `node rejoin --force-rewind` against the writable primary, with the node's
+//! repmgr.conf when it has one (its service commands), else what the server knows (its data
+//! directory, and its bindir first in `PATH`). The command line records the outcome
+//! (`node_rejoin`) on the primary.
+//!
+//! Before starting it, the worker checks what it can: that pg_rewind can work here
+//! (`wal_log_hints` or data checksums), that another node answers as a writable primary, and
+//! that fewer than [`MAX_ATTEMPTS`] earlier attempts failed to bring the node back (counted
+//! in a file of the data directory, which a rejoin keeps and a streaming standby removes).
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use pgrx::prelude::*;
+
+use crate::catalog;
+use crate::config::Settings;
+use crate::db::{Local, in_transaction};
+use crate::peer::Peer;
+
+/// Attempts that may fail in a row before the node waits for an operator.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// The attempt counter, relative to the data directory (the command line's rejoin keeps it
+/// through pg_rewind).
+pub const ATTEMPTS_FILE: &str = "repmgr_rejoin.attempts";
+
+/// What the helper runs: `$1` the command line, `$2` the data directory, `$3` the writable
+/// node's conninfo, `$4` repmgr.conf or empty. Values are positional parameters, never
+/// pasted into the script.
+const SCRIPT: &str = r#"cli=$1 dir=$2 target=$3 conf=$4
+set --
+if [ -n "$conf" ]; then set -- -f "$conf"; fi
+echo "$(date -u '+%Y-%m-%d %H:%M:%S') UTC repmgr rejoin: stopping the server on $dir"
+"$cli" "$@" -D "$dir" node service --action=stop || exit 1
+echo "$(date -u '+%Y-%m-%d %H:%M:%S') UTC repmgr rejoin: repmgr node rejoin --force-rewind"
+exec "$cli" "$@" -D "$dir" -d "$target" node rejoin --force-rewind
+"#;
+
+/// A server setting's current value.
+fn setting(name: &std::ffi::CStr) -> String {
+    unsafe {
+        let v = pg_sys::GetConfigOption(name.as_ptr(), true, false);
+        if v.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned()
+        }
+    }
+}
+
+fn data_directory() -> PathBuf {
+    PathBuf::from(setting(c"data_directory"))
+}
+
+/// The directory of this server's programs (pg_ctl, pg_rewind).
+fn bindir() -> Option<PathBuf> {
+    let exe = unsafe { std::ffi::CStr::from_ptr((&raw const pg_sys::my_exec_path).cast()) };
+    Path::new(&*exe.to_string_lossy())
+        .parent()
+        .map(Path::to_path_buf)
+}
+
+fn attempts(dir: &Path) -> u32 {
+    fs::read_to_string(dir.join(ATTEMPTS_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Once this node streams as a standby, earlier attempts no longer count.
+pub fn note_streaming() {
+    if !crate::follow::receiver_streams() {
+        return;
+    }
+    let f = data_directory().join(ATTEMPTS_FILE);
+    if f.exists() && fs::remove_file(&f).is_ok() {
+        log!(
+            "repmgr: this node streams as a standby again; its automatic rejoin attempts are reset"
+        );
+    }
+}
+
+/// The command line to run.
+fn cli(settings: &Settings) -> Option<PathBuf> {
+    if let Some(p) = &settings.failover.cli_path {
+        return Some(PathBuf::from(p));
+    }
+    bindir()
+        .into_iter()
+        .chain(["/usr/bin".into(), "/usr/local/bin".into()])
+        .map(|d| d.join("repmgr"))
+        .find(|p| p.is_file())
+}
+
+/// Where the helper writes what it does: beside the data directory when that is writable
+/// (pg_rewind would remove a file inside it), else the temporary directory.
+fn log_file(dir: &Path, node_id: i32) -> (PathBuf, fs::File) {
+    let name = format!("repmgr-rejoin-node{node_id}.log");
+    let beside = dir.parent().map(|p| p.join(&name));
+    for p in beside.into_iter().chain([std::env::temp_dir().join(&name)]) {
+        if let Ok(f) = fs::OpenOptions::new().create(true).append(true).open(&p) {
+            return (p, f);
+        }
+    }
+    (
+        PathBuf::from("/dev/null"),
+        fs::File::create("/dev/null").expect("/dev/null"),
+    )
+}
+
+/// The conninfo of another node of `nodes` that answers as a writable primary, with its
+/// description.
+fn writable_primary(
+    settings: &Settings,
+    nodes: &[catalog::NodeRecord],
+) -> Option<(String, String)> {
+    nodes
+        .iter()
+        .filter(|n| n.node_id != settings.node_id && n.node_type != repmgr_core::node::NodeType::Witness)
+        .find(|n| {
+            Peer::connect(&n.conninfo, &n.describe(), settings)
+                .and_then(|mut p| {
+                    p.run(
+                        "SELECT NOT pg_catalog.pg_is_in_recovery() AND NOT fenced FROM repmgr.node_status()",
+                        &[],
+                    )
+                })
+                .is_ok_and(|r| r.get(0, 0) == Some("t"))
+        })
+        .map(|n| (n.conninfo.clone(), n.describe()))
+}
+
+/// Starts the rejoin helper, or says why not and whether a later try may work.
+pub fn start(settings: &Settings, why: &str) -> Result<(), (String, bool)> {
+    let me = settings.describe();
+    if setting(c"wal_log_hints") != "on" && setting(c"data_checksums") != "on" {
+        return Err((
+            "pg_rewind needs wal_log_hints = on or data checksums, and this node has neither; set wal_log_hints = on (from the next start) or rebuild it with repmgr standby clone".into(),
+            false,
+        ));
+    }
+    let dir = data_directory();
+    let (log_path, log) = log_file(&dir, settings.node_id);
+    let tried = attempts(&dir);
+    if tried >= MAX_ATTEMPTS {
+        return Err((
+            format!(
+                "{tried} automatic rejoins did not bring it back as a streaming standby (see {})",
+                log_path.display()
+            ),
+            false,
+        ));
+    }
+    let Some(cli) = cli(settings) else {
+        return Err((
+            "the repmgr command line was not found in the server's bindir, /usr/bin or /usr/local/bin; set repmgr.cli_path".into(),
+            false,
+        ));
+    };
+    let nodes = in_transaction(|| catalog::nodes(&mut Local)).unwrap_or_default();
+    let Some((target, target_name)) = writable_primary(settings, &nodes) else {
+        return Err((
+            "no other node answers as a writable primary yet".into(),
+            true,
+        ));
+    };
+    if let Err(e) = fs::write(dir.join(ATTEMPTS_FILE), format!("{}\n", tried + 1)) {
+        return Err((
+            format!("could not count the attempt in {ATTEMPTS_FILE}: {e}"),
+            false,
+        ));
+    }
+    // The repmgr.conf the node was registered with (its service commands), if any: a
+    // registration through SQL records postgresql.conf instead.
+    let conf = nodes
+        .iter()
+        .find(|n| n.node_id == settings.node_id)
+        .map(|n| n.config_file.as_str())
+        .filter(|f| *f != settings.config_file && Path::new(f).is_file())
+        .unwrap_or("");
+    let path = match (bindir(), std::env::var_os("PATH")) {
+        (Some(b), Some(p)) => {
+            std::env::join_paths(std::iter::once(b).chain(std::env::split_paths(&p))).unwrap_or(p)
+        }
+        (Some(b), None) => b.into_os_string(),
+        (None, p) => p.unwrap_or_default(),
+    };
+    let mut err = log.try_clone().map_err(|e| (e.to_string(), false))?;
+    let _ = writeln!(
+        err,
+        "repmgr rejoin: {me}: {why}; rejoining {target_name} (attempt {} of {MAX_ATTEMPTS})",
+        tried + 1
+    );
+    let spawned = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg("repmgr-rejoin")
+        .arg(&cli)
+        .arg(&dir)
+        .arg(&target)
+        .arg(conf)
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        // Its own process group: the postmaster signals its children's groups as it stops.
+        .process_group(0)
+        .spawn();
+    match spawned {
+        Ok(child) => {
+            log!(
+                "repmgr: {me} starts its rejoin of {target_name} in process {} (attempt {} of {MAX_ATTEMPTS}); the server stops now, and {} says what happens",
+                child.id(),
+                tried + 1,
+                log_path.display()
+            );
+            Ok(())
+        }
+        Err(e) => Err((format!("could not start /bin/sh for the rejoin: {e}"), true)),
+    }
+}
