@@ -840,7 +840,14 @@ fn switchpoint(history: &str, tli: u32) -> Option<Lsn> {
 }
 
 /// Whether this node's WAL goes past where the primary's history left its timeline.
-fn needs_rewind(p: &mut Session, cd: &local::ControlData) -> Result<(bool, String)> {
+/// Where this node's own WAL begins, the part the primary's history does not continue: on
+/// timeline `.0`, from `.1`. `None` when it has none, or when it cannot be told (its
+/// timeline is ahead of the primary's).
+type OwnWal = Option<(u32, Lsn)>;
+
+/// Whether this stopped node must be rewound to follow the primary `p`, why, and where its
+/// own WAL begins.
+fn needs_rewind(p: &mut Session, cd: &local::ControlData) -> Result<(bool, String, OwnWal)> {
     let local_tli = cd.timeline().unwrap_or(1);
     let local_end = cd.checkpoint.max(cd.min_recovery_end).unwrap_or_default();
     let r = p.query(
@@ -850,17 +857,20 @@ fn needs_rewind(p: &mut Session, cd: &local::ControlData) -> Result<(bool, Strin
     let primary_tli: u32 = r.get(0, 0).and_then(|v| v.parse().ok()).unwrap_or(1);
     let primary_lsn = r.get(0, 1).and_then(Lsn::parse).unwrap_or_default();
     if local_tli == primary_tli {
+        let ahead = local_end > primary_lsn;
         return Ok((
-            local_end > primary_lsn,
+            ahead,
             format!(
                 "same timeline {local_tli}; this node ends at {local_end}, the primary is at {primary_lsn}"
             ),
+            ahead.then_some((local_tli, primary_lsn)),
         ));
     }
     if local_tli > primary_tli {
         return Ok((
             true,
             format!("this node is on timeline {local_tli}, ahead of the primary's {primary_tli}"),
+            None,
         ));
     }
     let file = format!("pg_wal/{primary_tli:08X}.history");
@@ -873,11 +883,68 @@ fn needs_rewind(p: &mut Session, cd: &local::ControlData) -> Result<(bool, Strin
             format!(
                 "this node's timeline {local_tli} ends at {local_end}; the primary's timeline {primary_tli} left it at {sw}"
             ),
+            Some((local_tli, sw)),
         )),
         None => Ok((
             true,
             format!("timeline {local_tli} is not in the primary's history"),
+            None,
         )),
+    }
+}
+
+/// What pg_waldump reads of this node's WAL on timeline `tli` from `from`: the position of
+/// its last record, how many records and how many commits. `None` when there is none or it
+/// cannot be read (the rejoin goes on; this is for the operator).
+fn read_own_wal(ctx: &Ctx, dir: &Path, tli: u32, from: Lsn) -> Option<(Lsn, usize, usize)> {
+    let wal = dir.join("pg_wal");
+    let c = local::command_as(
+        local::run_as(dir).as_deref(),
+        &local::program(&ctx.cfg, Some(dir), "pg_waldump"),
+        &[
+            "--path",
+            &wal.to_string_lossy(),
+            "--timeline",
+            &tli.to_string(),
+            "--start",
+            &from.to_string(),
+        ],
+    );
+    // pg_waldump exits non-zero at the end of the WAL it finds: the records are on stdout.
+    let out = local::output(c, "pg_waldump").ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut last = None;
+    let (mut records, mut commits) = (0, 0);
+    for line in text.lines() {
+        let Some(lsn) = line
+            .split("lsn: ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|l| Lsn::parse(l.trim()))
+        else {
+            continue;
+        };
+        records += 1;
+        if line.contains("desc: COMMIT") {
+            commits += 1;
+        }
+        last = Some(lsn);
+    }
+    last.map(|l| (l, records, commits))
+}
+
+/// Says what a rewind throws away: this node's WAL that the primary's history does not hold.
+fn describe_own_wal(ctx: &Ctx, dir: &Path, own: OwnWal) -> String {
+    let Some((tli, from)) = own else {
+        return String::new();
+    };
+    match read_own_wal(ctx, dir, tli, from) {
+        Some((last, records, commits)) => format!(
+            "; it discarded this node's WAL on timeline {tli} from {from} to its last record at {last} ({records} records, {commits} of them commits)"
+        ),
+        None => format!(
+            "; it discarded this node's WAL on timeline {tli} from {from} (pg_waldump read no record there)"
+        ),
     }
 }
 
@@ -998,7 +1065,7 @@ pub fn rejoin(ctx: &Ctx, force_rewind: bool) -> Result<i32> {
     }
     // The primary's control file names its timeline only after a checkpoint.
     let _ = p.query("CHECKPOINT", &[]);
-    let (rewind_needed, why) = needs_rewind(&mut p, &cd)?;
+    let (rewind_needed, why, own) = needs_rewind(&mut p, &cd)?;
     let rewind_now = (rewind_needed || !cd.shut_down()) && force_rewind;
     if rewind_needed && !force_rewind {
         return Err(fail(format!("{} cannot follow {}: {why}", me.describe(), primary.describe()))
@@ -1017,7 +1084,16 @@ pub fn rejoin(ctx: &Ctx, force_rewind: bool) -> Result<i32> {
         ));
         return Ok(SUCCESS);
     }
+    // Read before pg_rewind replaces the WAL.
+    let discarded = if rewind_now {
+        describe_own_wal(ctx, &dir, own)
+    } else {
+        String::new()
+    };
     if rewind_now {
+        if !discarded.is_empty() {
+            notice(format!("pg_rewind runs{discarded}"));
+        }
         rewind(ctx, &dir, &primary)?;
     }
     let conninfo =
@@ -1085,9 +1161,9 @@ pub fn rejoin(ctx: &Ctx, force_rewind: bool) -> Result<i32> {
         me.describe(),
         primary.describe(),
         if rewind_now {
-            " (rewound with pg_rewind)"
+            format!(" (rewound with pg_rewind{discarded})")
         } else {
-            ""
+            String::new()
         }
     );
     record_event(&mut p, me.node_id, event::NODE_REJOIN, true, &details);

@@ -691,13 +691,20 @@ fn rejoined(c: &Cluster, old: i32, primary: i32, since: Instant) -> Duration {
         c.value(old, "SELECT pg_is_in_recovery()::text").as_deref(),
         Some("true")
     );
-    c.wait_for("the rejoin's event on the primary", WAIT, || {
+    // This rejoin's event, not an earlier one's (the servers share this machine's clock).
+    let within = since.elapsed().as_secs() + 2;
+    let details = c.wait_for("the rejoin's event on the primary", WAIT, || {
         c.value(
             primary,
-            &format!("SELECT successful::text FROM repmgr.events WHERE node_id = {old} AND event = 'node_rejoin' ORDER BY event_timestamp DESC LIMIT 1"),
+            &format!("SELECT details FROM repmgr.events WHERE node_id = {old} AND event = 'node_rejoin' AND successful AND event_timestamp > now() - interval '{within} seconds' ORDER BY event_timestamp DESC LIMIT 1"),
         )
-        .filter(|v| v == "t" || v == "true")
     });
+    println!("node_rejoin: {details}");
+    // A rewind says what it threw away.
+    assert!(
+        !details.contains("pg_rewind") || details.contains("discarded this node's WAL"),
+        "{details}"
+    );
     assert_eq!(c.writable(&[1, 2, 3]), [primary]);
     took
 }
