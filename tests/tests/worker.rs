@@ -11,7 +11,10 @@ fn opts() -> NodeOptions {
     NodeOptions::default().conf("repmgr.child_nodes_check_interval = '1s'")
 }
 
-/// A registered primary (1) and two registered standbys (2, 3).
+/// A registered primary (1) and two registered standbys (2, 3), once the primary holds its
+/// lease: its worker can find the repmgr database only after the standbys registered, and a
+/// primary taking up the protocol with voters is fenced until they confirm it (new sessions
+/// read-only meanwhile). Seen in CI: a CREATE TABLE refused 90 ms before the confirmation.
 fn three_nodes(name: &str) -> Cluster {
     let mut c = Cluster::new(name);
     c.init_primary(1, opts());
@@ -20,6 +23,7 @@ fn three_nodes(name: &str) -> Cluster {
         c.clone_standby(id, 1, opts());
         c.sql(id, "SELECT repmgr.register_standby()");
     }
+    c.settled(1, &[2, 3], WAIT);
     c
 }
 
