@@ -85,10 +85,7 @@ pub fn receiver_streams() -> bool {
 /// Whether this standby's `primary_conninfo` is empty (as the worker's last reload read it):
 /// it streams from nobody.
 pub fn streams_from_nobody() -> bool {
-    unsafe {
-        let v = pg_sys::GetConfigOption(c"primary_conninfo".as_ptr(), true, false);
-        v.is_null() || std::ffi::CStr::from_ptr(v).to_bytes().is_empty()
-    }
+    crate::config::server_setting(c"primary_conninfo").is_none()
 }
 
 /// The `primary_conninfo` this standby uses to stream from `upstream`.

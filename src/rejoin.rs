@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use pgrx::prelude::*;
 
 use crate::catalog;
-use crate::config::Settings;
+use crate::config::{Settings, server_setting};
 use crate::db::{Local, in_transaction};
 use crate::peer::Peer;
 
@@ -47,20 +47,8 @@ echo "$(date -u '+%Y-%m-%d %H:%M:%S') UTC repmgr rejoin: repmgr node rejoin --fo
 exec "$cli" "$@" -D "$dir" -d "$target" node rejoin --force-rewind
 "#;
 
-/// A server setting's current value.
-fn setting(name: &std::ffi::CStr) -> String {
-    unsafe {
-        let v = pg_sys::GetConfigOption(name.as_ptr(), true, false);
-        if v.is_null() {
-            String::new()
-        } else {
-            std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned()
-        }
-    }
-}
-
 fn data_directory() -> PathBuf {
-    PathBuf::from(setting(c"data_directory"))
+    PathBuf::from(server_setting(c"data_directory").unwrap_or_default())
 }
 
 /// The directory of this server's programs (pg_ctl, pg_rewind).
@@ -144,7 +132,8 @@ fn writable_primary(
 /// Starts the rejoin helper, or says why not and whether a later try may work.
 pub fn start(settings: &Settings, why: &str) -> Result<(), (String, bool)> {
     let me = settings.describe();
-    if setting(c"wal_log_hints") != "on" && setting(c"data_checksums") != "on" {
+    let on = |name| server_setting(name).as_deref() == Some("on");
+    if !on(c"wal_log_hints") && !on(c"data_checksums") {
         return Err((
             "pg_rewind needs wal_log_hints = on or data checksums, and this node has neither; set wal_log_hints = on (from the next start) or rebuild it with repmgr standby clone".into(),
             false,

@@ -677,9 +677,9 @@ fn self_healing(_: i32) -> NodeOptions {
         .conf("repmgr.auto_rejoin = on")
 }
 
-/// Waits until `old` streams from `primary` as a standby, with no command run; returns how
-/// long that took from `since`.
-fn rejoined(c: &Cluster, old: i32, primary: i32, since: Instant) -> Duration {
+/// Waits until `old` streams from `primary` as a standby, with no command run, and prints how
+/// long that took from `since` (the end of the fault `what`).
+fn rejoined(c: &Cluster, old: i32, primary: i32, since: Instant, what: &str) {
     c.wait_for_or_explain(
         &format!("node {old} to rejoin node {primary} by itself"),
         Duration::from_secs(30),
@@ -706,7 +706,15 @@ fn rejoined(c: &Cluster, old: i32, primary: i32, since: Instant) -> Duration {
         "{details}"
     );
     assert_eq!(c.writable(&[1, 2, 3]), [primary]);
-    took
+    println!(
+        "{what}: node {old} streams from node {primary} {:.1} s after the fault ended",
+        took.as_secs_f64()
+    );
+}
+
+/// The data nodes other than `id`.
+fn others(id: i32) -> Vec<i32> {
+    [1, 2, 3].into_iter().filter(|n| *n != id).collect()
 }
 
 #[test]
@@ -716,53 +724,29 @@ fn a_replaced_primary_rejoins_by_itself_after_a_crash_a_freeze_and_a_long_stop()
 
     // kill -9 of the whole node, then a start as a reboot would.
     c.crash(1);
-    let second = c.one_writable(&[2, 3], WAIT);
+    let second = c.one_writable(&others(1), WAIT);
     let started = Instant::now();
     c.start(1);
-    let took = rejoined(&c, 1, second, started);
-    println!(
-        "after kill -9 and a start: node 1 streams from node {second} {:.1} s after the start",
-        took.as_secs_f64()
-    );
-    let third_one = [1, 2, 3]
-        .into_iter()
-        .find(|n| *n != second && *n != 1)
-        .unwrap();
+    rejoined(&c, 1, second, started, "after kill -9 and a start");
+    let third_one = others(1).into_iter().find(|n| *n != second).unwrap();
     c.wait_for("both standbys to stream", WAIT, || {
         c.streams_from(second, third_one).then_some(())
     });
 
     // A freeze longer than the lease: replaced while frozen, it rejoins once thawed.
-    c.settled(second, &[1, third_one], WAIT);
+    c.settled(second, &others(second), WAIT);
     c.freeze(second);
-    let others: Vec<i32> = [1, 2, 3].into_iter().filter(|n| *n != second).collect();
-    let third = c.one_writable(&others, WAIT);
+    let third = c.one_writable(&others(second), WAIT);
     let thawed = Instant::now();
     c.thaw(second);
-    let took = rejoined(&c, second, third, thawed);
-    println!(
-        "after a freeze and the thaw: node {second} streams from node {third} {:.1} s after the thaw",
-        took.as_secs_f64()
-    );
+    rejoined(&c, second, third, thawed, "after a freeze and the thaw");
 
     // Stopped for longer than the lease (a package upgrade): replaced, then back as a standby.
-    c.settled(
-        third,
-        &[1, 2, 3]
-            .into_iter()
-            .filter(|n| *n != third)
-            .collect::<Vec<_>>(),
-        WAIT,
-    );
+    c.settled(third, &others(third), WAIT);
     c.stop(third);
-    let rest: Vec<i32> = [1, 2, 3].into_iter().filter(|n| *n != third).collect();
-    let fourth = c.one_writable(&rest, WAIT);
+    let fourth = c.one_writable(&others(third), WAIT);
     std::thread::sleep(Duration::from_secs(5));
     let back = Instant::now();
     c.start(third);
-    let took = rejoined(&c, third, fourth, back);
-    println!(
-        "after a 5 s stop and a start: node {third} streams from node {fourth} {:.1} s after the start",
-        took.as_secs_f64()
-    );
+    rejoined(&c, third, fourth, back, "after a 5 s stop and a start");
 }
