@@ -68,8 +68,9 @@ fn mask_conninfo(conninfo: &str) -> String {
     repmgr_core::conninfo::mask(conninfo)
 }
 
-/// This node: identity, role, WAL positions, lag, the last error repmgr saw here, and its
-/// monitoring worker (pid, and when it last finished a round).
+/// This node: identity, role, WAL positions, lag, the last error repmgr saw here, its
+/// monitoring worker (pid, and when it last finished a round), and where its automatic
+/// rejoin stands when it needs one.
 #[pg_extern(volatile)]
 #[allow(clippy::type_complexity)]
 fn node_status() -> TableIterator<
@@ -99,6 +100,8 @@ fn node_status() -> TableIterator<
         name!(term, Option<i64>),
         name!(fenced, bool),
         name!(diverged, bool),
+        name!(rejoin_state, Option<String>),
+        name!(rejoin_detail, Option<String>),
     ),
 > {
     let s = status::node_status(&Settings::current()).or_raise();
@@ -116,6 +119,11 @@ fn node_status() -> TableIterator<
     let term = shared.map(|st| st.failover.term() as i64);
     let fenced = !s.in_recovery && crate::fence::refusal().is_some();
     let diverged = shared.is_some_and(|st| st.failover.diverged);
+    let (rejoin_state, rejoin_detail) = shared
+        .and_then(|st| st.rejoin())
+        .map_or((None, None), |(state, detail)| {
+            (Some(state.to_string()), Some(detail))
+        });
     TableIterator::once((
         s.node_id,
         s.node_name,
@@ -141,6 +149,8 @@ fn node_status() -> TableIterator<
         term,
         fenced,
         diverged,
+        rejoin_state,
+        rejoin_detail,
     ))
 }
 

@@ -692,9 +692,9 @@ impl FailoverSettings {
             disconnect_on_failover: self.disconnect_on_failover,
             fence_shutdown: self.fence_action == FenceAction::Shutdown,
             auto_rejoin: match self.auto_rejoin {
-                AutoRejoinMode::On => repmgr_core::driver::AutoRejoin::On,
-                AutoRejoinMode::Off => repmgr_core::driver::AutoRejoin::Off,
-                AutoRejoinMode::Pause => repmgr_core::driver::AutoRejoin::Pause,
+                AutoRejoinMode::On => repmgr_core::rejoin::AutoRejoin::On,
+                AutoRejoinMode::Off => repmgr_core::rejoin::AutoRejoin::Off,
+                AutoRejoinMode::Pause => repmgr_core::rejoin::AutoRejoin::Pause,
             },
         }
     }

@@ -163,7 +163,9 @@ impl Failover {
             let now = clock::now();
             let driver = &mut self.driver;
             let actions = shmem::update(|s| {
-                driver.step(now, &mut s.failover, &mut durable::StateFile, input)
+                let actions = driver.step(now, &mut s.failover, &mut durable::StateFile, input);
+                s.set_rejoin(driver.rejoin_status(now).as_ref());
+                actions
             })
             .unwrap_or_default();
             for a in actions {

@@ -363,6 +363,7 @@ impl Publisher {
             fence: Duration::ZERO,
             failovers_total: 0,
             fencings_total: 0,
+            rejoin: None,
             loop_duration: health::Histogram::default(),
             published_at: Duration::ZERO,
             stale_after: Duration::from_secs(5) + 2 * interval,
@@ -383,6 +384,7 @@ impl Publisher {
         v.fence = st.failover.timing.fence;
         v.failovers_total = st.promotions;
         v.fencings_total = st.fencings;
+        v.rejoin = st.rejoin();
         v.upstream_last_seen = match st.upstream_last_seen_secs(now_ts) {
             s if s < 0 || v.role == health::Role::Primary => None,
             s => Some(i64::from(s)),

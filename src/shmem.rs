@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use pgrx::prelude::*;
 use pgrx::{PGRXSharedMemory, PgLwLock, pg_shmem_init};
 use repmgr_core::lease::Timing;
+use repmgr_core::rejoin::Status;
 use repmgr_core::state::State;
 
 /// Timestamp value meaning "never" for `upstream_last_seen`.
@@ -136,6 +137,11 @@ pub struct SharedState {
     /// started: the metrics' counters.
     pub promotions: u64,
     pub fencings: u64,
+    /// The automatic rejoin's state (1 + its index in `rejoin::Status::STATES`, 0: none
+    /// needed) and what it says.
+    rejoin_state: u8,
+    rejoin: [u8; ERROR_CAPACITY],
+    rejoin_len: u16,
 }
 
 impl Default for SharedState {
@@ -160,6 +166,9 @@ impl Default for SharedState {
             last_error_at: 0,
             promotions: 0,
             fencings: 0,
+            rejoin_state: 0,
+            rejoin: [0; ERROR_CAPACITY],
+            rejoin_len: 0,
         }
     }
 }
@@ -188,6 +197,30 @@ impl SharedState {
                 self.last_error_at,
             )
         })
+    }
+
+    /// Where the automatic rejoin stands: its state word and what it says.
+    pub fn rejoin(&self) -> Option<(&'static str, String)> {
+        let state = Status::STATES.get(usize::from(self.rejoin_state).checked_sub(1)?)?;
+        let len = usize::from(self.rejoin_len);
+        Some((
+            state,
+            String::from_utf8_lossy(&self.rejoin[..len]).into_owned(),
+        ))
+    }
+
+    pub fn set_rejoin(&mut self, status: Option<&Status>) {
+        match status {
+            None => {
+                self.rejoin_state = 0;
+                self.rejoin_len = 0;
+            }
+            Some(st) => {
+                let i = Status::STATES.iter().position(|s| *s == st.state());
+                self.rejoin_state = i.map_or(0, |i| i as u8 + 1);
+                self.rejoin_len = copy_text(&mut self.rejoin, &st.describe());
+            }
+        }
     }
 }
 

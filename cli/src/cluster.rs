@@ -22,7 +22,19 @@ pub enum Seen {
         timeline: Option<i32>,
         /// application_name of every standby streaming from it.
         streaming: Vec<String>,
+        /// Its automatic rejoin, while it needs one: state word and what it says.
+        rejoin: Option<(String, String)>,
     },
+}
+
+/// What the status column adds for a node whose automatic rejoin is `state`.
+fn rejoin_mark(state: &str) -> &'static str {
+    match state {
+        "waiting" => "rejoin pending",
+        "rejoining" => "rejoining",
+        "held" => "rejoin held",
+        _ => "rejoin failed",
+    }
 }
 
 /// repmgr's status column, and the problem it signals (if any).
@@ -117,6 +129,14 @@ fn look(node: &NodeRecord) -> Seen {
             } else {
                 r.get(0, 1).map(str::to_string)
             };
+            // Its own query: a node whose extension predates these columns still shows.
+            let rejoin = s
+                .query(
+                    "SELECT rejoin_state, rejoin_detail FROM repmgr.node_status() WHERE rejoin_state IS NOT NULL",
+                    &[],
+                )
+                .ok()
+                .and_then(|r| Some((r.get(0, 0)?.to_string(), r.get(0, 1)?.to_string())));
             Seen::Up {
                 in_recovery: recovery,
                 timeline: timeline.and_then(|t| t.parse().ok()),
@@ -124,6 +144,7 @@ fn look(node: &NodeRecord) -> Seen {
                     .get(0, 2)
                     .map(|v| v.lines().map(str::to_string).collect())
                     .unwrap_or_default(),
+                rejoin,
             }
         }
         Err(_) => Seen::Unreachable,
@@ -166,6 +187,22 @@ pub fn render_show(
         let s = seen.get(&n.node_id).unwrap_or(&Seen::Unreachable);
         let (st, w) = status(n, s);
         warnings.extend(w);
+        let rejoin = match s {
+            Seen::Up {
+                rejoin: Some(r), ..
+            } => Some(r),
+            _ => None,
+        };
+        let st = match rejoin {
+            Some((state, detail)) => {
+                warnings.push(format!(
+                    "node \"{}\" (ID: {}) needs a rejoin ({detail})",
+                    n.node_name, n.node_id
+                ));
+                format!("{st}, {}", rejoin_mark(state))
+            }
+            None => st.to_string(),
+        };
         let up = n
             .upstream_node_id
             .and_then(|u| nodes.iter().find(|x| x.node_id == u))
@@ -216,6 +253,8 @@ pub fn render_show(
             "priority": n.priority,
             "timeline": opt(timeline),
             "conninfo": conninfo::mask(&n.conninfo),
+            "rejoin_state": opt(rejoin.map(|r| r.0.as_str())),
+            "rejoin_detail": opt(rejoin.map(|r| r.1.as_str())),
         }));
     }
     if compact {
@@ -484,6 +523,7 @@ mod tests {
             in_recovery: recovery,
             timeline: Some(1),
             streaming: streaming.iter().map(|s| s.to_string()).collect(),
+            rejoin: None,
         }
     }
 
@@ -566,14 +606,25 @@ mod tests {
         w.conninfo = "postgresql://repmgr:secret@10.0.0.4/repmgr".into();
         let mut old = node(5, "node5", NodeType::Primary, false, None);
         old.conninfo = "host=10.0.0.5 dbname=repmgr".into();
+        // A replaced primary, fenced, about to rejoin by itself.
+        let mut replaced = node(6, "node6", NodeType::Primary, false, None);
+        replaced.conninfo = "host=10.0.0.6 dbname=repmgr".into();
+        let mut waiting = up(false, &[]);
+        if let Seen::Up { rejoin, .. } = &mut waiting {
+            *rejoin = Some((
+                "waiting".into(),
+                "waiting: it was replaced as primary: its voters are in term 3; it rejoins the current primary in 4 s".into(),
+            ));
+        }
         let seen = HashMap::from([
             (1, up(false, &["node2"])),
             (2, up(true, &[])),
             (3, up(true, &[])),
             (4, up(false, &[])),
             (5, Seen::Unreachable),
+            (6, waiting),
         ]);
-        (vec![p, s2, s3, w, old], seen)
+        (vec![p, s2, s3, w, old, replaced], seen)
     }
 
     /// Compares with `testdata/<name>`; `REPMGR_BLESS=1` rewrites the file instead.
@@ -596,7 +647,11 @@ mod tests {
         golden("cluster_show.txt", &text);
         assert_eq!(
             warnings,
-            ["node \"node3\" (ID: 3) is not attached to its upstream node \"node2\" (ID: 2)"]
+            [
+                "node \"node3\" (ID: 3) is not attached to its upstream node \"node2\" (ID: 2)",
+                "node \"node6\" (ID: 6) is registered as inactive but is running",
+                "node \"node6\" (ID: 6) needs a rejoin (waiting: it was replaced as primary: its voters are in term 3; it rejoins the current primary in 4 s)"
+            ]
         );
         golden(
             "cluster_show_compact.txt",

@@ -23,6 +23,7 @@ use crate::lease::{Lease, Membership, NodeId, Poll, PollReply, Timing, lease_for
 use crate::lsn::Lsn;
 use crate::node::{NodeRecord, NodeType};
 use crate::quorum;
+use crate::rejoin::{self, AutoRejoin, Rejoin};
 use crate::state::{Disk, PreVote, State};
 use crate::vote::{Heard, VoteReply, VoteRequest};
 
@@ -44,16 +45,6 @@ pub struct Settings {
     pub fence_shutdown: bool,
     /// `repmgr.auto_rejoin`.
     pub auto_rejoin: AutoRejoin,
-}
-
-/// `repmgr.auto_rejoin`: whether a node that finds it was replaced (or diverged) rejoins the
-/// current primary by itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AutoRejoin {
-    On,
-    Off,
-    /// Held: it says it needs a rejoin, and waits.
-    Pause,
 }
 
 /// The catalog of this node, as a monitoring round read it.
@@ -410,14 +401,9 @@ pub struct Driver {
     recording: bool,
     /// The catalog lost this node's record or the primary's: said once.
     said_unlisted: bool,
-    /// Automatic rejoin: since when this node has needed one, when it may next try, the
-    /// back-off after a refusal, and why it will not try again (until a reload).
-    needs_rejoin_since: Option<Duration>,
+    rejoin: Rejoin,
     /// Since when this primary has been fenced (it looks around once that lasts a lease).
     fenced_since: Option<Duration>,
-    rejoin_at: Duration,
-    rejoin_backoff: Duration,
-    rejoin_blocked: Option<String>,
     /// What this standby streams from, as the monitoring round last passed it (updated at
     /// once by a follow or detach decided here).
     upstream: Option<Upstream>,
@@ -430,12 +416,6 @@ pub struct Driver {
     said_save_failed: bool,
     actions: Vec<Action>,
 }
-
-/// How long a node must have needed a rejoin before it starts one.
-const REJOIN_GRACE: Duration = Duration::from_secs(5);
-/// The first wait after a refused rejoin, doubled each time up to [`REJOIN_BACKOFF_MAX`].
-const REJOIN_BACKOFF_FIRST: Duration = Duration::from_secs(5);
-const REJOIN_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// The membership versions the voters of round `a` reported.
 fn versions_of(a: &Asking) -> Vec<(NodeId, u64)> {
@@ -486,11 +466,8 @@ impl Driver {
             unrecorded: None,
             recording: false,
             said_unlisted: false,
-            needs_rejoin_since: None,
+            rejoin: Rejoin::default(),
             fenced_since: None,
-            rejoin_at: Duration::ZERO,
-            rejoin_backoff: REJOIN_BACKOFF_FIRST,
-            rejoin_blocked: None,
             upstream: None,
             last_support: None,
             detached_in: None,
@@ -882,8 +859,7 @@ impl Driver {
         }
         self.settings = settings;
         // A changed configuration may have fixed what stood in the way.
-        self.rejoin_blocked = None;
-        self.rejoin_backoff = REJOIN_BACKOFF_FIRST;
+        self.rejoin.reloaded();
         self.publish(state);
     }
 
@@ -1214,7 +1190,9 @@ impl Driver {
                     self.say(Level::Info, details.clone());
                     self.event(event::REPMGRD_PRIMARY_UNFENCED, details, None);
                 } else {
-                    let replaced = newer.map_or(String::new(), |t| format!("; a voter is in term {t}, so this node was probably replaced and needs repmgr node rejoin"));
+                    let replaced = newer.map_or(String::new(), |t| {
+                        format!("; a voter is in term {t}, so this node was probably replaced")
+                    });
                     self.say(
                         Level::Warning,
                         format!(
@@ -1265,25 +1243,15 @@ impl Driver {
     }
 
     /// Asks for an automatic rejoin while `why` holds (a replaced primary, a diverged
-    /// standby), once it has held for [`REJOIN_GRACE`] (a failed election's primary wins its
-    /// role back in that time) and no sooner than the back-off allows.
+    /// standby), when [`Rejoin::want`] says it is time.
     fn want_rejoin(&mut self, now: Duration, why: Option<&str>) {
-        let Some(why) = why else {
-            self.needs_rejoin_since = None;
-            self.rejoin_backoff = REJOIN_BACKOFF_FIRST;
-            return;
-        };
-        let since = *self.needs_rejoin_since.get_or_insert(now);
-        if self.settings.auto_rejoin != AutoRejoin::On
-            || self.paused
-            || self.rejoin_blocked.is_some()
-            || now < since + REJOIN_GRACE
-            || now < self.rejoin_at
+        if !self
+            .rejoin
+            .want(now, why, self.settings.auto_rejoin, self.paused)
         {
             return;
         }
-        // Until the caller says otherwise, the attempt is under way: the server stops.
-        self.rejoin_at = now + self.rejoin_backoff;
+        let why = why.unwrap_or_default().to_string();
         self.say(
             Level::Warning,
             format!(
@@ -1291,31 +1259,34 @@ impl Driver {
                 self.describe_me()
             ),
         );
-        self.actions.push(Action::Rejoin {
-            why: why.to_string(),
-        });
+        self.actions.push(Action::Rejoin { why });
     }
 
     fn rejoin_refused(&mut self, now: Duration, why: String, retry: bool) {
         let me = self.describe_me();
+        let details = if retry {
+            format!("{me} cannot rejoin yet: {why}")
+        } else {
+            format!(
+                "{me} does not rejoin automatically: {why}; it stays as it is until repmgr node rejoin or a reload"
+            )
+        };
+        let wait = self.rejoin.refused(now, why, retry);
         if retry {
-            self.rejoin_at = now + self.rejoin_backoff;
             self.say(
                 Level::Info,
-                format!(
-                    "{me} cannot rejoin yet: {why}; trying again in {} s",
-                    self.rejoin_backoff.as_secs()
-                ),
+                format!("{details}; trying again in {} s", wait.as_secs()),
             );
-            self.rejoin_backoff = (self.rejoin_backoff * 2).min(REJOIN_BACKOFF_MAX);
-            return;
+        } else {
+            self.say(Level::Warning, details.clone());
+            self.failed_event(event::NODE_REJOIN, details);
         }
-        let details = format!(
-            "{me} does not rejoin automatically: {why}; it stays as it is until repmgr node rejoin or a reload"
-        );
-        self.say(Level::Warning, details.clone());
-        self.failed_event(event::NODE_REJOIN, details);
-        self.rejoin_blocked = Some(why);
+    }
+
+    /// Where this node's automatic rejoin stands at `now`, if it needs one.
+    pub fn rejoin_status(&self, now: Duration) -> Option<rejoin::Status> {
+        self.rejoin
+            .status(now, self.settings.auto_rejoin, self.paused)
     }
 
     fn recorded(&mut self, term: u64, result: Result<(), String>, retry: bool) {

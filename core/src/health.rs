@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::lease::Lease;
 use crate::lsn::Lsn;
+use crate::rejoin::Status;
 
 /// The longest request head accepted (request line and headers); longer ones get 431.
 pub const MAX_HEAD: usize = 8192;
@@ -108,6 +109,9 @@ pub struct View {
     pub fence: Duration,
     pub failovers_total: u64,
     pub fencings_total: u64,
+    /// Where the automatic rejoin stands, when this node needs one: its state word
+    /// (`rejoin::Status::STATES`) and what it says.
+    pub rejoin: Option<(&'static str, String)>,
     pub loop_duration: Histogram,
     /// When the worker published this view (the caller's clock).
     pub published_at: Duration,
@@ -442,7 +446,7 @@ pub fn status_json(v: &View, now: Duration) -> String {
         "{{\"node_id\":{},\"node_name\":{},\"role\":{},\"fenced\":{},\"paused\":{},\"term\":{},\"timeline\":{},\
 \"current_lsn\":{},\"receive_lsn\":{},\"replay_lsn\":{},\"upstream_node_id\":{},\"upstream_node_name\":{},\
 \"wal_receiver\":{},\"lag_bytes\":{},\"lag_seconds\":{},\"upstream_last_seen\":{},\"standbys\":[{}],\
-\"state_age_seconds\":{:.3},\"stale\":{}}}\n",
+\"rejoin_state\":{},\"rejoin_detail\":{},\"state_age_seconds\":{:.3},\"stale\":{}}}\n",
         v.node_id,
         json_str(&v.node_name),
         json_str(v.role.as_str()),
@@ -460,6 +464,8 @@ pub fn status_json(v: &View, now: Duration) -> String {
         json_opt(v.lag_seconds),
         json_opt(v.upstream_last_seen),
         standbys.join(","),
+        json_opt_str(v.rejoin.as_ref().map(|r| r.0)),
+        json_opt_str(v.rejoin.as_ref().map(|r| r.1.as_str())),
         v.age(now).as_secs_f64(),
         !v.fresh(now),
     )
@@ -535,6 +541,18 @@ pub fn metrics(v: &View, now: Duration) -> String {
         "1 while this primary refuses commits for lack of its lease.",
         flag(v.fenced(now)),
     );
+    m.family(
+        "repmgr_rejoin",
+        "gauge",
+        "1 for the state of this node's automatic rejoin while it needs one (waiting, rejoining, held by a setting or a pause, failed until a reload), 0 for the others.",
+    );
+    for s in Status::STATES {
+        m.sample(
+            "repmgr_rejoin",
+            &format!("state=\"{s}\""),
+            flag(v.rejoin.as_ref().is_some_and(|r| r.0 == s)),
+        );
+    }
     m.gauge(
         "repmgr_paused",
         "1 while automatic actions are paused on this node.",
@@ -699,6 +717,7 @@ mod tests {
             fence: Duration::from_millis(1600),
             failovers_total: 1,
             fencings_total: 0,
+            rejoin: None,
             loop_duration: Histogram::default(),
             published_at: 100 * SEC,
             stale_after: 5 * SEC,
@@ -874,10 +893,17 @@ mod tests {
             "\"receive_lsn\":\"0/3000060\"",
             "\"current_lsn\":null",
             "\"standbys\":[{\"node_id\":3,\"node_name\":\"node3\",\"state\":\"streaming\",\"lag_bytes\":0,\"lag_seconds\":null}]",
+            "\"rejoin_state\":null",
             "\"stale\":false",
         ] {
             assert!(body.contains(field), "{field} in {body}");
         }
+        v.rejoin = Some(("failed", "failed: \"why\"".into()));
+        let body = status_json(&v, 101 * SEC);
+        assert!(
+            body.contains("\"rejoin_state\":\"failed\",\"rejoin_detail\":\"failed: \\\"why\\\"\""),
+            "{body}"
+        );
     }
 
     #[test]
@@ -908,9 +934,18 @@ mod tests {
             "repmgr_worker_loop_duration_seconds_bucket{le=\"5\"} 2",
             "repmgr_worker_loop_duration_seconds_bucket{le=\"+Inf\"} 3",
             "repmgr_worker_loop_duration_seconds_count 3",
+            "repmgr_rejoin{state=\"waiting\"} 0",
+            "repmgr_rejoin{state=\"failed\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
+        v.rejoin = Some(("rejoining", "rejoining: ...".into()));
+        let text = metrics(&v, 101 * SEC);
+        assert!(
+            text.lines()
+                .any(|l| l == "repmgr_rejoin{state=\"rejoining\"} 1")
+        );
+        assert!(text.lines().any(|l| l == "repmgr_rejoin{state=\"held\"} 0"));
         // Every sample belongs to a family declared with HELP and TYPE before it.
         let mut declared = Vec::new();
         for l in text.lines() {

@@ -14,6 +14,7 @@ pub mod lease;
 pub mod lsn;
 pub mod node;
 pub mod quorum;
+pub mod rejoin;
 pub mod state;
 pub mod template;
 pub mod upstream;

@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
-use repmgr_core::driver::{Action, AutoRejoin, Catalog, Driver, Input, Settings, Upstream};
+use repmgr_core::driver::{Action, Catalog, Driver, Input, Settings, Upstream};
 use repmgr_core::durable::Saved;
 use repmgr_core::event;
 use repmgr_core::lease::Timing;
 use repmgr_core::node::{NodeRecord, NodeType};
+use repmgr_core::rejoin::{AutoRejoin, Status};
 use repmgr_core::state::{Disk, State};
 use repmgr_core::vote::Durable;
 
@@ -263,5 +264,104 @@ fn no_rejoin_when_off_paused_or_held() {
     assert!(
         rejoins(&mut d, &mut s, 0, 30_000, |_| None).is_empty(),
         "paused"
+    );
+}
+
+#[test]
+fn the_rejoin_status_says_what_happens_next() {
+    let at = Duration::from_millis;
+    let (mut d, mut s) = standby();
+    assert_eq!(d.rejoin_status(at(0)), None);
+    s.diverged = true;
+    rejoins(&mut d, &mut s, 1000, 1000, |_| None);
+    let why = "its timeline diverged from the primary's".to_string();
+    assert_eq!(
+        d.rejoin_status(at(2500)),
+        Some(Status::Waiting {
+            why: why.clone(),
+            after: at(3500),
+            not_yet: None
+        })
+    );
+    assert_eq!(
+        d.rejoin_status(at(2500)).unwrap().describe(),
+        "waiting: its timeline diverged from the primary's; it rejoins the current primary in 4 s"
+    );
+    // The attempt starts at 6 s; the worker could not start it (no writable primary).
+    let asked = rejoins(&mut d, &mut s, 1100, 6000, |_| None);
+    assert_eq!(asked, [6000]);
+    assert_eq!(
+        d.rejoin_status(at(6000)).map(|s| s.state()),
+        Some("rejoining")
+    );
+    d.step(
+        at(6000),
+        &mut s,
+        &mut NoDisk,
+        Input::RejoinRefused {
+            why: "no other node answers as a writable primary yet".into(),
+            retry: true,
+        },
+    );
+    let st = d.rejoin_status(at(7000)).unwrap();
+    assert_eq!(st.state(), "waiting");
+    assert_eq!(
+        st.describe(),
+        "waiting: its timeline diverged from the primary's; it could not rejoin yet (no other node answers as a writable primary yet) and tries again in 4 s"
+    );
+    // A refusal for good: failed, with what to do, until a reload.
+    let asked = rejoins(&mut d, &mut s, 7100, 12_000, |_| {
+        Some(("pg_rewind needs wal_log_hints = on".into(), false))
+    });
+    assert_eq!(asked, [11_000]);
+    let st = d.rejoin_status(at(12_000)).unwrap();
+    assert_eq!(
+        st,
+        Status::Failed {
+            why: why.clone(),
+            failure: "pg_rewind needs wal_log_hints = on".into()
+        }
+    );
+    assert!(st.describe().starts_with("failed: its timeline diverged from the primary's, but it does not rejoin automatically: pg_rewind needs wal_log_hints = on; then reload"));
+    // Paused: held, whatever else.
+    d.step(at(12_000), &mut s, &mut NoDisk, Input::Paused(true));
+    rejoins(&mut d, &mut s, 12_100, 12_100, |_| None);
+    assert_eq!(
+        d.rejoin_status(at(12_100)).map(|s| s.state()),
+        Some("failed"),
+        "a failure stays until a reload"
+    );
+    // Mended: the standby no longer diverges, and nothing is said.
+    d.step(at(12_200), &mut s, &mut NoDisk, Input::Paused(false));
+    s.diverged = false;
+    rejoins(&mut d, &mut s, 12_300, 12_300, |_| None);
+    assert_eq!(d.rejoin_status(at(12_300)), None);
+}
+
+#[test]
+fn a_held_rejoin_says_who_holds_it() {
+    for (mode, says) in [
+        (
+            AutoRejoin::Off,
+            "repmgr.auto_rejoin is off: run repmgr node rejoin --force-rewind",
+        ),
+        (AutoRejoin::Pause, "repmgr.auto_rejoin is pause"),
+    ] {
+        let (mut d, mut s) = standby_with(mode);
+        s.diverged = true;
+        rejoins(&mut d, &mut s, 0, 10_000, |_| None);
+        let st = d.rejoin_status(Duration::from_secs(10)).unwrap();
+        assert_eq!(st.state(), "held");
+        assert!(st.describe().contains(says), "{}", st.describe());
+    }
+    let (mut d, mut s) = standby();
+    d.step(Duration::ZERO, &mut s, &mut NoDisk, Input::Paused(true));
+    s.diverged = true;
+    rejoins(&mut d, &mut s, 0, 10_000, |_| None);
+    assert!(
+        d.rejoin_status(Duration::from_secs(10))
+            .unwrap()
+            .describe()
+            .ends_with("repmgr is paused on this node (repmgr service unpause)")
     );
 }

@@ -35,9 +35,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use repmgr_core::driver::{
-    Action, AutoRejoin, Catalog, Driver, Input, LocalFacts, Settings, Upstream,
-};
+use repmgr_core::driver::{Action, Catalog, Driver, Input, LocalFacts, Settings, Upstream};
 use repmgr_core::durable::Saved;
 use repmgr_core::event;
 use repmgr_core::lease::{
@@ -45,6 +43,7 @@ use repmgr_core::lease::{
 };
 use repmgr_core::node::{NodeRecord, NodeType};
 use repmgr_core::quorum::{self, Keeper, KeeperAction, Observed};
+use repmgr_core::rejoin::AutoRejoin;
 use repmgr_core::state::{Disk, Local, PreVote, State};
 use repmgr_core::vote::{VoteReply, VoteRequest, VoterFacts, catalog_objection};
 
