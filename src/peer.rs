@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use pgrx::PgSqlErrorCode;
 use pgrx::prelude::*;
 use repmgr_core::conninfo;
+use repmgr_core::node::NodeType;
 use repmgr_pq::{Conn, ErrorKind, Interest, Interrupted, Waiter};
 
 use std::collections::HashMap;
@@ -223,5 +224,30 @@ impl PeerCache {
 
     pub fn forget(&mut self, node_id: i32) {
         self.open.remove(&node_id);
+    }
+
+    /// The first data node of `nodes` other than this one that answers as a writable,
+    /// unfenced primary: where a replaced primary rejoins, and sends the events it cannot
+    /// write itself. Asks them one at a time, each within the peer timeouts.
+    pub fn writable_primary<'a>(
+        &mut self,
+        settings: &Settings,
+        nodes: &'a [NodeRecord],
+    ) -> Option<&'a NodeRecord> {
+        nodes
+            .iter()
+            .filter(|n| n.node_id != settings.node_id && n.node_type != NodeType::Witness)
+            .find(|n| {
+                let answer = self.get(n, settings).and_then(|p| {
+                    p.run(
+                        "SELECT NOT pg_catalog.pg_is_in_recovery() AND NOT fenced FROM repmgr.node_status()",
+                        &[],
+                    )
+                });
+                if answer.is_err() {
+                    self.forget(n.node_id);
+                }
+                answer.is_ok_and(|r| r.get(0, 0) == Some("t"))
+            })
     }
 }

@@ -26,7 +26,7 @@ use pgrx::prelude::*;
 use crate::catalog;
 use crate::config::{Settings, server_setting};
 use crate::db::{Local, in_transaction};
-use crate::peer::Peer;
+use crate::peer::PeerCache;
 
 /// Attempts that may fail in a row before the node waits for an operator.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -107,28 +107,6 @@ fn log_file(dir: &Path, node_id: i32) -> (PathBuf, fs::File) {
     )
 }
 
-/// The conninfo of another node of `nodes` that answers as a writable primary, with its
-/// description.
-fn writable_primary(
-    settings: &Settings,
-    nodes: &[catalog::NodeRecord],
-) -> Option<(String, String)> {
-    nodes
-        .iter()
-        .filter(|n| n.node_id != settings.node_id && n.node_type != repmgr_core::node::NodeType::Witness)
-        .find(|n| {
-            Peer::connect(&n.conninfo, &n.describe(), settings)
-                .and_then(|mut p| {
-                    p.run(
-                        "SELECT NOT pg_catalog.pg_is_in_recovery() AND NOT fenced FROM repmgr.node_status()",
-                        &[],
-                    )
-                })
-                .is_ok_and(|r| r.get(0, 0) == Some("t"))
-        })
-        .map(|n| (n.conninfo.clone(), n.describe()))
-}
-
 /// Starts the rejoin helper, or says why not and whether a later try may work.
 pub fn start(settings: &Settings, why: &str) -> Result<(), (String, bool)> {
     let me = settings.describe();
@@ -158,7 +136,10 @@ pub fn start(settings: &Settings, why: &str) -> Result<(), (String, bool)> {
         ));
     };
     let nodes = in_transaction(|| catalog::nodes(&mut Local)).unwrap_or_default();
-    let Some((target, target_name)) = writable_primary(settings, &nodes) else {
+    let writable = PeerCache::default()
+        .writable_primary(settings, &nodes)
+        .map(|n| (n.conninfo.clone(), n.describe()));
+    let Some((target, target_name)) = writable else {
         return Err((
             "no other node answers as a writable primary yet".into(),
             true,

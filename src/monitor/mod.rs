@@ -146,6 +146,8 @@ pub struct Monitor {
     children: Children,
     next_child_check: Duration,
     next_housekeeping: Duration,
+    /// When a fenced primary next looks for a primary to record its events on.
+    next_outbox_try: Duration,
     next_witness_sync: Duration,
     last_status_line: Option<Duration>,
     started: bool,
@@ -182,6 +184,7 @@ impl Monitor {
             children: Children::new(),
             next_child_check: Duration::ZERO,
             next_housekeeping: Duration::ZERO,
+            next_outbox_try: Duration::ZERO,
             next_witness_sync: Duration::ZERO,
             last_status_line: None,
             started: false,

@@ -9,7 +9,7 @@ use repmgr_core::event;
 use repmgr_core::node::NodeType;
 use repmgr_core::template;
 
-use super::{Monitor, Snapshot, flush};
+use super::{Monitor, Snapshot, flush, flush_to};
 use crate::catalog::NodeRecord;
 use crate::db::write_transaction;
 use crate::db::{Db, Local};
@@ -19,6 +19,8 @@ use crate::shmem;
 /// How often old monitoring history is trimmed, and how much per statement, so that the
 /// deletes stay small.
 const TRIM_EVERY: Duration = Duration::from_secs(60);
+/// How often a fenced primary with events to record looks for the primary that replaced it.
+const FENCED_OUTBOX_EVERY: Duration = Duration::from_secs(5);
 const TRIM_BATCH: i64 = 1000;
 const TRIM_BATCHES: usize = 10;
 
@@ -43,9 +45,20 @@ impl Monitor {
         if let Some(ev) = self.quorum.round(now, &self.settings, me, &snap.nodes) {
             self.queue(ev);
         }
-        // A fenced primary cannot write its own catalog; its events wait.
+        // A fenced primary cannot write its own catalog: its events go to the primary that
+        // replaced it, if one answers, or wait.
         if crate::fence::refusal().is_none() {
             flush(&mut self.outbox, &self.settings, &mut Local);
+        } else if !self.outbox.is_empty() && now >= self.next_outbox_try {
+            self.next_outbox_try = now + FENCED_OUTBOX_EVERY;
+            if let Some(p) = self.peers.writable_primary(&self.settings, &snap.nodes) {
+                flush_to(
+                    &mut self.outbox,
+                    &self.settings,
+                    &mut self.peers,
+                    &p.clone(),
+                );
+            }
         }
         self.settings.monitor.retry.monitor_interval
     }
