@@ -241,6 +241,8 @@ pub struct NodeOptions {
     pub create_extension: bool,
     /// The PostgreSQL programs to create and run it with; [`bindir`] when `None`.
     pub bindir: Option<PathBuf>,
+    /// Data checksums: initdb's default (on from PostgreSQL 18) unless turned off here.
+    pub data_checksums: bool,
 }
 
 impl Default for NodeOptions {
@@ -252,6 +254,7 @@ impl Default for NodeOptions {
             conninfo_extra: String::new(),
             create_extension: true,
             bindir: None,
+            data_checksums: true,
         }
     }
 }
@@ -259,6 +262,13 @@ impl Default for NodeOptions {
 impl NodeOptions {
     pub fn conf(mut self, line: impl Into<String>) -> Self {
         self.extra_conf.push(line.into());
+        self
+    }
+
+    /// A primary created without data checksums on every major (before 18 that is initdb's
+    /// default); standbys cloned from it inherit that.
+    pub fn without_checksums(mut self) -> Self {
+        self.data_checksums = false;
         self
     }
 }
@@ -407,21 +417,22 @@ impl Cluster {
 
     fn initdb(&mut self, id: i32, kind: Kind, opts: &NodeOptions) -> Node {
         let node = self.new_node(id, kind, opts);
-        run_pg(
-            &node.bindir,
-            "initdb",
-            &[
-                "-D",
-                &node.data.to_string_lossy(),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ],
-        );
+        let data = node.data.to_string_lossy().into_owned();
+        let mut args = vec![
+            "-D",
+            &data,
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ];
+        if !opts.data_checksums && pg_major(&node.bindir) >= 18 {
+            args.push("--no-data-checksums");
+        }
+        run_pg(&node.bindir, "initdb", &args);
         self.append_conf(&node, &self.settings(&node, opts));
         if node.netns.is_some() {
             // initdb trusts loopback only; namespaced nodes talk over their own subnet.

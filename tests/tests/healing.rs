@@ -1,0 +1,232 @@
+//! Self-healing on real clusters: after a fault, a replaced primary comes back as a standby of
+//! the current primary with no command typed (`repmgr.auto_rejoin`), and a rejoin that cannot
+//! work is tried once, says why in `node_status()`, the events and `cluster show`, and leaves
+//! the node as it is. Every wait has a deadline; every cluster is torn down.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use repmgr_tests::{Cluster, NodeOptions, cli};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Options for a cluster that rejoins by itself (pg_rewind needs wal_log_hints).
+fn self_healing(_: i32) -> NodeOptions {
+    NodeOptions::default()
+        .conf("wal_log_hints = on")
+        .conf("repmgr.auto_rejoin = on")
+}
+
+/// Waits until `old` streams from `primary` as a standby, with no command run, and prints how
+/// long that took from `since` (the end of the fault `what`).
+fn rejoined(c: &Cluster, old: i32, primary: i32, since: Instant, what: &str) {
+    c.wait_for_or_explain(
+        &format!("node {old} to rejoin node {primary} by itself"),
+        Duration::from_secs(30),
+        || c.streams_from(primary, old).then_some(()),
+        || c.log_tails(40),
+    );
+    let took = since.elapsed();
+    assert_eq!(
+        c.value(old, "SELECT pg_is_in_recovery()::text").as_deref(),
+        Some("true")
+    );
+    // This rejoin's event, not an earlier one's (the servers share this machine's clock).
+    let within = since.elapsed().as_secs() + 2;
+    let details = c.wait_for("the rejoin's event on the primary", WAIT, || {
+        c.value(
+            primary,
+            &format!("SELECT details FROM repmgr.events WHERE node_id = {old} AND event = 'node_rejoin' AND successful AND event_timestamp > now() - interval '{within} seconds' ORDER BY event_timestamp DESC LIMIT 1"),
+        )
+    });
+    println!("node_rejoin: {details}");
+    // A rewind says what it threw away.
+    assert!(
+        !details.contains("pg_rewind") || details.contains("discarded this node's WAL"),
+        "{details}"
+    );
+    assert_eq!(c.writable(&[1, 2, 3]), [primary]);
+    println!(
+        "{what}: node {old} streams from node {primary} {:.1} s after the fault ended",
+        took.as_secs_f64()
+    );
+}
+
+/// A registered cluster: primary 1, standbys 2..=n, each with `opts(id)`.
+fn cluster(name: &str, standbys: &[i32], opts: impl Fn(i32) -> NodeOptions) -> Cluster {
+    let mut c = Cluster::new(name);
+    c.populate(standbys, opts);
+    c
+}
+
+/// The data nodes other than `id`.
+fn others(id: i32) -> Vec<i32> {
+    [1, 2, 3].into_iter().filter(|n| *n != id).collect()
+}
+
+#[test]
+fn a_replaced_primary_rejoins_by_itself_after_a_crash_a_freeze_and_a_long_stop() {
+    let c = cluster("selfheal", &[2, 3], self_healing);
+    c.settled(1, &[2, 3], WAIT);
+
+    // kill -9 of the whole node, then a start as a reboot would.
+    c.crash(1);
+    let second = c.one_writable(&others(1), WAIT);
+    let started = Instant::now();
+    c.start(1);
+    rejoined(&c, 1, second, started, "after kill -9 and a start");
+    let third_one = others(1).into_iter().find(|n| *n != second).unwrap();
+    c.wait_for("both standbys to stream", WAIT, || {
+        c.streams_from(second, third_one).then_some(())
+    });
+
+    // A freeze longer than the lease: replaced while frozen, it rejoins once thawed.
+    c.settled(second, &others(second), WAIT);
+    c.freeze(second);
+    let third = c.one_writable(&others(second), WAIT);
+    let thawed = Instant::now();
+    c.thaw(second);
+    rejoined(&c, second, third, thawed, "after a freeze and the thaw");
+
+    // Stopped for longer than the lease (a package upgrade): replaced, then back as a standby.
+    c.settled(third, &others(third), WAIT);
+    c.stop(third);
+    let fourth = c.one_writable(&others(third), WAIT);
+    std::thread::sleep(Duration::from_secs(5));
+    let back = Instant::now();
+    c.start(third);
+    rejoined(&c, third, fourth, back, "after a 5 s stop and a start");
+    cluster_show_is_clean(&c, fourth);
+}
+
+/// `repmgr cluster show` through node `id`: exit code, standard output and error.
+fn cluster_show(c: &Cluster, id: i32) -> (i32, String, String) {
+    let out = Command::new(cli())
+        .args(["-d", &c.node(id).conninfo(), "cluster", "show"])
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", cli().display()));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until `cluster show` finds nothing wrong, and checks every data node runs with
+/// `primary` as the only primary.
+fn cluster_show_is_clean(c: &Cluster, primary: i32) {
+    let out = c.wait_for_or_explain(
+        "cluster show to find nothing wrong",
+        WAIT,
+        || {
+            let (code, out, _) = cluster_show(c, primary);
+            (code == 0).then_some(out)
+        },
+        || {
+            let (code, out, err) = cluster_show(c, primary);
+            format!("exit {code}\n{out}{err}")
+        },
+    );
+    let name = format!("node{primary}");
+    for id in [1, 2, 3] {
+        let row = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no row for node {id} in\n{out}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        if id == primary {
+            assert_eq!(&cells[2..4], ["primary", "* running"], "{out}");
+        } else {
+            assert_eq!(&cells[2..5], ["standby", "running", &name], "{out}");
+        }
+    }
+}
+
+#[test]
+fn a_primary_cut_off_by_a_partition_rejoins_once_it_heals() {
+    let mut c = Cluster::with_network("heal-partition");
+    c.populate(&[2, 3], self_healing);
+    c.settled(1, &[2, 3], WAIT);
+    c.network().isolate(1);
+    let new = c.one_writable(&[2, 3], WAIT);
+    // Cut off, it learns nothing: it stays fenced until the link is back.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        c.value(1, "SELECT pg_is_in_recovery()::text").as_deref(),
+        Some("false")
+    );
+    let healed = Instant::now();
+    c.network().rejoin(1);
+    rejoined(&c, 1, new, healed, "after a partition and its healing");
+    let other = others(1).into_iter().find(|n| *n != new).unwrap();
+    c.wait_for(
+        "the other standby to stream from the new primary",
+        WAIT,
+        || c.streams_from(new, other).then_some(()),
+    );
+}
+
+#[test]
+fn a_rejoin_that_cannot_work_is_tried_once_and_says_why() {
+    // No wal_log_hints and no data checksums: pg_rewind cannot run on these nodes.
+    let c = cluster("rejoin-fails", &[2, 3], |_| {
+        NodeOptions::default()
+            .without_checksums()
+            .conf("repmgr.auto_rejoin = on")
+    });
+    c.settled(1, &[2, 3], WAIT);
+    c.crash(1);
+    let new = c.one_writable(&[2, 3], WAIT);
+    c.start(1);
+    let detail = c.wait_for_or_explain(
+        "node 1 to give up on its rejoin",
+        Duration::from_secs(45),
+        || {
+            c.value(
+                1,
+                "SELECT rejoin_detail FROM repmgr.node_status() WHERE rejoin_state = 'failed'",
+            )
+        },
+        || c.log_tails(40),
+    );
+    assert!(
+        detail.starts_with("failed: it was replaced as primary")
+            && detail.contains("wal_log_hints = on"),
+        "{detail}"
+    );
+    // The fenced node's event reaches the primary that replaced it.
+    let failed_events = || {
+        c.int(
+            new,
+            "SELECT count(*) FROM repmgr.events WHERE node_id = 1 AND event = 'node_rejoin' AND NOT successful",
+        )
+    };
+    c.wait_for("the failed rejoin's event on the new primary", WAIT, || {
+        (failed_events() > 0).then_some(())
+    });
+    // No loop: well past the longest back-off of a retry, one event, one warning, the same
+    // server, still fenced.
+    let pid = c.node(1).pid();
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(failed_events(), 1);
+    assert_eq!(
+        c.log(1).matches("does not rejoin automatically").count(),
+        1,
+        "{}",
+        c.log(1)
+    );
+    assert_eq!(c.node(1).pid(), pid);
+    assert_eq!(c.writable(&[1, 2, 3]), [new]);
+    // cluster show says so, and what to do.
+    let (code, out, err) = cluster_show(&c, new);
+    assert_eq!(code, 25, "{out}{err}");
+    let row = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains("rejoin failed"), "{out}");
+    assert!(
+        err.contains("node \"node1\" (ID: 1) needs a rejoin (failed: it was replaced as primary"),
+        "{err}"
+    );
+}
