@@ -500,6 +500,11 @@ impl Driver {
         self.was_leading.is_some()
     }
 
+    /// Whether this primary last saw itself holding its lease (`None` before it looked).
+    pub fn sees_itself_leading(&self) -> Option<bool> {
+        self.was_leading
+    }
+
     /// Whether an election or promotion is under way.
     pub fn busy(&self) -> bool {
         self.phase != Phase::Idle

@@ -23,8 +23,8 @@
 //!    in the history of every node promoted after it (until an operator forces a promotion);
 //! 6. a running primary whose worker watches its lease, and that could commit, then could
 //!    not, reports the fencing (`repmgrd_primary_fenced`) within a second of its own clock,
-//!    even when it got its lease back before its worker looked again; a lapse while its last
-//!    report is still a fencing (no `repmgrd_primary_unfenced` since) is part of that one.
+//!    even when it got its lease back before its worker looked again; a lapse while its worker
+//!    sees it fenced (it said so, or it started fenced) is part of that fencing.
 //!
 //! The primaries' quorum keepers ([`quorum::Keeper`], the extension's own) run too: they
 //! publish the quorum in the replicated catalog and set `synchronous_standby_names`, whose
@@ -362,9 +362,6 @@ struct Node {
     held_lease: bool,
     /// Since when (its own clock) a lapse of its lease has gone unreported.
     unreported_fence: Option<Duration>,
-    /// Its last report was a fencing, not yet followed by one that it holds its lease again:
-    /// a lapse meanwhile is part of the fencing reported.
-    said_fenced: bool,
     /// Timelines this node already held WAL past the start of when they began: a divergence
     /// from one of them was there at the promotion (a voter's `max_lag_on_failover`, or WAL
     /// the winner lacked), not received later from a replaced primary.
@@ -586,7 +583,6 @@ impl World {
                     written: VecDeque::new(),
                     held_lease: false,
                     unreported_fence: None,
-                    said_fenced: false,
                     ahead_at_branch: Vec::new(),
                 };
                 let local = n.local(0);
@@ -1015,9 +1011,6 @@ impl World {
                     // Reported, perhaps before the check below noticed it.
                     self.nodes[i].unreported_fence = None;
                     self.nodes[i].held_lease = false;
-                    self.nodes[i].said_fenced = true;
-                } else if e.name == event::REPMGRD_PRIMARY_UNFENCED {
-                    self.nodes[i].said_fenced = false;
                 }
                 self.log(format!("node {id} event {}: {}", e.name, e.details));
             }
@@ -1516,13 +1509,13 @@ impl World {
         if !n.is_primary() || !n.up {
             n.held_lease = false;
             n.unreported_fence = None;
-            n.said_fenced = false;
             return Ok(());
         }
         // Frozen too: a lease that ran out during a freeze is a lapse, even if the first
         // polls after the thaw renew it.
         let holds = n.state.may_commit(local) && n.driver.watches_lease();
-        if n.held_lease && !holds && !n.said_fenced {
+        // A lapse while its worker sees it fenced (reported, or started so) is part of that.
+        if n.held_lease && !holds && n.driver.sees_itself_leading() == Some(true) {
             n.unreported_fence.get_or_insert(local);
         }
         n.held_lease = holds;
