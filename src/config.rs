@@ -74,6 +74,9 @@ static ALLOW_DROP_EXTENSION: GucSetting<bool> = GucSetting::<bool>::new(false);
 static AUTO_REJOIN: GucSetting<AutoRejoinMode> =
     GucSetting::<AutoRejoinMode>::new(AutoRejoinMode::On);
 static CLI_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static REJOIN_KEEP_WAL_DIRECTORY: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+static REJOIN_KEEP_WAL_MAX_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1024);
 
 /// `repmgr.auto_rejoin`.
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -433,6 +436,22 @@ fn define_failover() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
+    GucRegistry::define_string_guc(
+        c"repmgr.rejoin_keep_wal_directory",
+        c"Where a rewinding rejoin keeps copies of the WAL files it discards, for pg_waldump (empty: not kept).",
+        c"",
+        &REJOIN_KEEP_WAL_DIRECTORY,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    int_setting(
+        c"repmgr.rejoin_keep_wal_max_size",
+        c"The most repmgr.rejoin_keep_wal_directory holds: the oldest copies go first.",
+        &REJOIN_KEEP_WAL_MAX_SIZE,
+        16,
+        i32::MAX,
+        GucFlags::UNIT_MB,
+    );
     int_setting(
         c"repmgr.synchronous_standbys",
         c"Standbys that must flush each commit before it is acknowledged (0: asynchronous); the primary manages synchronous_standby_names.",
@@ -673,6 +692,10 @@ pub struct FailoverSettings {
     pub auto_rejoin: AutoRejoinMode,
     /// `repmgr.cli_path`, when set.
     pub cli_path: Option<String>,
+    /// `repmgr.rejoin_keep_wal_directory`, when set, and `repmgr.rejoin_keep_wal_max_size`
+    /// (MB).
+    pub keep_wal_directory: Option<String>,
+    pub keep_wal_max_mb: u32,
     /// `repmgr.synchronous_standbys` and `repmgr.synchronous_mode`.
     pub synchronous_standbys: u32,
     pub synchronous_mode: repmgr_core::quorum::Mode,
@@ -716,6 +739,8 @@ impl FailoverSettings {
             fence_action: FENCE_ACTION.get(),
             auto_rejoin: AUTO_REJOIN.get(),
             cli_path: string(&CLI_PATH),
+            keep_wal_directory: string(&REJOIN_KEEP_WAL_DIRECTORY),
+            keep_wal_max_mb: REJOIN_KEEP_WAL_MAX_SIZE.get().max(16) as u32,
             synchronous_standbys: SYNCHRONOUS_STANDBYS.get().max(0) as u32,
             synchronous_mode: match SYNCHRONOUS_MODE.get() {
                 SyncMode::Strict => repmgr_core::quorum::Mode::Strict,

@@ -36,14 +36,18 @@ pub const MAX_ATTEMPTS: u32 = 3;
 pub const ATTEMPTS_FILE: &str = "repmgr_rejoin.attempts";
 
 /// What the helper runs: `$1` the command line, `$2` the data directory, `$3` the writable
-/// node's conninfo, `$4` repmgr.conf or empty. Values are positional parameters, never
-/// pasted into the script.
-const SCRIPT: &str = r#"cli=$1 dir=$2 target=$3 conf=$4
+/// node's conninfo, `$4` repmgr.conf or empty, `$5` where to keep the WAL a rewind discards
+/// or empty, `$6` the most that directory holds (MB). Values are positional parameters,
+/// never pasted into the script.
+const SCRIPT: &str = r#"cli=$1 dir=$2 target=$3 conf=$4 keep=$5 keep_max=$6
 set --
 if [ -n "$conf" ]; then set -- -f "$conf"; fi
 echo "$(date -u '+%Y-%m-%d %H:%M:%S') UTC repmgr rejoin: stopping the server on $dir"
 "$cli" "$@" -D "$dir" node service --action=stop || exit 1
 echo "$(date -u '+%Y-%m-%d %H:%M:%S') UTC repmgr rejoin: repmgr node rejoin --force-rewind"
+if [ -n "$keep" ]; then
+  exec "$cli" "$@" -D "$dir" -d "$target" node rejoin --force-rewind --keep-wal-directory "$keep" --keep-wal-max-size "$keep_max"
+fi
 exec "$cli" "$@" -D "$dir" -d "$target" node rejoin --force-rewind
 "#;
 
@@ -180,6 +184,14 @@ pub fn start(settings: &Settings, why: &str) -> Result<(), (String, bool)> {
         .arg(&dir)
         .arg(&target)
         .arg(conf)
+        .arg(
+            settings
+                .failover
+                .keep_wal_directory
+                .as_deref()
+                .unwrap_or(""),
+        )
+        .arg(settings.failover.keep_wal_max_mb.to_string())
         .env("PATH", path)
         .stdin(Stdio::null())
         .stdout(log)

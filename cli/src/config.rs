@@ -102,6 +102,9 @@ pub struct Config {
     pub wal_receive_check_timeout: i64,
     pub standby_reconnect_timeout: i64,
     pub node_rejoin_timeout: i64,
+    /// Where `node rejoin` keeps the WAL a rewind discards, and the most it holds (MB).
+    pub rejoin_keep_wal_directory: Option<PathBuf>,
+    pub rejoin_keep_wal_max_size: u64,
     pub promote_check_timeout: i64,
     pub standby_follow_timeout: i64,
     /// Unknown or unused settings, to print as warnings.
@@ -135,6 +138,8 @@ impl Default for Config {
             wal_receive_check_timeout: 30,
             standby_reconnect_timeout: 60,
             node_rejoin_timeout: 60,
+            rejoin_keep_wal_directory: None,
+            rejoin_keep_wal_max_size: 1024,
             promote_check_timeout: 60,
             standby_follow_timeout: 30,
             warnings: Vec::new(),
@@ -408,6 +413,10 @@ impl Config {
             "wal_receive_check_timeout" => self.wal_receive_check_timeout = integer(it, 1)?,
             "standby_reconnect_timeout" => self.standby_reconnect_timeout = integer(it, 1)?,
             "node_rejoin_timeout" => self.node_rejoin_timeout = integer(it, 1)?,
+            "rejoin_keep_wal_directory" => self.rejoin_keep_wal_directory = path(),
+            "rejoin_keep_wal_max_size" => {
+                self.rejoin_keep_wal_max_size = integer(it, 16)? as u64;
+            }
             "promote_check_timeout" => self.promote_check_timeout = integer(it, 1)?,
             "standby_follow_timeout" => self.standby_follow_timeout = integer(it, 1)?,
             name if SERVER_SIDE.contains(&name) => self.warnings.push(format!(

@@ -10,6 +10,7 @@ mod cluster;
 mod config;
 mod conn;
 mod context;
+mod discarded;
 mod exit;
 mod local;
 mod node;
@@ -189,6 +190,14 @@ pub enum NodeAction {
         /// Run pg_rewind when the timelines diverged
         #[arg(long = "force-rewind")]
         force_rewind: bool,
+        /// Keep copies of the WAL files a rewind discards in a directory of their own under
+        /// DIR (absolute, outside the data directory); repmgr.conf: rejoin_keep_wal_directory
+        #[arg(long = "keep-wal-directory", value_name = "DIR")]
+        keep_wal_directory: Option<PathBuf>,
+        /// The most DIR may hold, in MB; the oldest copies go first (default 1024);
+        /// repmgr.conf: rejoin_keep_wal_max_size
+        #[arg(long = "keep-wal-max-size", value_name = "MB")]
+        keep_wal_max_size: Option<u64>,
     },
     /// Start, stop, restart, reload or promote the local server with its service commands
     Service {
@@ -325,7 +334,22 @@ fn dispatch(ctx: &context::Ctx, object: &Object) -> exit::Result<i32> {
                 is_shutdown_cleanly,
             } => node::status(ctx, *is_shutdown_cleanly),
             NodeAction::Check(args) => node::check(ctx, args),
-            NodeAction::Rejoin { force_rewind } => node::rejoin(ctx, *force_rewind),
+            NodeAction::Rejoin {
+                force_rewind,
+                keep_wal_directory,
+                keep_wal_max_size,
+            } => {
+                let keep = keep_wal_directory
+                    .clone()
+                    .or_else(|| ctx.cfg.rejoin_keep_wal_directory.clone())
+                    .map(|directory| discarded::Keep {
+                        directory,
+                        max_bytes: keep_wal_max_size
+                            .unwrap_or(ctx.cfg.rejoin_keep_wal_max_size)
+                            .saturating_mul(1 << 20),
+                    });
+                node::rejoin(ctx, *force_rewind, keep.as_ref())
+            }
             NodeAction::Service {
                 action,
                 checkpoint,

@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::catalog::{self, Connect};
 use crate::conn::Session;
 use crate::context::Ctx;
+use crate::discarded::{self, Keep, OwnWal};
 use crate::exit::{ERR_NO_RESTART, ERR_NODE_STATUS, ERR_REJOIN_FAIL, Failure, Result, SUCCESS};
 use crate::local::{self, Service};
 use crate::output::{Format, pretty};
@@ -839,12 +840,6 @@ fn switchpoint(history: &str, tli: u32) -> Option<Lsn> {
     })
 }
 
-/// Whether this node's WAL goes past where the primary's history left its timeline.
-/// Where this node's own WAL begins, the part the primary's history does not continue: on
-/// timeline `.0`, from `.1`. `None` when it has none, or when it cannot be told (its
-/// timeline is ahead of the primary's).
-type OwnWal = Option<(u32, Lsn)>;
-
 /// Whether this stopped node must be rewound to follow the primary `p`, why, and where its
 /// own WAL begins.
 fn needs_rewind(p: &mut Session, cd: &local::ControlData) -> Result<(bool, String, OwnWal)> {
@@ -890,61 +885,6 @@ fn needs_rewind(p: &mut Session, cd: &local::ControlData) -> Result<(bool, Strin
             format!("timeline {local_tli} is not in the primary's history"),
             None,
         )),
-    }
-}
-
-/// What pg_waldump reads of this node's WAL on timeline `tli` from `from`: the position of
-/// its last record, how many records and how many commits. `None` when there is none or it
-/// cannot be read (the rejoin goes on; this is for the operator).
-fn read_own_wal(ctx: &Ctx, dir: &Path, tli: u32, from: Lsn) -> Option<(Lsn, usize, usize)> {
-    let wal = dir.join("pg_wal");
-    let c = local::command_as(
-        local::run_as(dir).as_deref(),
-        &local::program(&ctx.cfg, Some(dir), "pg_waldump"),
-        &[
-            "--path",
-            &wal.to_string_lossy(),
-            "--timeline",
-            &tli.to_string(),
-            "--start",
-            &from.to_string(),
-        ],
-    );
-    // pg_waldump exits non-zero at the end of the WAL it finds: the records are on stdout.
-    let out = local::output(c, "pg_waldump").ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut last = None;
-    let (mut records, mut commits) = (0, 0);
-    for line in text.lines() {
-        let Some(lsn) = line
-            .split("lsn: ")
-            .nth(1)
-            .and_then(|r| r.split(',').next())
-            .and_then(|l| Lsn::parse(l.trim()))
-        else {
-            continue;
-        };
-        records += 1;
-        if line.contains("desc: COMMIT") {
-            commits += 1;
-        }
-        last = Some(lsn);
-    }
-    last.map(|l| (l, records, commits))
-}
-
-/// Says what a rewind throws away: this node's WAL that the primary's history does not hold.
-fn describe_own_wal(ctx: &Ctx, dir: &Path, own: OwnWal) -> String {
-    let Some((tli, from)) = own else {
-        return String::new();
-    };
-    match read_own_wal(ctx, dir, tli, from) {
-        Some((last, records, commits)) => format!(
-            "; it discarded this node's WAL on timeline {tli} from {from} to its last record at {last} ({records} records, {commits} of them commits)"
-        ),
-        None => format!(
-            "; it discarded this node's WAL on timeline {tli} from {from} (pg_waldump read no record there)"
-        ),
     }
 }
 
@@ -1010,7 +950,7 @@ fn rewind(ctx: &Ctx, dir: &Path, primary: &NodeRecord) -> Result<()> {
     Ok(())
 }
 
-pub fn rejoin(ctx: &Ctx, force_rewind: bool) -> Result<i32> {
+pub fn rejoin(ctx: &Ctx, force_rewind: bool, keep: Option<&Keep>) -> Result<i32> {
     let dir = ctx.require_data_directory("node rejoin")?;
     let fail = |m: String| Failure::new(ERR_REJOIN_FAIL, m);
     if let Some(pid) = local::running_pid(&dir) {
@@ -1086,7 +1026,7 @@ pub fn rejoin(ctx: &Ctx, force_rewind: bool) -> Result<i32> {
     }
     // Read before pg_rewind replaces the WAL.
     let discarded = if rewind_now {
-        describe_own_wal(ctx, &dir, own)
+        discarded::describe_and_keep(ctx, &dir, me.node_id, own, keep)
     } else {
         String::new()
     };

@@ -19,6 +19,18 @@ impl Lsn {
     pub fn bytes_until(self, ahead: Lsn) -> u64 {
         ahead.0.saturating_sub(self.0)
     }
+
+    /// The number of the WAL segment of `segment_size` bytes that holds this position.
+    pub fn segment(self, segment_size: u64) -> u64 {
+        self.0 / segment_size.max(1)
+    }
+}
+
+/// The file name of WAL segment `segment` of `segment_size` bytes on timeline `tli`, as
+/// PostgreSQL names it in `pg_wal` (`pg_walfile_name`).
+pub fn segment_file(tli: u32, segment: u64, segment_size: u64) -> String {
+    let per_id = 0x1_0000_0000 / segment_size.max(1);
+    format!("{tli:08X}{:08X}{:08X}", segment / per_id, segment % per_id)
 }
 
 impl fmt::Display for Lsn {
@@ -40,5 +52,26 @@ mod tests {
         assert_eq!(Lsn::parse("nope"), None);
         assert_eq!(Lsn(10).bytes_until(Lsn(25)), 15);
         assert_eq!(Lsn(25).bytes_until(Lsn(10)), 0);
+    }
+
+    #[test]
+    fn names_segments_as_postgresql_does() {
+        const MB16: u64 = 16 << 20;
+        let l = Lsn::parse("16/B374D848").unwrap();
+        assert_eq!(
+            segment_file(1, l.segment(MB16), MB16),
+            "0000000100000016000000B3"
+        );
+        let l = Lsn::parse("0/500D198").unwrap();
+        assert_eq!(
+            segment_file(3, l.segment(MB16), MB16),
+            "000000030000000000000005"
+        );
+        // 1 GB segments: four per 4 GB.
+        let l = Lsn::parse("2/C0000000").unwrap();
+        assert_eq!(
+            segment_file(2, l.segment(1 << 30), 1 << 30),
+            "000000020000000200000003"
+        );
     }
 }

@@ -18,8 +18,8 @@ fn self_healing(_: i32) -> NodeOptions {
 }
 
 /// Waits until `old` streams from `primary` as a standby, with no command run, and prints how
-/// long that took from `since` (the end of the fault `what`).
-fn rejoined(c: &Cluster, old: i32, primary: i32, since: Instant, what: &str) {
+/// long that took from `since` (the end of the fault `what`). Returns the rejoin's event.
+fn rejoined(c: &Cluster, old: i32, primary: i32, since: Instant, what: &str) -> String {
     c.wait_for_or_explain(
         &format!("node {old} to rejoin node {primary} by itself"),
         Duration::from_secs(30),
@@ -50,6 +50,7 @@ fn rejoined(c: &Cluster, old: i32, primary: i32, since: Instant, what: &str) {
         "{what}: node {old} streams from node {primary} {:.1} s after the fault ended",
         took.as_secs_f64()
     );
+    details
 }
 
 /// A registered cluster: primary 1, standbys 2..=n, each with `opts(id)`.
@@ -143,9 +144,11 @@ fn cluster_show_is_clean(c: &Cluster, primary: i32) {
 }
 
 #[test]
-fn a_primary_cut_off_by_a_partition_rejoins_once_it_heals() {
+fn a_primary_cut_off_by_a_partition_rejoins_once_it_heals_and_keeps_what_it_discards() {
     let mut c = Cluster::with_network("heal-partition");
-    c.populate(&[2, 3], self_healing);
+    let keep = c.dir.join("kept-wal");
+    let setting = format!("repmgr.rejoin_keep_wal_directory = '{}'", keep.display());
+    c.populate(&[2, 3], |id| self_healing(id).conf(&setting));
     c.settled(1, &[2, 3], WAIT);
     c.network().isolate(1);
     let new = c.one_writable(&[2, 3], WAIT);
@@ -157,7 +160,42 @@ fn a_primary_cut_off_by_a_partition_rejoins_once_it_heals() {
     );
     let healed = Instant::now();
     c.network().rejoin(1);
-    rejoined(&c, 1, new, healed, "after a partition and its healing");
+    let details = rejoined(&c, 1, new, healed, "after a partition and its healing");
+    // The WAL it discarded is kept, and pg_waldump reads the range the event names.
+    let kept = details
+        .split("its WAL files are kept in ")
+        .nth(1)
+        .and_then(|r| r.split(" (").next())
+        .unwrap_or_else(|| panic!("the event names no kept files: {details}"));
+    assert!(
+        kept.starts_with(&format!("{}/node1-", keep.display())),
+        "{details}"
+    );
+    let readme = std::fs::read_to_string(format!("{kept}/README")).expect("README");
+    let command = readme
+        .lines()
+        .find_map(|l| l.strip_prefix("Read it with: pg_waldump "))
+        .unwrap_or_else(|| panic!("{readme}"));
+    let from = details
+        .split(" from ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap();
+    assert!(command.ends_with(&format!("--start {from}")), "{readme}");
+    let out = Command::new(repmgr_tests::bindir().join("pg_waldump"))
+        .args(command.split(' '))
+        .output()
+        .expect("run pg_waldump");
+    let records = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("lsn: "))
+        .count();
+    assert!(
+        records > 0,
+        "pg_waldump {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("kept {kept}: pg_waldump reads {records} records from {from}");
     let other = others(1).into_iter().find(|n| *n != new).unwrap();
     c.wait_for(
         "the other standby to stream from the new primary",
