@@ -4,7 +4,8 @@
 //! A thread inserts consecutive integers, one small transaction every `every`, through a
 //! multi-host connection string with `target_session_attrs=read-write`, as an application
 //! would; after an error it reconnects (to whichever node is writable) and goes on. Each
-//! acknowledged integer is recorded with the moment its commit returned.
+//! acknowledged integer is recorded with the moment its commit returned, and with the node
+//! that committed it and its transaction id (to look for it in WAL a rewind discarded).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,10 @@ use repmgr_pq::{Conn, PollWaiter};
 
 /// An acknowledged commit: the value and when its commit returned.
 pub type Ack = (i64, Instant);
+
+/// Where an acknowledged commit was made: its value, the node (`repmgr.node_id`) and the
+/// transaction id as WAL records name it (32 bits).
+pub type Origin = (i64, Option<i32>, u32);
 
 /// Wall-clock time of an acknowledgement, in seconds since the epoch, to compare with
 /// timestamps the servers record (same machine, same clock).
@@ -31,6 +36,7 @@ pub struct Load {
     /// Set by the writer once it has seen `paused`, between two writes.
     idle: Arc<AtomicBool>,
     acks: Arc<Mutex<Vec<Ack>>>,
+    origins: Arc<Mutex<Vec<Origin>>>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -41,7 +47,9 @@ impl Load {
         let paused = Arc::new(AtomicBool::new(false));
         let idle = Arc::new(AtomicBool::new(false));
         let acks = Arc::new(Mutex::new(Vec::new()));
+        let origins = Arc::new(Mutex::new(Vec::new()));
         let (s, p, i, a) = (stop.clone(), paused.clone(), idle.clone(), acks.clone());
+        let o = origins.clone();
         let conninfo = format!("{conninfo} target_session_attrs=read-write connect_timeout=2");
         let table = table.to_string();
         let handle = std::thread::spawn(move || {
@@ -79,10 +87,15 @@ impl Load {
                 }
                 let c = conn.as_mut().expect("connected above");
                 let v = next.to_string();
-                let sql = format!("INSERT INTO {table} VALUES ($1::bigint)");
+                let sql = format!(
+                    "INSERT INTO {table} VALUES ($1::bigint) RETURNING current_setting('repmgr.node_id', true), (pg_catalog.pg_current_xact_id()::text::bigint % 4294967296)::text"
+                );
                 match c.query(&sql, &[Some(&v)], Instant::now() + timeout, &mut PollWaiter) {
-                    Ok(_) => {
+                    Ok(r) => {
                         a.lock().expect("acks").push((next, Instant::now()));
+                        let node = r.get(0, 0).and_then(|n| n.parse().ok());
+                        let xid = r.get(0, 1).and_then(|x| x.parse().ok()).unwrap_or(0);
+                        o.lock().expect("origins").push((next, node, xid));
                         next += 1;
                     }
                     // A refused commit (fenced) or a broken connection: try elsewhere, with
@@ -100,6 +113,7 @@ impl Load {
             paused,
             idle,
             acks,
+            origins,
             handle: Some(handle),
         }
     }
@@ -124,6 +138,11 @@ impl Load {
     /// The acknowledged commits so far.
     pub fn acks(&self) -> Vec<Ack> {
         self.acks.lock().expect("acks").clone()
+    }
+
+    /// Where each acknowledged commit so far was made.
+    pub fn origins(&self) -> Vec<Origin> {
+        self.origins.lock().expect("origins").clone()
     }
 
     /// Stops the writer and returns every acknowledged commit.

@@ -162,40 +162,8 @@ fn a_primary_cut_off_by_a_partition_rejoins_once_it_heals_and_keeps_what_it_disc
     c.network().rejoin(1);
     let details = rejoined(&c, 1, new, healed, "after a partition and its healing");
     // The WAL it discarded is kept, and pg_waldump reads the range the event names.
-    let kept = details
-        .split("its WAL files are kept in ")
-        .nth(1)
-        .and_then(|r| r.split(" (").next())
-        .unwrap_or_else(|| panic!("the event names no kept files: {details}"));
-    assert!(
-        kept.starts_with(&format!("{}/node1-", keep.display())),
-        "{details}"
-    );
-    let readme = std::fs::read_to_string(format!("{kept}/README")).expect("README");
-    let command = readme
-        .lines()
-        .find_map(|l| l.strip_prefix("Read it with: pg_waldump "))
-        .unwrap_or_else(|| panic!("{readme}"));
-    let from = details
-        .split(" from ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .unwrap();
-    assert!(command.ends_with(&format!("--start {from}")), "{readme}");
-    let out = Command::new(repmgr_tests::bindir().join("pg_waldump"))
-        .args(command.split(' '))
-        .output()
-        .expect("run pg_waldump");
-    let records = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("lsn: "))
-        .count();
-    assert!(
-        records > 0,
-        "pg_waldump {command}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("kept {kept}: pg_waldump reads {records} records from {from}");
+    let records = kept_wal(&details, &keep);
+    assert!(!records.is_empty(), "{details}");
     let other = others(1).into_iter().find(|n| *n != new).unwrap();
     c.wait_for(
         "the other standby to stream from the new primary",
@@ -266,5 +234,120 @@ fn a_rejoin_that_cannot_work_is_tried_once_and_says_why() {
     assert!(
         err.contains("node \"node1\" (ID: 1) needs a rejoin (failed: it was replaced as primary"),
         "{err}"
+    );
+}
+
+/// The WAL records a rewinding rejoin kept under `keep`, as pg_waldump prints them with the
+/// command the copy's README gives, checked against the range the event's `details` name.
+fn kept_wal(details: &str, keep: &std::path::Path) -> Vec<String> {
+    let kept = details
+        .split("its WAL files are kept in ")
+        .nth(1)
+        .and_then(|r| r.split(" (").next())
+        .unwrap_or_else(|| panic!("the event names no kept files: {details}"));
+    assert!(
+        kept.starts_with(&format!("{}/node", keep.display())),
+        "{details}"
+    );
+    let readme = std::fs::read_to_string(format!("{kept}/README")).expect("README");
+    let command = readme
+        .lines()
+        .find_map(|l| l.strip_prefix("Read it with: pg_waldump "))
+        .unwrap_or_else(|| panic!("{readme}"));
+    let from = details
+        .split(" from ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap();
+    assert!(command.ends_with(&format!("--start {from}")), "{readme}");
+    let out = Command::new(repmgr_tests::bindir().join("pg_waldump"))
+        .args(command.split(' '))
+        .output()
+        .expect("run pg_waldump");
+    let records: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("lsn: "))
+        .map(str::to_string)
+        .collect();
+    println!(
+        "kept {kept}: pg_waldump reads {} records from {from}",
+        records.len()
+    );
+    records
+}
+
+/// The transaction ids of the commit records among pg_waldump's `records`.
+fn commits(records: &[String]) -> Vec<u32> {
+    records
+        .iter()
+        .filter(|l| l.contains("desc: COMMIT"))
+        .filter_map(|l| {
+            l.split("tx:")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn with_zero_data_loss_what_a_rejoin_discards_holds_no_acknowledged_commit() {
+    let mut c = Cluster::with_network("heal-zero-loss");
+    let keep = c.dir.join("kept-wal");
+    let setting = format!("repmgr.rejoin_keep_wal_directory = '{}'", keep.display());
+    c.populate(&[2, 3], |id| {
+        self_healing(id)
+            .conf(&setting)
+            .conf("repmgr.synchronous_standbys = 1")
+    });
+    c.settled(1, &[2, 3], WAIT);
+    c.wait_for("the primary's synchronous quorum", WAIT, || {
+        c.value(1, "SHOW synchronous_standby_names")
+            .filter(|v| !v.is_empty())
+    });
+    let load = c.write_load(&[1, 2, 3]);
+    c.wait_for("writes on the primary", WAIT, || {
+        (load.acks().len() > 50).then_some(())
+    });
+    // Cut off, the primary goes on writing commit records its standbys never acknowledge,
+    // until its fence stops it.
+    c.network().isolate(1);
+    let new = c.one_writable(&[2, 3], WAIT);
+    let before = load.acks().len();
+    c.wait_for("writes on the new primary", WAIT, || {
+        (load.acks().len() > before + 50).then_some(())
+    });
+    let healed = Instant::now();
+    c.network().rejoin(1);
+    let details = rejoined(&c, 1, new, healed, "after a partition, with zero data loss");
+    let origins = load.origins();
+    let acks = load.stop();
+    let lost = c.missing_acks(new, "acked", &acks);
+    assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+    let discarded = commits(&kept_wal(&details, &keep));
+    assert!(
+        details.contains(&format!("{} of them commits", discarded.len())),
+        "the event counts {details}, pg_waldump {discarded:?}"
+    );
+    assert!(
+        !discarded.is_empty(),
+        "the cut-off primary wrote no commit record, so this tests nothing: {details}"
+    );
+    let acknowledged: Vec<&(i64, Option<i32>, u32)> = origins
+        .iter()
+        .filter(|(_, node, xid)| *node == Some(1) && discarded.contains(xid))
+        .collect();
+    assert!(
+        acknowledged.is_empty(),
+        "acknowledged commits of node 1 in the WAL its rejoin discarded: {acknowledged:?}"
+    );
+    println!(
+        "{} acknowledged writes, {} by node 1; the rejoin discarded {} commits, none acknowledged",
+        acks.len(),
+        origins.iter().filter(|o| o.1 == Some(1)).count(),
+        discarded.len()
     );
 }
