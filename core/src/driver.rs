@@ -702,34 +702,37 @@ impl Driver {
         }
         // A primary that was replaced still streams what it wrote before its fence, on a
         // branch nobody continues: a standby left on it would look ahead of the new timeline
-        // and hold every election back. A cascaded standby stays on its upstream.
+        // and hold every election back. A cascaded standby stays on its upstream. Nor does it
+        // move to a primary this voter has moved past (a catalog copy can still name the
+        // replaced one when its successor died before its promotion reached this node).
         let replaced = upstream
             .node
             .and_then(|u| self.record(u))
             .is_some_and(|u| u.node_type == NodeType::Primary);
-        (upstream.down || replaced).then_some((p, event::REPMGRD_FAILOVER_FOLLOW))
+        ((upstream.down || replaced) && self.superseded(state, p.node_id).is_none())
+            .then_some((p, event::REPMGRD_FAILOVER_FOLLOW))
     }
 
     /// Why this voter no longer supports primary `id` in its own term, if it does not: it
-    /// supports another node there (it voted, or heard a newer primary), or it learnt of a
-    /// term newer than the one it last supported `id` in. Nothing while it never supported
-    /// anyone since it started with no saved support, and nothing for supporting itself: a
-    /// former primary that streams again (rejoined, or demoted by a switchover) streams from
-    /// one that came after it.
+    /// supports another node there (it voted, or heard a newer primary), it learnt of a term
+    /// newer than the one it last supported `id` in, or the last node it supported is another
+    /// one. Nothing while it never supported anyone since it started with no saved support,
+    /// and nothing for supporting itself: a former primary that streams again (rejoined, or
+    /// demoted by a switchover) streams from one that came after it.
     fn superseded(&self, state: &State, id: NodeId) -> Option<String> {
         let d = state.voter.durable;
-        match d.supports {
-            Some(x) if x == id || x == self.node_id => None,
-            Some(x) => Some(format!("it supports node {x} in term {}", d.term)),
-            None => self
-                .last_support
-                .filter(|(n, t)| *n == id && *t < d.term)
-                .map(|(_, t)| {
-                    format!(
-                        "it is in term {}, newer than term {t} in which it supported node {id}",
-                        d.term
-                    )
-                }),
+        match (d.supports, self.last_support) {
+            (Some(x), _) if x == id || x == self.node_id => None,
+            (Some(x), _) => Some(format!("it supports node {x} in term {}", d.term)),
+            (None, Some((n, t))) if n == id && t < d.term => Some(format!(
+                "it is in term {}, newer than term {t} in which it supported node {id}",
+                d.term
+            )),
+            (None, Some((n, t))) if n != id && n != self.node_id => Some(format!(
+                "it is in term {}, and the last primary it supported was node {n} (term {t})",
+                d.term
+            )),
+            (None, _) => None,
         }
     }
 

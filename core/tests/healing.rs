@@ -365,3 +365,26 @@ fn a_held_rejoin_says_who_holds_it() {
             .ends_with("repmgr is paused on this node (repmgr service unpause)")
     );
 }
+
+#[test]
+fn a_standby_whose_upstream_died_does_not_move_to_a_primary_it_moved_past() {
+    // Node 2 voted node 3 in, streamed from it, and node 3 died before its promotion reached
+    // node 2's catalog copy, which still names node 1 (replaced) the primary.
+    let (mut d, mut s) = standby();
+    support(&mut s, 2, Some(3));
+    let _ = d.follow_decision(&s, streaming_from(3));
+    tick(&mut d, &mut s, 10);
+    // An election it refused since: term 3, supporting nobody.
+    support(&mut s, 3, None);
+    let down = Upstream {
+        down: true,
+        ..streaming_from(3)
+    };
+    assert_eq!(d.follow_decision(&s, down), None);
+    // Once it hears node 1 lead in a newer term, it follows it.
+    support(&mut s, 4, Some(1));
+    let (target, _) = d
+        .follow_decision(&s, down)
+        .expect("it follows the primary it supports");
+    assert_eq!(target.node_id, 1);
+}
