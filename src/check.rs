@@ -210,6 +210,8 @@ fn timing_across_nodes(settings: &Settings, me: &NodeRecord, nodes: &[NodeRecord
         let local = repmgr_core::state::Local {
             in_recovery: unsafe { pgrx::pg_sys::RecoveryInProgress() },
             lsn: None,
+            timeline: 0,
+            timeline_start: 0,
             paused: st.paused,
             // Only the timing is read here.
             sync_quorum: 0,
@@ -391,7 +393,7 @@ fn synchronous_quorum(
                     format!("member of {}", published.describe()),
                 )));
             }
-            let lsn = crate::protocol::received_lsn().unwrap_or(0);
+            let mine = crate::protocol::received_position().unwrap_or_default();
             let reports: Vec<repmgr_core::quorum::Report> = nodes
                 .iter()
                 .filter(|x| x.node_id != me.node_id && published.members.contains(&x.node_id))
@@ -400,19 +402,23 @@ fn synchronous_quorum(
                         crate::peer::Peer::connect(&x.conninfo, &x.describe(), settings).ok()?;
                     let r = p
                         .run(
-                            "SELECT in_recovery AND NOT diverged, lsn FROM repmgr.vote_info()",
+                            "SELECT in_recovery AND NOT diverged, lsn, timeline, timeline_start FROM repmgr.vote_info()",
                             &[],
                         )
                         .ok()?;
                     (r.get(0, 0) == Some("t")).then_some(())?;
                     Some(repmgr_core::quorum::Report {
                         node_id: x.node_id,
-                        lsn: r.get(0, 1)?.parse().ok()?,
+                        position: repmgr_core::lsn::Position {
+                            lsn: r.get(0, 1)?.parse().ok()?,
+                            timeline: r.get(0, 2)?.parse().ok()?,
+                            start: r.get(0, 3)?.parse().ok()?,
+                        },
                     })
                 })
                 .collect();
             Ok(Some(
-                match repmgr_core::quorum::may_promote(&published, me.node_id, lsn, &reports) {
+                match repmgr_core::quorum::may_promote(&published, me.node_id, mine, &reports) {
                     Ok(()) => check(
                         name,
                         "OK",

@@ -413,6 +413,8 @@ impl Failover {
             request.fence.as_micros().to_string(),
             request.version.to_string(),
             request.quorum_version.to_string(),
+            request.timeline.to_string(),
+            request.timeline_start.to_string(),
         ];
         let args: Vec<Option<&str>> = args.iter().map(|a| Some(a.as_str())).collect();
         for n in to {
@@ -421,7 +423,7 @@ impl Failover {
             }
             let answer = self.peers.get(n, &es).and_then(|p| {
                 p.run(
-                    "SELECT term, granted, reason FROM repmgr.request_vote($1::bigint, $2::int, $3::bigint, $4::boolean, $5::bigint, $6::bigint, $7::bigint)",
+                    "SELECT term, granted, reason FROM repmgr.request_vote($1::bigint, $2::int, $3::bigint, $4::boolean, $5::bigint, $6::bigint, $7::bigint, $8::bigint, $9::bigint)",
                     &args,
                 )
             });
@@ -533,7 +535,13 @@ fn parse_poll_reply(rows: &repmgr_pq::Rows) -> Option<PollReply> {
 /// catalog publishes with whether it had replayed everything it received before reading it
 /// (so the catalog is as new as its position).
 fn local_facts() -> LocalFacts {
-    let lsn = in_transaction(protocol::received_lsn);
+    let position =
+        protocol::received_position().filter(|_| unsafe { pg_sys::RecoveryInProgress() });
+    let (lsn, timeline, timeline_start) = (
+        position.map(|p| p.lsn),
+        position.map_or(0, |p| p.timeline),
+        position.map_or(0, |p| p.start),
+    );
     // Without the catalog (DROP EXTENSION) there is nothing to read, and no error either.
     let catalog = in_transaction(|| {
         Local.read(
@@ -546,6 +554,8 @@ fn local_facts() -> LocalFacts {
     if !catalog {
         return LocalFacts {
             lsn,
+            timeline,
+            timeline_start,
             quorum: None,
             quorum_version: 0,
         };
@@ -565,6 +575,8 @@ fn local_facts() -> LocalFacts {
     match read() {
         Ok(((quorum, quorum_version), replayed_all)) => LocalFacts {
             lsn,
+            timeline,
+            timeline_start,
             quorum: Some((quorum, replayed_all)),
             quorum_version,
         },
@@ -575,6 +587,8 @@ fn local_facts() -> LocalFacts {
             );
             LocalFacts {
                 lsn,
+                timeline,
+                timeline_start,
                 quorum: None,
                 quorum_version: 0,
             }

@@ -11,10 +11,11 @@ use std::time::Duration;
 use pgrx::prelude::*;
 use repmgr_core::election::Answer;
 use repmgr_core::lease::{Membership, Poll, Stamp};
+use repmgr_core::lsn::Position;
 use repmgr_core::state::{Local as LocalFacts, PreVote};
 use repmgr_core::vote::{VoteRequest, VoterFacts, catalog_objection};
 
-use crate::db::{Db, Local};
+use crate::db::Local;
 use crate::error::Failure;
 use crate::raise::{OrRaise, required};
 use crate::{catalog, clock, durable, shmem};
@@ -84,23 +85,45 @@ fn lease_poll(
     }))
 }
 
-/// How much WAL this standby holds, in bytes: what it received, or what it replayed when
-/// that is further. After a restart, until its WAL receiver streams again, the received
-/// position is unknown or only the start of the current segment, while replay has gone
-/// through everything on disk: comparing received positions alone would make a standby that
-/// holds the most WAL look behind.
+/// How much WAL this standby holds: the timeline and position of what it received, or of
+/// what it replayed when that is further. After a restart, until its WAL receiver streams
+/// again, the received position is unknown or only the start of the current segment, while
+/// replay has gone through everything on disk: comparing received positions alone would make
+/// a standby that holds the most WAL look behind. Read from shared memory (the WAL
+/// receiver's and the startup process's), so a backend answers without a query. Where its
+/// timeline began is read from that timeline's history file in `pg_wal` (the server runs in
+/// the data directory).
+pub(crate) fn received_position() -> Option<Position> {
+    let (mut receive_tli, mut replay_tli) = (0, 0);
+    let received = unsafe { pg_sys::GetWalRcvFlushRecPtr(std::ptr::null_mut(), &mut receive_tli) };
+    let replayed = unsafe { pg_sys::GetXLogReplayRecPtr(&mut replay_tli) };
+    let (timeline, lsn) = if received > replayed {
+        (receive_tli, received)
+    } else {
+        (replay_tli, replayed)
+    };
+    let start = if timeline > 1 {
+        std::fs::read_to_string(format!("pg_wal/{timeline:08X}.history"))
+            .ok()
+            .and_then(|h| repmgr_core::lsn::timeline_start(&h))
+            .map_or(0, |l| l.0)
+    } else {
+        0
+    };
+    (lsn > 0).then_some(Position {
+        timeline,
+        start,
+        lsn,
+    })
+}
+
+/// The position part of [`received_position`].
 pub(crate) fn received_lsn() -> Option<u64> {
-    let rows = Local
-        .read(
-            "SELECT (GREATEST(pg_catalog.pg_last_wal_receive_lsn(), pg_catalog.pg_last_wal_replay_lsn()) - '0/0')::bigint",
-            &[],
-        )
-        .ok()?;
-    rows.get(0, 0).and_then(|v| v.parse().ok())
+    received_position().map(|p| p.lsn)
 }
 
 /// The columns of `repmgr.vote_info()` that [`parse_vote_info`] reads, in its order.
-pub const VOTE_INFO_COLUMNS: &str = "term, holds_lease, in_recovery, silence_ms, lost, lsn, unavailable, diverged, priority, version, primary_id, primary_term, switch_lsn, heartbeat_ms, fence_ms, lease_ms, wait_ms, sync_quorum";
+pub const VOTE_INFO_COLUMNS: &str = "term, holds_lease, in_recovery, silence_ms, lost, lsn, unavailable, diverged, priority, version, primary_id, primary_term, switch_lsn, heartbeat_ms, fence_ms, lease_ms, wait_ms, sync_quorum, timeline, timeline_start";
 
 /// A pre-vote answer from the row of `repmgr.vote_info()`.
 pub fn parse_vote_info(r: &repmgr_pq::Rows) -> Option<PreVote> {
@@ -118,6 +141,8 @@ pub fn parse_vote_info(r: &repmgr_pq::Rows) -> Option<PreVote> {
             silence: ms(3),
             lost: yes(4),
             lsn: int(5).map(|l| l.max(0) as u64),
+            timeline: int(18).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+            timeline_start: int(19).unwrap_or(0).max(0) as u64,
             unavailable: yes(6),
             diverged: yes(7),
             priority: int(8).unwrap_or(0) as i32,
@@ -163,15 +188,20 @@ fn vote_info() -> TableIterator<
         name!(lease_ms, i64),
         name!(wait_ms, i64),
         name!(sync_quorum, i64),
+        name!(timeline, i64),
+        name!(timeline_start, i64),
     ),
 > {
     let Some(st) = shmem::read() else {
         return TableIterator::new(std::iter::empty());
     };
     let recovery = in_recovery();
+    let position = received_position().filter(|_| recovery);
     let local = LocalFacts {
         in_recovery: recovery,
-        lsn: if recovery { received_lsn() } else { None },
+        lsn: position.map(|p| p.lsn),
+        timeline: position.map_or(0, |p| p.timeline),
+        timeline_start: position.map_or(0, |p| p.start),
         paused: st.paused,
         sync_quorum: if recovery {
             crate::quorum::sync_version(&mut Local)
@@ -203,12 +233,15 @@ fn vote_info() -> TableIterator<
         ms(p.timing.lease),
         ms(p.wait),
         a.sync_quorum as i64,
+        i64::from(a.timeline),
+        a.timeline_start as i64,
     ))
 }
 
 /// A candidate asks for this node's vote in `term` (`manual`: for `repmgr.promote()`), with
 /// the fence it will run with and the membership version of its node list.
 #[pg_extern(volatile)]
+#[allow(clippy::too_many_arguments)]
 fn request_vote(
     term: Option<i64>,
     candidate: Option<i32>,
@@ -217,6 +250,8 @@ fn request_vote(
     fence_us: default!(Option<i64>, "NULL"),
     version: default!(Option<i64>, "0"),
     quorum_version: default!(Option<i64>, "0"),
+    timeline: default!(Option<i64>, "0"),
+    timeline_start: default!(Option<i64>, "0"),
 ) -> TableIterator<
     'static,
     (
@@ -249,19 +284,20 @@ fn request_vote(
         term: term.max(0) as u64,
         candidate,
         lsn: lsn.max(0) as u64,
+        timeline: timeline.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+        timeline_start: timeline_start.unwrap_or(0).max(0) as u64,
         // A candidate that does not say is taken to run with the longest fence.
         fence: fence_us.map_or(repmgr_core::lease::MAX_FENCE, micros),
         version: version.unwrap_or(0).max(0) as u64,
         quorum_version: quorum_version.unwrap_or(0).max(0) as u64,
     };
     let may_stand = settings.failover.automatic && settings.priority > 0 && !st.paused;
+    let position = received_position().filter(|_| recovery && !st.failover.diverged);
     let facts = VoterFacts {
         is_primary: !recovery && !witness,
-        received_lsn: if recovery && !st.failover.diverged {
-            received_lsn()
-        } else {
-            None
-        },
+        received_lsn: position.map(|p| p.lsn),
+        timeline: position.map_or(0, |p| p.timeline),
+        timeline_start: position.map_or(0, |p| p.start),
         tolerance: if may_stand {
             0
         } else {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use repmgr_core::event;
-use repmgr_core::lsn::Lsn;
+use repmgr_core::lsn::{Lsn, switchpoint};
 use repmgr_core::node::NodeType;
 use serde_json::json;
 
@@ -829,15 +829,6 @@ fn stopped_identity(ctx: &Ctx, dir: &Path) -> Result<(i32, Option<String>)> {
         .hint("Set node_id in repmgr.conf (-f), or repmgr.node_id in the node's postgresql.conf.")
     })?;
     Ok((id, server_name.or_else(|| ctx.cfg.node_name.clone())))
-}
-
-/// Where the timeline `tli` ended in the history of the primary's timeline `primary_tli`.
-fn switchpoint(history: &str, tli: u32) -> Option<Lsn> {
-    history.lines().find_map(|l| {
-        let mut it = l.split_whitespace();
-        let t: u32 = it.next()?.parse().ok()?;
-        (t == tli).then(|| Lsn::parse(it.next()?)).flatten()
-    })
 }
 
 /// Whether this stopped node must be rewound to follow the primary `p`, why, and where its

@@ -107,8 +107,11 @@ pub struct Upstream {
 /// This node's facts the election needs, read when it looks around.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalFacts {
-    /// Received (or replayed, if further) WAL position.
+    /// Received (or replayed, if further) WAL position, its timeline (0: unknown) and where
+    /// that timeline began.
     pub lsn: Option<u64>,
+    pub timeline: u32,
+    pub timeline_start: u64,
     /// The synchronous quorum published in this node's catalog, and whether it had replayed
     /// all it received when it read it; `None` when it could not be read.
     pub quorum: Option<(quorum::Config, bool)>,
@@ -402,6 +405,9 @@ pub struct Driver {
     /// The catalog lost this node's record or the primary's: said once.
     said_unlisted: bool,
     rejoin: Rejoin,
+    /// The timeline of this standby's WAL and where it began, as the last look around read
+    /// them (vote requests carry them).
+    timeline: (u32, u64),
     /// Since when this primary has been fenced (it looks around once that lasts a lease).
     fenced_since: Option<Duration>,
     /// What this standby streams from, as the monitoring round last passed it (updated at
@@ -467,6 +473,7 @@ impl Driver {
             recording: false,
             said_unlisted: false,
             rejoin: Rejoin::default(),
+            timeline: (0, 0),
             fenced_since: None,
             upstream: None,
             last_support: None,
@@ -1416,10 +1423,13 @@ impl Driver {
             .max_by_key(|(_, t)| *t);
         let local = a.local.clone().unwrap_or(LocalFacts {
             lsn: None,
+            timeline: 0,
+            timeline_start: 0,
             quorum: None,
             quorum_version: 0,
         });
         self.quorum_version = local.quorum_version;
+        self.timeline = (local.timeline, local.timeline_start);
         match a.manual {
             Some(m) => self.manual_checks(now, state, disk, m, &a, &local),
             None => self.decide(now, state, disk, &a, &local),
@@ -1466,6 +1476,8 @@ impl Driver {
             node_id: me.node_id,
             term: f.term(),
             lsn: local.lsn.unwrap_or(0),
+            timeline: local.timeline,
+            timeline_start: local.timeline_start,
             silence,
             lost: f.voter.lease_expired(now, &self.timing),
             location: me.location.clone(),
@@ -1668,6 +1680,8 @@ impl Driver {
             term,
             candidate: me,
             lsn,
+            timeline: self.timeline.0,
+            timeline_start: self.timeline.1,
             fence,
             version: state.version,
             quorum_version: self.quorum_version,
@@ -2050,18 +2064,24 @@ impl Driver {
             );
         }
         let lsn = local.lsn.unwrap_or(0);
+        let mine = crate::lsn::Position {
+            timeline: local.timeline,
+            start: local.timeline_start,
+            lsn,
+        };
         let ahead = answers.iter().find_map(|(n, p)| {
             let a = &p.answer;
-            (a.in_recovery && !a.diverged && a.lsn? > lsn)
-                .then(|| (n.describe(), a.lsn.unwrap_or(0)))
+            (a.in_recovery && !a.diverged && mine.lacks(a.position()?) > 0)
+                .then(|| (n.describe(), a.timeline, a.lsn.unwrap_or(0)))
         });
-        if let (Some((who, theirs)), false) = (&ahead, m.force) {
+        if let (Some((who, tli, theirs)), false) = (&ahead, m.force) {
             return refuse(
                 self,
                 refusal(
                     format!(
-                        "{who} has received more WAL ({}) than {me} ({}): promoting this node would lose the difference",
+                        "{who} has received more WAL (timeline {tli}, {}) than {me} (timeline {}, {}): promoting this node would lose the difference",
                         Lsn(*theirs),
+                        local.timeline,
                         Lsn(lsn)
                     ),
                     "Promote that node instead, or pass force => true to accept losing those transactions.",
@@ -2084,7 +2104,7 @@ impl Driver {
                     let a = &p.answer;
                     (a.in_recovery && !a.diverged).then_some(quorum::Report {
                         node_id: n.node_id,
-                        lsn: a.lsn?,
+                        position: a.position()?,
                     })
                 })
                 .collect();
@@ -2097,7 +2117,7 @@ impl Driver {
             } else if q.is_sync() && !replayed_all {
                 Err("it is still replaying the WAL it received".to_string())
             } else {
-                quorum::may_promote(&q, self.node_id, lsn, &reports)
+                quorum::may_promote(&q, self.node_id, mine, &reports)
             };
             if let Err(why) = verdict {
                 return refuse(

@@ -12,7 +12,7 @@ use std::cmp::Reverse;
 use std::time::Duration;
 
 use crate::lease::{NodeId, majority};
-use crate::lsn::Lsn;
+use crate::lsn::{Lsn, Position};
 use crate::quorum::{self, Config, Report};
 
 /// How a registered node takes part.
@@ -36,8 +36,10 @@ pub struct Answer {
     /// It has heard nothing for as long as it must before it votes (its own rule: its lease,
     /// or what the fence of the primary it confirmed needs).
     pub lost: bool,
-    /// Received WAL position (standbys).
+    /// Received WAL position (standbys), its timeline (0: unknown) and where that began.
     pub lsn: Option<u64>,
+    pub timeline: u32,
+    pub timeline_start: u64,
     /// Never a candidate now: paused, diverged, `repmgr.failover = manual`, priority 0, or
     /// not registered in its own catalog.
     pub unavailable: bool,
@@ -69,6 +71,9 @@ pub struct Me {
     pub node_id: NodeId,
     pub term: u64,
     pub lsn: u64,
+    /// The timeline of its WAL (0: unknown), and where that began.
+    pub timeline: u32,
+    pub timeline_start: u64,
     pub silence: Duration,
     /// Its own wait before voting has passed.
     pub lost: bool,
@@ -231,18 +236,22 @@ pub fn plan(me: &Me, peers: &[Peer], rules: &Rules) -> Plan {
     ) {
         return declined(why);
     }
-    // Standbys that answered, with what they received.
-    let standbys: Vec<(&Peer, &Answer, u64)> = answered
+    // Standbys that answered, with what they received (see Position::lacks).
+    let standbys: Vec<(&Peer, &Answer, Position)> = answered
         .iter()
         .filter(|(p, a)| p.kind == Kind::Standby && a.in_recovery && !a.diverged)
-        .filter_map(|(p, a)| a.lsn.map(|l| (*p, *a, l)))
+        .filter_map(|(p, a)| a.position().map(|pos| (*p, *a, pos)))
         .collect();
-    let most_advanced = standbys
+    let mine = Position {
+        timeline: me.timeline,
+        start: me.timeline_start,
+        lsn: me.lsn,
+    };
+    let short = standbys
         .iter()
-        .map(|(_, _, l)| *l)
+        .map(|(_, _, pos)| mine.lacks(*pos))
         .max()
-        .unwrap_or(0)
-        .max(me.lsn);
+        .unwrap_or(0);
     let sync = rules.quorum.is_sync();
     if sync {
         if !me.replayed_all {
@@ -253,18 +262,17 @@ pub fn plan(me: &Me, peers: &[Peer], rules: &Rules) -> Plan {
         }
         let reports: Vec<Report> = standbys
             .iter()
-            .map(|(p, _, l)| Report {
+            .map(|(p, _, pos)| Report {
                 node_id: p.node_id,
-                lsn: *l,
+                position: *pos,
             })
             .collect();
-        if let Err(why) = quorum::may_promote(&rules.quorum, me.node_id, me.lsn, &reports) {
+        if let Err(why) = quorum::may_promote(&rules.quorum, me.node_id, mine, &reports) {
             return declined(why);
         }
-    } else if me.lsn.saturating_add(rules.max_lag) < most_advanced {
+    } else if short > rules.max_lag {
         return declined(format!(
-            "this node is {} bytes behind the most advanced standby (limit {})",
-            most_advanced - me.lsn,
+            "this node is {short} bytes behind the most advanced standby (limit {})",
             rules.max_lag
         ));
     }
@@ -284,8 +292,12 @@ pub fn plan(me: &Me, peers: &[Peer], rules: &Rules) -> Plan {
         .iter()
         .filter(|(_, a, _)| !a.unavailable)
         .filter(|(p, a, _)| could_win(p, a))
-        .map(|(p, a, l)| (*l, a.priority, Reverse(p.node_id)))
-        .chain(std::iter::once((me.lsn, me.priority, Reverse(me.node_id))))
+        .map(|(p, a, pos)| (pos.rank(), a.priority, Reverse(p.node_id)))
+        .chain(std::iter::once((
+            mine.rank(),
+            me.priority,
+            Reverse(me.node_id),
+        )))
         .max()
         .expect("me is a candidate");
     if best.2.0 != me.node_id {
@@ -317,6 +329,15 @@ impl Answer {
     /// A witness always counts as a voter that can grant; a data node only while a standby.
     fn in_recovery_or_witness(&self, p: &Peer) -> bool {
         self.in_recovery || p.kind == Kind::Witness
+    }
+
+    /// How far its WAL reaches, when it said.
+    pub fn position(&self) -> Option<Position> {
+        self.lsn.map(|lsn| Position {
+            timeline: self.timeline,
+            start: self.timeline_start,
+            lsn,
+        })
     }
 }
 

@@ -22,6 +22,7 @@
 use std::time::Duration;
 
 use crate::lease::NodeId;
+use crate::lsn::Position;
 use crate::node::{NodeRecord, NodeType};
 
 /// A quorum: `k` of `members` acknowledge each commit; `k = 0` is asynchronous replication.
@@ -208,7 +209,7 @@ pub fn step(target: &Config, applied: &Config, published: &Config) -> Step {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
     pub node_id: NodeId,
-    pub lsn: u64,
+    pub position: Position,
 }
 
 /// Whether candidate `me` at `lsn` may be promoted under the published quorum without losing
@@ -216,7 +217,7 @@ pub struct Report {
 pub fn may_promote(
     quorum: &Config,
     me: NodeId,
-    lsn: u64,
+    mine: Position,
     reports: &[Report],
 ) -> Result<(), String> {
     if !quorum.is_sync() {
@@ -250,16 +251,29 @@ pub fn may_promote(
     }
     // Acknowledged commits are on members only: a standby outside the quorum may be further
     // ahead with WAL nobody acknowledged, and must not stop a failover.
+    let short = |r: &Report| mine.lacks(r.position);
     if let Some(ahead) = reports
         .iter()
-        .filter(|r| r.lsn > lsn && quorum.members.contains(&r.node_id))
-        .max_by_key(|r| r.lsn)
+        .filter(|r| short(r) > 0 && quorum.members.contains(&r.node_id))
+        .max_by_key(|r| short(r))
     {
-        return Err(format!(
-            "node {} has received more WAL ({} bytes more) and may hold acknowledged commits this node lacks",
-            ahead.node_id,
-            ahead.lsn - lsn
-        ));
+        return Err(
+            if ahead.position.timeline > mine.timeline && mine.timeline > 0 {
+                format!(
+                    "node {} is on timeline {}, newer than this node's timeline {}, {} bytes of which this node lacks, and may hold acknowledged commits there",
+                    ahead.node_id,
+                    ahead.position.timeline,
+                    mine.timeline,
+                    short(ahead)
+                )
+            } else {
+                format!(
+                    "node {} has received more WAL ({} bytes more) and may hold acknowledged commits this node lacks",
+                    ahead.node_id,
+                    short(ahead)
+                )
+            },
+        );
     }
     Ok(())
 }
@@ -654,49 +668,91 @@ mod tests {
     }
 
     #[test]
+    fn positions_on_an_older_timeline_hold_no_acknowledged_commit_of_a_newer_one() {
+        let q = Config::new(1, [2, 3]);
+        let at = |timeline, start, lsn| Position {
+            timeline,
+            start,
+            lsn,
+        };
+        let r = |id, position| Report {
+            node_id: id,
+            position,
+        };
+        // Node 3 streamed a replaced primary's last WAL on timeline 1 past where timeline 2
+        // began (at 80): further, but on a dead branch.
+        assert_eq!(
+            may_promote(&q, 2, at(2, 80, 100), &[r(3, at(1, 0, 900))]),
+            Ok(())
+        );
+        let e = may_promote(&q, 3, at(1, 0, 900), &[r(2, at(2, 80, 100))]).unwrap_err();
+        assert!(
+            e.contains("node 2 is on timeline 2, newer than this node's timeline 1, 20 bytes of which this node lacks"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn only_a_standby_holding_every_acknowledged_commit_may_be_promoted() {
         let q = Config::new(1, [2, 3, 4]);
-        let r = |id, lsn| Report { node_id: id, lsn };
-        assert_eq!(may_promote(&Config::none(), 9, 0, &[]), Ok(()));
-        assert_eq!(may_promote(&q, 2, 100, &[r(3, 100), r(4, 90)]), Ok(()));
+        let p1 = |lsn| Position {
+            timeline: 1,
+            start: 0,
+            lsn,
+        };
+        let r = |id, lsn| Report {
+            node_id: id,
+            position: Position {
+                timeline: 1,
+                start: 0,
+                lsn,
+            },
+        };
+        assert_eq!(may_promote(&Config::none(), 9, p1(0), &[]), Ok(()));
+        assert_eq!(may_promote(&q, 2, p1(100), &[r(3, 100), r(4, 90)]), Ok(()));
         assert!(
-            may_promote(&q, 2, 100, &[r(3, 120), r(4, 90)])
+            may_promote(&q, 2, p1(100), &[r(3, 120), r(4, 90)])
                 .unwrap_err()
                 .contains("node 3 has received more WAL (20 bytes more)")
         );
         // k = 1 of 3: all three must report.
-        let e = may_promote(&q, 2, 100, &[r(3, 100)]).unwrap_err();
+        let e = may_promote(&q, 2, p1(100), &[r(3, 100)]).unwrap_err();
         assert!(
             e.contains("only 2 of the synchronous quorum's 3 members answered")
                 && e.contains("node(s) 4"),
             "{e}"
         );
         // ... and that comes first: a member further ahead could not be promoted either.
-        let e = may_promote(&q, 3, 90, &[r(4, 100)]).unwrap_err();
+        let e = may_promote(&q, 3, p1(90), &[r(4, 100)]).unwrap_err();
         assert!(
             e.contains("only 2 of the synchronous quorum's 3 members answered")
                 && e.contains("node(s) 2"),
             "{e}"
         );
         // A standby outside the quorum needs as many members' reports, all behind it.
-        let e = may_promote(&q, 5, 100, &[r(3, 90), r(4, 90)]).unwrap_err();
+        let e = may_promote(&q, 5, p1(100), &[r(3, 90), r(4, 90)]).unwrap_err();
         assert!(
             e.contains("only 2 of the synchronous quorum's 3 members answered"),
             "{e}"
         );
         assert_eq!(
-            may_promote(&q, 5, 100, &[r(2, 100), r(3, 90), r(4, 90)]),
+            may_promote(&q, 5, p1(100), &[r(2, 100), r(3, 90), r(4, 90)]),
             Ok(())
         );
         // k = 2 of 3: two reports (its own included) suffice.
         assert_eq!(
-            may_promote(&Config::new(2, [2, 3, 4]), 2, 100, &[r(3, 100)]),
+            may_promote(&Config::new(2, [2, 3, 4]), 2, p1(100), &[r(3, 100)]),
             Ok(())
         );
         // Reports from outside the quorum count for nothing, however far ahead.
-        assert!(may_promote(&Config::new(2, [2, 3, 4]), 2, 100, &[r(7, 100)]).is_err());
+        assert!(may_promote(&Config::new(2, [2, 3, 4]), 2, p1(100), &[r(7, 100)]).is_err());
         assert_eq!(
-            may_promote(&Config::new(2, [2, 3, 4]), 2, 100, &[r(3, 100), r(7, 900)]),
+            may_promote(
+                &Config::new(2, [2, 3, 4]),
+                2,
+                p1(100),
+                &[r(3, 100), r(7, 900)]
+            ),
             Ok(())
         );
     }

@@ -69,8 +69,11 @@ pub struct PreVote {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Local {
     pub in_recovery: bool,
-    /// Received (or replayed, if further) WAL position, on a standby.
+    /// Received (or replayed, if further) WAL position, on a standby, and its timeline (0:
+    /// unknown).
     pub lsn: Option<u64>,
+    pub timeline: u32,
+    pub timeline_start: u64,
     pub paused: bool,
     /// Where the synchronous quorum its catalog publishes was written (0: none, or an
     /// asynchronous one).
@@ -299,6 +302,8 @@ impl State {
                 silence,
                 lost: !primary_here && self.voter.lease_expired(now, &self.timing),
                 lsn: if local.in_recovery { local.lsn } else { None },
+                timeline: local.timeline,
+                timeline_start: local.timeline_start,
                 unavailable: local.paused
                     || self.diverged
                     || !self.automatic
@@ -394,6 +399,8 @@ mod tests {
             term,
             candidate: 2,
             lsn: 10,
+            timeline: 1,
+            timeline_start: 0,
             fence: T.fence,
             version: 0,
             quorum_version: 0,
@@ -404,6 +411,8 @@ mod tests {
         VoterFacts {
             is_primary: false,
             received_lsn: Some(10),
+            timeline: 1,
+            timeline_start: 0,
             tolerance: 0,
             quorum_member: false,
             sync_quorum: 0,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::election;
 use crate::lease::{NodeId, PollReply, Stamp, Timing, lease_for};
-use crate::lsn::Lsn;
+use crate::lsn::{Lsn, Position};
 use crate::node::{NodeRecord, NodeType};
 
 /// What a voter keeps on disk.
@@ -58,8 +58,11 @@ pub enum Heard {
 pub struct VoteRequest {
     pub term: u64,
     pub candidate: NodeId,
-    /// The candidate's received WAL position.
+    /// The candidate's received WAL position, its timeline (0: unknown) and where that
+    /// timeline began.
     pub lsn: u64,
+    pub timeline: u32,
+    pub timeline_start: u64,
     /// The fence timeout the candidate will run with: its votes are confirmations for that long.
     pub fence: Duration,
     /// The membership version of the candidate's node list.
@@ -73,8 +76,11 @@ pub struct VoteRequest {
 pub struct VoterFacts {
     /// This node is running as a primary: primaries never vote.
     pub is_primary: bool,
-    /// This voter's own received WAL position (standbys).
+    /// This voter's own received WAL position (standbys), its timeline (0: unknown) and where
+    /// that timeline began.
     pub received_lsn: Option<u64>,
+    pub timeline: u32,
+    pub timeline_start: u64,
     /// How far the candidate may trail it: nothing when this voter could stand itself (it
     /// would be the better candidate), its `repmgr.max_lag_on_failover` when it may not be
     /// promoted (priority 0, manual, paused), as the election plan allows.
@@ -332,27 +338,44 @@ impl Voter {
         } else {
             facts.tolerance
         };
-        if let Some(mine) = facts
-            .received_lsn
-            .filter(|mine| *mine > req.lsn.saturating_add(tolerance))
-        {
-            return refuse(if facts.quorum_member {
-                format!(
-                    "the candidate has received less WAL ({}) than this voter ({mine}), a member of the synchronous quorum that may hold acknowledged commits the candidate lacks",
-                    req.lsn
-                )
-            } else if tolerance == 0 {
-                format!(
-                    "the candidate has received less WAL ({}) than this voter ({mine})",
-                    req.lsn
-                )
-            } else {
-                format!(
-                    "the candidate has received {} bytes less WAL than this voter, more than repmgr.max_lag_on_failover ({})",
-                    mine - req.lsn,
-                    tolerance
-                )
-            });
+        if let Some(mine) = facts.received_lsn {
+            let candidate = Position {
+                timeline: req.timeline,
+                start: req.timeline_start,
+                lsn: req.lsn,
+            };
+            let voter = Position {
+                timeline: facts.timeline,
+                start: facts.timeline_start,
+                lsn: mine,
+            };
+            let short = candidate.lacks(voter);
+            if short > tolerance {
+                return refuse(
+                    if req.timeline != facts.timeline && req.timeline < facts.timeline {
+                        format!(
+                            "the candidate is on timeline {}, older than this voter's timeline {}, which began at {}: it lacks {short} bytes of this voter's WAL",
+                            req.timeline,
+                            facts.timeline,
+                            Lsn(facts.timeline_start)
+                        )
+                    } else if facts.quorum_member {
+                        format!(
+                            "the candidate has received less WAL ({}) than this voter ({mine}), a member of the synchronous quorum that may hold acknowledged commits the candidate lacks",
+                            req.lsn
+                        )
+                    } else if tolerance == 0 {
+                        format!(
+                            "the candidate has received less WAL ({}) than this voter ({mine})",
+                            req.lsn
+                        )
+                    } else {
+                        format!(
+                            "the candidate has received {short} bytes less WAL than this voter, more than repmgr.max_lag_on_failover ({tolerance})"
+                        )
+                    },
+                );
+            }
         }
         self.durable = Durable {
             term: req.term,
@@ -403,6 +426,8 @@ mod tests {
         VoterFacts {
             is_primary: false,
             received_lsn: Some(100),
+            timeline: 1,
+            timeline_start: 0,
             tolerance: 0,
             quorum_member: false,
             sync_quorum: 0,
@@ -416,6 +441,8 @@ mod tests {
             term,
             candidate,
             lsn,
+            timeline: 1,
+            timeline_start: 0,
             fence: ms(1500),
             version: 1,
             quorum_version: 0,

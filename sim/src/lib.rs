@@ -426,7 +426,9 @@ impl std::fmt::Display for Violation {
 
 /// A vote a voter granted: who, its received position, and how far the candidate may trail
 /// it (its max lag if it could not stand itself, else nothing).
-type Grant = (NodeId, u64, u64);
+/// A vote granted: the voter, its position when it compared (none: it had none to compare),
+/// and the lag it allowed.
+type Grant = (NodeId, Option<Pos>, u64);
 
 struct World {
     cfg: Config,
@@ -448,7 +450,7 @@ struct World {
     grants: HashMap<(u64, NodeId), Vec<Grant>>,
     /// Vote requests sent, with the candidate's position and how many voters it counts (itself
     /// included), by term.
-    requests: HashMap<(u64, NodeId), (u64, usize)>,
+    requests: HashMap<(u64, NodeId), (Pos, usize)>,
     report: Report,
     /// Real times at which healing events are due: (time, node, what).
     pending: Vec<(Us, usize, &'static str)>,
@@ -683,6 +685,33 @@ impl World {
             .collect()
     }
 
+    /// Whether a candidate at `mine` lacks WAL of the cluster's history that a voter at
+    /// `theirs` holds, beyond the lag `slack` it allowed: the voter is further on the same
+    /// timeline, or on a later one that continues the candidate's. WAL on a branch the
+    /// candidate's timeline left behind (an older timeline beyond where the candidate's began)
+    /// is nobody's history.
+    fn lacks(&self, mine: Pos, theirs: Pos, slack: u64) -> Option<String> {
+        if self.contains(mine, theirs) {
+            return None;
+        }
+        if mine.0 == theirs.0 {
+            return (mine.1 + slack < theirs.1).then(|| {
+                format!(
+                    "{} bytes more than the allowed lag {slack}",
+                    theirs.1 - mine.1
+                )
+            });
+        }
+        // On another branch: a later one holds what the candidate lacks, an earlier one is dead.
+        (theirs.0 > mine.0).then(|| "the voter is on a later timeline".to_string())
+    }
+
+    /// The PostgreSQL timeline number of a position and where that timeline began: timelines
+    /// are created in order, each numbered above every one before it, as PostgreSQL does.
+    fn timeline_of(&self, pos: Pos) -> (u32, u64) {
+        (pos.0 as u32 + 1, self.timelines[pos.0].start)
+    }
+
     /// Whether WAL position `pos` is part of the history that ends at `at`.
     fn contains(&self, at: Pos, pos: Pos) -> bool {
         let (mut t, mut limit) = at;
@@ -818,6 +847,8 @@ impl World {
                 let l = Local {
                     in_recovery: n.in_recovery,
                     lsn: n.in_recovery.then_some(n.pos.1),
+                    timeline: self.timeline_of(n.pos).0,
+                    timeline_start: self.timeline_of(n.pos).1,
                     paused: n.paused,
                     sync_quorum: if n.witness {
                         0
@@ -848,6 +879,8 @@ impl World {
                 let facts = VoterFacts {
                     is_primary: n.is_primary(),
                     received_lsn: (n.in_recovery && !n.state.diverged).then_some(n.pos.1),
+                    timeline: self.timeline_of(n.pos).0,
+                    timeline_start: self.timeline_of(n.pos).1,
                     tolerance: if may_stand {
                         0
                     } else {
@@ -862,7 +895,7 @@ impl World {
                     candidate_ineligible,
                     version: n.state.version,
                 };
-                let voter_lsn = n.pos.1;
+                let voter_pos = n.pos;
                 let n = &mut self.nodes[to];
                 let reply = n.state.vote(local, &req, &facts, &mut n.disk);
                 if reply.granted {
@@ -872,16 +905,12 @@ impl World {
                         .or_default()
                         .push((
                             id,
-                            if facts.received_lsn.is_some() {
-                                voter_lsn
-                            } else {
-                                0
-                            },
+                            facts.received_lsn.is_some().then_some(voter_pos),
                             facts.tolerance,
                         ));
                     self.log(format!(
-                        "node {id} (lsn {voter_lsn}) votes for node {} in term {}",
-                        req.candidate, req.term
+                        "node {id} (lsn {}) votes for node {} in term {}",
+                        voter_pos.1, req.candidate, req.term
                     ));
                 }
                 self.send(
@@ -924,6 +953,8 @@ impl World {
                 let (q, quorum_version) = self.publication_at(n.pos);
                 let facts = LocalFacts {
                     lsn: (n.in_recovery).then_some(n.pos.1),
+                    timeline: self.timeline_of(n.pos).0,
+                    timeline_start: self.timeline_of(n.pos).1,
                     quorum: Some((q, true)),
                     quorum_version,
                 };
@@ -952,8 +983,8 @@ impl World {
                 to,
             } => {
                 self.report.elections += 1;
-                self.requests
-                    .insert((term, id), (request.lsn, to.len() + 1));
+                let at = (request.timeline.saturating_sub(1) as usize, request.lsn);
+                self.requests.insert((term, id), (at, to.len() + 1));
                 self.log(format!(
                     "node {id} stands in term {term} (lsn {})",
                     request.lsn
@@ -1027,7 +1058,7 @@ impl World {
     fn promote(&mut self, i: usize, term: u64) {
         let id = self.nodes[i].id;
         let request = self.requests.get(&(term, id)).copied();
-        let lsn = request.map(|(l, _)| l);
+        let at = request.map(|(p, _)| p);
         let granted = self.grants.get(&(term, id)).map_or(0, Vec::len) + 1;
         // A forced promotion wins nothing: it stays fenced until a majority confirms it,
         // which the two-primaries check watches.
@@ -1042,9 +1073,12 @@ impl World {
             ));
         }
         for (voter, theirs, slack) in self.grants.get(&(term, id)).cloned().unwrap_or_default() {
-            if lsn.is_some_and(|mine| mine + slack < theirs) {
+            let (Some(mine), Some(theirs)) = (at, theirs) else {
+                continue;
+            };
+            if let Some(why) = self.lacks(mine, theirs, slack) {
                 self.broken = Some(format!(
-                    "node {id} promoted in term {term} at lsn {lsn:?}, but voter {voter} had received {theirs} (allowed lag {slack})"
+                    "node {id} promoted in term {term} at {mine:?}, but voter {voter} had received {theirs:?}: {why}"
                 ));
             }
         }
