@@ -834,10 +834,19 @@ impl Cluster {
         }
     }
 
-    /// Waits until `primary` holds its lease and every node of `voters` confirms it.
+    /// Waits until `primary` holds its lease and every node of `voters` confirms it. The
+    /// primary's worker must say so itself: before it has taken up the protocol (it restarts
+    /// once the repmgr database exists) the primary is writable and a standby cloned from it
+    /// still names it from the copied state, yet the worker fences it when it starts.
     pub fn settled(&self, primary: i32, voters: &[i32], timeout: Duration) {
         self.wait_for("the primary's lease", timeout, || {
-            (self.writable(&[primary]) == [primary]).then_some(())
+            let held = self
+                .try_sql(
+                    primary,
+                    "SELECT 1 FROM repmgr.vote_info() WHERE holds_lease",
+                )
+                .is_ok_and(|r| !r.rows.is_empty());
+            (held && self.writable(&[primary]) == [primary]).then_some(())
         });
         let sql = format!("SELECT 1 FROM repmgr.vote_info() WHERE primary_id = {primary}");
         for id in voters {
