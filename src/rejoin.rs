@@ -83,6 +83,33 @@ pub fn note_streaming() {
     }
 }
 
+/// The helper's `PATH`: the server's bindir, then the server's own `PATH`, then the system's
+/// directories it lacks. A server started by `pg_ctlcluster` or a service manager can have a
+/// `PATH` without `/usr/bin`, where the service commands (`pg_ctlcluster`, `systemctl`) and
+/// `date` live: seen on Debian, every attempt failed with "pg_ctlcluster: not found".
+fn helper_path(bindir: Option<PathBuf>, server: Option<std::ffi::OsString>) -> std::ffi::OsString {
+    let mut dirs: Vec<PathBuf> = bindir.into_iter().collect();
+    for d in server
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain(SYSTEM_PATH.iter().map(PathBuf::from))
+    {
+        if !d.as_os_str().is_empty() && !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
+}
+
+const SYSTEM_PATH: [&str; 6] = [
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
 /// The command line to run.
 fn cli(settings: &Settings) -> Option<PathBuf> {
     if let Some(p) = &settings.failover.cli_path {
@@ -163,13 +190,7 @@ pub fn start(settings: &Settings, why: &str) -> Result<(), (String, bool)> {
         .map(|n| n.config_file.as_str())
         .filter(|f| *f != settings.config_file && Path::new(f).is_file())
         .unwrap_or("");
-    let path = match (bindir(), std::env::var_os("PATH")) {
-        (Some(b), Some(p)) => {
-            std::env::join_paths(std::iter::once(b).chain(std::env::split_paths(&p))).unwrap_or(p)
-        }
-        (Some(b), None) => b.into_os_string(),
-        (None, p) => p.unwrap_or_default(),
-    };
+    let path = helper_path(bindir(), std::env::var_os("PATH"));
     let mut err = log.try_clone().map_err(|e| (e.to_string(), false))?;
     let _ = writeln!(
         err,
