@@ -1,8 +1,9 @@
 //! The demo sandbox behind `cargo xtask demo`: a primary, two standbys and a witness on fixed
 //! loopback ports, built with the product's own commands (`repmgr primary register`,
 //! `repmgr standby clone`, `repmgr standby register`, `repmgr.register_witness()`); a crash of
-//! the primary under a write load with a live timeline; the old primary brought back with
-//! `repmgr node rejoin --force-rewind`. The cluster stays up until `cargo xtask demo --stop`.
+//! the primary under a write load with a live timeline; the old primary started again, which
+//! rejoins as a standby by itself (`repmgr.auto_rejoin`), with its own timeline. The cluster
+//! stays up until `cargo xtask demo --stop`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -57,7 +58,11 @@ fn start() {
     let clock = Clock(Instant::now());
     // Running it again starts over from a clean sandbox.
     let mut c = Cluster::at(Path::new(DIR), Some(FIRST_PORT));
-    let opts = || NodeOptions::default().conf("wal_log_hints = on");
+    let opts = || {
+        NodeOptions::default()
+            .conf("wal_log_hints = on")
+            .conf("repmgr.auto_rejoin = on")
+    };
     clock.say("create node1 (primary), clone node2 and node3 with `repmgr standby clone`, register each with the repmgr command line");
     let confs: Vec<PathBuf> = c.populate_with_cli(&[2, 3], opts);
     c.add_witness(4, NodeOptions::default());
@@ -149,21 +154,46 @@ fn start() {
     clock.say("repmgr cluster show");
     show(&confs[new as usize]);
 
-    let target = c.node(new).conninfo();
-    let out = repmgr(
-        &confs[1],
-        &["-d", &target, "node", "rejoin", "--force-rewind"],
-    );
+    // The old primary comes back, as after a reboot: it finds it was replaced and rejoins.
+    c.start(1);
+    let back = Instant::now();
     clock.say(format!(
-        "repmgr node rejoin --force-rewind: node1 rewound with pg_rewind and back as a standby of node{new}{}",
-        if out.status.success() { "" } else { " (failed, see below)" }
+        "node1 started again: it was replaced, so it rejoins node{new} by itself (repmgr.auto_rejoin)"
     ));
-    if !out.status.success() {
-        println!("{}", String::from_utf8_lossy(&out.stderr));
+    let mut said = String::new();
+    while back.elapsed() < WAIT && !c.streams_from(new, 1) {
+        let state = c
+            .try_sql(1, "SELECT coalesce(rejoin_state, CASE WHEN fenced THEN 'fenced' END) FROM repmgr.node_status()")
+            .ok()
+            .and_then(|r| r.get(0, 0).map(str::to_string))
+            .unwrap_or_else(|| "stopped for its rewind".into());
+        if state != said {
+            clock.say(format!(
+                "  +{:.2} s  node1: {state}",
+                back.elapsed().as_secs_f64()
+            ));
+            said = state;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    c.wait_for("node1 to stream", WAIT, || {
-        c.streams_from(new, 1).then_some(())
+    if c.streams_from(new, 1) {
+        clock.say(format!(
+            "  +{:.2} s  node1 streams from node{new}: full redundancy again, no command typed",
+            back.elapsed().as_secs_f64()
+        ));
+    } else {
+        clock.say(format!(
+            "node1 did not rejoin within 60 s: see {DIR}/repmgr-rejoin-node1.log and the server logs"
+        ));
+        return;
+    }
+    // The command line records it once the node streams.
+    let rejoin = c.wait_for("the node_rejoin event", WAIT, || {
+        c.try_sql(new, "SELECT details FROM repmgr.events WHERE node_id = 1 AND event = 'node_rejoin' ORDER BY event_timestamp DESC LIMIT 1")
+            .ok()
+            .and_then(|r| r.get(0, 0).map(str::to_string))
     });
+    clock.say(format!("  node_rejoin: {rejoin}"));
     clock.say("final state: repmgr cluster show");
     show(&confs[new as usize]);
     let port = c.node(new).port;
