@@ -702,8 +702,20 @@ impl World {
                 )
             });
         }
-        // On another branch: a later one holds what the candidate lacks, an earlier one is dead.
-        (theirs.0 > mine.0).then(|| "the voter is on a later timeline".to_string())
+        // On another branch: an earlier one is dead; a later one holds what the candidate
+        // lacks from where it began (more if the candidate is short of that point).
+        if theirs.0 < mine.0 {
+            return None;
+        }
+        let tl = self.timelines[theirs.0];
+        let shared = match tl.parent {
+            Some(p) if self.contains(mine, (p, tl.start)) => tl.start,
+            _ => mine.1.min(tl.start),
+        };
+        let extra = theirs.1.saturating_sub(shared);
+        (extra > slack).then(|| {
+            format!("the voter is on a later timeline, {extra} bytes past what the candidate holds (allowed lag {slack})")
+        })
     }
 
     /// The PostgreSQL timeline number of a position and where that timeline began: timelines
