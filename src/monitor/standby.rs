@@ -297,12 +297,11 @@ impl Monitor {
             .is_ok_and(|r| !r.rows.is_empty());
         let (event, since, request) = (p.event, p.since, p.request);
         let waited = now.saturating_sub(since);
-        // WAL that reached it from the old primary after the check before repointing.
-        let diverged = if streaming {
-            None
-        } else {
-            self.diverged_from(me, &target)
-        };
+        // WAL that reached it from the old primary after the check before repointing. Asked
+        // even while the target lists it as streaming: a standby ahead of the target's
+        // timeline streams the old timeline's shared part again every few seconds, and is
+        // refused the new one each time (seen in a Jepsen run: confirmed, never re-checked).
+        let diverged = self.diverged_from(me, &target);
         if let Some(why) = diverged {
             self.pending_follow = None;
             let why = self.follow_failed(me, &target, event, &why);
