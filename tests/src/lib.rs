@@ -97,6 +97,19 @@ pub fn cli() -> PathBuf {
     )
 }
 
+/// Runs the command line under test with `args`: its exit code, standard output and error.
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(cli())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", cli().display()));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
@@ -822,6 +835,13 @@ impl Cluster {
     /// Everything the node has logged so far.
     pub fn log(&self, id: i32) -> String {
         fs::read_to_string(&self.node(id).log).unwrap_or_default()
+    }
+
+    /// A new cluster for the test `name`, populated as [`Cluster::populate`] does.
+    pub fn populated(name: &str, standbys: &[i32], opts: impl Fn(i32) -> NodeOptions) -> Cluster {
+        let mut c = Cluster::new(name);
+        c.populate(standbys, opts);
+        c
     }
 
     /// Creates and registers primary 1 and `standbys` (cloned from it), each with `opts(id)`.

@@ -1,23 +1,14 @@
 //! The `repmgr` command line against real servers.
 
-use std::process::Command;
 use std::time::Duration;
 
 use repmgr_tests::load::longest_gap;
-use repmgr_tests::{Cluster, NodeOptions, cli};
+use repmgr_tests::{Cluster, NodeOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 fn repmgr(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(cli())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", cli().display()));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    repmgr_tests::run_cli(args)
 }
 
 #[test]

@@ -9,13 +9,6 @@ use repmgr_tests::{Cluster, NodeOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A registered cluster: primary 1, standbys 2..=n, each with `opts(id)`.
-fn cluster(name: &str, standbys: &[i32], opts: impl Fn(i32) -> NodeOptions) -> Cluster {
-    let mut c = Cluster::new(name);
-    c.populate(standbys, opts);
-    c
-}
-
 /// Standby `behind` stops receiving WAL, the primary runs `sql`, standby `ahead` receives all
 /// of it, and the primary dies.
 fn crash_with_one_behind(c: &Cluster, behind: i32, ahead: i32, sql: &str) {
@@ -83,7 +76,7 @@ fn nothing_confirmed_after_promotion(
 
 #[test]
 fn kill_9_of_the_primary_promotes_one_standby_and_the_other_follows() {
-    let c = cluster("kill9", &[2, 3], |_| NodeOptions::default());
+    let c = Cluster::populated("kill9", &[2, 3], |_| NodeOptions::default());
     c.settled(1, &[2, 3], WAIT);
     // The standbys are caught up when the primary dies: nothing acknowledged may be lost.
     let load = load_caught_up(&c);
@@ -147,7 +140,7 @@ fn kill_9_of_the_primary_promotes_one_standby_and_the_other_follows() {
 
 #[test]
 fn a_frozen_primary_is_replaced_and_never_confirms_another_commit() {
-    let c = cluster("freeze", &[2, 3], |_| NodeOptions::default());
+    let c = Cluster::populated("freeze", &[2, 3], |_| NodeOptions::default());
     c.settled(1, &[2, 3], WAIT);
     // A session on the primary with a write in progress and a local-only commit.
     let mut session = repmgr_tests::connect(&c.node(1).conninfo());
@@ -273,7 +266,7 @@ fn node_check(c: &Cluster, id: i32, check: &str) -> String {
 
 #[test]
 fn two_data_nodes_and_a_witness() {
-    let mut c = cluster("witness-failover", &[2], |_| NodeOptions::default());
+    let mut c = Cluster::populated("witness-failover", &[2], |_| NodeOptions::default());
     // Without the witness, losing either node leaves no majority: said loudly on both.
     for id in [1, 2] {
         let q = node_check(&c, id, "failover quorum");
@@ -286,7 +279,7 @@ fn two_data_nodes_and_a_witness() {
     assert_eq!(c.one_writable(&[2], WAIT), 2);
     drop(c);
     // With the witness gone too, a lone standby never promotes.
-    let mut c = cluster("witness-down", &[2], |_| NodeOptions::default());
+    let mut c = Cluster::populated("witness-down", &[2], |_| NodeOptions::default());
     c.add_witness(3, NodeOptions::default());
     c.settled(1, &[2, 3], WAIT);
     c.stop(3);
@@ -335,7 +328,7 @@ fn two_data_nodes_and_a_witness() {
 
 #[test]
 fn manual_promote_and_follow() {
-    let c = cluster("manual-ops", &[2, 3], manual_standbys);
+    let c = Cluster::populated("manual-ops", &[2, 3], manual_standbys);
     c.settled(1, &[2, 3], WAIT);
     // Node 3 cascades from node 2; the call returns once it streams.
     let done = c.value(3, "SELECT repmgr.follow(2)").unwrap();
@@ -396,7 +389,7 @@ fn manual_promote_and_follow() {
 #[test]
 fn exclusions_priority_zero_manual_and_lag() {
     // Priority 0: never promoted, even with the most WAL.
-    let c = cluster("priority0", &[2, 3], |id| {
+    let c = Cluster::populated("priority0", &[2, 3], |id| {
         if id == 2 {
             NodeOptions::default().conf("repmgr.priority = 0")
         } else {
@@ -408,7 +401,7 @@ fn exclusions_priority_zero_manual_and_lag() {
     assert_eq!(c.one_writable(&[2, 3], WAIT), 3);
     drop(c);
     // failover = manual everywhere: nobody acts alone, and says so.
-    let c = cluster("manual", &[2, 3], manual_standbys);
+    let c = Cluster::populated("manual", &[2, 3], manual_standbys);
     c.settled(1, &[2, 3], WAIT);
     c.kill9(1);
     std::thread::sleep(Duration::from_secs(6));
@@ -425,7 +418,7 @@ fn exclusions_priority_zero_manual_and_lag() {
     }
     drop(c);
     // The only eligible standby lags the priority-0 one by more than max_lag_on_failover.
-    let c = cluster("lagging", &[2, 3], |id| match id {
+    let c = Cluster::populated("lagging", &[2, 3], |id| match id {
         2 => NodeOptions::default().conf("repmgr.priority = 0"),
         3 => NodeOptions::default().conf("repmgr.max_lag_on_failover = '64kB'"),
         _ => NodeOptions::default(),
@@ -452,7 +445,7 @@ fn exclusions_priority_zero_manual_and_lag() {
 
 #[test]
 fn a_cascaded_standby_reattaches_to_the_primary_when_its_upstream_dies() {
-    let mut c = cluster("cascade", &[2], |_| NodeOptions::default());
+    let mut c = Cluster::populated("cascade", &[2], |_| NodeOptions::default());
     c.clone_standby(3, 2, NodeOptions::default());
     c.sql(3, "SELECT repmgr.register_standby(upstream_node_id => 2)");
     c.wait_for("node 3 to stream from node 2", WAIT, || {
@@ -487,7 +480,7 @@ fn a_cascaded_standby_reattaches_to_the_primary_when_its_upstream_dies() {
 #[test]
 fn back_to_back_failovers_keep_slots_for_the_survivors() {
     // With a witness, the third data node still has a majority after two losses of primary.
-    let mut c = cluster("twice", &[2, 3], |_| NodeOptions::default());
+    let mut c = Cluster::populated("twice", &[2, 3], |_| NodeOptions::default());
     c.add_witness(4, NodeOptions::default());
     c.settled(1, &[2, 3, 4], WAIT);
     c.kill9(1);
@@ -517,7 +510,7 @@ fn back_to_back_failovers_keep_slots_for_the_survivors() {
 #[test]
 fn short_stalls_cause_no_failover_and_no_fencing() {
     // Default settings: a 1 s freeze.
-    let c = cluster("stall", &[2, 3], |_| NodeOptions::default());
+    let c = Cluster::populated("stall", &[2, 3], |_| NodeOptions::default());
     c.settled(1, &[2, 3], WAIT);
     c.sql(1, "CREATE TABLE stall (x int)");
     for _ in 0..3 {
@@ -541,7 +534,7 @@ fn short_stalls_cause_no_failover_and_no_fencing() {
             .conf("repmgr.fence_timeout = '900ms'")
             .conf("repmgr.lease_timeout = '1400ms'")
     };
-    let c = cluster("stall-fast", &[2, 3], |_| fast());
+    let c = Cluster::populated("stall-fast", &[2, 3], |_| fast());
     c.settled(1, &[2, 3], WAIT);
     for _ in 0..3 {
         c.freeze(1);
@@ -598,7 +591,7 @@ fn failover_validation_command_holds_the_election_until_it_agrees() {
 
 #[test]
 fn a_standby_ahead_of_a_forced_promotion_reports_divergence_and_stays_put() {
-    let c = cluster("diverged", &[2, 3], manual_standbys);
+    let c = Cluster::populated("diverged", &[2, 3], manual_standbys);
     c.settled(1, &[2, 3], WAIT);
     // Node 2 stops receiving; node 3 gets what the primary writes next.
     crash_with_one_behind(
@@ -658,7 +651,7 @@ fn a_standby_ahead_of_a_forced_promotion_reports_divergence_and_stays_put() {
 
 #[test]
 fn fence_action_shutdown_stops_a_primary_that_lost_its_lease() {
-    let c = cluster("fence-shutdown", &[2, 3], |id| {
+    let c = Cluster::populated("fence-shutdown", &[2, 3], |id| {
         let o = NodeOptions::default().conf("repmgr.fence_action = shutdown");
         if id > 1 {
             o.conf("repmgr.failover = manual")

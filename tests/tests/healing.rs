@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use repmgr_tests::{Cluster, NodeOptions, cli};
+use repmgr_tests::{Cluster, NodeOptions, run_cli};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -53,13 +53,6 @@ fn rejoined(c: &Cluster, old: i32, primary: i32, since: Instant, what: &str) -> 
     details
 }
 
-/// A registered cluster: primary 1, standbys 2..=n, each with `opts(id)`.
-fn cluster(name: &str, standbys: &[i32], opts: impl Fn(i32) -> NodeOptions) -> Cluster {
-    let mut c = Cluster::new(name);
-    c.populate(standbys, opts);
-    c
-}
-
 /// The data nodes other than `id`.
 fn others(id: i32) -> Vec<i32> {
     [1, 2, 3].into_iter().filter(|n| *n != id).collect()
@@ -67,7 +60,7 @@ fn others(id: i32) -> Vec<i32> {
 
 #[test]
 fn a_replaced_primary_rejoins_by_itself_after_a_crash_a_freeze_and_a_long_stop() {
-    let c = cluster("selfheal", &[2, 3], self_healing);
+    let c = Cluster::populated("selfheal", &[2, 3], self_healing);
     c.settled(1, &[2, 3], WAIT);
 
     // kill -9 of the whole node, then a start as a reboot would.
@@ -102,15 +95,7 @@ fn a_replaced_primary_rejoins_by_itself_after_a_crash_a_freeze_and_a_long_stop()
 
 /// `repmgr cluster show` through node `id`: exit code, standard output and error.
 fn cluster_show(c: &Cluster, id: i32) -> (i32, String, String) {
-    let out = Command::new(cli())
-        .args(["-d", &c.node(id).conninfo(), "cluster", "show"])
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", cli().display()));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_cli(&["-d", &c.node(id).conninfo(), "cluster", "show"])
 }
 
 /// Waits until `cluster show` finds nothing wrong, and checks every data node runs with
@@ -175,7 +160,7 @@ fn a_primary_cut_off_by_a_partition_rejoins_once_it_heals_and_keeps_what_it_disc
 #[test]
 fn a_rejoin_that_cannot_work_is_tried_once_and_says_why() {
     // No wal_log_hints and no data checksums: pg_rewind cannot run on these nodes.
-    let c = cluster("rejoin-fails", &[2, 3], |_| {
+    let c = Cluster::populated("rejoin-fails", &[2, 3], |_| {
         NodeOptions::default()
             .without_checksums()
             .conf("repmgr.auto_rejoin = on")
