@@ -258,6 +258,58 @@ pub fn set_auto_conf(datadir: &Path, settings: &[(&str, Option<&str>)]) -> Resul
     write_owned(&path, &(lines.join("\n") + "\n"), datadir)
 }
 
+/// This node's own files in its data directory, which a copy from another node (pg_rewind,
+/// a re-clone) must not replace: the configuration (its identity, port and access rules), and
+/// the failover state (term, whom it supports), whose copy would name the source, be ignored,
+/// and leave this node with no memory of its votes.
+pub const OWN_FILES: &[&str] = &[
+    "postgresql.conf",
+    "postgresql.auto.conf",
+    "pg_hba.conf",
+    "pg_ident.conf",
+    "repmgr_failover.state",
+    // The automatic rejoin's attempt counter (the extension's src/rejoin.rs).
+    "repmgr_rejoin.attempts",
+];
+
+/// The [`OWN_FILES`] present in `datadir`, with their contents.
+pub fn own_files(datadir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    OWN_FILES
+        .iter()
+        .map(|f| datadir.join(f))
+        .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
+        .collect()
+}
+
+/// Puts back what [`own_files`] read, with the owner of `datadir`.
+pub fn restore_own_files(datadir: &Path, own: &[(PathBuf, Vec<u8>)]) -> Result<()> {
+    for (p, bytes) in own {
+        write_owned(p, &String::from_utf8_lossy(bytes), datadir)?;
+    }
+    Ok(())
+}
+
+/// Removes everything inside `dir`; the directory itself stays, with its owner and mode.
+pub fn empty_directory(dir: &Path) -> Result<()> {
+    std::fs::read_dir(dir)
+        .and_then(|it| {
+            it.filter_map(|e| e.ok()).try_for_each(|e| {
+                let p = e.path();
+                if p.is_dir() && !p.is_symlink() {
+                    std::fs::remove_dir_all(p)
+                } else {
+                    std::fs::remove_file(p)
+                }
+            })
+        })
+        .map_err(|e| {
+            Failure::new(
+                ERR_LOCAL_COMMAND,
+                format!("could not empty {}: {e}", dir.display()),
+            )
+        })
+}
+
 /// Writes `path` with the owner of `datadir`.
 pub fn write_owned(path: &Path, text: &str, datadir: &Path) -> Result<()> {
     std::fs::write(path, text).map_err(|e| {

@@ -5,6 +5,7 @@
 //! scripts keep working. Most actions are thin wrappers over the extension's SQL API; what
 //! needs the server stopped or absent (clone, rejoin, the middle of a switchover) runs here.
 
+mod basebackup;
 mod catalog;
 mod cluster;
 mod config;
@@ -16,6 +17,7 @@ mod local;
 mod node;
 mod output;
 mod register;
+mod rejoin;
 mod remote;
 mod service;
 mod standby;
@@ -198,6 +200,12 @@ pub enum NodeAction {
         /// repmgr.conf: rejoin_keep_wal_max_size
         #[arg(long = "keep-wal-max-size", value_name = "MB")]
         keep_wal_max_size: Option<u64>,
+        /// When pg_rewind cannot bring the node back (no wal_log_hints, missing WAL, a failed
+        /// rewind), replace its data directory with a fresh copy of the primary's
+        /// (pg_basebackup), keeping its configuration files; the automatic rejoin passes it
+        /// when repmgr.auto_reclone is on
+        #[arg(long)]
+        reclone: bool,
     },
     /// Start, stop, restart, reload or promote the local server with its service commands
     Service {
@@ -338,6 +346,7 @@ fn dispatch(ctx: &context::Ctx, object: &Object) -> exit::Result<i32> {
                 force_rewind,
                 keep_wal_directory,
                 keep_wal_max_size,
+                reclone,
             } => {
                 let keep = keep_wal_directory
                     .clone()
@@ -348,7 +357,14 @@ fn dispatch(ctx: &context::Ctx, object: &Object) -> exit::Result<i32> {
                             .unwrap_or(ctx.cfg.rejoin_keep_wal_max_size)
                             .saturating_mul(1 << 20),
                     });
-                node::rejoin(ctx, *force_rewind, keep.as_ref())
+                rejoin::rejoin(
+                    ctx,
+                    &rejoin::Options {
+                        force_rewind: *force_rewind,
+                        reclone: *reclone,
+                        keep,
+                    },
+                )
             }
             NodeAction::Service {
                 action,

@@ -1,7 +1,6 @@
 //! `standby clone|promote|follow|switchover`.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use repmgr_core::conninfo;
@@ -13,13 +12,13 @@ use crate::catalog::{self, Connect};
 use crate::conn::{Session, debug};
 use crate::context::Ctx;
 use crate::exit::{
-    ERR_BAD_ARGUMENT, ERR_BAD_BASEBACKUP, ERR_FOLLOW_FAIL, ERR_PROMOTION_FAIL, ERR_SWITCHOVER_FAIL,
+    ERR_BAD_ARGUMENT, ERR_BAD_CONFIG, ERR_FOLLOW_FAIL, ERR_PROMOTION_FAIL, ERR_SWITCHOVER_FAIL,
     ERR_SWITCHOVER_INCOMPLETE, Failure, Result, SUCCESS,
 };
 use crate::local;
 use crate::node::record_event;
 use crate::register::notice;
-use crate::{remote, service};
+use crate::{basebackup, remote, service};
 use repmgr_core::node::NodeRecord;
 
 // ---------------------------------------------------------------------------------------
@@ -212,27 +211,14 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
             .hint("Change those settings on the upstream (max_wal_senders and max_replication_slots need a restart)."));
     }
     let slot = use_slots.then(|| slot_name(node_id));
-    let bindir_probe = local::program(&ctx.cfg, None, "pg_basebackup");
-    let mut args: Vec<String> = vec![
-        "-l".into(),
-        "repmgr base backup".into(),
-        "-D".into(),
-        dir.to_string_lossy().into_owned(),
-        "-d".into(),
-        backup_conninfo.clone(),
-        "-X".into(),
-        "stream".into(),
-        "-P".into(),
-    ];
-    if a.fast_checkpoint {
-        args.push("--checkpoint=fast".into());
-    }
-    if let Some(s) = &slot {
-        args.extend(["-S".into(), s.clone()]);
-    }
-    if let Some(extra) = &ctx.cfg.pg_basebackup_options {
-        args.extend(extra.split_whitespace().map(str::to_string));
-    }
+    let program = basebackup::program(ctx, None);
+    let args = basebackup::arguments(
+        ctx,
+        &dir,
+        &backup_conninfo,
+        slot.as_deref(),
+        a.fast_checkpoint,
+    );
     let upstream_label = upstream
         .as_ref()
         .map_or_else(|| conninfo::mask(&given), NodeRecord::describe);
@@ -244,64 +230,26 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
                 .map_or(String::new(), |s| format!(" with replication slot {s}"))
         ));
         notice(format!(
-            "--dry-run: would run: {} {}",
-            bindir_probe.display(),
-            args.iter()
-                .map(|a| conninfo::mask(a))
-                .collect::<Vec<_>>()
-                .join(" ")
+            "--dry-run: would run: {}",
+            basebackup::describe(&program, &args)
         ));
         return Ok(SUCCESS);
     }
     if !local::is_empty_dir(&dir) {
-        std::fs::read_dir(&dir)
-            .and_then(|it| {
-                it.filter_map(|e| e.ok()).try_for_each(|e| {
-                    let p = e.path();
-                    if p.is_dir() {
-                        std::fs::remove_dir_all(p)
-                    } else {
-                        std::fs::remove_file(p)
-                    }
-                })
-            })
-            .map_err(|e| Failure::config(format!("could not empty {}: {e}", dir.display())))?;
+        local::empty_directory(&dir).map_err(|f| f.code(ERR_BAD_CONFIG))?;
     }
     if let Some(s) = &slot {
-        up.query(
-            "SELECT pg_catalog.pg_create_physical_replication_slot($1, true)
-              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)",
-            &[Some(s)],
-        )?;
+        basebackup::ensure_slot(&mut up, s)?;
     }
-    let owner = clone_owner(&dir);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut c = local::command_as(owner.as_deref(), &bindir_probe, &argv);
     notice(format!(
         "cloning {upstream_label} into {} with pg_basebackup",
         dir.display()
     ));
-    debug(format!("running {c:?}"));
-    let status = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .status()
-        .map_err(|e| {
-            Failure::new(
-                ERR_BAD_BASEBACKUP,
-                format!("could not run pg_basebackup: {e}"),
-            )
-        })?;
-    if !status.success() {
+    if let Err(f) = basebackup::run(&program, clone_owner(&dir).as_deref(), &args) {
         if let Some(s) = &slot {
             let _ = up.query("SELECT pg_catalog.pg_drop_replication_slot($1)", &[Some(s)]);
         }
-        return Err(Failure::new(
-            ERR_BAD_BASEBACKUP,
-            format!("pg_basebackup failed ({status})"),
-        )
-        .hint(format!(
+        return Err(f.hint(format!(
             "The directory {} holds a partial copy; run the clone again with -F.",
             dir.display()
         )));

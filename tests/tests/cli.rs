@@ -511,6 +511,75 @@ fn rejoin_brings_back_a_crashed_primary_with_pg_rewind() {
 }
 
 #[test]
+fn rejoin_reclones_a_node_pg_rewind_cannot_repair_and_resumes_a_failed_reclone() {
+    // No wal_log_hints, no checksums: pg_rewind cannot run on node 1.
+    let mut c = Cluster::new("cli-reclone");
+    let confs = cli_cluster(&mut c, &[2, 3], || {
+        NodeOptions::default().without_checksums()
+    });
+    c.settled(1, &[2, 3], WAIT);
+    c.kill9(1);
+    let new = c.one_writable(&[2, 3], WAIT);
+    c.sql(new, "CREATE TABLE after_failover AS SELECT 1 AS one");
+    let target = c.node(new).conninfo();
+    let rejoin = |extra: &[&str]| {
+        let mut a = vec![
+            "-f",
+            confs[1].as_str(),
+            "-d",
+            target.as_str(),
+            "node",
+            "rejoin",
+        ];
+        a.extend_from_slice(extra);
+        repmgr(&a)
+    };
+    let failed_events = || {
+        c.int(
+            new,
+            "SELECT count(*) FROM repmgr.events WHERE node_id = 1 AND event = 'node_rejoin' AND NOT successful",
+        )
+    };
+    // Without --reclone: refused, recorded, and it says how to go on.
+    let (code, _, err) = rejoin(&["--force-rewind"]);
+    assert_eq!(code, 24, "{err}");
+    assert!(
+        err.contains("pg_rewind cannot run on") && err.contains("--reclone"),
+        "{err}"
+    );
+    assert_eq!(failed_events(), 1);
+    let (code, _, err) = rejoin(&["--force-rewind", "--reclone", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("and a re-clone if pg_rewind cannot"), "{err}");
+    // A re-clone whose pg_basebackup fails leaves the node's own files only, and says so.
+    let node1 = c.node(1).clone();
+    c.repmgr_conf(&node1, &["pg_basebackup_options = '--no-such-option'"]);
+    let (code, _, err) = rejoin(&["--force-rewind", "--reclone"]);
+    assert_eq!(code, 14, "{err}");
+    assert!(err.contains("holds no copy now"), "{err}");
+    assert_eq!(failed_events(), 2);
+    assert!(!node1.data.join("PG_VERSION").exists());
+    assert!(node1.data.join("postgresql.conf").exists());
+    // Run again once the cause is gone, it re-clones from there.
+    c.repmgr_conf(&node1, &[]);
+    let (code, _, err) = rejoin(&["--force-rewind", "--reclone"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("re-cloned with pg_basebackup"), "{err}");
+    assert!(c.streams_from(new, 1));
+    assert_eq!(
+        c.value(1, "SELECT current_setting('repmgr.node_id')")
+            .as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        c.value(1, "SELECT count(*)::text FROM after_failover")
+            .as_deref(),
+        Some("1")
+    );
+    assert_eq!(c.writable(&[1, 2, 3]), [new]);
+}
+
+#[test]
 fn service_pause_holds_automatic_failover() {
     let mut c = Cluster::new("cli-pause");
     let confs = cli_cluster(&mut c, &[2, 3], NodeOptions::default);
