@@ -73,6 +73,7 @@ static SYNCHRONOUS_MODE: GucSetting<SyncMode> = GucSetting::<SyncMode>::new(Sync
 static ALLOW_DROP_EXTENSION: GucSetting<bool> = GucSetting::<bool>::new(false);
 static AUTO_REJOIN: GucSetting<AutoRejoinMode> =
     GucSetting::<AutoRejoinMode>::new(AutoRejoinMode::On);
+static AUTO_RECLONE: GucSetting<bool> = GucSetting::<bool>::new(false);
 static CLI_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static REJOIN_KEEP_WAL_DIRECTORY: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
@@ -428,6 +429,14 @@ fn define_failover() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"repmgr.auto_reclone",
+        c"Whether the automatic rejoin replaces this node's data directory with a fresh copy of the primary's (pg_basebackup) when pg_rewind cannot bring it back.",
+        c"The node keeps its configuration files; everything else in its data directory is discarded.",
+        &AUTO_RECLONE,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
     GucRegistry::define_string_guc(
         c"repmgr.cli_path",
         c"The repmgr command line the automatic rejoin runs (empty: repmgr in the server's bindir, /usr/bin or /usr/local/bin).",
@@ -690,6 +699,8 @@ pub struct FailoverSettings {
     pub disconnect_on_failover: bool,
     pub fence_action: FenceAction,
     pub auto_rejoin: AutoRejoinMode,
+    /// `repmgr.auto_reclone`.
+    pub auto_reclone: bool,
     /// `repmgr.cli_path`, when set.
     pub cli_path: Option<String>,
     /// `repmgr.rejoin_keep_wal_directory`, when set, and `repmgr.rejoin_keep_wal_max_size`
@@ -738,6 +749,7 @@ impl FailoverSettings {
             disconnect_on_failover: STANDBY_DISCONNECT_ON_FAILOVER.get(),
             fence_action: FENCE_ACTION.get(),
             auto_rejoin: AUTO_REJOIN.get(),
+            auto_reclone: AUTO_RECLONE.get(),
             cli_path: string(&CLI_PATH),
             keep_wal_directory: string(&REJOIN_KEEP_WAL_DIRECTORY),
             keep_wal_max_mb: REJOIN_KEEP_WAL_MAX_SIZE.get().max(16) as u32,

@@ -5,15 +5,17 @@
 //! this module carries it out. The server must stop for pg_rewind, and the worker stops with
 //! it, so the work runs in a helper process of its own (its own process group, which the
 //! postmaster's shutdown does not signal): the command line's `node service --action=stop`,
-//! then `node rejoin --force-rewind` against the writable primary, with the node's
-//! repmgr.conf when it has one (its service commands), else what the server knows (its data
-//! directory, and its bindir first in `PATH`). The command line records the outcome
-//! (`node_rejoin`) on the primary.
+//! then `node rejoin --force-rewind` against the writable primary (with `--reclone` under
+//! `repmgr.auto_reclone`: a fresh copy of the primary's data directory when pg_rewind cannot
+//! bring it back), with the node's repmgr.conf when it has one (its service commands), else
+//! what the server knows (its data directory, and its bindir first in `PATH`). The command
+//! line records the outcome (`node_rejoin`) on the primary.
 //!
 //! Before starting it, the worker checks what it can: that pg_rewind can work here
-//! (`wal_log_hints` or data checksums), that another node answers as a writable primary, and
-//! that fewer than [`MAX_ATTEMPTS`] earlier attempts failed to bring the node back (counted
-//! in a file of the data directory, which a rejoin keeps and a streaming standby removes).
+//! (`wal_log_hints` or data checksums) unless a re-clone may replace it, that another node
+//! answers as a writable primary, and that fewer than [`MAX_ATTEMPTS`] earlier attempts failed
+//! to bring the node back (counted in a file of the data directory, which a rejoin keeps and a
+//! streaming standby removes).
 
 use std::fs;
 use std::io::Write as _;
@@ -37,18 +39,18 @@ pub const ATTEMPTS_FILE: &str = "repmgr_rejoin.attempts";
 
 /// What the helper runs: `$1` the command line, `$2` the data directory, `$3` the writable
 /// node's conninfo, `$4` repmgr.conf or empty, `$5` where to keep the WAL a rewind discards
-/// or empty, `$6` the most that directory holds (MB). Values are positional parameters,
-/// never pasted into the script.
-const SCRIPT: &str = r#"cli=$1 dir=$2 target=$3 conf=$4 keep=$5 keep_max=$6
+/// or empty, `$6` the most that directory holds (MB), `$7` `on` to re-clone when pg_rewind
+/// cannot. Values are positional parameters, never pasted into the script.
+const SCRIPT: &str = r#"cli=$1 dir=$2 target=$3 conf=$4 keep=$5 keep_max=$6 reclone=$7
 set --
 if [ -n "$conf" ]; then set -- -f "$conf"; fi
 echo "$(date -u '+%Y-%m-%d %H:%M:%S') UTC repmgr rejoin: stopping the server on $dir"
 "$cli" "$@" -D "$dir" node service --action=stop || exit 1
-echo "$(date -u '+%Y-%m-%d %H:%M:%S') UTC repmgr rejoin: repmgr node rejoin --force-rewind"
-if [ -n "$keep" ]; then
-  exec "$cli" "$@" -D "$dir" -d "$target" node rejoin --force-rewind --keep-wal-directory "$keep" --keep-wal-max-size "$keep_max"
-fi
-exec "$cli" "$@" -D "$dir" -d "$target" node rejoin --force-rewind
+set -- "$@" -D "$dir" -d "$target" node rejoin --force-rewind
+if [ -n "$keep" ]; then set -- "$@" --keep-wal-directory "$keep" --keep-wal-max-size "$keep_max"; fi
+if [ "$reclone" = on ]; then set -- "$@" --reclone; fi
+echo "$(date -u '+%Y-%m-%d %H:%M:%S') UTC repmgr rejoin: repmgr node rejoin --force-rewind${keep:+ --keep-wal-directory $keep}${reclone:+ --reclone}"
+exec "$cli" "$@"
 "#;
 
 fn data_directory() -> PathBuf {
@@ -142,9 +144,10 @@ fn log_file(dir: &Path, node_id: i32) -> (PathBuf, fs::File) {
 pub fn start(settings: &Settings, why: &str) -> Result<(), (String, bool)> {
     let me = settings.describe();
     let on = |name| server_setting(name).as_deref() == Some("on");
-    if !on(c"wal_log_hints") && !on(c"data_checksums") {
+    let reclone = settings.failover.auto_reclone;
+    if !on(c"wal_log_hints") && !on(c"data_checksums") && !reclone {
         return Err((
-            "pg_rewind needs wal_log_hints = on or data checksums, and this node has neither; set wal_log_hints = on (from the next start) or rebuild it with repmgr standby clone".into(),
+            "pg_rewind needs wal_log_hints = on or data checksums, and this node has neither; set wal_log_hints = on (from the next start), or repmgr.auto_reclone = on to let it be re-cloned from the primary".into(),
             false,
         ));
     }
@@ -213,6 +216,7 @@ pub fn start(settings: &Settings, why: &str) -> Result<(), (String, bool)> {
                 .unwrap_or(""),
         )
         .arg(settings.failover.keep_wal_max_mb.to_string())
+        .arg(if reclone { "on" } else { "" })
         .env("PATH", path)
         .stdin(Stdio::null())
         .stdout(log)

@@ -418,6 +418,25 @@ impl Cluster {
         lines.join("\n") + "\n"
     }
 
+    /// Adds `line` to node `id`'s postgresql.conf, for its next start or reload.
+    pub fn conf(&self, id: i32, line: &str) {
+        self.append_conf(self.node(id), &format!("{line}\n"));
+    }
+
+    /// What pg_controldata says `key` is for node `id` (stopped or running).
+    pub fn control_data(&self, id: i32, key: &str) -> String {
+        let n = self.node(id);
+        let out = run_pg(
+            &n.bindir,
+            "pg_controldata",
+            &["-D", &n.data.to_string_lossy()],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| Some(l.strip_prefix(key)?.strip_prefix(':')?.trim().to_string()))
+            .unwrap_or_else(|| panic!("pg_controldata of node {id} has no {key:?}"))
+    }
+
     fn append_conf(&self, node: &Node, text: &str) {
         use std::io::Write;
         let mut f = fs::OpenOptions::new()

@@ -1,7 +1,9 @@
 //! Self-healing on real clusters: after a fault, a replaced primary comes back as a standby of
-//! the current primary with no command typed (`repmgr.auto_rejoin`), and a rejoin that cannot
-//! work is tried once, says why in `node_status()`, the events and `cluster show`, and leaves
-//! the node as it is. Every wait has a deadline; every cluster is torn down.
+//! the current primary with no command typed (`repmgr.auto_rejoin`); a rejoin that cannot work
+//! is tried once, says why in `node_status()`, the events and `cluster show`, and leaves the
+//! node as it is (fenced, or stopped when pg_rewind fails); with `repmgr.auto_reclone` such a
+//! node comes back as a fresh copy of the primary. Every wait has a deadline; every cluster is
+//! torn down.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -158,7 +160,7 @@ fn a_primary_cut_off_by_a_partition_rejoins_once_it_heals_and_keeps_what_it_disc
 }
 
 #[test]
-fn a_rejoin_that_cannot_work_is_tried_once_and_says_why() {
+fn a_rejoin_that_cannot_work_is_tried_once_says_why_and_a_reclone_brings_it_back() {
     // No wal_log_hints and no data checksums: pg_rewind cannot run on these nodes.
     let c = Cluster::populated("rejoin-fails", &[2, 3], |_| {
         NodeOptions::default()
@@ -220,6 +222,132 @@ fn a_rejoin_that_cannot_work_is_tried_once_and_says_why() {
         err.contains("node \"node1\" (ID: 1) needs a rejoin (failed: it was replaced as primary"),
         "{err}"
     );
+
+    // The operator lets it be re-cloned: the reload lets it try again, and it comes back as a
+    // fresh copy of the new primary's data directory, with its own identity and settings.
+    let allowed = Instant::now();
+    c.set(1, "repmgr.auto_reclone", "on");
+    let details = rejoined(
+        &c,
+        1,
+        new,
+        allowed,
+        "re-cloned after repmgr.auto_reclone = on",
+    );
+    assert!(
+        details.contains("re-cloned with pg_basebackup") && details.contains("wal_log_hints"),
+        "{details}"
+    );
+    is_itself_again(&c, 1, new);
+}
+
+/// Node `id` runs with its own identity and settings after a re-clone from `primary`, and
+/// holds the primary's data.
+fn is_itself_again(c: &Cluster, id: i32, primary: i32) {
+    assert_eq!(
+        c.value(id, "SELECT current_setting('repmgr.node_id')")
+            .as_deref(),
+        Some(id.to_string().as_str())
+    );
+    assert_eq!(
+        c.value(id, "SELECT current_setting('port')").as_deref(),
+        Some(c.node(id).port.to_string().as_str())
+    );
+    let copied = format!("repmgr_failover.state names node {primary}");
+    assert!(!c.log(id).contains(&copied), "{}", c.worker_log(id));
+    c.sql(primary, "CREATE TABLE after_reclone AS SELECT 1 AS one");
+    c.wait_for(
+        "the re-cloned node to replay the primary's table",
+        WAIT,
+        || {
+            c.value(id, "SELECT count(*)::text FROM after_reclone")
+                .filter(|n| n == "1")
+        },
+    );
+}
+
+#[test]
+fn a_rewind_that_lacks_wal_leaves_the_node_stopped_and_a_reclone_brings_it_back() {
+    let c = Cluster::populated("rejoin-no-wal", &[2, 3], |_| {
+        NodeOptions::default().conf("wal_log_hints = on")
+    });
+    c.settled(1, &[2, 3], WAIT);
+    c.crash(1);
+    let new = c.one_writable(&[2, 3], WAIT);
+    // Back, replaced and held (auto_rejoin is off): it writes past the fork into a later
+    // segment and checkpoints there, then loses the segments before that checkpoint, as its
+    // own checkpoints would recycle them in time. pg_rewind needs them: they hold where the
+    // new primary's timeline left this one, and the checkpoint before it.
+    c.start(1);
+    for sql in ["CHECKPOINT", "SELECT pg_switch_wal()", "CHECKPOINT"] {
+        c.sql(1, sql);
+    }
+    c.stop(1);
+    let redo = c.control_data(1, "Latest checkpoint's REDO WAL file");
+    let wal = c.node(1).data.join("pg_wal");
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(&wal).expect("pg_wal") {
+        let name = e
+            .expect("pg_wal entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if name.len() == 24 && name.chars().all(|ch| ch.is_ascii_hexdigit()) && name < redo {
+            std::fs::remove_file(wal.join(&name)).expect("remove a segment");
+            removed.push(name);
+        }
+    }
+    assert!(!removed.is_empty(), "no segment before {redo} to remove");
+    println!("removed {removed:?}, kept from {redo}");
+
+    // Started with repmgr.auto_rejoin on, it stops for its rewind, which cannot work: one
+    // failed event on the new primary that says why and what to do, and the server stays
+    // stopped, with no second attempt.
+    c.conf(1, "repmgr.auto_rejoin = on");
+    c.start(1);
+    let failed = || {
+        c.value(
+            new,
+            "SELECT string_agg(details, ' | ') FROM repmgr.events WHERE node_id = 1 AND event = 'node_rejoin' AND NOT successful",
+        )
+    };
+    let details = c.wait_for_or_explain(
+        "the failed rewind's event on the new primary",
+        Duration::from_secs(45),
+        failed,
+        || c.log_tails(40),
+    );
+    assert!(
+        details.contains("node 1 (\"node1\") could not be rewound onto node ")
+            && details.contains("pg_rewind failed: ")
+            && details.contains("the server stays stopped")
+            && details.contains("--reclone"),
+        "{details}"
+    );
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(c.node(1).pid(), None, "{}", c.log(1));
+    assert_eq!(failed().as_deref(), Some(details.as_str()));
+    let helper_log =
+        std::fs::read_to_string(c.dir.join("repmgr-rejoin-node1.log")).unwrap_or_default();
+    assert_eq!(helper_log.matches("(attempt ").count(), 1, "{helper_log}");
+    assert_eq!(c.writable(&[1, 2, 3]), [new]);
+
+    // With repmgr.auto_reclone on and a start, the next attempt re-clones it.
+    c.conf(1, "repmgr.auto_reclone = on");
+    let started = Instant::now();
+    c.start(1);
+    let details = rejoined(
+        &c,
+        1,
+        new,
+        started,
+        "re-cloned after a rewind that lacked WAL",
+    );
+    assert!(
+        details.contains("re-cloned with pg_basebackup") && details.contains("pg_rewind failed"),
+        "{details}"
+    );
+    is_itself_again(&c, 1, new);
 }
 
 /// The WAL records a rewinding rejoin kept under `keep`, as pg_waldump prints them with the
