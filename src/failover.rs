@@ -216,18 +216,10 @@ impl Failover {
                 Err((why, retry)) => vec![Input::RejoinRefused { why, retry }],
             },
             Action::Detach { from } => {
-                // An empty primary_conninfo first, so that the startup process does not start
-                // a new receiver against the same node; the follow decision sets it again.
-                if let Err(f) = crate::follow::set_and_reload(&[("primary_conninfo", Some(""))]) {
-                    warning!(
-                        "repmgr: {} could not clear primary_conninfo to stop streaming from node {from}: {}",
-                        self.settings.describe(),
-                        f.message
-                    );
-                }
-                crate::follow::stop_wal_receiver(
+                crate::follow::detach(
                     &self.settings.describe(),
                     &format!("to stop streaming from node {from}"),
+                    false,
                 );
                 Vec::new()
             }

@@ -43,21 +43,58 @@ fn alter_system_reset(name: &str) -> Result<()> {
     alter_system_statement(format!("ALTER SYSTEM RESET {}", quote_identifier(name)))
 }
 
-/// Writes each setting to postgresql.auto.conf (`None` removes it), in one transaction of
-/// the worker's own, then makes the server re-read its configuration as `pg_reload_conf()`
-/// does.
-pub fn set_and_reload(settings: &[(&str, Option<&str>)]) -> Result<()> {
-    crate::db::in_transaction(|| -> Result<()> {
-        for (name, value) in settings {
-            match value {
-                Some(v) => alter_system(name, v)?,
-                None => alter_system_reset(name)?,
-            }
+/// Writes each setting to postgresql.auto.conf (`None` removes it). Must run inside a
+/// transaction.
+fn write_settings(settings: &[(&str, Option<&str>)]) -> Result<()> {
+    for (name, value) in settings {
+        match value {
+            Some(v) => alter_system(name, v)?,
+            None => alter_system_reset(name)?,
         }
-        Ok(())
-    })?;
-    unsafe { libc::kill(pg_sys::PostmasterPid, libc::SIGHUP) };
+    }
     Ok(())
+}
+
+/// Makes the server re-read its configuration, as `pg_reload_conf()` does.
+fn reload() {
+    unsafe { libc::kill(pg_sys::PostmasterPid, libc::SIGHUP) };
+}
+
+/// Writes each setting to postgresql.auto.conf (`None` removes it), in one transaction of
+/// the worker's own, then reloads.
+pub fn set_and_reload(settings: &[(&str, Option<&str>)]) -> Result<()> {
+    crate::db::in_transaction(|| write_settings(settings))?;
+    reload();
+    Ok(())
+}
+
+/// Stops streaming from the node this standby follows, for good: an empty `primary_conninfo`
+/// written and reloaded first, then the WAL receiver stopped. A stopped receiver alone is
+/// restarted by the startup process at once against the same node (seen in the long
+/// Jepsen-style run: 140 ms after a vote stopped it, a new receiver streamed the thawed old
+/// primary's last WAL, and the standby diverged). Whatever follows sets `primary_conninfo`
+/// again. `why` ends the log line. In a backend, which already runs a transaction
+/// (`in_backend`), only a superuser may write the setting; otherwise the receiver is stopped
+/// and the worker detaches for good.
+pub fn detach(me: &str, why: &str, in_backend: bool) {
+    let cleared = if in_backend {
+        if unsafe { pg_sys::superuser() } {
+            write_settings(&[("primary_conninfo", Some(""))]).map(|()| reload())
+        } else {
+            Err(Failure::invalid(
+                "this session is not a superuser's; the worker clears it",
+            ))
+        }
+    } else {
+        set_and_reload(&[("primary_conninfo", Some(""))])
+    };
+    if let Err(f) = cleared {
+        warning!(
+            "repmgr: {me} could not clear primary_conninfo {why}: {}",
+            f.message
+        );
+    }
+    stop_wal_receiver(me, why);
 }
 
 /// Stops this standby's WAL receiver, if one runs; `why` ends the log line. The receiver is
