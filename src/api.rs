@@ -68,6 +68,13 @@ fn mask_conninfo(conninfo: &str) -> String {
     repmgr_core::conninfo::mask(conninfo)
 }
 
+/// The version of the repmgr library this server runs, which during a rolling upgrade may
+/// differ from the catalog's (`pg_extension.extversion`).
+#[pg_extern(immutable, parallel_safe)]
+fn library_version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
 /// This node: identity, role, WAL positions, lag, the last error repmgr saw here, its
 /// monitoring worker (pid, and when it last finished a round), and where its automatic
 /// rejoin stands when it needs one.

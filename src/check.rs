@@ -195,7 +195,52 @@ pub fn node_check(settings: &Settings) -> Result<Vec<Check>> {
             )
         });
     }
+    out.push(versions(catalog_version(&mut Local)?.as_deref()));
     Ok(out)
+}
+
+/// The catalog's version: `pg_extension.extversion`.
+fn catalog_version(db: &mut dyn Db) -> Result<Option<String>> {
+    let rows = db.read(
+        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'repmgr'",
+        &[],
+    )?;
+    Ok(rows.get(0, 0).map(str::to_string))
+}
+
+/// The library this server runs against the catalog's version: they differ during a rolling
+/// upgrade, which the catalog's update ends.
+fn versions(catalog: Option<&str>) -> Check {
+    let library = env!("CARGO_PKG_VERSION");
+    let Some(catalog) = catalog else {
+        return check(
+            "extension version",
+            "WARNING",
+            format!("library {library}; the catalog's version could not be read"),
+        );
+    };
+    let number = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    match number(library).cmp(&number(catalog)) {
+        std::cmp::Ordering::Equal => check(
+            "extension version",
+            "OK",
+            format!("library and catalog are both {library}"),
+        ),
+        std::cmp::Ordering::Greater => check(
+            "extension version",
+            "WARNING",
+            format!(
+                "this server runs the {library} library on a {catalog} catalog: once every node runs {library}, run ALTER EXTENSION repmgr UPDATE on the primary (standbys receive it by replication)"
+            ),
+        ),
+        std::cmp::Ordering::Less => check(
+            "extension version",
+            "CRITICAL",
+            format!(
+                "this server runs the {library} library but the catalog is already {catalog}: install repmgr {catalog} on this node and restart it"
+            ),
+        ),
+    }
 }
 
 /// Every voter's timing as it reports it (`repmgr.vote_info()`), this node's from its own

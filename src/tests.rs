@@ -603,6 +603,15 @@ mod tests {
             status("failover settings"),
             "OK: heartbeat 200 ms, fence 1600 ms, lease 2100 ms"
         );
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            status("extension version"),
+            format!("OK: library and catalog are both {version}")
+        );
+        assert_eq!(
+            one("SELECT repmgr.library_version()").as_deref(),
+            Some(version)
+        );
         // Two data nodes and no witness: any loss leaves no majority.
         insert_node(2, "beta", "standby", Some(1), "host=127.0.0.1 port=1");
         let quorum = status("failover quorum");

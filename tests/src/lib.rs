@@ -418,6 +418,18 @@ impl Cluster {
         lines.join("\n") + "\n"
     }
 
+    /// Runs node `id`, which must be stopped, with the PostgreSQL programs in `bindir` from
+    /// its next start (and the repmgr library installed with them), as a package upgrade does.
+    pub fn set_bindir(&mut self, id: i32, bindir: &Path) {
+        assert!(self.node(id).pid().is_none(), "node {id} still runs");
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id} in this cluster"));
+        n.bindir = bindir.to_path_buf();
+    }
+
     /// Adds `line` to node `id`'s postgresql.conf, for its next start or reload.
     pub fn conf(&self, id: i32, line: &str) {
         self.append_conf(self.node(id), &format!("{line}\n"));

@@ -89,6 +89,16 @@ const PRIVATE: [(&str, &str); 4] = [
     ("log", "/var/log/postgresql"),
 ];
 
+/// What a package installation writes, which each host keeps to itself as an overlay of this
+/// machine's own (its changes live in the host's directory).
+const INSTALLED: [(&str, &str); 5] = [
+    ("usr", "/usr"),
+    ("dpkg", "/var/lib/dpkg"),
+    ("apt", "/var/lib/apt"),
+    ("cache", "/var/cache"),
+    ("varlog", "/var/log"),
+];
+
 /// The three hosts of the tutorial.
 struct Hosts {
     dir: PathBuf,
@@ -100,19 +110,25 @@ impl Hosts {
         let dir =
             PathBuf::from("/var/tmp/repmgr-tests").join(format!("readme-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("bin")).expect("create the test directory");
+        fs::create_dir_all(dir.join("debs")).expect("create the test directory");
+        fs::create_dir_all(dir.join("empty")).expect("create the test directory");
         for d in ["/var/tmp/repmgr-tests", dir.to_str().unwrap_or_default()] {
             fs::set_permissions(d, fs::Permissions::from_mode(0o755)).expect("chmod");
         }
-        // The command line under test, where the tutorial installs it; readable by postgres
-        // wherever the checkout is.
-        fs::copy(cli(), dir.join("bin/repmgr")).expect("copy the repmgr command line");
+        // The packages under test, where the tutorial's install step finds them.
+        for deb in packages() {
+            fs::copy(
+                &deb,
+                dir.join("debs").join(deb.file_name().expect("a file")),
+            )
+            .expect("copy a package");
+        }
         let mut net = Network::with_subnet(Some("10.0.0"));
         for n in 1..=3 {
             net.add_node(n);
+            let host = dir.join(format!("pg{n}"));
             for (sub, target) in PRIVATE {
-                let d = dir.join(format!("pg{n}/{sub}"));
-                fs::create_dir_all(&d).expect("create a host directory");
+                fs::create_dir_all(host.join(sub)).expect("create a host directory");
                 if target == "/run/postgresql" && !Path::new(target).exists() {
                     // Made at boot on a machine with PostgreSQL; a fresh container may lack it.
                     fs::create_dir_all(target).expect("create /run/postgresql");
@@ -122,7 +138,6 @@ impl Hosts {
                     "{target} is missing: install postgresql-15"
                 );
             }
-            let host = dir.join(format!("pg{n}"));
             // Each host knows the others by name, as real ones would (sudo looks its own up).
             fs::write(
                 host.join("hosts"),
@@ -135,8 +150,15 @@ impl Hosts {
                     .arg(&host),
                 "chown",
             );
+            for (sub, _) in INSTALLED {
+                for part in ["upper", "work"] {
+                    fs::create_dir_all(host.join(format!("overlay/{sub}/{part}")))
+                        .expect("create an overlay directory");
+                }
+            }
         }
         let hosts = Hosts { dir, net };
+        hosts.make_namespaces();
         // As Debian leaves a host after apt-get install postgresql-15.
         for n in 1..=3 {
             hosts.expect_ok(
@@ -149,31 +171,72 @@ impl Hosts {
         hosts
     }
 
-    /// Runs `text` on host `n` (`sh` as root, `sql` through psql as postgres).
-    fn run(&self, n: i32, lang: &str, text: &str) -> Output {
-        let host = self.dir.join(format!("pg{n}"));
-        let mut script = format!("set -e\nhostname pg{n}\n");
-        for (sub, target) in PRIVATE {
-            script.push_str(&format!("mount --bind {}/{sub} {target}\n", host.display()));
+    /// Where host `n`'s mount and UTS namespaces are kept (bind mounts of their files), so
+    /// that every command and every server of the host share one view: its own Debian
+    /// directories, `/etc/hosts` and hostname, and its own installed packages.
+    fn namespace(&self, n: i32, kind: &str) -> PathBuf {
+        self.dir.join(format!("ns/pg{n}-{kind}"))
+    }
+
+    fn make_namespaces(&self) {
+        let ns = self.dir.join("ns");
+        fs::create_dir_all(&ns).expect("create the namespace directory");
+        // Namespace files can be kept only under a private mount.
+        let mut script = format!(
+            "set -e\nmount --bind {0} {0}\nmount --make-private {0}\n",
+            ns.display()
+        );
+        for n in 1..=3 {
+            let host = self.dir.join(format!("pg{n}"));
+            let (mnt, uts) = (self.namespace(n, "mnt"), self.namespace(n, "uts"));
+            let mut inside = format!("set -e\nhostname pg{n}\n");
+            for (sub, target) in INSTALLED {
+                inside.push_str(&format!(
+                    "mount -t overlay overlay -o lowerdir={target},upperdir={0}/overlay/{sub}/upper,workdir={0}/overlay/{sub}/work {target}\n",
+                    host.display()
+                ));
+            }
+            for (sub, target) in PRIVATE {
+                inside.push_str(&format!("mount --bind {}/{sub} {target}\n", host.display()));
+            }
+            inside.push_str(&format!(
+                "mount --bind {}/hosts /etc/hosts\n",
+                host.display()
+            ));
+            // Only what the tutorial installs: nothing this machine has in /usr/local/bin.
+            inside.push_str(&format!(
+                "mount --bind {}/empty /usr/local/bin\n",
+                self.dir.display()
+            ));
+            script.push_str(&format!(
+                "touch {m} {u}\nunshare --mount={m} --uts={u} --propagation private sh -c '{inside}'\n",
+                m = mnt.display(),
+                u = uts.display(),
+            ));
         }
-        script.push_str(&format!(
-            "mount --bind {}/hosts /etc/hosts\n",
-            host.display()
-        ));
-        script.push_str(&format!(
-            "mount --bind {}/bin /usr/local/bin\n",
-            self.dir.display()
-        ));
-        script.push_str(match lang {
+        repmgr_tests::run_checked(
+            Command::new("sh").args(["-c", &script]),
+            "make the hosts' namespaces",
+        );
+    }
+
+    /// Runs `text` on host `n` (`sh` as root, `sql` through psql as postgres), in the
+    /// directory holding the packages.
+    fn run(&self, n: i32, lang: &str, text: &str) -> Output {
+        let script = match lang {
             "sql" => "printf '%s' \"$1\" | sudo -u postgres psql -X -q -v ON_ERROR_STOP=1\n",
             _ => "exec sh -ec \"$1\"\n",
-        });
-        Command::new("ip")
-            .args(["netns", "exec", &self.net.namespace(n)])
-            .args(["unshare", "--mount", "--uts", "--propagation", "private"])
-            .args(["sh", "-c", &script, "sh", text])
+        };
+        // nsenter rather than ip netns exec, whose own new mount namespace would not hold
+        // the kept namespace files (the kernel copies no mount namespace file into another).
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.net.namespace(n)))
+            .arg(format!("--mount={}", self.namespace(n, "mnt").display()))
+            .arg(format!("--uts={}", self.namespace(n, "uts").display()))
+            .arg(format!("--wd={}", self.dir.join("debs").display()))
+            .args(["sh", "-c", script, "sh", text])
             .output()
-            .expect("run ip netns exec")
+            .expect("run nsenter")
     }
 
     fn expect_ok(&self, n: i32, lang: &str, text: &str, what: &str) -> String {
@@ -199,11 +262,50 @@ impl Hosts {
     }
 }
 
+/// The packages the tutorial installs: `cargo xtask test` builds them (`REPMGR_DEB_DIR`).
+fn packages() -> Vec<PathBuf> {
+    let dir = std::env::var_os("REPMGR_DEB_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        panic!("REPMGR_DEB_DIR is not set: run this through cargo xtask test, which builds the packages the tutorial installs")
+    });
+    let version = env!("CARGO_PKG_VERSION");
+    let debs: Vec<PathBuf> = ["postgresql-15-repmgr-rs", "repmgr-rs"]
+        .iter()
+        .map(|p| {
+            fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                .flatten()
+                .map(|e| e.path())
+                .find(|f| {
+                    f.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&format!("{p}_{version}_")))
+                })
+                .unwrap_or_else(|| panic!("no {p} {version} package in {}", dir.display()))
+        })
+        .collect();
+    debs
+}
+
 impl Drop for Hosts {
     fn drop(&mut self) {
         for n in 1..=3 {
             repmgr_tests::stop_servers(&self.dir.join(format!("pg{n}/lib/15")));
         }
+        // The namespaces go with their last process and their kept files.
+        let mut script = String::new();
+        for n in 1..=3 {
+            for kind in ["mnt", "uts"] {
+                script.push_str(&format!(
+                    "umount {} 2>/dev/null\n",
+                    self.namespace(n, kind).display()
+                ));
+            }
+        }
+        script.push_str(&format!(
+            "umount {} 2>/dev/null\n",
+            self.dir.join("ns").display()
+        ));
+        let _ = Command::new("sh").args(["-c", &script]).status();
         if std::env::var_os("REPMGR_TEST_KEEP").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
         }

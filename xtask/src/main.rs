@@ -1,4 +1,4 @@
-//! The project's task runner: `cargo xtask setup | test | demo`.
+//! The project's task runner: `cargo xtask setup | test | package | demo | bench`.
 //!
 //! It uses the standard library only, so that it compiles on a fresh machine before `setup`
 //! has installed any system library.
@@ -9,8 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
+mod package;
+mod previous;
+
 /// System packages the build, the tests, the demo and the benchmarks need (Debian 12 names;
-/// fonts-dejavu-core for the benchmark chart's text).
+/// fonts-dejavu-core for the benchmark chart's text; lintian and help2man for the Debian
+/// packages).
 const PACKAGES: &[&str] = &[
     "postgresql-15",
     "postgresql-server-dev-15",
@@ -24,6 +28,8 @@ const PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
     "python3-pip",
     "patchelf",
+    "lintian",
+    "help2man",
 ];
 
 const PGRX_VERSION: &str = "0.18.0";
@@ -113,9 +119,14 @@ fn majors() -> Vec<(u32, String)> {
     v
 }
 
-/// The integration test file that runs on PostgreSQL 15 only: the README's tutorial, written
-/// for Debian 12's own PostgreSQL 15 packages.
+/// The integration test files that run on PostgreSQL 15 only: the README's tutorial, written
+/// for Debian 12's own PostgreSQL 15 packages, and the upgrade from the previous release, built
+/// for Debian's PostgreSQL 15 tree.
+const ONLY_ON_15: &[&str] = &[TUTORIAL, UPGRADE];
 const TUTORIAL: &str = "readme";
+const UPGRADE: &str = "upgrade";
+/// The integration test files that install the Debian packages.
+const NEED_PACKAGES: &[&str] = &[TUTORIAL, "package"];
 
 /// `pg_config` of `major`, if this machine has it.
 fn pg_config_of(major: u32) -> Result<String> {
@@ -162,11 +173,15 @@ commands:
                 17 and 18 under /opt/repmgr-postgresql, pgrx init for every major)
   test          setup, then every test: unit and simulation once, then in-server (cargo pgrx
                 test) and integration tests on every major (15 to 18; the README's tutorial,
-                written for Debian's PostgreSQL 15 packages, on 15 only)
+                written for Debian's PostgreSQL 15 packages, and the upgrade from the previous
+                release, on 15 only), after building the Debian packages they install
   test --pg N   setup, then PostgreSQL N's in-server and integration tests only
   test [--pg N] FILE...
                 setup, then only these integration test files (tests/tests/FILE.rs), on
                 PostgreSQL N or every major
+  package [--pg N]
+                setup, then Debian packages in target/debian: the extension for every
+                major (or N) and the command line, checked with lintian
   demo [--pg N] setup, install, and start a local sandbox cluster on 127.0.0.1:55431
                 (PostgreSQL 15 unless --pg N)
   demo --stop   stop the sandbox and remove its files
@@ -728,6 +743,21 @@ fn test(t: &Task, only: Option<u32>, files: &[&str]) -> Result {
         install(t, false, major)?;
     }
     build_cli(t, false)?;
+    let wanted = |f: &str| files.is_empty() || files.contains(&f);
+    // The packages of the majors under test, as shipped (release builds, lintian-clean).
+    let debs = if NEED_PACKAGES.iter().any(|f| wanted(f)) {
+        for &major in &run {
+            package::package(t, Some(major))?;
+        }
+        Some(package::out_dir(t))
+    } else {
+        None
+    };
+    let previous = if run.contains(&15) && wanted(UPGRADE) {
+        Some(previous::bindir(t)?)
+    } else {
+        None
+    };
     for &major in &run {
         let bindir = bindir_of(&pg_config_of(major)?)?;
         let other = all
@@ -739,6 +769,12 @@ fn test(t: &Task, only: Option<u32>, files: &[&str]) -> Result {
         c.args(["test", "--no-fail-fast", "-p", "repmgr-tests"])
             .env("REPMGR_PG_BINDIR", &bindir)
             .env("REPMGR_PG_OTHER_BINDIR", bindir_of(&pg_config_of(other)?)?);
+        if let Some(d) = &debs {
+            c.env("REPMGR_DEB_DIR", d);
+        }
+        if let Some(b) = &previous {
+            c.env("REPMGR_PREVIOUS_BINDIR", b);
+        }
         let files = integration_tests(major, files)?;
         t.step(&format!(
             "integration tests on PostgreSQL {major} (real clusters): {}",
@@ -833,7 +869,7 @@ fn integration_tests(major: u32, chosen: &[&str]) -> Result<Vec<String>> {
                 .strip_suffix(".rs")
                 .map(str::to_string)
         })
-        .filter(|f| major == 15 || f != TUTORIAL)
+        .filter(|f| major == 15 || !ONLY_ON_15.contains(&f.as_str()))
         .collect();
     files.sort();
     if let Some(f) = chosen.iter().find(|f| !files.iter().any(|have| have == *f)) {
@@ -971,6 +1007,7 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["setup"] if pg.is_none() => setup(&t),
         ["test", files @ ..] => test(&t, pg, files),
+        ["package"] => setup(&t).and_then(|()| package::package(&t, pg).map(|_| ())),
         ["demo"] => demo(&t, false, major),
         ["demo", "--stop"] => demo(&t, true, major),
         ["bench"] => bench(&t, &["all"], major),
