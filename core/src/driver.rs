@@ -629,6 +629,7 @@ impl Driver {
         upstream: Upstream,
     ) -> Option<(NodeRecord, &'static str)> {
         self.upstream = Some(upstream);
+        self.note_detached(state, upstream);
         let decision = self.choose_upstream(state, upstream);
         if let Some((t, _)) = &decision {
             self.upstream = Some(Upstream {
@@ -754,16 +755,7 @@ impl Driver {
         let Some(up) = self.upstream.filter(|u| !u.detached) else {
             return;
         };
-        let Some(u) = up.node.and_then(|u| self.record(u)) else {
-            return;
-        };
-        if u.node_type != NodeType::Primary || u.node_id == self.node_id || self.paused {
-            return;
-        }
-        if self.detached_in == Some((u.node_id, d.term)) {
-            return;
-        }
-        let Some(why) = self.superseded(state, u.node_id) else {
+        let Some((u, why)) = self.superseded_upstream(state, up) else {
             return;
         };
         self.detached_in = Some((u.node_id, d.term));
@@ -771,14 +763,48 @@ impl Driver {
             detached: true,
             ..up
         });
+        self.actions.push(Action::Detach { from: u.node_id });
+        self.report_detach(&u, &why);
+    }
+
+    /// The primary `up` streams from, when this voter moved past it and has not detached
+    /// from it in this term yet, with why.
+    fn superseded_upstream(&self, state: &State, up: Upstream) -> Option<(NodeRecord, String)> {
+        let u = up.node.and_then(|u| self.record(u))?;
+        if u.node_type != NodeType::Primary || u.node_id == self.node_id || self.paused {
+            return None;
+        }
+        if self.detached_in == Some((u.node_id, state.voter.durable.term)) {
+            return None;
+        }
+        let why = self.superseded(state, u.node_id)?;
+        Some((u, why))
+    }
+
+    /// The backend that granted this voter's vote detached it already (`up` is what a
+    /// monitoring round saw): recorded as the worker's own detach would be, with no action.
+    /// Without this, once the follow that comes next repoints it, its catalog would still name
+    /// the old upstream until that change replicates, and a detach then would undo the follow
+    /// (seen in CI: with a synchronous quorum the new primary waited for this standby for
+    /// ever).
+    fn note_detached(&mut self, state: &State, up: Upstream) {
+        if !up.detached {
+            return;
+        }
+        if let Some((u, why)) = self.superseded_upstream(state, up) {
+            self.detached_in = Some((u.node_id, state.voter.durable.term));
+            self.report_detach(&u, &why);
+        }
+    }
+
+    fn report_detach(&mut self, u: &NodeRecord, why: &str) {
         let details = format!(
             "{} stopped streaming from {}: {why}, so WAL that node writes from now on is not part of the cluster's history; it streams again once it follows the current primary",
             self.describe_me(),
             u.describe()
         );
         self.say(Level::Warning, details.clone());
-        self.actions.push(Action::Detach { from: u.node_id });
-        self.event(event::REPMGRD_UPSTREAM_DISCONNECT, details, Some(u));
+        self.event(event::REPMGRD_UPSTREAM_DISCONNECT, details, Some(u.clone()));
     }
 
     /// Log lines and events that a query like [`Driver::follow_decision`] produced.

@@ -154,6 +154,36 @@ fn a_vote_for_another_node_detaches_from_the_old_primary_once() {
 }
 
 #[test]
+fn a_standby_its_vote_detached_does_not_detach_again_once_it_follows_the_winner() {
+    let (mut d, mut s) = standby();
+    support(&mut s, 1, Some(1));
+    let _ = d.follow_decision(&s, streaming_from(1));
+    assert_eq!(tick(&mut d, &mut s, 10), (vec![], 0));
+    // The backend that granted node 3 its vote emptied primary_conninfo before the worker
+    // looked: the worker sees it detached and follows node 3 at once, recording the detach
+    // (its event, once) with no action, which would undo the follow.
+    support(&mut s, 2, Some(3));
+    let (target, _) = d
+        .follow_decision(&s, detached_from(1))
+        .expect("a detached standby follows the node it voted for");
+    assert_eq!(target.node_id, 3);
+    let events = d
+        .take_actions()
+        .iter()
+        .filter(|a| matches!(a, Action::Event(e) if e.name == event::REPMGRD_UPSTREAM_DISCONNECT))
+        .count();
+    assert_eq!(events, 1);
+    assert_eq!(tick(&mut d, &mut s, 20), (vec![], 0));
+    // Its catalog names node 1 as its upstream until the follow's change replicates, and it
+    // streams again: still no detach, which would leave the new primary waiting for this
+    // standby for ever with a synchronous quorum (seen in CI).
+    let _ = d.follow_decision(&s, streaming_from(1));
+    assert_eq!(tick(&mut d, &mut s, 30), (vec![], 0));
+    let _ = d.follow_decision(&s, streaming_from(1));
+    assert_eq!(tick(&mut d, &mut s, 40), (vec![], 0));
+}
+
+#[test]
 fn a_newer_term_detaches_and_the_old_primary_is_followed_again_once_it_leads_in_one() {
     let (mut d, mut s) = standby();
     support(&mut s, 1, Some(1));
