@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 
 use super::{Monitor, Snapshot, Stop, flush_to};
 use crate::catalog::NodeRecord;
+use repmgr_core::node::NodeType;
 use crate::db::{Db, Local};
 use crate::events::Event;
 use crate::{follow, shmem};
@@ -62,8 +63,20 @@ impl Monitor {
             .as_ref()
             .is_some_and(|p| p.node_id == upstream.node_id);
         let quiet = self.failover.timing().heartbeat * 2 + Duration::from_millis(200);
+        // The catalog can still name a primary the failover protocol has moved past (this
+        // node voted for its successor, whose promotion has not replicated here yet): it is
+        // gone as far as this node is concerned, and often unreachable. Connecting to it
+        // would block this worker for the connect timeout at every round, starving its
+        // polls of the new primary, which then stays fenced (seen in CI: for good, with a
+        // synchronous quorum waiting for this very standby).
+        let replaced = upstream.node_type == NodeType::Primary
+            && primary
+                .as_ref()
+                .is_some_and(|p| p.node_id != upstream.node_id);
         let observed = if polled {
             self.failover.silence().map(|s| s < quiet)
+        } else if replaced {
+            Some(false)
         } else {
             None
         };

@@ -260,8 +260,10 @@ fn is_itself_again(c: &Cluster, id: i32, primary: i32) {
         "the re-cloned node to replay the primary's table",
         WAIT,
         || {
-            c.value(id, "SELECT count(*)::text FROM after_reclone")
-                .filter(|n| n == "1")
+            let r = c
+                .try_sql(id, "SELECT count(*)::text FROM after_reclone")
+                .ok()?;
+            (r.get(0, 0) == Some("1")).then_some(())
         },
     );
 }
