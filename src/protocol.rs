@@ -330,12 +330,13 @@ fn request_vote(
         );
         // WAL the old primary sends from now on is on a branch the candidate does not
         // continue: stop receiving it at once, without waiting for the worker (which may be
-        // in the middle of a connection attempt). A standby of the candidate itself goes on.
+        // in the middle of a connection attempt). A standby of the candidate itself goes on,
+        // and so does a paused one: a switchover pauses every node and repoints them itself.
         let follows_candidate = nodes
             .iter()
             .find(|n| n.node_id == st.failover.node_id)
             .is_some_and(|n| n.upstream_node_id == Some(candidate));
-        if recovery && !follows_candidate {
+        if recovery && !follows_candidate && !st.paused {
             crate::follow::detach(
                 &settings.describe(),
                 &format!("at once: it voted for node {candidate} in term {term}"),
