@@ -354,8 +354,10 @@ impl Publisher {
                     state: l.state.unwrap_or_default(),
                     lag_bytes: l.replication_lag_bytes,
                     lag_seconds: l.replay_lag_seconds,
+                    synchronous: matches!(l.sync_state.as_deref(), Some("sync" | "quorum")),
                 })
                 .collect(),
+            synchronous_standbys: settings.failover.synchronous_standbys,
             term: 0,
             paused: false,
             lease: None,

@@ -46,6 +46,8 @@ pub struct StandbyLag {
     /// WAL the primary wrote that the standby has not flushed.
     pub lag_bytes: Option<i64>,
     pub lag_seconds: Option<f64>,
+    /// A member of the synchronous quorum now (`sync_state` `sync` or `quorum`).
+    pub synchronous: bool,
 }
 
 /// Buckets of the worker loop duration histogram, in seconds.
@@ -101,6 +103,8 @@ pub struct View {
     pub upstream_last_seen: Option<i64>,
     /// On a primary: its attached standbys.
     pub standbys: Vec<StandbyLag>,
+    /// On a primary: `repmgr.synchronous_standbys`, the standbys each commit waits for.
+    pub synchronous_standbys: u32,
     pub term: u64,
     pub paused: bool,
     /// The primary's lease as the fence sees it, to decide "fenced" at the time of a request.
@@ -645,6 +649,32 @@ pub fn metrics(v: &View, now: Duration) -> String {
                 }
             }
         }
+        m.gauge(
+            "repmgr_synchronous_standbys",
+            "repmgr.synchronous_standbys: standbys that must flush each commit before it is acknowledged (0: asynchronous).",
+            v.synchronous_standbys,
+        );
+        m.gauge(
+            "repmgr_synchronous_standbys_streaming",
+            "Standbys that stream as members of the synchronous quorum now.",
+            v.standbys
+                .iter()
+                .filter(|s| s.synchronous && s.state == "streaming")
+                .count(),
+        );
+        if let Some(l) = &v.lease {
+            let (confirming, voters) = l.confirming(now, v.fence);
+            m.gauge(
+                "repmgr_voters",
+                "Voters in this primary's node list, itself included: an election needs a majority of them.",
+                voters,
+            );
+            m.gauge(
+                "repmgr_voters_confirming",
+                "Other voters whose confirmation of this primary's lease still counts: those a failover could count on if this primary died now.",
+                confirming,
+            );
+        }
     }
     m.family(
         "repmgr_failovers_total",
@@ -710,6 +740,7 @@ mod tests {
             lag_seconds: Some(0.5),
             upstream_last_seen: Some(0),
             standbys: Vec::new(),
+            synchronous_standbys: 1,
             term: 7,
             paused: false,
             lease: None,
@@ -882,6 +913,7 @@ mod tests {
             state: "streaming".into(),
             lag_bytes: Some(0),
             lag_seconds: None,
+            synchronous: false,
         });
         let body = status_json(&v, 101 * SEC);
         for field in [
@@ -915,6 +947,7 @@ mod tests {
             state: "streaming".into(),
             lag_bytes: Some(128),
             lag_seconds: Some(0.25),
+            synchronous: true,
         });
         v.loop_duration.observe(Duration::from_micros(300));
         v.loop_duration.observe(Duration::from_millis(30));
@@ -936,9 +969,31 @@ mod tests {
             "repmgr_worker_loop_duration_seconds_count 3",
             "repmgr_rejoin{state=\"waiting\"} 0",
             "repmgr_rejoin{state=\"failed\"} 0",
+            "repmgr_synchronous_standbys 1",
+            "repmgr_synchronous_standbys_streaming 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
+        // What a failover could count on: the voters confirming the lease now.
+        assert!(!text.contains("repmgr_voters"), "no lease, no voter counts");
+        v.lease = Some(crate::lease::Lease::new(
+            7,
+            1,
+            2,
+            &[crate::lease::Membership::new(1, [1, 2, 3])],
+            Some((100 * SEC, v.fence, &[1])),
+        ));
+        let text = metrics(&v, 101 * SEC);
+        assert!(text.lines().any(|l| l == "repmgr_voters 3"), "{text}");
+        assert!(
+            text.lines().any(|l| l == "repmgr_voters_confirming 1"),
+            "{text}"
+        );
+        let text = metrics(&v, 102 * SEC);
+        assert!(
+            text.lines().any(|l| l == "repmgr_voters_confirming 0"),
+            "{text}"
+        );
         v.rejoin = Some(("rejoining", "rejoining: ...".into()));
         let text = metrics(&v, 101 * SEC);
         assert!(

@@ -668,6 +668,21 @@ impl Lease {
         }
     }
 
+    /// In the current view: the other voters whose confirmation still counts at `now` (`fence`
+    /// being this primary's fence timeout), and how many voters it has, this node included.
+    /// What a failover would have to work with if this primary died now.
+    pub fn confirming(&self, now: Duration, fence: Duration) -> (usize, usize) {
+        let v = self.views[0];
+        let fresh = self.count(v.mask, |s| {
+            s.confirmed
+                .is_some_and(|c| now >= c.at && now < c.at + c.fence.min(fence))
+        });
+        (
+            fresh,
+            v.mask.count_ones() as usize + usize::from(v.with_self),
+        )
+    }
+
     /// How many confirmations the current view needs, and of how many voters.
     pub fn needs(&self) -> (usize, usize) {
         let v = self.views[0];
@@ -792,6 +807,18 @@ mod tests {
         };
         l.poll(ms(2000), &pl(3, 3, Some(old), 1, W), &TF);
         assert!(!l.may_commit(ms(2000), F));
+    }
+
+    #[test]
+    fn confirming_counts_the_voters_whose_confirmation_still_counts() {
+        let mut l = Lease::new(3, 77, 1, &[view(1, &[1, 2, 3])], None);
+        assert_eq!(l.confirming(ms(0), F), (0, 3));
+        let r = l.poll(ms(100), &pl(2, 3, None, 1, W), &TF);
+        l.poll(ms(350), &pl(2, 3, stamp(&r), 1, W), &TF);
+        assert_eq!(l.confirming(ms(350), F), (1, 3));
+        // Dated by the stamp (100 ms), for the fence.
+        assert_eq!(l.confirming(ms(1599), F), (1, 3));
+        assert_eq!(l.confirming(ms(1600), F), (0, 3));
     }
 
     #[test]
