@@ -14,7 +14,7 @@ mod previous;
 
 /// System packages the build, the tests, the demo and the benchmarks need (Debian 12 names;
 /// fonts-dejavu-core for the benchmark chart's text; lintian and help2man for the Debian
-/// packages).
+/// packages; haproxy and prometheus (promtool) for what users wire around it).
 const PACKAGES: &[&str] = &[
     "postgresql-15",
     "postgresql-server-dev-15",
@@ -30,6 +30,8 @@ const PACKAGES: &[&str] = &[
     "patchelf",
     "lintian",
     "help2man",
+    "haproxy",
+    "prometheus",
 ];
 
 const PGRX_VERSION: &str = "0.18.0";
