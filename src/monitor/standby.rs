@@ -7,10 +7,10 @@ use pgrx::prelude::*;
 
 use super::{Monitor, Snapshot, Stop, flush_to};
 use crate::catalog::NodeRecord;
-use repmgr_core::node::NodeType;
 use crate::db::{Db, Local};
 use crate::events::Event;
 use crate::{follow, shmem};
+use repmgr_core::node::NodeType;
 
 /// The node a standby (or witness) watches: its registered upstream, else the primary.
 pub(super) fn upstream_of<'a>(me: &NodeRecord, snap: &'a Snapshot) -> Option<&'a NodeRecord> {

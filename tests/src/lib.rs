@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use repmgr_pq::{Conn, PollWaiter, Rows};
 
 pub mod chart;
+pub mod haproxy;
 pub mod http;
 pub mod load;
 mod net;
@@ -1172,6 +1173,18 @@ pub fn connect(conninfo: &str) -> Conn {
         &mut PollWaiter,
     )
     .unwrap_or_else(|e| panic!("connect {conninfo}: {e}"))
+}
+
+/// Opens a client connection within 5 s, or `None`.
+pub fn try_connect(conninfo: &str) -> Option<Conn> {
+    Conn::connect(
+        conninfo,
+        &[],
+        &[],
+        Instant::now() + Duration::from_secs(5),
+        &mut PollWaiter,
+    )
+    .ok()
 }
 
 /// Runs one statement on an open connection, panicking on failure.

@@ -3,7 +3,8 @@
 //!
 //! A thread inserts consecutive integers, one small transaction every `every`, through a
 //! multi-host connection string with `target_session_attrs=read-write`, as an application
-//! would; after an error it reconnects (to whichever node is writable) and goes on. Each
+//! would, or through a proxy that alone decides where writes go; after an error it reconnects
+//! and goes on. Each
 //! acknowledged integer is recorded with the moment its commit returned, and with the node
 //! that committed it and its transaction id (to look for it in WAL a rewind discarded).
 
@@ -41,8 +42,23 @@ pub struct Load {
 }
 
 impl Load {
-    /// Starts writing into `table` (created if missing) through `conninfo`.
+    /// Starts writing into `table` (created if missing) through `conninfo`, a multi-host
+    /// string from which libpq picks the writable node.
     pub fn start(conninfo: &str, table: &str, every: Duration) -> Load {
+        Load::spawn(
+            format!("{conninfo} target_session_attrs=read-write connect_timeout=2"),
+            table,
+            every,
+        )
+    }
+
+    /// Starts writing into `table` through a proxy at `conninfo` (HAProxy), which alone
+    /// decides where writes go: the client asks nothing of the node it reaches.
+    pub fn through_proxy(conninfo: &str, table: &str, every: Duration) -> Load {
+        Load::spawn(format!("{conninfo} connect_timeout=2"), table, every)
+    }
+
+    fn spawn(conninfo: String, table: &str, every: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let paused = Arc::new(AtomicBool::new(false));
         let idle = Arc::new(AtomicBool::new(false));
@@ -50,7 +66,6 @@ impl Load {
         let origins = Arc::new(Mutex::new(Vec::new()));
         let (s, p, i, a) = (stop.clone(), paused.clone(), idle.clone(), acks.clone());
         let o = origins.clone();
-        let conninfo = format!("{conninfo} target_session_attrs=read-write connect_timeout=2");
         let table = table.to_string();
         let handle = std::thread::spawn(move || {
             let mut next: i64 = 1;

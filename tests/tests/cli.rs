@@ -431,6 +431,13 @@ fn switchover_swaps_roles_under_load() {
     assert_eq!(c.value(2, "SELECT count(*)::text FROM repmgr.events WHERE event = 'node_rejoin' AND successful AND node_id = 1").as_deref(), Some("1"));
 }
 
+/// `repmgr -f <conf> -d <target> node rejoin <extra…>`.
+fn node_rejoin(conf: &str, target: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut a = vec!["-f", conf, "-d", target, "node", "rejoin"];
+    a.extend_from_slice(extra);
+    repmgr(&a)
+}
+
 #[test]
 fn rejoin_brings_back_a_crashed_primary_with_pg_rewind() {
     let mut c = Cluster::new("cli-rejoin");
@@ -447,18 +454,7 @@ fn rejoin_brings_back_a_crashed_primary_with_pg_rewind() {
     );
     let target = c.node(new).conninfo();
     // Crashed: a plain rejoin is refused and says what to do.
-    let rejoin = |extra: &[&str]| {
-        let mut a = vec![
-            "-f",
-            confs[1].as_str(),
-            "-d",
-            target.as_str(),
-            "node",
-            "rejoin",
-        ];
-        a.extend_from_slice(extra);
-        repmgr(&a)
-    };
+    let rejoin = |extra: &[&str]| node_rejoin(&confs[1], &target, extra);
     let (code, _, err) = rejoin(&[]);
     assert_eq!(code, 24, "{err}");
     assert!(
@@ -522,18 +518,7 @@ fn rejoin_reclones_a_node_pg_rewind_cannot_repair_and_resumes_a_failed_reclone()
     let new = c.one_writable(&[2, 3], WAIT);
     c.sql(new, "CREATE TABLE after_failover AS SELECT 1 AS one");
     let target = c.node(new).conninfo();
-    let rejoin = |extra: &[&str]| {
-        let mut a = vec![
-            "-f",
-            confs[1].as_str(),
-            "-d",
-            target.as_str(),
-            "node",
-            "rejoin",
-        ];
-        a.extend_from_slice(extra);
-        repmgr(&a)
-    };
+    let rejoin = |extra: &[&str]| node_rejoin(&confs[1], &target, extra);
     let failed_events = || {
         c.int(
             new,

@@ -16,19 +16,25 @@
 //! built with the command line, under the same write load: the client's write gap, the
 //! command's own duration, and acknowledged commits missing afterwards.
 //!
+//! In both, a second client writes through Debian's HAProxy running the README's
+//! configuration (`repmgr_tests::haproxy`), as users would: its write gap includes HAProxy's
+//! health checks.
+//!
 //! `false-failover`, `scale`, and the `repmgr5-*` forms that run the same scenarios against
 //! Debian's repmgr 5.3.3 (`repmgr_tests::repmgr5`). Each benchmark adds its summary and
 //! figures to `bench/results/<date>.json`, from which `<date>.md` and the chart
 //! `<date>.png` are drawn again; `all` starts the day's files afresh, so that everything
 //! compared in them comes from one run.
 
+use std::collections::HashMap;
 use std::fs;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use repmgr_tests::chart::{Bar, Panel};
+use repmgr_tests::haproxy::Haproxy;
 use repmgr_tests::load::{Load, longest_gap};
-use repmgr_tests::{Cluster, NodeOptions, bindir, repmgr5};
+use repmgr_tests::{Cluster, NodeOptions, bindir, free_port, repmgr5};
 
 /// Clock ticks per second for /proc CPU times (Linux's USER_HZ).
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -270,6 +276,64 @@ struct Run {
     gap: Duration,
     acked: usize,
     lost: usize,
+    /// The same for a second client writing through HAProxy, when one ran.
+    proxy: Option<Proxied>,
+}
+
+/// What a client writing through HAProxy (the README's configuration) saw.
+struct Proxied {
+    gap: Duration,
+    acked: usize,
+    lost: usize,
+}
+
+/// HAProxy with the README's configuration in front of nodes 1 to 3 of `c`, whose endpoints
+/// listen on `http`, and a client committing every 10 ms through it.
+fn through_haproxy(c: &Cluster, http: &HashMap<i32, u16>) -> (Haproxy, Load) {
+    for port in http.values() {
+        c.wait_for("the endpoints", Duration::from_secs(30), || {
+            (repmgr_tests::http::status(*port, "/health") == 200).then_some(())
+        });
+    }
+    let h = Haproxy::start(c, http);
+    let load = Load::through_proxy(
+        &h.write_conninfo(),
+        "through_haproxy",
+        Duration::from_millis(10),
+    );
+    // Writing steadily before anything happens: HAProxy marks the primary up after its
+    // first checks.
+    c.wait_for("writes through HAProxy", Duration::from_secs(30), || {
+        (load.acks().len() >= 50).then_some(())
+    });
+    (h, load)
+}
+
+/// Whether `load` has had a write acknowledged by node `id` (one acknowledged by the old
+/// primary in the instant of its crash does not end a failover).
+fn written_on(load: &Load, id: i32) -> bool {
+    load.origins().iter().any(|(_, node, _)| *node == Some(id))
+}
+
+/// The proxied client's figures from `from` on, its writes checked on `primary`.
+fn proxied(c: &Cluster, load: Load, from: Instant, primary: i32) -> Proxied {
+    let acks = load.stop();
+    Proxied {
+        gap: longest_gap(&acks, from).map_or(Duration::ZERO, |(g, _)| g),
+        acked: acks.len(),
+        lost: c.missing_acks(primary, "through_haproxy", &acks).len(),
+    }
+}
+
+/// Endpoint ports for nodes 1 to 3.
+fn http_ports() -> HashMap<i32, u16> {
+    (1..=3).map(|id| (id, free_port())).collect()
+}
+
+/// `opts`, serving the endpoints on `port`.
+fn with_http(opts: NodeOptions, port: u16) -> NodeOptions {
+    opts.conf("repmgr.http_listen_address = '127.0.0.1'")
+        .conf(format!("repmgr.http_port = {port}"))
 }
 
 /// A commit every 10 ms on whichever of `ids` is writable, going for 2 s already.
@@ -306,9 +370,14 @@ fn failover_run(
     system: System,
 ) -> Run {
     let mut c = Cluster::new(&format!("bench-failover-{run}"));
+    // Ours, on three nodes, is also measured through HAProxy.
+    let http = (system == System::Ours && standbys == [2, 3]).then(http_ports);
     let (wait, mut daemons) = match system {
         System::Ours => {
-            c.populate(standbys, opts);
+            c.populate(standbys, |id| match &http {
+                Some(h) => with_http(opts(id), h[&id]),
+                None => opts(id),
+            });
             c.settled(1, standbys, Duration::from_secs(60));
             (Duration::from_secs(60), Vec::new())
         }
@@ -321,6 +390,7 @@ fn failover_run(
         }
     };
     let everyone: Vec<i32> = std::iter::once(1).chain(standbys.iter().copied()).collect();
+    let proxy = http.as_ref().map(|h| through_haproxy(&c, h));
     let load = write_load(&c, &everyone);
     let crash = Instant::now();
     c.kill9(1);
@@ -355,12 +425,11 @@ fn failover_run(
         }),
     );
     c.wait_for("writes on the new primary", wait, || {
-        load.acks()
-            .last()
-            .is_some_and(|(_, t)| *t > crash)
-            .then_some(())
+        let after = |l: &Load| l.acks().last().is_some_and(|(_, t)| *t > crash);
+        (after(&load) && proxy.as_ref().is_none_or(|(_, p)| written_on(p, new))).then_some(())
     });
     std::thread::sleep(Duration::from_millis(200));
+    let proxy = proxy.map(|(_h, l)| proxied(&c, l, crash, new));
     let acks = load.stop();
     // The longest pause in acknowledgements ending after the crash: the kill takes a few
     // milliseconds, during which the old primary may still acknowledge a commit or two.
@@ -373,6 +442,7 @@ fn failover_run(
         gap,
         acked: acks.len(),
         lost,
+        proxy,
     }
 }
 
@@ -524,14 +594,18 @@ fn chart(
     date: &str,
 ) -> Result<bool, String> {
     // Ours is saved under the scenario's own name, repmgr's under Settings::describe's.
+    // (repmgr's settings, the figure, the label); ours is also measured through HAProxy.
     let systems = [
-        (None, "this extension"),
+        (None, "write_gap", "this extension"),
+        (None, "write_gap_haproxy", "this extension\nthrough HAProxy"),
         (
             Some(repmgr5::Settings::LikeOurs),
+            "write_gap",
             "repmgr 5.3.3\nsettings like ours",
         ),
         (
             Some(repmgr5::Settings::Defaults),
+            "write_gap",
             "repmgr 5.3.3\nits defaults",
         ),
     ];
@@ -542,9 +616,9 @@ fn chart(
     ] {
         let bars: Vec<Bar> = systems
             .iter()
-            .filter_map(|(settings, label)| {
+            .filter_map(|(settings, figure, label)| {
                 let key = settings.map_or_else(|| scenario.to_string(), |s| s.describe(scenario).0);
-                let s = Spread::from_json(&results.get(&key)?["figures"]["write_gap"])?;
+                let s = Spread::from_json(&results.get(&key)?["figures"][*figure])?;
                 Some(Bar {
                     label: label.to_string(),
                     median: s.median,
@@ -617,13 +691,19 @@ fn failover_series(
     for run in 1..=runs {
         let r = failover_run(run, standbys, opts, system);
         println!(
-            "run {run:2}: writable new primary after {:.2} s, every other standby streaming after {:.2} s (+{:.2} s), write gap {:.2} s, {} of {} acknowledged commits missing",
+            "run {run:2}: writable new primary after {:.2} s, every other standby streaming after {:.2} s (+{:.2} s), write gap {:.2} s, {} of {} acknowledged commits missing{}",
             r.writable.as_secs_f64(),
             r.following.as_secs_f64(),
             (r.following.saturating_sub(r.writable)).as_secs_f64(),
             r.gap.as_secs_f64(),
             r.lost,
-            r.acked
+            r.acked,
+            r.proxy.as_ref().map_or(String::new(), |p| format!(
+                "; through HAProxy: write gap {:.2} s, {} of {} missing",
+                p.gap.as_secs_f64(),
+                p.lost,
+                p.acked
+            ))
         );
         all.push(r);
     }
@@ -643,6 +723,27 @@ fn failover_series(
         "acknowledged commits missing on the new primary: {} of {} in all runs",
         all.iter().map(|r| r.lost).sum::<usize>(),
         all.iter().map(|r| r.acked).sum::<usize>()
+    ));
+    proxy_series(report, all.iter().map(|r| r.proxy.as_ref()).collect());
+}
+
+/// The figures of the client that wrote through HAProxy, when every run had one.
+fn proxy_series(report: &mut Report, runs: Vec<Option<&Proxied>>) {
+    let Some(runs) = runs.into_iter().collect::<Option<Vec<&Proxied>>>() else {
+        return;
+    };
+    if runs.is_empty() {
+        return;
+    }
+    report.series(
+        "write_gap_haproxy",
+        "client write gap through HAProxy (the README's configuration)",
+        Spread::of(&mut runs.iter().map(|p| p.gap).collect::<Vec<_>>()),
+    );
+    report.line(format!(
+        "through HAProxy, acknowledged commits missing on the new primary: {} of {} in all runs",
+        runs.iter().map(|p| p.lost).sum::<usize>(),
+        runs.iter().map(|p| p.acked).sum::<usize>()
     ));
 }
 
@@ -850,6 +951,7 @@ fn scale(runs: usize) {
 fn switchover_series(report: &mut Report, runs: usize, system: System) {
     let (mut gaps, mut took) = (Vec::new(), Vec::new());
     let (mut lost, mut acked) = (0, 0);
+    let mut through = Vec::new();
     for run in 1..=runs {
         let wait = Duration::from_secs(60);
         let mut c = Cluster::new(&format!("bench-switchover-{run}"));
@@ -874,6 +976,15 @@ fn switchover_series(report: &mut Report, runs: usize, system: System) {
                 (command, daemons)
             }
         };
+        // Ours is also measured through HAProxy.
+        let proxy = (system == System::Ours).then(|| {
+            let http = http_ports();
+            for (id, port) in &http {
+                c.set(*id, "repmgr.http_listen_address", "127.0.0.1");
+                c.set(*id, "repmgr.http_port", &port.to_string());
+            }
+            through_haproxy(&c, &http)
+        });
         let load = write_load(&c, &[1, 2, 3]);
         let t = Instant::now();
         let out = command.output().expect("run repmgr");
@@ -885,21 +996,31 @@ fn switchover_series(report: &mut Report, runs: usize, system: System) {
             String::from_utf8_lossy(&out.stderr)
         );
         c.wait_for("writes on the new primary", wait, || {
+            let after = |l: &Load| l.acks().last().is_some_and(|(_, a)| *a > t + duration);
             (primaries(&c, &[1, 2, 3]) == [2]
-                && load.acks().last().is_some_and(|(_, a)| *a > t + duration))
+                && after(&load)
+                && proxy.as_ref().is_none_or(|(_, p)| written_on(p, 2)))
             .then_some(())
         });
         std::thread::sleep(Duration::from_millis(300));
+        let proxy = proxy.map(|(_h, l)| proxied(&c, l, t, 2));
         let acks = load.stop();
         let gap = longest_gap(&acks, t).map_or(Duration::ZERO, |(g, _)| g);
         let m = c.missing_acks(2, "acked", &acks).len();
         repmgr5::stop_daemons(&mut daemons);
         println!(
-            "run {run}: write gap {:.3} s, command took {:.2} s, {m} of {} acknowledged commits missing",
+            "run {run}: write gap {:.3} s, command took {:.2} s, {m} of {} acknowledged commits missing{}",
             gap.as_secs_f64(),
             duration.as_secs_f64(),
-            acks.len()
+            acks.len(),
+            proxy.as_ref().map_or(String::new(), |p| format!(
+                "; through HAProxy: write gap {:.3} s, {} of {} missing",
+                p.gap.as_secs_f64(),
+                p.lost,
+                p.acked
+            ))
         );
+        through.push(proxy);
         gaps.push(gap);
         took.push(duration);
         lost += m;
@@ -914,6 +1035,7 @@ fn switchover_series(report: &mut Report, runs: usize, system: System) {
     report.line(format!(
         "acknowledged commits missing on the new primary: {lost} of {acked} in all runs"
     ));
+    proxy_series(report, through.iter().map(Option::as_ref).collect());
 }
 
 fn switchover(runs: usize) {
