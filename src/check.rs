@@ -5,10 +5,10 @@ use repmgr_core::lease::{confirmations_needed, majority};
 use repmgr_core::node::NodeType;
 
 use crate::catalog::{self, NodeRecord};
-use crate::config::Settings;
+use crate::config::{FAILOVER_SLOTS, Settings, server_setting};
 use crate::db::{Db, Local};
 use crate::error::Result;
-use crate::{clock, shmem};
+use crate::{clock, shmem, slots};
 
 pub struct Check {
     pub name: &'static str,
@@ -166,6 +166,9 @@ pub fn node_check(settings: &Settings) -> Result<Vec<Check>> {
         ));
     }
     if let Some(c) = synchronous_quorum(settings, running_as, me, &nodes, silent)? {
+        out.push(c);
+    }
+    if let Some(c) = failover_slots(settings, running_as, me, &nodes)? {
         out.push(c);
     }
     if running_as == NodeType::Standby {
@@ -481,4 +484,141 @@ fn synchronous_quorum(
             ))
         }
     }
+}
+
+/// Logical replication slots and failover: on a primary, which slots a failover keeps and
+/// which standbys logical decoding waits for (before PostgreSQL 17: which slots it loses); on
+/// a standby, its copies of the failover slots and what it lacks to keep them.
+fn failover_slots(
+    settings: &Settings,
+    running_as: NodeType,
+    me: &NodeRecord,
+    nodes: &[NodeRecord],
+) -> Result<Option<Check>> {
+    let name = "failover slots";
+    match running_as {
+        NodeType::Witness => Ok(None),
+        NodeType::Primary if !FAILOVER_SLOTS => {
+            let logical = slots::logical_slots(&mut Local)?;
+            Ok((!logical.is_empty()).then(|| check(name, "WARNING", slots::lost_slots(&logical))))
+        }
+        NodeType::Primary => {
+            let r = Local.read(
+                "SELECT slot_name::text, failover::text FROM pg_catalog.pg_replication_slots WHERE slot_type = 'logical' ORDER BY 1",
+                &[],
+            )?;
+            let pick = |failover: &str| -> Vec<String> {
+                (0..r.rows.len())
+                    .filter(|&i| r.get(i, 1) == Some(failover))
+                    .filter_map(|i| r.get(i, 0).map(str::to_string))
+                    .collect()
+            };
+            let (kept, lost) = (pick("true"), pick("false"));
+            if kept.is_empty() && lost.is_empty() {
+                return Ok(None);
+            }
+            let waits = server_setting(c"synchronized_standby_slots").unwrap_or_default();
+            Ok(Some(if !lost.is_empty() {
+                check(
+                    name,
+                    "WARNING",
+                    format!(
+                        "a failover loses the logical slots {}, which are not failover slots: create them with failover => true (pg_create_logical_replication_slot), or ALTER SUBSCRIPTION ... SET (failover = true) with the subscription disabled",
+                        lost.join(", ")
+                    ),
+                )
+            } else if !settings.manages_failover_slots() {
+                check(
+                    name,
+                    "WARNING",
+                    format!(
+                        "failover slots {}; repmgr.logical_slot_failover is off: the standbys keep copies only if you configured them (sync_replication_slots, synchronized_standby_slots)",
+                        kept.join(", ")
+                    ),
+                )
+            } else if waits.is_empty() {
+                check(
+                    name,
+                    "WARNING",
+                    format!(
+                        "failover slots {}, but no standby that may be promoted streams through a slot: after a failover their consumers may have received changes the new primary lacks",
+                        kept.join(", ")
+                    ),
+                )
+            } else if let Some(left) = not_waited_for(me, nodes, &waits) {
+                check(
+                    name,
+                    "WARNING",
+                    format!(
+                        "failover slots {}; logical decoding waits for the standbys' slots {waits}, not for {left} (no slot, or not streaming): promoted, it may lack changes their consumers received",
+                        kept.join(", ")
+                    ),
+                )
+            } else {
+                check(
+                    name,
+                    "OK",
+                    format!(
+                        "failover slots {}; logical decoding waits for the standbys' slots {waits} (synchronized_standby_slots)",
+                        kept.join(", ")
+                    ),
+                )
+            }))
+        }
+        NodeType::Standby => {
+            if !settings.manages_failover_slots() {
+                return Ok(None);
+            }
+            let from_primary = me
+                .upstream_node_id
+                .and_then(|u| nodes.iter().find(|n| n.node_id == u))
+                .is_some_and(|u| u.node_type == NodeType::Primary);
+            let (missing, repairable) = slots::standby_missing(me, from_primary);
+            // A node registered without a slot keeps no copies: the primary's check names the
+            // standbys decoding waits for, and so those a failover would leave behind.
+            if !repairable {
+                return Ok(None);
+            }
+            if !missing.is_empty() {
+                return Ok(Some(check(
+                    name,
+                    "WARNING",
+                    format!(
+                        "this standby keeps no copies of the primary's failover slots yet: {} (the worker writes these settings)",
+                        missing.join(", ")
+                    ),
+                )));
+            }
+            let copies = slots::copies(&mut Local)?;
+            if copies.is_empty() {
+                return Ok(None);
+            }
+            let states: Vec<String> = copies.iter().map(|c| c.state()).collect();
+            Ok(Some(check(
+                name,
+                if copies.iter().all(|c| c.ready()) {
+                    "OK"
+                } else {
+                    "WARNING"
+                },
+                format!("copies of failover slots: {}", states.join("; ")),
+            )))
+        }
+    }
+}
+
+/// The standbys of this primary a failover may promote whose slot is not in
+/// `synchronized_standby_slots` (`waits`), by name.
+fn not_waited_for(me: &NodeRecord, nodes: &[NodeRecord], waits: &str) -> Option<String> {
+    let left: Vec<&str> = nodes
+        .iter()
+        .filter(|n| slots::promotable_standby(me, n))
+        .filter(|n| {
+            n.slot_name
+                .as_deref()
+                .is_none_or(|s| !waits.split(',').any(|w| w.trim() == s))
+        })
+        .map(|n| n.node_name.as_str())
+        .collect();
+    (!left.is_empty()).then(|| left.join(", "))
 }

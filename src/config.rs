@@ -74,6 +74,7 @@ static ALLOW_DROP_EXTENSION: GucSetting<bool> = GucSetting::<bool>::new(false);
 static AUTO_REJOIN: GucSetting<AutoRejoinMode> =
     GucSetting::<AutoRejoinMode>::new(AutoRejoinMode::On);
 static AUTO_RECLONE: GucSetting<bool> = GucSetting::<bool>::new(false);
+static LOGICAL_SLOT_FAILOVER: GucSetting<bool> = GucSetting::<bool>::new(true);
 static CLI_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static REJOIN_KEEP_WAL_DIRECTORY: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
@@ -437,6 +438,14 @@ fn define_failover() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
+    GucRegistry::define_bool_guc(
+        c"repmgr.logical_slot_failover",
+        c"From PostgreSQL 17: standbys keep copies of the primary's failover slots (sync_replication_slots), and logical decoding waits for the standbys a failover may promote (synchronized_standby_slots).",
+        c"Off, repmgr leaves those settings alone.",
+        &LOGICAL_SLOT_FAILOVER,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"repmgr.cli_path",
         c"The repmgr command line the automatic rejoin runs (empty: repmgr in the server's bindir, /usr/bin or /usr/local/bin).",
@@ -661,6 +670,9 @@ pub fn server_setting(name: &CStr) -> Option<String> {
     if s.is_empty() { None } else { Some(s) }
 }
 
+/// This server has failover slots (PostgreSQL 17).
+pub const FAILOVER_SLOTS: bool = pg_sys::PG_VERSION_NUM >= 170000;
+
 /// One consistent reading of the settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -701,6 +713,8 @@ pub struct FailoverSettings {
     pub auto_rejoin: AutoRejoinMode,
     /// `repmgr.auto_reclone`.
     pub auto_reclone: bool,
+    /// `repmgr.logical_slot_failover`.
+    pub logical_slot_failover: bool,
     /// `repmgr.cli_path`, when set.
     pub cli_path: Option<String>,
     /// `repmgr.rejoin_keep_wal_directory`, when set, and `repmgr.rejoin_keep_wal_max_size`
@@ -750,6 +764,7 @@ impl FailoverSettings {
             fence_action: FENCE_ACTION.get(),
             auto_rejoin: AUTO_REJOIN.get(),
             auto_reclone: AUTO_RECLONE.get(),
+            logical_slot_failover: LOGICAL_SLOT_FAILOVER.get(),
             cli_path: string(&CLI_PATH),
             keep_wal_directory: string(&REJOIN_KEEP_WAL_DIRECTORY),
             keep_wal_max_mb: REJOIN_KEEP_WAL_MAX_SIZE.get().max(16) as u32,
@@ -891,6 +906,12 @@ impl Settings {
                     .and_then(|c| repmgr_core::conninfo::get(c, "user"))
             })
             .unwrap_or_else(|| session_user.to_string())
+    }
+
+    /// Whether this node keeps failover slots across a failover (`repmgr.logical_slot_failover`
+    /// on a server that has them).
+    pub fn manages_failover_slots(&self) -> bool {
+        FAILOVER_SLOTS && self.failover.logical_slot_failover
     }
 
     /// The slot this node streams through, when slots are in use.

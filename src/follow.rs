@@ -144,7 +144,23 @@ pub fn repoint(
     upstream: &NodeRecord,
     primary: Option<&NodeRecord>,
 ) -> Result<String> {
-    let conn = primary_conninfo(me, upstream)?;
+    let from_primary = upstream.node_type == repmgr_core::node::NodeType::Primary
+        || primary.is_some_and(|p| p.node_id == upstream.node_id);
+    let mut conn = primary_conninfo(me, upstream)?;
+    let mut slot_sync = Vec::new();
+    // Copies of the primary's failover slots are kept through the same reload; PostgreSQL
+    // copies them only to a standby streaming through a slot.
+    if settings.manages_failover_slots() && me.slot_name.is_some() {
+        if from_primary {
+            conn = repmgr_core::slots::with_dbname(&conn, &upstream.conninfo).map_err(|e| {
+                Failure::invalid(format!(
+                    "the conninfo of {} is not valid: {e}",
+                    upstream.describe()
+                ))
+            })?;
+        }
+        slot_sync = repmgr_core::slots::standby_settings(from_primary);
+    }
     if let Some(slot) = me.slot_name.as_deref() {
         Peer::connect(&upstream.conninfo, &upstream.describe(), settings)?.run(
             "SELECT pg_catalog.pg_create_physical_replication_slot($1)
@@ -152,13 +168,15 @@ pub fn repoint(
             &[Some(slot)],
         )?;
     }
-    set_and_reload(&[
-        ("primary_conninfo", Some(&conn)),
+    let mut written = vec![
+        ("primary_conninfo", Some(conn.as_str())),
         (
             "primary_slot_name",
             Some(me.slot_name.as_deref().unwrap_or("")),
         ),
-    ])?;
+    ];
+    written.extend(slot_sync.iter().map(|&(k, v)| (k, Some(v))));
+    set_and_reload(&written)?;
     if let Some(p) = primary {
         Peer::connect(&p.conninfo, &p.describe(), settings)?.run(
             "UPDATE repmgr.nodes SET upstream_node_id = $2::int, type = 'standby', active = true WHERE node_id = $1::int",

@@ -33,6 +33,7 @@ mod raise;
 mod registration;
 mod rejoin;
 mod shmem;
+mod slots;
 mod status;
 mod worker;
 

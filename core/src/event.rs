@@ -33,6 +33,7 @@ pub const CHILD_NODE_RECONNECT: &str = "child_node_reconnect";
 pub const CHILD_NODE_NEW_CONNECT: &str = "child_node_new_connect";
 pub const CHILD_NODES_DISCONNECT_COMMAND: &str = "child_nodes_disconnect_command";
 pub const SYNCHRONOUS_STANDBYS_CHANGED: &str = "synchronous_standbys_changed";
+pub const LOGICAL_SLOTS_AT_RISK: &str = "logical_slots_at_risk";
 
 /// Every event: name, what records it, and when.
 pub const ALL: &[(&str, &str, &str)] = &[
@@ -168,6 +169,11 @@ pub const ALL: &[(&str, &str, &str)] = &[
         SYNCHRONOUS_STANDBYS_CHANGED,
         "worker",
         "the primary changed `synchronous_standby_names` and the published quorum",
+    ),
+    (
+        LOGICAL_SLOTS_AT_RISK,
+        "worker",
+        "before PostgreSQL 17: the primary has logical replication slots, which a failover loses (names them)",
     ),
 ];
 

@@ -15,6 +15,7 @@ pub mod lsn;
 pub mod node;
 pub mod quorum;
 pub mod rejoin;
+pub mod slots;
 pub mod state;
 pub mod template;
 pub mod upstream;

@@ -160,6 +160,8 @@ pub struct Monitor {
     failover: Failover,
     /// The synchronous quorum, while this node is the primary.
     quorum: crate::quorum::Keeper,
+    /// Failover slots: the standby's settings, the primary's `synchronized_standby_slots`.
+    slots: crate::slots::Keeper,
     pending_follow: Option<PendingFollow>,
     /// The node a confirmed follow repointed this standby to, and the upstream its record
     /// named then: the record's change reaches this node by replication a moment later, and
@@ -172,6 +174,7 @@ impl Monitor {
         Monitor {
             failover: Failover::new(settings.clone()),
             quorum: crate::quorum::Keeper::default(),
+            slots: crate::slots::Keeper::default(),
             pending_follow: None,
             followed: None,
             settings,

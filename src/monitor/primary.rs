@@ -45,6 +45,12 @@ impl Monitor {
         if let Some(ev) = self.quorum.round(now, &self.settings, me, &snap.nodes) {
             self.queue(ev);
         }
+        if let Some(ev) = self
+            .slots
+            .primary_round(now, &self.settings, me, &snap.nodes)
+        {
+            self.queue(ev);
+        }
         // A fenced primary cannot write its own catalog: its events go to the primary that
         // replaced it, if one answers, or wait.
         if crate::fence::refusal().is_none() {

@@ -112,6 +112,10 @@ impl Monitor {
             let _ = self.start_follow(now, snap, me, &target, event, None);
         }
         self.confirm_follow(now, me);
+        if self.pending_follow.is_none() {
+            self.slots
+                .standby_round(now, &self.settings, me, &upstream, primary.as_ref());
+        }
         crate::rejoin::note_streaming();
         self.degraded_check(now)?;
         Ok(self.until_next_check())

@@ -587,6 +587,16 @@ impl Cluster {
         ids: &[i32],
         opts: impl Fn() -> NodeOptions,
     ) -> Vec<PathBuf> {
+        self.populate_with_cli_conf(ids, opts, &[])
+    }
+
+    /// [`Cluster::populate_with_cli`] with `extra` lines in every repmgr.conf.
+    pub fn populate_with_cli_conf(
+        &mut self,
+        ids: &[i32],
+        opts: impl Fn() -> NodeOptions,
+        extra: &[&str],
+    ) -> Vec<PathBuf> {
         let run = |args: &[&str]| {
             let out = Command::new(cli()).args(args).output().expect("run repmgr");
             assert!(
@@ -599,11 +609,11 @@ impl Cluster {
         };
         self.init_primary(1, opts());
         let p = self.node(1).clone();
-        let mut confs = vec![PathBuf::new(), self.repmgr_conf(&p, &[])];
+        let mut confs = vec![PathBuf::new(), self.repmgr_conf(&p, extra)];
         run(&["-f", &confs[1].to_string_lossy(), "primary", "register"]);
         for id in ids {
             let n = self.reserve(*id, &opts());
-            let conf = self.repmgr_conf(&n, &[]);
+            let conf = self.repmgr_conf(&n, extra);
             let mut args = vec!["-f".to_string(), conf.to_string_lossy().into_owned()];
             args.extend(self.clone_args(1));
             args.push("--fast-checkpoint".into());

@@ -858,8 +858,8 @@ exec "$@""#;
     Ok(c)
 }
 
-/// The integration test files run on `major`: all of them, but the tutorial on 15 only.
-/// The integration test files to run on `major`: `chosen`, or every one.
+/// The integration test files to run on `major`: `chosen`, or every one (the tutorial and the
+/// upgrade on 15 only).
 fn integration_tests(major: u32, chosen: &[&str]) -> Result<Vec<String>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/tests");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
