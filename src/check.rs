@@ -263,6 +263,7 @@ fn timing_across_nodes(settings: &Settings, me: &NodeRecord, nodes: &[NodeRecord
             paused: st.paused,
             // Only the timing is read here.
             sync_quorum: 0,
+            failover_slots: 0,
         };
         seen.push((me.describe(), st.failover.pre_vote(clock::now(), &local)));
     }
@@ -274,16 +275,8 @@ fn timing_across_nodes(settings: &Settings, me: &NodeRecord, nodes: &[NodeRecord
         .peer_statement_timeout
         .min(std::time::Duration::from_secs(2));
     for n in nodes.iter().filter(|n| n.active && n.node_id != me.node_id) {
-        let got =
-            crate::peer::Peer::connect(&n.conninfo, &n.describe(), &short).and_then(|mut p| {
-                p.run(
-                    &format!(
-                        "SELECT {} FROM repmgr.vote_info()",
-                        crate::protocol::VOTE_INFO_COLUMNS
-                    ),
-                    &[],
-                )
-            });
+        let got = crate::peer::Peer::connect(&n.conninfo, &n.describe(), &short)
+            .and_then(|mut p| p.run(&crate::protocol::vote_info_query(), &[]));
         match got.ok().and_then(|r| crate::protocol::parse_vote_info(&r)) {
             Some(p) => seen.push((n.describe(), p)),
             None => unreachable.push(n.describe()),

@@ -363,15 +363,10 @@ impl Failover {
             facts: local_facts(),
         }];
         for n in to {
-            let got = self.peers.get(n, &es).and_then(|p| {
-                p.run(
-                    &format!(
-                        "SELECT {} FROM repmgr.vote_info()",
-                        protocol::VOTE_INFO_COLUMNS
-                    ),
-                    &[],
-                )
-            });
+            let got = self
+                .peers
+                .get(n, &es)
+                .and_then(|p| p.run(&protocol::vote_info_query(), &[]));
             let answer = match got {
                 Ok(r) => protocol::parse_vote_info(&r),
                 Err(_) => {
@@ -534,6 +529,11 @@ fn local_facts() -> LocalFacts {
         position.map_or(0, |p| p.timeline),
         position.map_or(0, |p| p.start),
     );
+    let failover_slots = if position.is_some() {
+        crate::slots::ready_copies()
+    } else {
+        0
+    };
     // Without the catalog (DROP EXTENSION) there is nothing to read, and no error either.
     let catalog = in_transaction(|| {
         Local.read(
@@ -550,6 +550,7 @@ fn local_facts() -> LocalFacts {
             timeline_start,
             quorum: None,
             quorum_version: 0,
+            failover_slots,
         };
     }
     let read = || -> crate::error::Result<_> {
@@ -571,6 +572,7 @@ fn local_facts() -> LocalFacts {
             timeline_start,
             quorum: Some((quorum, replayed_all)),
             quorum_version,
+            failover_slots,
         },
         Err(f) => {
             log!(
@@ -583,6 +585,7 @@ fn local_facts() -> LocalFacts {
                 timeline_start,
                 quorum: None,
                 quorum_version: 0,
+                failover_slots,
             }
         }
     }

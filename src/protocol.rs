@@ -125,7 +125,17 @@ pub(crate) fn received_lsn() -> Option<u64> {
 /// The columns of `repmgr.vote_info()` that [`parse_vote_info`] reads, in its order.
 pub const VOTE_INFO_COLUMNS: &str = "term, holds_lease, in_recovery, silence_ms, lost, lsn, unavailable, diverged, priority, version, primary_id, primary_term, switch_lsn, heartbeat_ms, fence_ms, lease_ms, wait_ms, sync_quorum, timeline, timeline_start";
 
-/// A pre-vote answer from the row of `repmgr.vote_info()`.
+/// The statement that asks a node how things look from there: `repmgr.vote_info()`, and its
+/// usable copies of failover slots, which `vote_info()` does not return (a column added to
+/// it would break the elections of a cluster upgraded one node at a time).
+pub fn vote_info_query() -> String {
+    format!(
+        "SELECT {VOTE_INFO_COLUMNS}, {} FROM repmgr.vote_info()",
+        crate::slots::READY_COPIES
+    )
+}
+
+/// A pre-vote answer from the row of [`vote_info_query`].
 pub fn parse_vote_info(r: &repmgr_pq::Rows) -> Option<PreVote> {
     if r.rows.is_empty() {
         return None;
@@ -146,6 +156,7 @@ pub fn parse_vote_info(r: &repmgr_pq::Rows) -> Option<PreVote> {
             unavailable: yes(6),
             diverged: yes(7),
             priority: int(8).unwrap_or(0) as i32,
+            failover_slots: int(20).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
             version: int(9).unwrap_or(0).max(0) as u64,
             sync_quorum: int(17).unwrap_or(0).max(0) as u64,
         },
@@ -203,6 +214,8 @@ fn vote_info() -> TableIterator<
         timeline: position.map_or(0, |p| p.timeline),
         timeline_start: position.map_or(0, |p| p.start),
         paused: st.paused,
+        // Not among vote_info()'s columns: the asking node reads it itself.
+        failover_slots: 0,
         sync_quorum: if recovery {
             crate::quorum::sync_version(&mut Local)
         } else {

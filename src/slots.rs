@@ -23,6 +23,22 @@ use crate::events::Event;
 use crate::follow;
 use crate::peer::Peer;
 
+/// How many usable copies of failover slots a node holds, as an SQL expression (0 before 17).
+pub const READY_COPIES: &str = if FAILOVER_SLOTS {
+    "(SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_type = 'logical' AND synced AND NOT temporary AND invalidation_reason IS NULL)"
+} else {
+    "0"
+};
+
+/// This node's usable copies of failover slots (none when they cannot be read). In the
+/// worker, outside a transaction.
+pub fn ready_copies() -> u32 {
+    in_transaction(|| Local.read(&format!("SELECT {READY_COPIES}"), &[]))
+        .ok()
+        .and_then(|r| r.get(0, 0).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
 /// How long a written setting is given to be in force (the reload reaching this worker)
 /// before it is written again.
 const SETTLE: Duration = Duration::from_secs(5);

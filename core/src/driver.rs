@@ -117,6 +117,8 @@ pub struct LocalFacts {
     pub quorum: Option<(quorum::Config, bool)>,
     /// Where that quorum was written (a WAL position; 0: none).
     pub quorum_version: u64,
+    /// Its usable copies of failover slots (see [`election::Answer::failover_slots`]).
+    pub failover_slots: u32,
 }
 
 /// What happens to the driver.
@@ -1453,6 +1455,7 @@ impl Driver {
             timeline_start: 0,
             quorum: None,
             quorum_version: 0,
+            failover_slots: 0,
         });
         self.quorum_version = local.quorum_version;
         self.timeline = (local.timeline, local.timeline_start);
@@ -1508,6 +1511,7 @@ impl Driver {
             lost: f.voter.lease_expired(now, &self.timing),
             location: me.location.clone(),
             priority: me.priority.min(self.settings.priority),
+            failover_slots: local.failover_slots,
             automatic: self.settings.automatic,
             paused: self.paused,
             diverged: f.diverged,

@@ -47,6 +47,10 @@ pub struct Answer {
     pub diverged: bool,
     /// Its `repmgr.priority`: between standbys with the same WAL, the higher stands.
     pub priority: i32,
+    /// Its copies of the primary's failover slots that a consumer could go on from after a
+    /// promotion (PostgreSQL 17+): between standbys with the same WAL, the one with more
+    /// stands, before priority.
+    pub failover_slots: u32,
     /// The membership version of its node list: it refuses candidates with an older one.
     pub version: u64,
     /// Where the synchronous quorum its catalog publishes was written (a WAL position); 0
@@ -79,6 +83,8 @@ pub struct Me {
     pub lost: bool,
     pub location: String,
     pub priority: i32,
+    /// Its usable copies of failover slots (see [`Answer::failover_slots`]).
+    pub failover_slots: u32,
     pub automatic: bool,
     pub paused: bool,
     /// Its WAL is on a timeline nobody continues.
@@ -292,16 +298,17 @@ pub fn plan(me: &Me, peers: &[Peer], rules: &Rules) -> Plan {
         .iter()
         .filter(|(_, a, _)| !a.unavailable)
         .filter(|(p, a, _)| could_win(p, a))
-        .map(|(p, a, pos)| (pos.rank(), a.priority, Reverse(p.node_id)))
+        .map(|(p, a, pos)| (pos.rank(), a.failover_slots, a.priority, Reverse(p.node_id)))
         .chain(std::iter::once((
             mine.rank(),
+            me.failover_slots,
             me.priority,
             Reverse(me.node_id),
         )))
         .max()
         .expect("me is a candidate");
-    if best.2.0 != me.node_id {
-        return Plan::Defer { to: best.2.0 };
+    if best.3.0 != me.node_id {
+        return Plan::Defer { to: best.3.0 };
     }
     Plan::Stand { term: current + 1 }
 }

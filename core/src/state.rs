@@ -78,6 +78,9 @@ pub struct Local {
     /// Where the synchronous quorum its catalog publishes was written (0: none, or an
     /// asynchronous one).
     pub sync_quorum: u64,
+    /// Its usable copies of failover slots. `repmgr.vote_info()` does not return it: the
+    /// asking node reads the count in the same statement (see `Answer::failover_slots`).
+    pub failover_slots: u32,
 }
 
 impl State {
@@ -312,6 +315,7 @@ impl State {
                     || self.declined,
                 diverged: self.diverged,
                 priority: self.priority,
+                failover_slots: local.failover_slots,
                 version: self.version,
                 sync_quorum: if local.in_recovery && !self.diverged {
                     local.sync_quorum

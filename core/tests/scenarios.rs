@@ -127,6 +127,7 @@ fn plan_case(lines: &[&str]) -> String {
                     lost: !w.has("hearing"),
                     location: w.text("location", "dc1"),
                     priority: w.int("priority", 100),
+                    failover_slots: w.int("slots", 0) as u32,
                     automatic: !w.has("manual"),
                     paused: w.has("paused"),
                     diverged: w.has("diverged"),
@@ -149,6 +150,7 @@ fn plan_case(lines: &[&str]) -> String {
                     unavailable: w.has("unavailable"),
                     diverged: w.has("diverged"),
                     priority: w.int("priority", 100),
+                    failover_slots: w.int("slots", 0) as u32,
                     version: w.num("version", 1),
                     sync_quorum: w.num("published", 0),
                 });

@@ -119,6 +119,9 @@ pub struct NodeSetup {
     /// `repmgr.synchronous_standbys` and `repmgr.synchronous_mode`.
     pub synchronous_standbys: u32,
     pub synchronous_mode: quorum::Mode,
+    /// Its usable copies of failover slots while a standby (PostgreSQL 17+): some standbys
+    /// have them, some not, as when one lacks a slot or has not caught up.
+    pub failover_slots: u32,
 }
 
 /// What a schedule looks like.
@@ -191,6 +194,7 @@ impl Config {
         };
         // Its own stream too: the schedules of earlier versions stay as they were.
         let mut rejoin_rng = Rng::new(seed ^ 0x2E_301E);
+        let mut slots_rng = Rng::new(seed ^ 0x5_107_5);
         let nodes = (0..voters)
             .map(|i| {
                 let mut s = default_settings();
@@ -234,6 +238,11 @@ impl Config {
                     location: location.into(),
                     synchronous_standbys,
                     synchronous_mode,
+                    failover_slots: if is_witness {
+                        0
+                    } else {
+                        slots_rng.range(0, 2) as u32
+                    },
                 }
             })
             .collect();
@@ -867,6 +876,11 @@ impl World {
                     } else {
                         self.sync_quorum_at(n.pos)
                     },
+                    failover_slots: if n.in_recovery {
+                        n.setup.failover_slots
+                    } else {
+                        0
+                    },
                 };
                 let pre = n.state.pre_vote(local, &l);
                 self.send(to, from, Msg::Answer { round, pre });
@@ -969,6 +983,11 @@ impl World {
                     timeline_start: self.timeline_of(n.pos).1,
                     quorum: Some((q, true)),
                     quorum_version,
+                    failover_slots: if n.in_recovery {
+                        n.setup.failover_slots
+                    } else {
+                        0
+                    },
                 };
                 self.drive(i, Input::Local { round, facts });
             }
@@ -1780,6 +1799,13 @@ impl World {
                 self.log(format!("operator: repmgr.pause({p}) on node {id}"));
                 if self.nodes[victim].running(self.now) {
                     self.drive(victim, Input::Paused(p));
+                } else if let Some(until) = self.nodes[victim]
+                    .frozen_until
+                    .filter(|_| self.nodes[victim].up)
+                {
+                    // The pause is in shared memory, where the frozen worker reads it when it
+                    // wakes (a stopped server reads it at its start).
+                    self.pending.push((until, victim, "read pause"));
                 }
             }
             1 if self.nodes[victim].running(self.now) => {
@@ -2003,6 +2029,12 @@ impl World {
         for (_, i, what) in due {
             match what {
                 "restart" => self.restart(i),
+                "read pause" => {
+                    if self.nodes[i].up {
+                        let p = self.nodes[i].paused;
+                        self.drive(i, Input::Paused(p));
+                    }
+                }
                 "restore" | "register primary" => {
                     // On whichever node is the primary now, as the operator would.
                     let only = (what == "register primary").then(|| self.nodes[i].id);
