@@ -111,12 +111,24 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `repmgr standby switchover --siblings-follow` with the repmgr.conf `conf` of the standby
+/// to promote; panics with its output unless it succeeds. Returns its standard error.
+pub fn switchover(conf: &Path) -> String {
+    let (code, out, err) = run_cli(&[
+        "-f",
+        &conf.to_string_lossy(),
+        "standby",
+        "switchover",
+        "--siblings-follow",
+    ]);
+    assert_eq!(code, 0, "switchover: {out}{err}");
+    err
+}
+
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Runs a PostgreSQL program as the `postgres` user and returns its output; panics with the
-/// program's own error text if it fails.
 /// Runs `cmd`, which must succeed; the panic names `what` and shows its output.
 pub fn run_checked(cmd: &mut Command, what: &str) -> Output {
     let out = cmd
@@ -916,6 +928,19 @@ impl Cluster {
                 self.try_sql(*id, &sql).ok().filter(|r| !r.rows.is_empty())
             });
         }
+    }
+
+    /// Starts node `old`, which `new` replaced, and waits until it has rejoined `new` by itself
+    /// (within 60 s) and `new` holds its lease, confirmed by `voters`.
+    pub fn restart_rejoined(&self, old: i32, new: i32, voters: &[i32]) {
+        self.start(old);
+        self.wait_for_or_explain(
+            &format!("node {old} to rejoin"),
+            Duration::from_secs(60),
+            || self.streams_from(new, old).then_some(()),
+            || self.log_tails(30),
+        );
+        self.settled(new, voters, Duration::from_secs(30));
     }
 
     /// Waits until exactly one of `ids` is a writable primary, and returns it.

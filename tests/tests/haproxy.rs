@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use repmgr_tests::haproxy::Haproxy;
 use repmgr_tests::http::status;
 use repmgr_tests::load::{Load, longest_gap};
-use repmgr_tests::{Cluster, NodeOptions, free_port, run_cli};
+use repmgr_tests::{Cluster, NodeOptions, free_port, switchover};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -73,26 +73,12 @@ fn writes_through_haproxy_follow_a_failover_and_a_switchover_and_reads_reach_sta
     });
     let failover_gap = longest_gap(&load.acks(), crash).map_or(Duration::ZERO, |(g, _)| g);
     // The old primary comes back as a standby by itself.
-    c.start(1);
-    c.wait_for_or_explain(
-        "node 1 to rejoin",
-        Duration::from_secs(60),
-        || c.streams_from(new, 1).then_some(()),
-        || c.log_tails(30),
-    );
-    c.settled(new, &[1, 5 - new], WAIT);
+    c.restart_rejoined(1, new, &[1, 5 - new]);
 
     // A switchover back to node 1.
     let before = load.acks().len();
     let t = Instant::now();
-    let (code, out, err) = run_cli(&[
-        "-f",
-        &confs[1].to_string_lossy(),
-        "standby",
-        "switchover",
-        "--siblings-follow",
-    ]);
-    assert_eq!(code, 0, "switchover: {out}{err}");
+    switchover(&confs[1]);
     c.wait_for("writes through HAProxy on node 1", WAIT, || {
         (load.acks().len() > before + 50 && c.writable(&[1, 2, 3]) == [1]).then_some(())
     });

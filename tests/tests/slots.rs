@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use repmgr_tests::load::Load;
-use repmgr_tests::{Cluster, NodeOptions, bindir, connect, pg_major, query, run_cli};
+use repmgr_tests::{Cluster, NodeOptions, bindir, connect, pg_major, query, switchover};
 
 const WAIT: Duration = Duration::from_secs(30);
 const SUBSCRIBER: i32 = 9;
@@ -227,14 +227,7 @@ fn logical_consumers_go_on_across_a_failover_and_a_switchover() {
     });
     // The old primary rejoins by itself; its own copies of the slots, left from when it was
     // the primary, are dropped and it syncs the new primary's.
-    c.start(1);
-    c.wait_for_or_explain(
-        "node 1 to rejoin",
-        Duration::from_secs(60),
-        || c.streams_from(new, 1).then_some(()),
-        || c.log_tails(30),
-    );
-    c.settled(new, &[1, 5 - new], WAIT);
+    c.restart_rejoined(1, new, &[1, 5 - new]);
     synced(&c, new, &[1, 5 - new], &["cdc_sub", "cdc_recv"]);
     // A failover slot made on this primary is its own (synced = false): after the switchover
     // demotes it, that copy would stop PostgreSQL's syncing of the slot, and is dropped.
@@ -246,14 +239,7 @@ fn logical_consumers_go_on_across_a_failover_and_a_switchover() {
 
     // A switchover back to node 1.
     let before = load.acks().len();
-    let (code, stdout, stderr) = run_cli(&[
-        "-f",
-        &confs[1].to_string_lossy(),
-        "standby",
-        "switchover",
-        "--siblings-follow",
-    ]);
-    assert_eq!(code, 0, "switchover: {stdout}{stderr}");
+    switchover(&confs[1]);
     c.wait_for("writes on node 1", WAIT, || {
         (load.acks().len() > before + 100 && c.writable(&[1, 2, 3]) == [1]).then_some(())
     });

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use repmgr_tests::{Cluster, NodeOptions, bindir, run_cli};
+use repmgr_tests::{Cluster, NodeOptions, bindir, switchover};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -168,14 +168,7 @@ fn a_rolling_upgrade_fails_nothing_over_and_loses_no_write() {
         );
     }
     // A switchover to an upgraded standby, then the old primary.
-    let (code, out, err) = run_cli(&[
-        "-f",
-        &confs[2].to_string_lossy(),
-        "standby",
-        "switchover",
-        "--siblings-follow",
-    ]);
-    assert_eq!(code, 0, "switchover: {out}{err}");
+    switchover(&confs[2]);
     assert_eq!(c.one_writable(&[1, 2, 3], WAIT), 2);
     c.wait_for("node 1 to stream from node 2", WAIT, || {
         c.streams_from(2, 1).then_some(())
