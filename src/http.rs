@@ -314,9 +314,16 @@ impl Publisher {
             } else {
                 crate::status::replication_lag(settings)?
             };
-            Ok::<_, crate::error::Failure>((s, standbys))
+            let slots = if s.role == "witness" {
+                Vec::new()
+            } else {
+                crate::slots::view(&mut crate::db::Local, s.in_recovery)?
+            };
+            Ok::<_, crate::error::Failure>((s, standbys, slots))
         });
-        let Ok((s, standbys)) = read else { return };
+        let Ok((s, standbys, logical_slots)) = read else {
+            return;
+        };
         // An unregistered node is nothing a load balancer should send anything to.
         let (Some(node_id), Some(_)) = (s.node_id, &s.registered_type) else {
             self.base = None;
@@ -358,6 +365,7 @@ impl Publisher {
                 })
                 .collect(),
             synchronous_standbys: settings.failover.synchronous_standbys,
+            logical_slots,
             term: 0,
             paused: false,
             lease: None,

@@ -82,8 +82,27 @@ fn ask_worker(action: Action, what: &str) -> String {
 /// least as much WAL as every standby it can reach; `force` skips both (for a cluster that
 /// lost its majority: the operator vouches that the old primary is gone). With a synchronous
 /// quorum it also refuses a node that may lack acknowledged commits, unless
-/// `allow_data_loss`.
-#[pg_extern(volatile)]
+/// `allow_data_loss`; and, from PostgreSQL 17, a node whose copies of the failover slots are
+/// not usable, unless `allow_slot_loss`. (SQL `repmgr.promote`; its C symbol is new in 0.3.0,
+/// see [`promote`].)
+#[pg_extern(volatile, name = "promote")]
+fn promote_checking_slots(
+    force: default!(Option<bool>, "false"),
+    allow_data_loss: default!(Option<bool>, "false"),
+    allow_slot_loss: default!(Option<bool>, "false"),
+) -> String {
+    let f = "repmgr.promote()";
+    if !crate::raise::required(allow_slot_loss, "allow_slot_loss", f) {
+        refuse_unready_slots(&Settings::current());
+    }
+    promote(force, allow_data_loss)
+}
+
+/// `repmgr.promote(force, allow_data_loss)` as catalogs before 0.3.0 define it: a server
+/// running this library keeps such a catalog until `ALTER EXTENSION repmgr UPDATE`, the last
+/// step of a rolling upgrade, and its calls reach this symbol with two arguments. It does not
+/// check the failover slots' copies: that catalog has no way to say `allow_slot_loss`.
+#[pg_extern(volatile, sql = false)]
 fn promote(
     force: default!(Option<bool>, "false"),
     allow_data_loss: default!(Option<bool>, "false"),
@@ -98,6 +117,30 @@ fn promote(
         },
         "repmgr.promote()",
     )
+}
+
+/// Raises an error naming this standby's copies of failover slots that a consumer could not
+/// go on from after its promotion (not yet usable, or invalidated).
+fn refuse_unready_slots(settings: &Settings) {
+    if !settings.manages_failover_slots() || !unsafe { pg_sys::RecoveryInProgress() } {
+        return;
+    }
+    let copies = crate::slots::copies(&mut crate::db::Local).unwrap_or_else(|f| f.raise());
+    let unready: Vec<String> = copies
+        .iter()
+        .filter(|c| !c.ready())
+        .map(|c| c.state())
+        .collect();
+    if unready.is_empty() {
+        return;
+    }
+    Failure::state(format!(
+        "repmgr.promote() on {}: its copies of the failover slots are not all usable: {}; their consumers could not go on from this node",
+        settings.describe(),
+        unready.join("; ")
+    ))
+    .hint("Wait until repmgr.node_check() shows them ready (a copy becomes usable once its slot's consumer confirms newer changes), promote a standby whose copies are, or pass allow_slot_loss => true to promote anyway.")
+    .raise()
 }
 
 /// Makes this standby stream from `node_id` (another standby, or the primary) and waits until

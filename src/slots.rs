@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use pgrx::prelude::*;
 use repmgr_core::event;
+use repmgr_core::health::LogicalSlot;
 use repmgr_core::node::NodeType;
 use repmgr_core::slots::{self, SlotCopy, Standby, StandbySettings};
 
@@ -111,10 +112,14 @@ impl Keeper {
                 follow::set_and_reload(&[("sync_replication_slots", Some("off"))])
             };
             match done {
-                Ok(()) => log!(
+                Ok(()) if from_primary => log!(
                     "repmgr: {} keeps copies of the primary's failover slots: {}; settings written",
                     me.describe(),
                     missing.join(", ")
+                ),
+                Ok(()) => log!(
+                    "repmgr: {} turned slot synchronization off: it streams from another standby, and PostgreSQL copies slots only from the primary",
+                    me.describe()
                 ),
                 Err(f) => warning!(
                     "repmgr: {} could not write its slot synchronization settings ({}): {}",
@@ -349,6 +354,42 @@ pub fn copies(db: &mut dyn Db) -> Result<Vec<SlotCopy>> {
                 name: r.get(i, 0)?.to_string(),
                 temporary: r.get(i, 1) == Some("true"),
                 invalidated: r.get(i, 2).map(str::to_string),
+            })
+        })
+        .collect())
+}
+
+/// This node's logical slots and what a failover does to them (a primary), or its copies of
+/// the primary's failover slots (a standby), for the metrics and `/status`.
+pub fn view(db: &mut dyn Db, in_recovery: bool) -> Result<Vec<LogicalSlot>> {
+    if in_recovery {
+        if !FAILOVER_SLOTS {
+            return Ok(Vec::new());
+        }
+        return Ok(copies(db)?
+            .iter()
+            .map(|c| LogicalSlot {
+                slot: c.name.clone(),
+                state: c.state_word(),
+            })
+            .collect());
+    }
+    let failover = if FAILOVER_SLOTS { "failover" } else { "false" };
+    let r = db.read(
+        &format!(
+            "SELECT slot_name::text, {failover}::text FROM pg_catalog.pg_replication_slots WHERE slot_type = 'logical' ORDER BY 1"
+        ),
+        &[],
+    )?;
+    Ok((0..r.rows.len())
+        .filter_map(|i| {
+            Some(LogicalSlot {
+                slot: r.get(i, 0)?.to_string(),
+                state: if r.get(i, 1) == Some("true") {
+                    "failover"
+                } else {
+                    "lost"
+                },
             })
         })
         .collect())

@@ -378,6 +378,8 @@ struct Plan {
     primary_dir: PathBuf,
     siblings: Vec<NodeRecord>,
     nodes: Vec<NodeRecord>,
+    /// `--force` past copies of failover slots that are not usable.
+    allow_slot_loss: bool,
 }
 
 fn checks(ctx: &Ctx, a: &SwitchoverArgs, local: &mut Session, my_id: i32) -> Result<Plan> {
@@ -501,6 +503,17 @@ fn checks(ctx: &Ctx, a: &SwitchoverArgs, local: &mut Session, my_id: i32) -> Res
         ))
         .hint("Raise max_wal_senders on it (needs a restart)."));
     }
+    // From PostgreSQL 17, consumers of the failover slots go on from this node's copies.
+    let unusable = unusable_slot_copies(local)?;
+    if let Some(unusable) = unusable.as_deref()
+        && !ctx.g.force
+    {
+        return Err(refuse(format!(
+            "{}'s copies of the failover slots are not all usable: {unusable}; their consumers could not go on from it",
+            me.describe()
+        ))
+        .hint("Wait until SELECT * FROM repmgr.node_check() on it shows them ready (a copy becomes usable once its slot's consumer confirms newer changes), or pass --force to switch over anyway."));
+    }
     // The old primary's machine must run repmgr for us (ssh, or here).
     let v = remote::repmgr(&ctx.cfg, &primary, &["--version".to_string()])
         .map_err(|f| f.code(ERR_SWITCHOVER_FAIL))?;
@@ -517,7 +530,27 @@ fn checks(ctx: &Ctx, a: &SwitchoverArgs, local: &mut Session, my_id: i32) -> Res
         primary_dir: PathBuf::from(primary_dir),
         siblings,
         nodes,
+        allow_slot_loss: unusable.is_some(),
     })
+}
+
+/// This standby's copies of failover slots that a consumer could not go on from after its
+/// promotion, in words; `None` when all are usable, or before PostgreSQL 17.
+fn unusable_slot_copies(local: &mut Session) -> Result<Option<String>> {
+    let has_failover_slots = local.value(
+        "SELECT (pg_catalog.current_setting('server_version_num')::int >= 170000)::text",
+        &[],
+    )?;
+    if has_failover_slots.as_deref() != Some("true") {
+        return Ok(None);
+    }
+    local.value(
+        "SELECT pg_catalog.string_agg(slot_name || CASE WHEN invalidation_reason IS NOT NULL
+                  THEN ' invalidated (' || invalidation_reason || ')' ELSE ' not yet usable' END, '; ' ORDER BY slot_name)
+           FROM pg_catalog.pg_replication_slots
+          WHERE slot_type = 'logical' AND synced AND (temporary OR invalidation_reason IS NOT NULL)",
+        &[],
+    )
 }
 
 /// Runs `repmgr <args>` for the old primary, with its data directory.
@@ -689,7 +722,12 @@ pub fn switchover(ctx: &Ctx, a: &SwitchoverArgs) -> Result<i32> {
         }
     });
     notice(format!("promoting {}", plan.me.describe()));
-    let promoted = local.query_for("SELECT repmgr.promote()", &[], Duration::from_secs(120));
+    let promote = if plan.allow_slot_loss {
+        "SELECT repmgr.promote(allow_slot_loss => true)"
+    } else {
+        "SELECT repmgr.promote()"
+    };
+    let promoted = local.query_for(promote, &[], Duration::from_secs(120));
     if let Err(f) = promoted {
         return Err(back_out(
             ctx,

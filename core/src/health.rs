@@ -50,6 +50,15 @@ pub struct StandbyLag {
     pub synchronous: bool,
 }
 
+/// A logical replication slot and what a failover does to it: on a primary `failover` (its
+/// standbys keep copies, PostgreSQL 17+) or `lost`; on a standby, its copy `ready`,
+/// `not_yet_usable` or `invalidated`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogicalSlot {
+    pub slot: String,
+    pub state: &'static str,
+}
+
 /// Buckets of the worker loop duration histogram, in seconds.
 pub const LOOP_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -105,6 +114,9 @@ pub struct View {
     pub standbys: Vec<StandbyLag>,
     /// On a primary: `repmgr.synchronous_standbys`, the standbys each commit waits for.
     pub synchronous_standbys: u32,
+    /// Its logical slots (a primary), or its copies of the primary's failover slots (a
+    /// standby).
+    pub logical_slots: Vec<LogicalSlot>,
     pub term: u64,
     pub paused: bool,
     /// The primary's lease as the fence sees it, to decide "fenced" at the time of a request.
@@ -446,11 +458,22 @@ pub fn status_json(v: &View, now: Duration) -> String {
             )
         })
         .collect();
+    let slots: Vec<String> = v
+        .logical_slots
+        .iter()
+        .map(|s| {
+            format!(
+                "{{\"slot\":{},\"state\":{}}}",
+                json_str(&s.slot),
+                json_str(s.state)
+            )
+        })
+        .collect();
     format!(
         "{{\"node_id\":{},\"node_name\":{},\"role\":{},\"fenced\":{},\"paused\":{},\"term\":{},\"timeline\":{},\
 \"current_lsn\":{},\"receive_lsn\":{},\"replay_lsn\":{},\"upstream_node_id\":{},\"upstream_node_name\":{},\
 \"wal_receiver\":{},\"lag_bytes\":{},\"lag_seconds\":{},\"upstream_last_seen\":{},\"standbys\":[{}],\
-\"rejoin_state\":{},\"rejoin_detail\":{},\"state_age_seconds\":{:.3},\"stale\":{}}}\n",
+\"logical_slots\":[{}],\"rejoin_state\":{},\"rejoin_detail\":{},\"state_age_seconds\":{:.3},\"stale\":{}}}\n",
         v.node_id,
         json_str(&v.node_name),
         json_str(v.role.as_str()),
@@ -468,6 +491,7 @@ pub fn status_json(v: &View, now: Duration) -> String {
         json_opt(v.lag_seconds),
         json_opt(v.upstream_last_seen),
         standbys.join(","),
+        slots.join(","),
         json_opt_str(v.rejoin.as_ref().map(|r| r.0)),
         json_opt_str(v.rejoin.as_ref().map(|r| r.1.as_str())),
         v.age(now).as_secs_f64(),
@@ -677,6 +701,18 @@ pub fn metrics(v: &View, now: Duration) -> String {
         }
     }
     m.family(
+        "repmgr_logical_slot",
+        "gauge",
+        "1 for each logical slot of this primary, with what a failover does to it (failover: the standbys keep copies; lost), or each copy of a failover slot on this standby (ready, not_yet_usable, invalidated).",
+    );
+    for s in &v.logical_slots {
+        m.sample(
+            "repmgr_logical_slot",
+            &format!("slot=\"{}\",state=\"{}\"", label(&s.slot), s.state),
+            1,
+        );
+    }
+    m.family(
         "repmgr_failovers_total",
         "counter",
         "Promotions of this node (automatic failover or repmgr.promote()) since the server started.",
@@ -741,6 +777,10 @@ mod tests {
             upstream_last_seen: Some(0),
             standbys: Vec::new(),
             synchronous_standbys: 1,
+            logical_slots: vec![LogicalSlot {
+                slot: "cdc".into(),
+                state: "failover",
+            }],
             term: 7,
             paused: false,
             lease: None,
@@ -925,6 +965,7 @@ mod tests {
             "\"receive_lsn\":\"0/3000060\"",
             "\"current_lsn\":null",
             "\"standbys\":[{\"node_id\":3,\"node_name\":\"node3\",\"state\":\"streaming\",\"lag_bytes\":0,\"lag_seconds\":null}]",
+            "\"logical_slots\":[{\"slot\":\"cdc\",\"state\":\"failover\"}]",
             "\"rejoin_state\":null",
             "\"stale\":false",
         ] {
@@ -971,6 +1012,8 @@ mod tests {
             "repmgr_rejoin{state=\"failed\"} 0",
             "repmgr_synchronous_standbys 1",
             "repmgr_synchronous_standbys_streaming 1",
+            "# TYPE repmgr_logical_slot gauge",
+            "repmgr_logical_slot{slot=\"cdc\",state=\"failover\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

@@ -132,6 +132,15 @@ impl SlotCopy {
         !self.temporary && self.invalidated.is_none()
     }
 
+    /// How this copy stands, in one word (the metrics' and `/status`'s).
+    pub fn state_word(&self) -> &'static str {
+        match (&self.invalidated, self.temporary) {
+            (Some(_), _) => "invalidated",
+            (None, true) => "not_yet_usable",
+            (None, false) => "ready",
+        }
+    }
+
     /// How this copy stands, in words.
     pub fn state(&self) -> String {
         match (&self.invalidated, self.temporary) {
@@ -273,5 +282,7 @@ mod tests {
             "b not yet usable (this standby has not caught up with the primary's slot)"
         );
         assert_eq!(copies[2].state(), "c invalidated (wal_removed)");
+        let words: Vec<&str> = copies.iter().map(SlotCopy::state_word).collect();
+        assert_eq!(words, ["ready", "not_yet_usable", "invalidated"]);
     }
 }

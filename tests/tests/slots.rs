@@ -9,8 +9,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use repmgr_tests::http::get;
 use repmgr_tests::load::Load;
-use repmgr_tests::{Cluster, NodeOptions, bindir, connect, pg_major, query, switchover};
+use repmgr_tests::{Cluster, NodeOptions, bindir, connect, free_port, pg_major, query, switchover};
 
 const WAIT: Duration = Duration::from_secs(30);
 const SUBSCRIBER: i32 = 9;
@@ -64,10 +65,10 @@ fn node_check(c: &Cluster, id: i32) -> String {
 }
 
 /// Waits until every standby of `standbys` holds a usable copy of each failover slot of
-/// `slots`. `cdc_late` has no consumer: it is advanced on `primary` meanwhile, as a consumer
-/// would (PostgreSQL does not copy a slot whose catalog xmin is older than what the standby
-/// can still hold, and an idle slot's never moves).
-fn synced(c: &Cluster, primary: i32, standbys: &[i32], slots: &[&str]) {
+/// `slots`. Those of `advance` have no consumer: they are advanced on `primary` meanwhile, as
+/// a consumer would (PostgreSQL does not copy a slot whose catalog xmin is older than what
+/// the standby can still hold, and an idle slot's never moves).
+fn synced(c: &Cluster, primary: i32, standbys: &[i32], slots: &[&str], advance: &[&str]) {
     let list = slots
         .iter()
         .map(|s| format!("'{s}'"))
@@ -78,10 +79,12 @@ fn synced(c: &Cluster, primary: i32, standbys: &[i32], slots: &[&str]) {
             "copies of the failover slots",
             Duration::from_secs(60),
             || {
-                if slots.contains(&"cdc_late") {
+                for slot in advance {
                     c.sql(
                         primary,
-                        "SELECT pg_replication_slot_advance('cdc_late', pg_current_wal_lsn())",
+                        &format!(
+                            "SELECT pg_replication_slot_advance('{slot}', pg_current_wal_lsn())"
+                        ),
                     );
                 }
                 let n = c.int(
@@ -112,6 +115,20 @@ fn synced(c: &Cluster, primary: i32, standbys: &[i32], slots: &[&str]) {
     }
 }
 
+/// Waits until node `port`'s `/metrics` has the line `line`.
+fn scraped(c: &Cluster, port: u16, line: &str) {
+    c.wait_for_or_explain(
+        line,
+        WAIT,
+        || {
+            get(port, "/metrics")
+                .filter(|a| a.body.lines().any(|l| l == line))
+                .map(|_| ())
+        },
+        || get(port, "/metrics").map_or("no answer".into(), |a| a.body),
+    );
+}
+
 struct Recv(Child);
 
 impl Drop for Recv {
@@ -125,13 +142,19 @@ impl Drop for Recv {
 fn logical_consumers_go_on_across_a_failover_and_a_switchover() {
     let mut c = Cluster::new("slots");
     let confs = c.populate_with_cli_conf(&[2, 3], options, &["use_replication_slots = yes"]);
+    let http: Vec<u16> = (0..=3).map(|_| free_port()).collect();
+    for id in 1..=3 {
+        c.set(id, "repmgr.http_listen_address", "127.0.0.1");
+        c.set(id, "repmgr.http_port", &http[id as usize].to_string());
+    }
     c.settled(1, &[2, 3], WAIT);
     let major = pg_major(&bindir());
     c.sql(1, "CREATE TABLE cdc (id bigint PRIMARY KEY)");
     if major < 17 {
         c.sql(
             1,
-            "SELECT pg_create_logical_replication_slot('cdc_recv', 'test_decoding')",
+            // pgoutput: built into every server (16's wheel has no test_decoding).
+            "SELECT pg_create_logical_replication_slot('cdc_recv', 'pgoutput')",
         );
         let check = c.wait_for("the warning", WAIT, || {
             Some(node_check(&c, 1)).filter(|d| !d.is_empty())
@@ -147,6 +170,11 @@ fn logical_consumers_go_on_across_a_failover_and_a_switchover() {
             )
         });
         assert!(event.contains("cdc_recv"), "{event}");
+        scraped(
+            &c,
+            http[1],
+            "repmgr_logical_slot{slot=\"cdc_recv\",state=\"lost\"} 1",
+        );
         return;
     }
 
@@ -192,7 +220,14 @@ fn logical_consumers_go_on_across_a_failover_and_a_switchover() {
     );
 
     // The standbys keep copies; decoding waits for them.
-    synced(&c, 1, &[2, 3], &["cdc_sub", "cdc_recv"]);
+    synced(&c, 1, &[2, 3], &["cdc_sub", "cdc_recv"], &[]);
+    // A failover slot nobody reads after a first advance (a new slot's catalog xmin is older
+    // than any standby can hold: it is copied only once moved): its catalog xmin then stays.
+    c.sql(
+        1,
+        "SELECT pg_create_logical_replication_slot('cdc_idle', 'test_decoding', false, false, true)",
+    );
+    synced(&c, 1, &[2, 3], &["cdc_idle"], &["cdc_idle"]);
     c.wait_for("synchronized_standby_slots", WAIT, || {
         (c.value(1, "SHOW synchronized_standby_slots").as_deref()
             == Some("repmgr_slot_2,repmgr_slot_3"))
@@ -200,13 +235,23 @@ fn logical_consumers_go_on_across_a_failover_and_a_switchover() {
     });
     let check = node_check(&c, 1);
     assert!(
-        check.starts_with("OK: failover slots cdc_recv, cdc_sub;"),
+        check.starts_with("OK: failover slots cdc_idle, cdc_recv, cdc_sub;"),
         "{check}"
     );
     let check = node_check(&c, 2);
     assert_eq!(
         check,
-        "OK: copies of failover slots: cdc_recv ready; cdc_sub ready"
+        "OK: copies of failover slots: cdc_idle ready; cdc_recv ready; cdc_sub ready"
+    );
+    scraped(
+        &c,
+        http[1],
+        "repmgr_logical_slot{slot=\"cdc_sub\",state=\"failover\"} 1",
+    );
+    scraped(
+        &c,
+        http[2],
+        "repmgr_logical_slot{slot=\"cdc_sub\",state=\"ready\"} 1",
     );
 
     let load = Load::start(&c.multi_host(&[1, 2, 3]), "cdc", Duration::from_millis(10));
@@ -228,14 +273,52 @@ fn logical_consumers_go_on_across_a_failover_and_a_switchover() {
     // The old primary rejoins by itself; its own copies of the slots, left from when it was
     // the primary, are dropped and it syncs the new primary's.
     c.restart_rejoined(1, new, &[1, 5 - new]);
-    synced(&c, new, &[1, 5 - new], &["cdc_sub", "cdc_recv"]);
+    synced(&c, new, &[1, 5 - new], &["cdc_sub", "cdc_recv"], &[]);
+    // Node 1 came back after cdc_idle began, so it cannot copy it until its consumer moves:
+    // promoting node 1, or a switchover to it, is refused, naming the slot.
+    c.wait_for("node 1's unusable copy of cdc_idle", WAIT, || {
+        (c.int(
+            1,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'cdc_idle' AND synced AND temporary",
+        ) == 1)
+            .then_some(())
+    });
+    scraped(
+        &c,
+        http[1],
+        "repmgr_logical_slot{slot=\"cdc_idle\",state=\"not_yet_usable\"} 1",
+    );
+    let refused = c
+        .try_sql(1, "SELECT repmgr.promote()")
+        .expect_err("promoting node 1 is refused");
+    assert!(
+        refused.to_string().contains("cdc_idle not yet usable"),
+        "{refused}"
+    );
+    let (code, _, err) = repmgr_tests::run_cli(&[
+        "-f",
+        &confs[1].to_string_lossy(),
+        "standby",
+        "switchover",
+        "--siblings-follow",
+    ]);
+    assert!(
+        code != 0 && err.contains("cdc_idle not yet usable"),
+        "switchover: exit {code}: {err}"
+    );
     // A failover slot made on this primary is its own (synced = false): after the switchover
     // demotes it, that copy would stop PostgreSQL's syncing of the slot, and is dropped.
     c.sql(
         new,
         "SELECT pg_create_logical_replication_slot('cdc_late', 'test_decoding', false, false, true)",
     );
-    synced(&c, new, &[1, 5 - new], &["cdc_sub", "cdc_recv", "cdc_late"]);
+    synced(
+        &c,
+        new,
+        &[1, 5 - new],
+        &["cdc_sub", "cdc_recv", "cdc_late", "cdc_idle"],
+        &["cdc_late", "cdc_idle"],
+    );
 
     // A switchover back to node 1.
     let before = load.acks().len();
@@ -244,7 +327,13 @@ fn logical_consumers_go_on_across_a_failover_and_a_switchover() {
         (load.acks().len() > before + 100 && c.writable(&[1, 2, 3]) == [1]).then_some(())
     });
     load.stop();
-    synced(&c, 1, &[new, 5 - new], &["cdc_sub", "cdc_recv", "cdc_late"]);
+    synced(
+        &c,
+        1,
+        &[new, 5 - new],
+        &["cdc_sub", "cdc_recv", "cdc_late", "cdc_idle"],
+        &["cdc_late", "cdc_idle"],
+    );
     assert!(
         c.log(new)
             .contains("dropped its own logical slot cdc_late, left from when it was a primary"),
