@@ -143,12 +143,21 @@ fn the_packages_install_where_this_major_expects_them_and_removal_warns() {
     let version = env!("CARGO_PKG_VERSION");
     // Debian's paths for this major, and this major's own tree sees them.
     let files = section("files");
+    // Every upgrade script of the repository, so that any earlier catalog can be updated.
+    let scripts = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../sql"))
+        .expect("read sql/")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| n.starts_with("repmgr--") && n.ends_with(".sql"))
+        .map(|n| format!("/usr/share/postgresql/{major}/extension/{n}"));
     for f in [
         format!("/usr/lib/postgresql/{major}/lib/repmgr.so"),
         format!("/usr/share/postgresql/{major}/extension/repmgr.control"),
         format!("/usr/share/postgresql/{major}/extension/repmgr--{version}.sql"),
-        format!("/usr/share/postgresql/{major}/extension/repmgr--0.1.0--{version}.sql"),
-    ] {
+    ]
+    .into_iter()
+    .chain(scripts)
+    {
         assert!(files.lines().any(|l| l == f), "{f} not in\n{files}");
     }
     assert!(files.contains(&format!("repmgr {version}")), "{files}");
