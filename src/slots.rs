@@ -34,6 +34,9 @@ pub const READY_COPIES: &str = if FAILOVER_SLOTS {
 /// This node's usable copies of failover slots (none when they cannot be read). In the
 /// worker, outside a transaction.
 pub fn ready_copies() -> u32 {
+    if !FAILOVER_SLOTS {
+        return 0;
+    }
     in_transaction(|| Local.read(&format!("SELECT {READY_COPIES}"), &[]))
         .ok()
         .and_then(|r| r.get(0, 0).and_then(|v| v.parse().ok()))
