@@ -95,6 +95,13 @@ impl Failover {
     /// The monitoring round's view of the catalog (`None`: the extension is missing) and of
     /// this node.
     pub fn observe(&mut self, catalog: Option<Catalog>, in_recovery: bool) {
+        // Recovery refuses writes by itself. A marking a standby inherited from a fenced
+        // primary's files (cloned or rewound while it was fenced) would otherwise make new
+        // sessions read-only for a moment after a promotion, while the node reports itself
+        // writable.
+        if in_recovery {
+            mark_read_only(false);
+        }
         self.feed(Input::Observe {
             catalog,
             in_recovery,

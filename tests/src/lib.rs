@@ -802,14 +802,15 @@ impl Cluster {
         )
     }
 
-    /// The node among `ids` that runs as a primary and may commit, if exactly one does.
+    /// The nodes among `ids` that run as a primary, may commit, and open new sessions
+    /// read-write (what a client with `target_session_attrs=read-write` looks for).
     pub fn writable(&self, ids: &[i32]) -> Vec<i32> {
         ids.iter()
             .copied()
             .filter(|id| {
                 self.try_sql(
                     *id,
-                    "SELECT (NOT in_recovery AND NOT fenced)::text FROM repmgr.node_status()",
+                    "SELECT (NOT in_recovery AND NOT fenced AND NOT current_setting('transaction_read_only')::bool)::text FROM repmgr.node_status()",
                 )
                 .ok()
                 .is_some_and(|r| r.get(0, 0) == Some("true"))
