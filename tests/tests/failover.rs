@@ -330,6 +330,18 @@ fn two_data_nodes_and_a_witness() {
 fn manual_promote_and_follow() {
     let c = Cluster::populated("manual-ops", &[2, 3], manual_standbys);
     c.settled(1, &[2, 3], WAIT);
+    // Node 2 carries the read-only marking of a primary that was fenced when it was cloned:
+    // its worker lifts it, so that sessions are read-write as soon as it is promoted.
+    c.set(2, "default_transaction_read_only", "on");
+    c.wait_for("node 2's worker to lift the read-only marking", WAIT, || {
+        c.log(2)
+            .contains("\"default_transaction_read_only\" removed from configuration file")
+            .then_some(())
+    });
+    assert_eq!(
+        c.value(2, "SHOW default_transaction_read_only").as_deref(),
+        Some("off")
+    );
     // Node 3 cascades from node 2; the call returns once it streams.
     let done = c.value(3, "SELECT repmgr.follow(2)").unwrap();
     assert!(done.contains("now follows node 2"), "{done}");
@@ -367,6 +379,7 @@ fn manual_promote_and_follow() {
     });
     assert!(done.contains("promoted to primary"), "{done}");
     assert_eq!(c.one_writable(&[2, 3], WAIT), 2);
+    c.sql(2, "CREATE TABLE after_promote AS SELECT 1 AS x");
     c.wait_for("node 3 to keep streaming from node 2", WAIT, || {
         c.try_sql(2, "SELECT 1 FROM pg_stat_replication WHERE application_name = 'node3' AND state = 'streaming'")
             .ok()
