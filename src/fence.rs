@@ -7,6 +7,11 @@
 //! not need the monitoring worker to be running, or to have noticed anything, so a node that
 //! was frozen and wakes up refuses at once. Reads, and transactions that wrote nothing, are
 //! not affected.
+//!
+//! A backend whose postmaster has died (`kill -9` of the postmaster, the OOM killer) lives on
+//! until it next waits for its client, and could still commit and acknowledge while its lease
+//! lasts, although the server is gone and a standby is about to take over. The same two
+//! checks refuse that too, whatever the lease says.
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +59,36 @@ pub fn refusal() -> Option<Failure> {
     )
 }
 
+/// Why this session may not commit because its postmaster has exited, if it has.
+fn orphaned() -> Option<Failure> {
+    // The pipe itself, not PostgreSQL's flag set by the parent-death signal: that signal can
+    // come a moment after the postmaster's sockets closed, which peers already see.
+    // Single-user mode has no postmaster and no pipe. The read raises FATAL only if the pipe
+    // cannot be read.
+    if !unsafe { pg_sys::IsUnderPostmaster }
+        || unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| PostmasterIsAliveInternal()) }
+    {
+        return None;
+    }
+    let node = shmem::read().map_or("this node".to_string(), |s| {
+        format!("node {}", s.failover.node_id)
+    });
+    Some(
+        Failure::new(
+            PgSqlErrorCode::ERRCODE_CRASH_SHUTDOWN,
+            format!("cannot commit: the postmaster of {node} has exited"),
+        )
+        .detail("This session outlived its server (the postmaster was killed); a standby may be promoted at any moment, and a commit acknowledged here could be lost.")
+        .hint("Reconnect once the server has restarted or another node is primary (SELECT * FROM repmgr.daemon_status() on a standby says which)."),
+    )
+}
+
+unsafe extern "C-unwind" {
+    /// Reads the postmaster-death pipe: false once the postmaster has exited (pmsignal.c).
+    /// Not in pgrx's bindings.
+    fn PostmasterIsAliveInternal() -> bool;
+}
+
 /// Set at pre-commit for a transaction that wrote, read once it has committed.
 static WROTE: AtomicBool = AtomicBool::new(false);
 
@@ -68,13 +103,14 @@ unsafe extern "C-unwind" fn check_commit(event: pg_sys::XactEvent::Type, _arg: *
             {
                 return;
             }
-            if let Some(f) = refusal() {
+            if let Some(f) = orphaned().or_else(refusal) {
                 f.raise();
             }
             WROTE.store(true, Ordering::Relaxed);
         }
         XACT_EVENT_COMMIT | XACT_EVENT_PREPARE
-            if WROTE.swap(false, Ordering::Relaxed) && refusal().is_some() =>
+            if WROTE.swap(false, Ordering::Relaxed)
+                && (refusal().is_some() || orphaned().is_some()) =>
         {
             withhold_acknowledgement();
         }
@@ -83,7 +119,8 @@ unsafe extern "C-unwind" fn check_commit(event: pg_sys::XactEvent::Type, _arg: *
     }
 }
 
-/// The commit passed the check above but finished only after the lease ran out: its commit
+/// The commit passed the check above but finished only after the lease ran out (or the
+/// postmaster died): its commit
 /// record went out before the fence, and a synchronous standby's acknowledgement may have
 /// released it long after, when another node may already have been promoted without it. The
 /// client must not hear "COMMIT": its connection is shut down instead, so the outcome stays
@@ -102,6 +139,6 @@ fn withhold_acknowledgement() {
     }
     unsafe { libc::shutdown(sock, libc::SHUT_RDWR) };
     log!(
-        "repmgr: a commit finished after this node was fenced; its client is disconnected without an acknowledgement"
+        "repmgr: a commit finished after this node was fenced or its postmaster exited; its client is disconnected without an acknowledgement"
     );
 }

@@ -139,6 +139,43 @@ fn kill_9_of_the_primary_promotes_one_standby_and_the_other_follows() {
 }
 
 #[test]
+fn a_backend_that_outlives_its_killed_postmaster_cannot_commit() {
+    let c = Cluster::populated("orphan", &[2, 3], |_| NodeOptions::default());
+    c.settled(1, &[2, 3], WAIT);
+    c.sql(1, "CREATE TABLE orphan (x int)");
+    c.sql(1, "INSERT INTO orphan VALUES (0)");
+    for id in [2, 3] {
+        c.wait_for("the table on the standbys", WAIT, || {
+            (c.int(id, "SELECT count(*) FROM orphan") == 1).then_some(())
+        });
+    }
+    // The backend is busy (no wait on its latch, which would notice the postmaster's death)
+    // when the postmaster is killed, and commits 0.7 s later: well within the lease, which a
+    // live primary would still hold.
+    let mut session = repmgr_tests::connect(&c.node(1).local_conninfo("repmgr"));
+    let client = std::thread::spawn(move || {
+        session.query_simple(
+            "BEGIN; INSERT INTO orphan VALUES (1); \
+             DO $$ BEGIN WHILE clock_timestamp() < statement_timestamp() + interval '1 s' LOOP END LOOP; END $$; \
+             COMMIT",
+            Instant::now() + WAIT,
+            &mut repmgr_pq::PollWaiter,
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    c.kill9(1);
+    let outcome = client.join().unwrap();
+    let refusal = outcome.expect_err("a backend of a dead postmaster acknowledged a commit");
+    assert_eq!(refusal.sqlstate.as_deref(), Some("57P02"), "{refusal:?}");
+    assert!(
+        refusal.message.contains("the postmaster of node 1 has exited"),
+        "{refusal:?}"
+    );
+    let new = c.one_writable(&[2, 3], WAIT);
+    assert_eq!(c.int(new, "SELECT count(*) FROM orphan"), 1);
+}
+
+#[test]
 fn a_frozen_primary_is_replaced_and_never_confirms_another_commit() {
     let c = Cluster::populated("freeze", &[2, 3], |_| NodeOptions::default());
     c.settled(1, &[2, 3], WAIT);
@@ -333,11 +370,15 @@ fn manual_promote_and_follow() {
     // Node 2 carries the read-only marking of a primary that was fenced when it was cloned:
     // its worker lifts it, so that sessions are read-write as soon as it is promoted.
     c.set(2, "default_transaction_read_only", "on");
-    c.wait_for("node 2's worker to lift the read-only marking", WAIT, || {
-        c.log(2)
-            .contains("\"default_transaction_read_only\" removed from configuration file")
-            .then_some(())
-    });
+    c.wait_for(
+        "node 2's worker to lift the read-only marking",
+        WAIT,
+        || {
+            c.log(2)
+                .contains("\"default_transaction_read_only\" removed from configuration file")
+                .then_some(())
+        },
+    );
     assert_eq!(
         c.value(2, "SHOW default_transaction_read_only").as_deref(),
         Some("off")
