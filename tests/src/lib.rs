@@ -570,6 +570,25 @@ impl Cluster {
             up.host, up.port, node.name
         ));
         self.append_conf(&node, &conf);
+        // As `repmgr standby clone` does: what the copy's postgresql.auto.conf holds of the
+        // upstream's own replication (a standby's upstream and slot) or fence marking is not
+        // this node's, and would override the lines above.
+        let auto = node.data.join("postgresql.auto.conf");
+        let kept: String = fs::read_to_string(&auto)
+            .expect("postgresql.auto.conf")
+            .lines()
+            .filter(|l| {
+                let key = l.split('=').next().unwrap_or("").trim();
+                ![
+                    "primary_conninfo",
+                    "primary_slot_name",
+                    "default_transaction_read_only",
+                ]
+                .contains(&key)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs::write(&auto, kept).expect("write postgresql.auto.conf");
         fs::write(node.data.join("standby.signal"), "").expect("standby.signal");
         chown_postgres(&node.data);
         self.nodes.push(node.clone());

@@ -168,7 +168,9 @@ fn a_backend_that_outlives_its_killed_postmaster_cannot_commit() {
     let refusal = outcome.expect_err("a backend of a dead postmaster acknowledged a commit");
     assert_eq!(refusal.sqlstate.as_deref(), Some("57P02"), "{refusal:?}");
     assert!(
-        refusal.message.contains("the postmaster of node 1 has exited"),
+        refusal
+            .message
+            .contains("the postmaster of node 1 has exited"),
         "{refusal:?}"
     );
     let new = c.one_writable(&[2, 3], WAIT);
