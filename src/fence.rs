@@ -30,12 +30,19 @@ pub fn install() {
 
 /// Why this node may not commit now, if it may not.
 pub fn refusal() -> Option<Failure> {
+    lease_check().and_then(Result::err)
+}
+
+/// `None` while no lease is in force (the worker has not armed the fence: failover is
+/// manual, or this primary has not yet started under the protocol); otherwise whether the
+/// lease allows a commit now.
+fn lease_check() -> Option<Result<(), Failure>> {
     let st = shmem::read()?;
     let f = st.failover;
     let lease = f.lease.filter(|_| f.armed)?;
     let now = clock::now();
     if lease.may_commit(now, f.timing.fence) {
-        return None;
+        return Some(Ok(()));
     }
     let age = match lease.valid_until(f.timing.fence) {
         Some(Some(until)) => format!(
@@ -45,7 +52,7 @@ pub fn refusal() -> Option<Failure> {
         _ => "it has not been confirmed by enough voters since it started".to_string(),
     };
     let (needed, others) = lease.needs();
-    Some(
+    Some(Err(
         Failure::new(
             PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
             format!("cannot commit: node {} is fenced: {age}", f.node_id),
@@ -56,7 +63,7 @@ pub fn refusal() -> Option<Failure> {
             if lease.changing() { ", under both the node list and the one before it" } else { "" }
         ))
         .hint("Send writes to the current primary (SELECT * FROM repmgr.daemon_status()). If this node was replaced, it rejoins that primary by itself while repmgr.auto_rejoin is on; otherwise run repmgr node rejoin."),
-    )
+    ))
 }
 
 /// Why this session may not commit because its postmaster has exited, if it has.
@@ -92,6 +99,12 @@ unsafe extern "C-unwind" {
 /// Set at pre-commit for a transaction that wrote, read once it has committed.
 static WROTE: AtomicBool = AtomicBool::new(false);
 
+/// Set at pre-commit for a transaction that wrote under a lease. One that passed while none
+/// was in force (the moment a primary first starts under the protocol) is acknowledged even
+/// if the lease armed meanwhile is not yet confirmed: withholding it would protect nothing
+/// the moment before did not already allow.
+static LEASED: AtomicBool = AtomicBool::new(false);
+
 #[pg_guard]
 unsafe extern "C-unwind" fn check_commit(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
     use pg_sys::XactEvent::*;
@@ -103,18 +116,26 @@ unsafe extern "C-unwind" fn check_commit(event: pg_sys::XactEvent::Type, _arg: *
             {
                 return;
             }
-            if let Some(f) = orphaned().or_else(refusal) {
+            if let Some(f) = orphaned() {
+                f.raise();
+            }
+            let lease = lease_check();
+            if let Some(Err(f)) = lease {
                 f.raise();
             }
             WROTE.store(true, Ordering::Relaxed);
+            LEASED.store(lease.is_some(), Ordering::Relaxed);
         }
-        XACT_EVENT_COMMIT | XACT_EVENT_PREPARE
-            if WROTE.swap(false, Ordering::Relaxed)
-                && (refusal().is_some() || orphaned().is_some()) =>
-        {
-            withhold_acknowledgement();
+        XACT_EVENT_COMMIT | XACT_EVENT_PREPARE if WROTE.swap(false, Ordering::Relaxed) => {
+            let leased = LEASED.swap(false, Ordering::Relaxed);
+            if orphaned().is_some() || (leased && refusal().is_some()) {
+                withhold_acknowledgement();
+            }
         }
-        XACT_EVENT_ABORT => WROTE.store(false, Ordering::Relaxed),
+        XACT_EVENT_ABORT => {
+            WROTE.store(false, Ordering::Relaxed);
+            LEASED.store(false, Ordering::Relaxed);
+        }
         _ => {}
     }
 }

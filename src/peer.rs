@@ -48,6 +48,7 @@ impl Waiter for LatchWaiter {
 /// An open connection to another node.
 pub struct Peer {
     conn: Conn,
+    conninfo: String,
     label: String,
     statement_timeout: Duration,
 }
@@ -131,6 +132,7 @@ impl Peer {
         .map_err(|e| peer_failure(e, label, timeout))?;
         Ok(Peer {
             conn,
+            conninfo: conninfo_text.to_string(),
             label: label.to_string(),
             statement_timeout: settings.peer_statement_timeout,
         })
@@ -139,6 +141,22 @@ impl Peer {
     /// False once the connection failed or was abandoned; connect again.
     pub fn is_usable(&self) -> bool {
         self.conn.is_usable()
+    }
+
+    /// Lets each statement of the open transaction run for up to `limit`, on the server
+    /// (`statement_timeout`) and here: for a write whose trigger may wait that long.
+    pub fn allow_in_transaction(&mut self, limit: Duration) -> Result<()> {
+        self.run(
+            &format!("SET LOCAL statement_timeout = {}", limit.as_millis()),
+            &[],
+        )?;
+        self.statement_timeout = limit;
+        Ok(())
+    }
+
+    /// A new connection to the same node.
+    pub fn reconnect(&self, settings: &Settings) -> Result<Peer> {
+        Peer::connect(&self.conninfo, &self.label, settings)
     }
 
     pub fn run(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Rows> {

@@ -394,7 +394,7 @@ fn vouch_removal() {
 }
 
 /// How long a change of the node list waits for the previous one to reach the voters.
-const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
+pub const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
 
 /// Called by the trigger on `repmgr.nodes`, in the transaction that changes the voters, with
 /// the new voters and the version the trigger gives them: a primary in the failover protocol

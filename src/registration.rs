@@ -151,7 +151,7 @@ fn check_same_major(
 
 /// What connecting to a node told us.
 enum Probe {
-    Reached(Peer, ServerFacts),
+    Reached(Box<Peer>, ServerFacts),
     Unreachable(Failure),
 }
 
@@ -161,7 +161,7 @@ fn probe(conninfo_text: &str, label: &str, settings: &Settings) -> Probe {
         Ok((p, facts))
     });
     match attempt {
-        Ok((p, f)) => Probe::Reached(p, f),
+        Ok((p, f)) => Probe::Reached(Box::new(p), f),
         Err(f) => Probe::Unreachable(f),
     }
 }
@@ -224,7 +224,7 @@ fn find_primary(settings: &Settings, local_nodes: &[NodeRecord]) -> Result<(Peer
     let mut tried = Vec::new();
     for (c, label) in candidates {
         match probe(&c, &label, settings) {
-            Probe::Reached(p, facts) if !facts.in_recovery => return Ok((p, facts)),
+            Probe::Reached(p, facts) if !facts.in_recovery => return Ok((*p, facts)),
             Probe::Reached(..) => tried.push(format!("{label} is a standby")),
             Probe::Unreachable(f) => tried.push(f.message),
         }
@@ -254,7 +254,11 @@ fn begin_writing(primary: &mut Peer, settings: &Settings) -> Result<()> {
         Ok((r.get(0, 0) != Some("t")).then_some(()))
     })?;
     if writable.is_some() {
-        return primary.write("BEGIN READ WRITE", &[]).map(|_| ());
+        primary.write("BEGIN READ WRITE", &[])?;
+        // The node list's trigger waits up to MEMBERSHIP_WAIT for an earlier change to
+        // reach the voters: the peer's usual 2 s would cut it short under load.
+        return primary
+            .allow_in_transaction(crate::protocol::MEMBERSHIP_WAIT + Duration::from_secs(5));
     }
     Err(Failure::state(format!(
         "{} cannot change the node list on {}: that primary is fenced (it is not confirmed by enough voters) and was still fenced after {} s",
@@ -289,6 +293,47 @@ fn begin_on_primary(
         })?;
     check_name_free(&nodes, settings)?;
     Ok((nodes, primary_rec))
+}
+
+/// Commits the change of the node list made through `primary`. A primary that starts
+/// watching its lease, or loses it for a moment, closes the connection of a commit that
+/// finished just then instead of acknowledging it (see `fence.rs`): the outcome is then read
+/// back over a new connection, which replaces `primary`, and `written` says whether the
+/// node list shows the change.
+fn commit_on_primary(
+    primary: &mut Peer,
+    settings: &Settings,
+    what: &str,
+    written: impl Fn(&[NodeRecord]) -> bool,
+) -> Result<()> {
+    let Err(lost) = primary.write("COMMIT", &[]) else {
+        return Ok(());
+    };
+    if primary.is_usable() {
+        return Err(lost);
+    }
+    let unknown = |why: String| {
+        Failure::state(format!(
+            "{} closed the connection while committing {what}; whether it was written is not known",
+            primary.label()
+        ))
+        .detail(why)
+        .hint("SELECT * FROM repmgr.nodes on the primary shows whether it was; if not, run the same call again.")
+    };
+    let mut again = primary
+        .reconnect(settings)
+        .map_err(|f| unknown(f.message))?;
+    let nodes = catalog::nodes(&mut again).map_err(|f| unknown(f.message))?;
+    if !written(&nodes) {
+        return Err(Failure::state(format!(
+            "{} closed the connection while committing {what}, which was not written",
+            primary.label()
+        ))
+        .detail(lost.message)
+        .hint("A primary refuses commits for a moment when it starts watching its lease or loses it; run the same call again."));
+    }
+    *primary = again;
+    Ok(())
 }
 
 /// Waits until this standby has replayed `lsn`, at most `timeout`. Returns whether it did.
@@ -449,7 +494,12 @@ pub fn register_standby(settings: &Settings, upstream: Option<i32>, force: bool)
         &primary_rec.conninfo,
     );
     events::record(Some(&mut primary), settings, ev)?;
-    primary.write("COMMIT", &[])?;
+    commit_on_primary(
+        &mut primary,
+        settings,
+        "the registration of this standby",
+        |nodes| nodes.iter().any(|n| n.same_registration(&rec)),
+    )?;
 
     let lsn = primary
         .read("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])?
@@ -617,7 +667,12 @@ pub fn register_witness(settings: &Settings, primary_conninfo: &str, force: bool
         &primary_rec.conninfo,
     );
     events::record(Some(&mut primary), settings, ev)?;
-    primary.write("COMMIT", &[])?;
+    commit_on_primary(
+        &mut primary,
+        settings,
+        "the registration of this witness",
+        |nodes| nodes.iter().any(|n| n.same_registration(&rec)),
+    )?;
     // The witness counts the primary's node list version, not the one its own copy made.
     catalog::copy_membership(&mut primary, &mut Local)?;
     Ok(settings.node_id)
@@ -745,7 +800,12 @@ pub fn unregister_node(settings: &Settings, node_id: Option<i32>, force: bool) -
     let details = format!("{} unregistered by {}", rec.describe(), settings.describe());
     events::record(Some(db), settings, Event::new(target, event, details))?;
     if let Some(p) = remote.as_mut() {
-        p.write("COMMIT", &[])?;
+        commit_on_primary(
+            p,
+            settings,
+            &format!("the removal of node {target}"),
+            |nodes| nodes.iter().all(|n| n.node_id != target),
+        )?;
     }
     if on_witness {
         catalog::detach_downstream(&mut Local, target)?;

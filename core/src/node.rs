@@ -60,6 +60,13 @@ pub const DEFAULT_PRIORITY: i32 = 100;
 pub const NODE_COLUMNS: &str = "node_id, upstream_node_id, active, node_name, type, location, priority, conninfo, repluser, slot_name, config_file";
 
 impl NodeRecord {
+    /// Whether `other` registers the same node in the same role at the same address (what
+    /// reading a registration back checks; the catalog may fill columns left empty).
+    pub fn same_registration(&self, other: &NodeRecord) -> bool {
+        (self.node_id, self.node_type, &self.conninfo)
+            == (other.node_id, other.node_type, &other.conninfo)
+    }
+
     /// "node 3 (\"db3\")", the way every message names a node.
     pub fn describe(&self) -> String {
         format!("node {} (\"{}\")", self.node_id, self.node_name)
