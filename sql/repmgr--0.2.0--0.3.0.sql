@@ -17,3 +17,15 @@ AS 'MODULE_PATHNAME', 'promote_checking_slots_wrapper';
 
 -- As for every function of the extension: nothing for PUBLIC.
 REVOKE ALL ON FUNCTION "promote"(bool, bool, bool) FROM PUBLIC;
+
+-- primary_exited(): the orphaned worker of a primary whose postmaster was killed tells the
+-- voters, which then need not wait for its lease to run out.
+CREATE  FUNCTION "primary_exited"(
+	"node_id" INT, /* i32 */
+	"term" bigint, /* i64 */
+	"incarnation" bigint /* i64 */
+) RETURNS bool /* bool */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'primary_exited_wrapper';
+REVOKE ALL ON FUNCTION "primary_exited"(int, bigint, bigint) FROM PUBLIC;

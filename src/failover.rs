@@ -136,6 +136,89 @@ impl Failover {
         decision
     }
 
+    /// The postmaster died (`kill -9`, the OOM killer) while this node led: tells every other
+    /// voter, which then need not wait for the lease to run out. No process of this server
+    /// can commit any more (`fence.rs` reads the postmaster-death pipe at both checks), and
+    /// the report names the lease, so that a late one cannot free a voter from a later life of
+    /// this node. The calls run in parallel on threads with plain `poll()` (the process latch
+    /// no longer waits once the postmaster is gone, and the threads call only libpq), for at
+    /// most `repmgr.peer_connect_timeout`, capped at 1 s.
+    pub fn announce_exit(&self) {
+        let Some(st) = shmem::read() else { return };
+        let f = &st.failover;
+        let Some(lease) = f.lease.filter(|_| f.armed) else {
+            return;
+        };
+        let voters = self.driver.voters();
+        if voters.is_empty() || unsafe { pg_sys::RecoveryInProgress() } {
+            return;
+        }
+        let deadline = std::time::Instant::now()
+            + self
+                .settings
+                .peer_connect_timeout
+                .min(Duration::from_secs(1));
+        let args = [
+            f.node_id.to_string(),
+            lease.term.to_string(),
+            (lease.incarnation as i64).to_string(),
+        ];
+        let calls: Vec<_> = voters
+            .iter()
+            .map(|n| {
+                let (defaults, forced) = crate::peer::parameters(&n.conninfo, &self.settings);
+                let conninfo = n.conninfo.clone();
+                let args = args.clone();
+                std::thread::spawn(move || -> Result<bool, String> {
+                    let mut waiter = repmgr_pq::PollWaiter;
+                    let mut c = Conn::connect(
+                        &conninfo,
+                        &crate::peer::borrowed(&defaults),
+                        &crate::peer::borrowed(&forced),
+                        deadline,
+                        &mut waiter,
+                    )
+                    .map_err(|e| e.message)?;
+                    let params: Vec<Option<&str>> = args.iter().map(|a| Some(a.as_str())).collect();
+                    let r = c
+                        .query(
+                            "SELECT repmgr.primary_exited($1::int, $2::bigint, $3::bigint)",
+                            &params,
+                            deadline,
+                            &mut waiter,
+                        )
+                        .map_err(|e| e.message)?;
+                    Ok(r.get(0, 0) == Some("t"))
+                })
+            })
+            .collect();
+        let mut counted = 0;
+        let mut failed = Vec::new();
+        for (n, call) in voters.iter().zip(calls) {
+            match call.join() {
+                Ok(Ok(true)) => counted += 1,
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => failed.push(format!(
+                    "{}: {}",
+                    n.describe(),
+                    crate::error::mask_text(e.trim())
+                )),
+                Err(_) => failed.push(format!("{}: the call failed", n.describe())),
+            }
+        }
+        log!(
+            "repmgr: the postmaster of {} exited while it was primary in term {}; {counted} of {} voters stop waiting for its lease{}",
+            self.settings.describe(),
+            lease.term,
+            voters.len(),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(" (not told: {})", failed.join("; "))
+            }
+        );
+    }
+
     /// `repmgr.promote()`, request `seq`: answered through the request slot when done.
     pub fn manual_promote(&mut self, seq: u64, force: bool, allow_data_loss: bool) {
         self.feed(Input::ManualPromote {

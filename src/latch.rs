@@ -20,6 +20,9 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// True while the stopping worker makes its last, short writes.
 static FINISHING: AtomicBool = AtomicBool::new(false);
 
+/// Set in the worker once a wait saw the postmaster gone.
+static POSTMASTER_GONE: AtomicBool = AtomicBool::new(false);
+
 /// Marks this process as the monitoring worker (once, at its start).
 pub fn become_worker() {
     ACTIVE.store(true, Ordering::Relaxed);
@@ -33,7 +36,13 @@ pub fn active() -> bool {
 /// Whether the postmaster asked the worker to stop (SIGTERM), outside [`finishing`].
 pub fn shutdown_requested() -> bool {
     let requested = unsafe { pg_sys::ShutdownRequestPending != 0 };
-    requested && !FINISHING.load(Ordering::Relaxed)
+    (requested && !FINISHING.load(Ordering::Relaxed)) || postmaster_gone()
+}
+
+/// Whether the worker saw its postmaster gone (killed): it must leave at once, after telling
+/// the voters if it led ([`crate::failover::Failover::announce_exit`]).
+pub fn postmaster_gone() -> bool {
+    POSTMASTER_GONE.load(Ordering::Relaxed)
 }
 
 /// Runs the stopping worker's last writes, which must not be cut short by the very request
@@ -49,7 +58,14 @@ pub fn finishing<R>(f: impl FnOnce() -> R) -> R {
 /// worker has been asked to stop; in a backend, a cancel request or termination raises an
 /// ERROR instead, closing any connection as it unwinds.
 pub(crate) fn latch_wait(events: u32, fd: RawFd, timeout: Duration) -> bool {
-    let events = events | pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
+    // A backend exits at once when the postmaster dies; the worker is told, so that it can
+    // tell the voters first.
+    let death = if active() {
+        pg_sys::WL_POSTMASTER_DEATH
+    } else {
+        pg_sys::WL_EXIT_ON_PM_DEATH
+    };
+    let events = events | pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | death;
     let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as std::ffi::c_long;
     unsafe {
         let rc = pg_sys::WaitLatchOrSocket(
@@ -61,6 +77,9 @@ pub(crate) fn latch_wait(events: u32, fd: RawFd, timeout: Duration) -> bool {
         );
         if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
             pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        if rc & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 {
+            POSTMASTER_GONE.store(true, Ordering::Relaxed);
         }
     }
     if active() {

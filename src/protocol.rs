@@ -375,6 +375,28 @@ fn primary_stopped(node_id: i32) -> bool {
     known
 }
 
+/// The orphaned worker of primary `node_id` says, as its last act, that its postmaster
+/// exited while it led in `term` under the lease `incarnation`: no process of that server can
+/// commit any more (see `fence.rs`), so this voter stops waiting for its lease to run out if
+/// that is the lease it last confirmed, and wakes its worker to look around. Returns whether
+/// it counted.
+#[pg_extern(volatile, strict)]
+fn primary_exited(node_id: i32, term: i64, incarnation: i64) -> bool {
+    let now = clock::now();
+    let counted = shmem::update(|s| {
+        s.failover
+            .primary_exited(now, node_id, term.max(0) as u64, incarnation as u64)
+    })
+    .unwrap_or(false);
+    if counted {
+        log!(
+            "repmgr: the worker of primary node {node_id} reports that its postmaster exited: not waiting for its lease to run out"
+        );
+        shmem::wake_worker();
+    }
+    counted
+}
+
 /// Set by [`vouch_removal`] for the rest of this backend's transaction.
 static VOUCHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

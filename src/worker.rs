@@ -199,6 +199,11 @@ pub extern "C-unwind" fn repmgr_worker_main(_arg: pg_sys::Datum) {
     };
     // Stop answering health checks first: this node is going away.
     drop(http);
+    if latch::postmaster_gone() {
+        // Nothing of this server may be used any more: no catalog writes, no event.
+        monitor.announce_exit();
+        exit(true);
+    }
     monitor.shutdown(if stop_for_good {
         "degraded monitoring timeout exceeded"
     } else {

@@ -584,7 +584,7 @@ impl Driver {
     }
 
     /// The other voters of [`Driver::view`], as records.
-    fn voters(&self) -> Vec<NodeRecord> {
+    pub fn voters(&self) -> Vec<NodeRecord> {
         let Some(view) = self.view() else {
             return Vec::new();
         };

@@ -362,6 +362,21 @@ impl State {
             })
     }
 
+    /// The worker of primary `node_id` reported that its postmaster exited while it led in
+    /// `term` under lease `incarnation` (`repmgr.primary_exited()`). Returns whether it was
+    /// the lease this node last confirmed ([`Voter::primary_exited`]).
+    pub fn primary_exited(
+        &mut self,
+        now: Duration,
+        node_id: NodeId,
+        term: u64,
+        incarnation: u64,
+    ) -> bool {
+        let timing = self.timing;
+        self.voter
+            .primary_exited(now, node_id, term, incarnation, &timing)
+    }
+
     /// A switchover stopped `node_id` and verified its clean shutdown
     /// (`repmgr.primary_stopped()`). Returns whether it was the primary this node follows.
     pub fn primary_stopped(&mut self, now: Duration, node_id: NodeId) -> bool {

@@ -41,6 +41,8 @@ pub struct Voter {
     pub echo: Option<Stamp>,
     /// Since when the primary heard has not held its lease (it restarted, or was replaced).
     pub unled_since: Option<Duration>,
+    /// The node and lease incarnation of the last reply this voter counted.
+    pub confirmed: Option<(NodeId, u64)>,
 }
 
 /// What a poll reply meant.
@@ -141,6 +143,7 @@ impl Voter {
             started,
             echo: None,
             unled_since: None,
+            confirmed: None,
         }
     }
 
@@ -217,6 +220,7 @@ impl Voter {
         self.last_heard = Some(now);
         self.leader = Some(from);
         self.echo = Some(reply.stamp);
+        self.confirmed = Some((from, reply.stamp.incarnation));
         Heard::Alive { persist }
     }
 
@@ -239,6 +243,29 @@ impl Voter {
         self.started = self.started.min(expired);
         self.echo = None;
         true
+    }
+
+    /// The worker of primary `id` reported, as its last act, that its postmaster exited
+    /// while it led in `term` under the lease `incarnation`. No process of that server can
+    /// commit any more (both commit checks read the postmaster-death pipe), so what this
+    /// voter confirmed protects nothing, and it stops waiting for it to run out. Only a
+    /// report about the very lease this voter last confirmed, in the term it supports that
+    /// node in, counts: a late one about an earlier life of the node (restarted, it leads
+    /// under a new incarnation) or an earlier term changes nothing. Returns whether it
+    /// counted.
+    pub fn primary_exited(
+        &mut self,
+        now: Duration,
+        id: NodeId,
+        term: u64,
+        incarnation: u64,
+        timing: &Timing,
+    ) -> bool {
+        let d = &self.durable;
+        if d.term != term || d.supports != Some(id) || self.confirmed != Some((id, incarnation)) {
+            return false;
+        }
+        self.primary_gone(now, id, timing)
     }
 
     /// Moves to a newer term learnt from another voter while looking around (the primary this
@@ -647,6 +674,33 @@ mod tests {
         };
         assert_eq!(v.heard(ms(200), 2, &refused), Heard::Stale);
         assert_eq!(v.echo, None);
+    }
+
+    #[test]
+    fn only_the_exit_of_the_lease_last_confirmed_frees_the_vote() {
+        let t = T;
+        let mut v = Voter::new(durable(4, None), ms(0));
+        assert_eq!(
+            v.heard(ms(10_000), 1, &reply(4, 5)),
+            Heard::Alive { persist: true }
+        );
+        let inc = reply(4, 5).stamp.incarnation;
+        assert!(!v.lease_expired(ms(10_100), &t));
+        for (id, term, incarnation, why) in [
+            (2, 4, inc, "another node"),
+            (1, 3, inc, "an earlier term"),
+            (1, 4, inc + 1, "another life of the node"),
+        ] {
+            assert!(
+                !v.primary_exited(ms(10_100), id, term, incarnation, &t),
+                "{why}"
+            );
+            assert!(!v.lease_expired(ms(10_100), &t), "{why}");
+        }
+        assert!(v.primary_exited(ms(10_100), 1, 4, inc, &t));
+        assert!(v.lease_expired(ms(10_100), &t));
+        let granted = v.decide(ms(10_100), &req(5, 2, 100), &facts(), &t);
+        assert!(granted.granted, "{granted:?}");
     }
 
     #[test]

@@ -263,11 +263,27 @@ impl Config {
 enum Msg {
     Poll(Poll),
     PollReply(Option<PollReply>),
-    Ask { round: u64 },
-    Answer { round: u64, pre: PreVote },
-    VoteReq { req: VoteRequest, manual: bool },
-    Vote { term: u64, reply: VoteReply },
+    Ask {
+        round: u64,
+    },
+    Answer {
+        round: u64,
+        pre: PreVote,
+    },
+    VoteReq {
+        req: VoteRequest,
+        manual: bool,
+    },
+    Vote {
+        term: u64,
+        reply: VoteReply,
+    },
     Notify,
+    /// `repmgr.primary_exited()`: the orphaned worker of a primary whose postmaster died.
+    Exited {
+        term: u64,
+        incarnation: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -413,6 +429,10 @@ pub struct Report {
     pub late_divergences: u64,
     /// Automatic rejoins carried out.
     pub rejoins: u64,
+    /// Reports of a primary's exited postmaster sent, and those a voter counted (it stopped
+    /// waiting for the lease).
+    pub exits_reported: u64,
+    pub exits_counted: u64,
 }
 
 /// A broken invariant, with the tail of the trace that led to it.
@@ -792,6 +812,11 @@ impl World {
     }
 
     fn send(&mut self, from: usize, to: usize, msg: Msg) {
+        self.send_after(from, to, msg, 0);
+    }
+
+    /// [`World::send`] with `extra` delay on top of the network's.
+    fn send_after(&mut self, from: usize, to: usize, msg: Msg, extra: Us) {
         if self.blocked[from][to] || self.rng.chance(self.loss_per_million) {
             return;
         }
@@ -803,7 +828,7 @@ impl World {
         };
         self.seq += 1;
         self.queue.push(Reverse(Envelope {
-            at: self.now + delay,
+            at: self.now + delay + extra,
             seq: self.seq,
             from,
             to,
@@ -957,6 +982,16 @@ impl World {
                 },
             ),
             Msg::Notify => self.drive(to, Input::Notified { from: from_id }),
+            Msg::Exited { term, incarnation } => {
+                let n = &mut self.nodes[to];
+                if n.state.primary_exited(local, from_id, term, incarnation) {
+                    self.report.exits_counted += 1;
+                    let id = n.id;
+                    self.log(format!(
+                        "node {id} stops waiting for the lease of node {from_id}, whose postmaster exited"
+                    ));
+                }
+            }
         }
     }
 
@@ -1716,6 +1751,11 @@ impl World {
         let now = self.now;
         let id = self.nodes[victim].id;
         if self.rng.chance(1500) && self.nodes[victim].up {
+            // Half the time only the postmaster dies (kill -9, the OOM killer): its worker,
+            // orphaned, tells the voters before it exits.
+            if self.rng.chance(500_000) {
+                self.announce_exit(victim);
+            }
             self.crash(victim);
             let back = now + self.rng.range(1000 * MS, 8000 * MS);
             self.pending.push((back, victim, "restart"));
@@ -1982,6 +2022,39 @@ impl World {
         }
     }
 
+    /// What the worker of a primary whose postmaster died does before it exits: a worker
+    /// that runs tells every other node the lease it led under, through the network as it is.
+    fn announce_exit(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let Some(lease) = n.state.lease.filter(|_| n.state.armed) else {
+            return;
+        };
+        if !n.running(self.now) || n.in_recovery || n.witness {
+            return;
+        }
+        let id = n.id;
+        let voters = n.driver.voters();
+        self.report.exits_reported += 1;
+        self.log(format!(
+            "node {id}'s postmaster exits; its worker reports lease {} of term {}",
+            lease.incarnation, lease.term
+        ));
+        let msg = Msg::Exited {
+            term: lease.term,
+            incarnation: lease.incarnation,
+        };
+        for j in self.indices(&voters) {
+            // Sometimes a report is held up for seconds (retransmissions on a lossy link):
+            // it may arrive after the node restarted and leads again under a new lease.
+            if self.rng.chance(200_000) {
+                let extra = self.rng.range(1000 * MS, 10_000 * MS);
+                self.send_after(i, j, msg.clone(), extra);
+            } else {
+                self.send(i, j, msg.clone());
+            }
+        }
+    }
+
     fn crash(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         n.up = false;
@@ -2104,6 +2177,8 @@ pub fn run_many(first_seed: u64, count: u64) -> Result<Report, Violation> {
         total.divergences += r.divergences;
         total.late_divergences += r.late_divergences;
         total.rejoins += r.rejoins;
+        total.exits_reported += r.exits_reported;
+        total.exits_counted += r.exits_counted;
     }
     Ok(total)
 }

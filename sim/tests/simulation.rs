@@ -18,7 +18,7 @@ fn seeded_schedules_keep_every_invariant() {
     let started = Instant::now();
     match repmgr_sim::run_many(first, count) {
         Ok(r) => println!(
-            "simulation: {count} schedules (seeds {first}..{}) in {:.1} s: {} elections, {} promotions, {} commit steps ({} acknowledged by a synchronous quorum), {} standbys diverged ({} with WAL received after the promotion), {} automatic rejoins, no invariant broken",
+            "simulation: {count} schedules (seeds {first}..{}) in {:.1} s: {} elections, {} promotions, {} commit steps ({} acknowledged by a synchronous quorum), {} standbys diverged ({} with WAL received after the promotion), {} automatic rejoins, {} exited postmasters reported ({} reports counted by a voter), no invariant broken",
             first + count - 1,
             started.elapsed().as_secs_f64(),
             r.elections,
@@ -27,7 +27,9 @@ fn seeded_schedules_keep_every_invariant() {
             r.acknowledged,
             r.divergences,
             r.late_divergences,
-            r.rejoins
+            r.rejoins,
+            r.exits_reported,
+            r.exits_counted
         ),
         Err(v) => panic!(
             "{v}\nreplay: REPMGR_SIM_SEED={} REPMGR_SIM_SCHEDULES=1 cargo test -p repmgr-sim -- --nocapture",

@@ -368,6 +368,11 @@ impl Monitor {
     }
 
     /// One step of the failover protocol (between rounds too): what to wait for next.
+    /// The postmaster died: see [`crate::failover::Failover::announce_exit`].
+    pub fn announce_exit(&self) {
+        self.failover.announce_exit();
+    }
+
     pub fn tick_failover(&mut self) -> crate::failover::Wait {
         let wait = self.failover.tick();
         for ev in std::mem::take(&mut self.failover.outbox) {

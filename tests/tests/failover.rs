@@ -175,6 +175,22 @@ fn a_backend_that_outlives_its_killed_postmaster_cannot_commit() {
     );
     let new = c.one_writable(&[2, 3], WAIT);
     assert_eq!(c.int(new, "SELECT count(*) FROM orphan"), 1);
+    // The orphaned worker told both voters, which did not wait for the lease to run out.
+    assert!(
+        c.log(1).contains(
+            "exited while it was primary in term 1; 2 of 2 voters stop waiting for its lease"
+        ),
+        "{}",
+        c.log(1)
+    );
+    for id in [2, 3] {
+        assert!(
+            c.log(id)
+                .contains("the worker of primary node 1 reports that its postmaster exited"),
+            "{}",
+            c.log(id)
+        );
+    }
 }
 
 #[test]
