@@ -74,7 +74,7 @@ static ALLOW_DROP_EXTENSION: GucSetting<bool> = GucSetting::<bool>::new(false);
 static AUTO_REJOIN: GucSetting<AutoRejoinMode> =
     GucSetting::<AutoRejoinMode>::new(AutoRejoinMode::On);
 static AUTO_RECLONE: GucSetting<bool> = GucSetting::<bool>::new(false);
-static LOGICAL_SLOT_FAILOVER: GucSetting<bool> = GucSetting::<bool>::new(false);
+static LOGICAL_SLOT_FAILOVER: GucSetting<bool> = GucSetting::<bool>::new(true);
 static CLI_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static REJOIN_KEEP_WAL_DIRECTORY: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);

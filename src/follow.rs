@@ -135,6 +135,16 @@ pub fn primary_conninfo(me: &NodeRecord, upstream: &NodeRecord) -> Result<String
     })
 }
 
+/// Creates the physical slot `slot` on `upstream` unless it exists.
+pub fn ensure_slot(settings: &Settings, upstream: &NodeRecord, slot: &str) -> Result<()> {
+    Peer::connect(&upstream.conninfo, &upstream.describe(), settings)?.run(
+        "SELECT pg_catalog.pg_create_physical_replication_slot($1)
+          WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)",
+        &[Some(slot)],
+    )?;
+    Ok(())
+}
+
 /// Streams from `upstream` from now on: makes sure this node's slot exists there (when slots
 /// are used), rewrites the replication settings, reloads, and records the new upstream on the
 /// primary. Returns a description of what happened. Runs in the worker, outside a transaction.
@@ -162,11 +172,7 @@ pub fn repoint(
         slot_sync = repmgr_core::slots::standby_settings(from_primary);
     }
     if let Some(slot) = me.slot_name.as_deref() {
-        Peer::connect(&upstream.conninfo, &upstream.describe(), settings)?.run(
-            "SELECT pg_catalog.pg_create_physical_replication_slot($1)
-              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)",
-            &[Some(slot)],
-        )?;
+        ensure_slot(settings, upstream, slot)?;
     }
     let mut written = vec![
         ("primary_conninfo", Some(conn.as_str())),

@@ -82,8 +82,8 @@ fn in_force<'a>(
 }
 
 impl Keeper {
-    /// A standby's round: puts its settings right when something is missing (following its
-    /// upstream again, once per [`SETTLE`]), and drops its own slots that shadow the primary's
+    /// A standby's round: puts its settings right when something is missing (adding it to
+    /// the connection in force, once per [`SETTLE`]), and drops its own slots that shadow the primary's
     /// failover slots.
     pub fn standby_round(
         &mut self,
@@ -109,8 +109,20 @@ impl Keeper {
         let settled = self.applied.is_none_or(|t| now >= t + SETTLE);
         if !missing.is_empty() && slots::repairable(&s) && settled {
             self.applied = Some(now);
+            let slot_missing = s.slot_name.filter(|w| s.primary_slot_name != Some(*w));
             let done = if from_primary {
-                follow::repoint(settings, me, upstream, primary).map(|_| ())
+                slot_missing
+                    .map_or(Ok(()), |slot| follow::ensure_slot(settings, upstream, slot))
+                    .and_then(|()| {
+                        slots::standby_repair(&s, &upstream.conninfo).map_err(|e| {
+                            crate::error::Failure::invalid(format!("primary_conninfo: {e}"))
+                        })
+                    })
+                    .and_then(|w| {
+                        let w: Vec<(&str, Option<&str>)> =
+                            w.iter().map(|(k, v)| (*k, Some(v.as_str()))).collect();
+                        follow::set_and_reload(&w)
+                    })
             } else {
                 follow::set_and_reload(&[("sync_replication_slots", Some("off"))])
             };

@@ -90,6 +90,29 @@ pub fn repairable(s: &StandbySettings) -> bool {
     s.slot_name.is_some()
 }
 
+/// The settings that put right what [`standby_missing`] reports for a standby of the primary,
+/// on the connection in force: `primary_conninfo` keeps pointing where following or an
+/// operator pointed it (a standby cut off on purpose stays cut off); only the database, the
+/// slot and the two switches are added. `upstream` gives the database name when the
+/// connection names none.
+pub fn standby_repair(
+    s: &StandbySettings,
+    upstream: &str,
+) -> Result<Vec<(&'static str, String)>, crate::conninfo::ParseError> {
+    let Some(conninfo) = s.primary_conninfo.filter(|_| s.from_primary) else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<(&'static str, String)> = standby_settings(true)
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
+    out.push(("primary_conninfo", with_dbname(conninfo, upstream)?));
+    if let Some(slot) = s.slot_name {
+        out.push(("primary_slot_name", slot.to_string()));
+    }
+    Ok(out)
+}
+
 /// One standby of the primary, as the primary sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Standby<'a> {
@@ -204,6 +227,34 @@ mod tests {
         };
         assert_eq!(standby_missing(&unslotted).len(), 1);
         assert!(!repairable(&unslotted));
+    }
+
+    #[test]
+    fn the_repair_keeps_the_connection_in_force() {
+        // An operator pointed it at port 1: it stays there, with a database added.
+        let s = StandbySettings {
+            primary_conninfo: Some("host=127.0.0.1 port=1"),
+            sync_replication_slots: false,
+            ..ready_standby()
+        };
+        let w = standby_repair(&s, "host=b port=5433 dbname=ops").unwrap();
+        assert_eq!(
+            w,
+            [
+                ("sync_replication_slots", "on".to_string()),
+                ("hot_standby_feedback", "on".to_string()),
+                (
+                    "primary_conninfo",
+                    "host=127.0.0.1 port=1 dbname=ops".to_string()
+                ),
+                ("primary_slot_name", "repmgr_slot_2".to_string()),
+            ]
+        );
+        let cascading = StandbySettings {
+            from_primary: false,
+            ..s
+        };
+        assert!(standby_repair(&cascading, "").unwrap().is_empty());
     }
 
     #[test]

@@ -22,7 +22,6 @@ fn options() -> NodeOptions {
         .conf("wal_log_hints = on")
         .conf("repmgr.use_replication_slots = on")
         .conf("repmgr.auto_rejoin = on")
-        .conf("repmgr.logical_slot_failover = on")
 }
 
 /// The ids in `table` on node `id` (its `repmgr` database, or `postgres` on the subscriber).
