@@ -208,11 +208,33 @@ pub fn control_data(cfg: &Config, datadir: &Path) -> Result<ControlData> {
     Ok(data)
 }
 
-/// The postmaster's pid if a server runs on `datadir`.
+/// The postmaster's pid if a server runs on `datadir`. A postmaster killed a moment ago may
+/// not be reaped yet (a zombie, where the init of a container reaps late): it runs nothing,
+/// but PostgreSQL takes its lock file for a running server's, so it is waited for, up to 5 s.
 pub fn running_pid(datadir: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(datadir.join("postmaster.pid")).ok()?;
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    (pid > 0 && unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
+            return None;
+        }
+        if !zombie(pid) || std::time::Instant::now() >= deadline {
+            return Some(pid);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Whether process `pid` has exited and waits to be reaped.
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 /// Whether `dir` is absent or an empty directory.

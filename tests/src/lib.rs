@@ -714,6 +714,18 @@ impl Cluster {
     /// hold the old shared memory for a moment).
     pub fn try_start(&self, id: i32) -> bool {
         let n = self.node(id);
+        // A killed postmaster stays a zombie until this machine's init reaps it (up to a
+        // second here), and PostgreSQL takes a zombie's lock file for a running server's:
+        // "lock file postmaster.pid already exists". A host's init or systemd reaps at once.
+        let old = fs::read_to_string(n.data.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
+        if let Some(pid) = old.filter(|p| !running(*p)) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let args = [
             "-D",
             &n.data.to_string_lossy(),
