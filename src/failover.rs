@@ -730,8 +730,10 @@ const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Asks the startup process to promote and waits until recovery has ended. pg_promote()'s
 /// own wait looks every 100 ms, which clients would see as write outage; this looks every
-/// 10 ms. The wait goes on through a shutdown request: the promotion is under way either way,
-/// and the catalog must learn of it.
+/// 10 ms. The wait goes on for a moment through a shutdown request, since the promotion may
+/// be under way and the catalog must learn of it; not longer, since a shutdown stops the
+/// startup process too (a fast shutdown during an election waited out the whole 60 s, and
+/// pg_ctl gave up on it).
 ///
 /// The request is repeated every [`PROMOTE_NUDGE`]: a startup process that takes it while
 /// streaming has failed can go on to sleep `wal_retrieve_retry_interval` (5 s by default)
@@ -745,8 +747,9 @@ fn end_recovery(timeout: Duration) -> bool {
     };
     let asked = promote();
     let started = std::time::Instant::now();
+    let mut deadline = started + timeout;
     let mut nudged = started;
-    while asked && started.elapsed() < timeout {
+    while asked && std::time::Instant::now() < deadline {
         if !unsafe { pg_sys::RecoveryInProgress() } {
             return true;
         }
@@ -755,11 +758,15 @@ fn end_recovery(timeout: Duration) -> bool {
             promote();
         }
         if !crate::latch::sleep(Duration::from_millis(10)) {
+            deadline = deadline.min(std::time::Instant::now() + PROMOTE_SHUTDOWN_GRACE);
             std::thread::sleep(Duration::from_millis(10));
         }
     }
     false
 }
+
+/// How long [`end_recovery`] still waits once the worker is asked to stop.
+const PROMOTE_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// How often [`end_recovery`] repeats its request.
 const PROMOTE_NUDGE: Duration = Duration::from_millis(200);
