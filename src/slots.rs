@@ -81,6 +81,22 @@ fn in_force<'a>(
     }
 }
 
+/// Writes what a standby of the primary lacks to keep copies of its failover slots
+/// ([`slots::standby_repair`]), creating its slot on `upstream` first when it is not the one
+/// in use.
+fn repair(settings: &Settings, upstream: &NodeRecord, s: &StandbySettings) -> Result<()> {
+    if let Some(slot) = s.slot_name.filter(|w| s.primary_slot_name != Some(*w)) {
+        follow::ensure_slot(settings, upstream, slot)?;
+    }
+    let written = slots::standby_repair(s, &upstream.conninfo)
+        .map_err(|e| crate::error::Failure::invalid(format!("primary_conninfo: {e}")))?;
+    let written: Vec<(&str, Option<&str>)> = written
+        .iter()
+        .map(|(k, v)| (*k, Some(v.as_str())))
+        .collect();
+    follow::set_and_reload(&written)
+}
+
 impl Keeper {
     /// A standby's round: puts its settings right when something is missing (adding it to
     /// the connection in force, once per [`SETTLE`]), and drops its own slots that shadow the primary's
@@ -109,20 +125,8 @@ impl Keeper {
         let settled = self.applied.is_none_or(|t| now >= t + SETTLE);
         if !missing.is_empty() && slots::repairable(&s) && settled {
             self.applied = Some(now);
-            let slot_missing = s.slot_name.filter(|w| s.primary_slot_name != Some(*w));
             let done = if from_primary {
-                slot_missing
-                    .map_or(Ok(()), |slot| follow::ensure_slot(settings, upstream, slot))
-                    .and_then(|()| {
-                        slots::standby_repair(&s, &upstream.conninfo).map_err(|e| {
-                            crate::error::Failure::invalid(format!("primary_conninfo: {e}"))
-                        })
-                    })
-                    .and_then(|w| {
-                        let w: Vec<(&str, Option<&str>)> =
-                            w.iter().map(|(k, v)| (*k, Some(v.as_str()))).collect();
-                        follow::set_and_reload(&w)
-                    })
+                repair(settings, upstream, &s)
             } else {
                 follow::set_and_reload(&[("sync_replication_slots", Some("off"))])
             };
