@@ -440,7 +440,7 @@ fn define_failover() {
     );
     GucRegistry::define_bool_guc(
         c"repmgr.logical_slot_failover",
-        c"From PostgreSQL 17: standbys keep copies of the primary's failover slots (sync_replication_slots), and logical decoding waits for the standbys a failover may promote (synchronized_standby_slots).",
+        c"From PostgreSQL 17, on nodes with wal_level = logical: standbys keep copies of the primary's failover slots (sync_replication_slots), and logical decoding waits for the standbys a failover may promote (synchronized_standby_slots).",
         c"Off, repmgr leaves those settings alone.",
         &LOGICAL_SLOT_FAILOVER,
         GucContext::Sighup,
@@ -910,8 +910,13 @@ impl Settings {
 
     /// Whether this node keeps failover slots across a failover (`repmgr.logical_slot_failover`
     /// on a server that has them).
+    /// Whether this node keeps failover slots in step: PostgreSQL 17 or later, the setting
+    /// on, and `wal_level = logical` (below it a node has no logical slots, and a standby's
+    /// slot synchronization only logs, at every restart of its WAL receiver, that it cannot run).
     pub fn manages_failover_slots(&self) -> bool {
-        FAILOVER_SLOTS && self.failover.logical_slot_failover
+        FAILOVER_SLOTS
+            && self.failover.logical_slot_failover
+            && server_setting(c"wal_level").as_deref() == Some("logical")
     }
 
     /// The slot this node streams through, when slots are in use.
