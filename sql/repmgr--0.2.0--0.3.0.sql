@@ -29,3 +29,30 @@ STRICT VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'primary_exited_wrapper';
 REVOKE ALL ON FUNCTION "primary_exited"(int, bigint, bigint) FROM PUBLIC;
+
+-- request_vote() takes failover_slots, the candidate's usable copies of the failover slots: a
+-- voter that may stand itself grants a candidate holding more of them up to its
+-- max_lag_on_failover. Under a new C symbol: the library still serves request_vote_wrapper,
+-- with nine arguments, to catalogs not yet updated (and candidates retry so when the new
+-- form does not exist yet).
+DROP FUNCTION "request_vote"(bigint, int, bigint, bool, bigint, bigint, bigint, bigint, bigint);
+CREATE  FUNCTION "request_vote"(
+	"term" bigint, /* Option < i64 > */
+	"candidate" INT, /* Option < i32 > */
+	"lsn" bigint, /* Option < i64 > */
+	"manual" bool DEFAULT false, /* Option < bool > */
+	"fence_us" bigint DEFAULT NULL, /* Option < i64 > */
+	"version" bigint DEFAULT 0, /* Option < i64 > */
+	"quorum_version" bigint DEFAULT 0, /* Option < i64 > */
+	"timeline" bigint DEFAULT 0, /* Option < i64 > */
+	"timeline_start" bigint DEFAULT 0, /* Option < i64 > */
+	"failover_slots" INT DEFAULT 0 /* Option < i32 > */
+) RETURNS TABLE (
+	"term" bigint,  /* i64 */
+	"granted" bool,  /* bool */
+	"reason" TEXT  /* String */
+)
+VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'request_vote_with_slots_wrapper';
+REVOKE ALL ON FUNCTION "request_vote"(bigint, int, bigint, bool, bigint, bigint, bigint, bigint, bigint, int) FROM PUBLIC;

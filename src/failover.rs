@@ -492,6 +492,7 @@ impl Failover {
             request.quorum_version.to_string(),
             request.timeline.to_string(),
             request.timeline_start.to_string(),
+            request.failover_slots.to_string(),
         ];
         let args: Vec<Option<&str>> = args.iter().map(|a| Some(a.as_str())).collect();
         for n in to {
@@ -499,10 +500,18 @@ impl Failover {
                 break;
             }
             let answer = self.peers.get(n, &es).and_then(|p| {
-                p.run(
-                    "SELECT term, granted, reason FROM repmgr.request_vote($1::bigint, $2::int, $3::bigint, $4::boolean, $5::bigint, $6::bigint, $7::bigint, $8::bigint, $9::bigint)",
+                match p.run(
+                    "SELECT term, granted, reason FROM repmgr.request_vote($1::bigint, $2::int, $3::bigint, $4::boolean, $5::bigint, $6::bigint, $7::bigint, $8::bigint, $9::bigint, $10::int)",
                     &args,
-                )
+                ) {
+                    // A catalog not yet updated to 0.3.0 (a rolling upgrade): the request
+                    // without the copies of the failover slots.
+                    Err(f) if f.code == pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION => p.run(
+                        "SELECT term, granted, reason FROM repmgr.request_vote($1::bigint, $2::int, $3::bigint, $4::boolean, $5::bigint, $6::bigint, $7::bigint, $8::bigint, $9::bigint)",
+                        &args[..9],
+                    ),
+                    other => other,
+                }
             });
             let reply = match answer {
                 Ok(r) => Ok(VoteReply {

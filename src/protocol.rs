@@ -252,8 +252,50 @@ fn vote_info() -> TableIterator<
 }
 
 /// A candidate asks for this node's vote in `term` (`manual`: for `repmgr.promote()`), with
-/// the fence it will run with and the membership version of its node list.
-#[pg_extern(volatile)]
+/// the fence it will run with, the membership version of its node list and its usable copies
+/// of the failover slots. (SQL `repmgr.request_vote`; its C symbol is new in 0.3.0, see
+/// [`request_vote`].)
+#[pg_extern(volatile, name = "request_vote")]
+#[allow(clippy::too_many_arguments)]
+fn request_vote_with_slots(
+    term: Option<i64>,
+    candidate: Option<i32>,
+    lsn: Option<i64>,
+    manual: default!(Option<bool>, "false"),
+    fence_us: default!(Option<i64>, "NULL"),
+    version: default!(Option<i64>, "0"),
+    quorum_version: default!(Option<i64>, "0"),
+    timeline: default!(Option<i64>, "0"),
+    timeline_start: default!(Option<i64>, "0"),
+    failover_slots: default!(Option<i32>, "0"),
+) -> TableIterator<
+    'static,
+    (
+        name!(term, i64),
+        name!(granted, bool),
+        name!(reason, String),
+    ),
+> {
+    let asked = Asked {
+        term,
+        candidate,
+        lsn,
+        manual,
+        fence_us,
+        version,
+        quorum_version,
+        timeline,
+        timeline_start,
+        failover_slots: failover_slots.unwrap_or(0).max(0) as u32,
+    };
+    TableIterator::once(decide_vote(asked))
+}
+
+/// `repmgr.request_vote` as catalogs before 0.3.0 define it, without the candidate's copies of
+/// the failover slots: a server running this library keeps such a catalog until `ALTER
+/// EXTENSION repmgr UPDATE`, and candidates running an older library call it so. Such a
+/// candidate is taken to hold no copies.
+#[pg_extern(volatile, sql = false)]
 #[allow(clippy::too_many_arguments)]
 fn request_vote(
     term: Option<i64>,
@@ -273,6 +315,49 @@ fn request_vote(
         name!(reason, String),
     ),
 > {
+    let asked = Asked {
+        term,
+        candidate,
+        lsn,
+        manual,
+        fence_us,
+        version,
+        quorum_version,
+        timeline,
+        timeline_start,
+        failover_slots: 0,
+    };
+    TableIterator::once(decide_vote(asked))
+}
+
+/// A vote request's arguments, as SQL passed them.
+struct Asked {
+    term: Option<i64>,
+    candidate: Option<i32>,
+    lsn: Option<i64>,
+    manual: Option<bool>,
+    fence_us: Option<i64>,
+    version: Option<i64>,
+    quorum_version: Option<i64>,
+    timeline: Option<i64>,
+    timeline_start: Option<i64>,
+    failover_slots: u32,
+}
+
+/// This voter's answer to a vote request: its term, whether granted, and why not.
+fn decide_vote(asked: Asked) -> (i64, bool, String) {
+    let Asked {
+        term,
+        candidate,
+        lsn,
+        manual,
+        fence_us,
+        version,
+        quorum_version,
+        timeline,
+        timeline_start,
+        failover_slots,
+    } = asked;
     let f = "repmgr.request_vote()";
     let (term, candidate, lsn) = (
         required(term, "term", f),
@@ -280,11 +365,11 @@ fn request_vote(
         required(lsn, "lsn", f),
     );
     let Some(st) = shmem::read() else {
-        return TableIterator::once((
+        return (
             0,
             false,
             "repmgr is not in shared_preload_libraries on this node".to_string(),
-        ));
+        );
     };
     let settings = crate::config::Settings::current();
     let recovery = in_recovery();
@@ -303,6 +388,7 @@ fn request_vote(
         fence: fence_us.map_or(repmgr_core::lease::MAX_FENCE, micros),
         version: version.unwrap_or(0).max(0) as u64,
         quorum_version: quorum_version.unwrap_or(0).max(0) as u64,
+        failover_slots,
     };
     let may_stand = settings.failover.automatic && settings.priority > 0 && !st.paused;
     let position = received_position().filter(|_| recovery && !st.failover.diverged);
@@ -311,10 +397,12 @@ fn request_vote(
         received_lsn: position.map(|p| p.lsn),
         timeline: position.map_or(0, |p| p.timeline),
         timeline_start: position.map_or(0, |p| p.start),
-        tolerance: if may_stand {
-            0
+        may_stand,
+        max_lag: settings.failover.max_lag,
+        failover_slots: if recovery {
+            crate::slots::count_ready(&mut Local)
         } else {
-            settings.failover.max_lag
+            0
         },
         // Unreadable counts as a member: the stricter answer.
         quorum_member: recovery
@@ -358,7 +446,7 @@ fn request_vote(
         }
         shmem::wake_worker();
     }
-    TableIterator::once((reply.term as i64, reply.granted, reply.reason))
+    (reply.term as i64, reply.granted, reply.reason)
 }
 
 /// A switchover stopped `node_id`, the primary this node follows, and verified from its

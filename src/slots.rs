@@ -37,7 +37,15 @@ pub fn ready_copies() -> u32 {
     if !FAILOVER_SLOTS {
         return 0;
     }
-    in_transaction(|| Local.read(&format!("SELECT {READY_COPIES}"), &[]))
+    in_transaction(|| count_ready(&mut Local))
+}
+
+/// [`ready_copies`] within the transaction in progress.
+pub fn count_ready(db: &mut dyn Db) -> u32 {
+    if !FAILOVER_SLOTS {
+        return 0;
+    }
+    db.read(&format!("SELECT {READY_COPIES}"), &[])
         .ok()
         .and_then(|r| r.get(0, 0).and_then(|v| v.parse().ok()))
         .unwrap_or(0)

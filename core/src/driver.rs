@@ -352,6 +352,7 @@ enum Phase {
         round: u64,
         term: u64,
         lsn: u64,
+        slots: u32,
         to: Vec<NodeRecord>,
         versions: Vec<(NodeId, u64)>,
     },
@@ -1551,6 +1552,7 @@ impl Driver {
                         round: a.round,
                         term,
                         lsn: me_view.lsn,
+                        slots: me_view.failover_slots,
                         to: a.to.clone(),
                         versions: versions_of(a),
                     };
@@ -1562,7 +1564,8 @@ impl Driver {
                     });
                 } else {
                     let versions = versions_of(a);
-                    self.campaign(now, state, disk, term, me_view.lsn, &a.to, versions, None);
+                    let (lsn, slots) = (me_view.lsn, me_view.failover_slots);
+                    self.campaign(now, state, disk, term, (lsn, slots), &a.to, versions, None);
                 }
             }
             other => {
@@ -1617,6 +1620,7 @@ impl Driver {
         let Phase::Validating {
             term,
             lsn,
+            slots,
             to,
             versions,
             ..
@@ -1625,7 +1629,7 @@ impl Driver {
             unreachable!("checked above")
         };
         if ok {
-            self.campaign(now, state, disk, term, lsn, &to, versions, None);
+            self.campaign(now, state, disk, term, (lsn, slots), &to, versions, None);
         } else {
             let wait = self.settings.election_rerun_interval;
             self.say(
@@ -1639,7 +1643,8 @@ impl Driver {
         }
     }
 
-    /// Supports itself in `term` (saved before anyone is asked), then asks `to` for votes.
+    /// Supports itself in `term` (saved before anyone is asked), then asks `to` for votes,
+    /// telling them its received WAL and its usable copies of the failover slots.
     /// Returns false when its own vote could not be saved.
     #[allow(clippy::too_many_arguments)]
     fn campaign(
@@ -1648,7 +1653,7 @@ impl Driver {
         state: &mut State,
         disk: &mut dyn Disk,
         term: u64,
-        lsn: u64,
+        (lsn, failover_slots): (u64, u32),
         to: &[NodeRecord],
         versions: Vec<(NodeId, u64)>,
         manual: Option<Manual>,
@@ -1715,6 +1720,7 @@ impl Driver {
             fence,
             version: state.version,
             quorum_version: self.quorum_version,
+            failover_slots,
         };
         let voting = Voting {
             term,
@@ -2170,7 +2176,8 @@ impl Driver {
             + 1;
         let to = a.to.clone();
         let versions = versions_of(a);
-        if !self.campaign(now, state, disk, term, lsn, &to, versions, Some(m)) {
+        let standing = (lsn, local.failover_slots);
+        if !self.campaign(now, state, disk, term, standing, &to, versions, Some(m)) {
             refuse(
                 self,
                 refusal(

@@ -292,23 +292,41 @@ pub fn plan(me: &Me, peers: &[Peer], rules: &Rules) -> Plan {
             .count();
         1 + grant + usize::from(me.version <= a.version) >= majority(voters)
     };
+    // Without a synchronous quorum, usable copies of the failover slots rank before WAL among
+    // the standbys within max_lag of every other: the WAL a less advanced one lacks is bounded
+    // by what the operator accepts to lose, while a promoted standby without the copies
+    // leaves every logical consumer to start over. A voter that may stand grants such a
+    // candidate the same lag (VoterFacts::tolerance). With a quorum, WAL first: a quorum
+    // member ahead of a candidate may hold acknowledged commits, and refuses it.
+    let within_lag = |pos: Position| {
+        standbys
+            .iter()
+            .map(|(_, _, other)| *other)
+            .chain(std::iter::once(mine))
+            .all(|other| pos.lacks(other) <= rules.max_lag)
+    };
+    let key = |pos: Position, slots: u32, priority: i32, id: NodeId| {
+        let slots_first = if sync { 0 } else { slots };
+        (slots_first, pos.rank(), slots, priority, Reverse(id))
+    };
     // Only standbys that may stand can be deferred to: each says so in its own answer
     // (failover mode, priority, pause), so one set to manual never holds the others back.
     let best = standbys
         .iter()
         .filter(|(_, a, _)| !a.unavailable)
         .filter(|(p, a, _)| could_win(p, a))
-        .map(|(p, a, pos)| (pos.rank(), a.failover_slots, a.priority, Reverse(p.node_id)))
-        .chain(std::iter::once((
-            mine.rank(),
+        .filter(|(_, _, pos)| sync || within_lag(*pos))
+        .map(|(p, a, pos)| key(*pos, a.failover_slots, a.priority, p.node_id))
+        .chain(std::iter::once(key(
+            mine,
             me.failover_slots,
             me.priority,
-            Reverse(me.node_id),
+            me.node_id,
         )))
         .max()
         .expect("me is a candidate");
-    if best.3.0 != me.node_id {
-        return Plan::Defer { to: best.3.0 };
+    if best.4.0 != me.node_id {
+        return Plan::Defer { to: best.4.0 };
     }
     Plan::Stand { term: current + 1 }
 }

@@ -423,6 +423,7 @@ mod tests {
             fence: T.fence,
             version: 0,
             quorum_version: 0,
+            failover_slots: 0,
         }
     }
 
@@ -432,7 +433,9 @@ mod tests {
             received_lsn: Some(10),
             timeline: 1,
             timeline_start: 0,
-            tolerance: 0,
+            may_stand: true,
+            max_lag: 0,
+            failover_slots: 0,
             quorum_member: false,
             sync_quorum: 0,
             candidate_ineligible: None,

@@ -71,6 +71,8 @@ pub struct VoteRequest {
     pub version: u64,
     /// Where the quorum its catalog publishes was written (0: none).
     pub quorum_version: u64,
+    /// Its usable copies of the primary's failover slots (PostgreSQL 17+; 0 before).
+    pub failover_slots: u32,
 }
 
 /// What the voter knows about itself and the candidate when it decides.
@@ -83,10 +85,12 @@ pub struct VoterFacts {
     pub received_lsn: Option<u64>,
     pub timeline: u32,
     pub timeline_start: u64,
-    /// How far the candidate may trail it: nothing when this voter could stand itself (it
-    /// would be the better candidate), its `repmgr.max_lag_on_failover` when it may not be
-    /// promoted (priority 0, manual, paused), as the election plan allows.
-    pub tolerance: u64,
+    /// This voter may be promoted itself (automatic failover, priority above 0, not paused).
+    pub may_stand: bool,
+    /// Its `repmgr.max_lag_on_failover`.
+    pub max_lag: u64,
+    /// Its usable copies of the primary's failover slots.
+    pub failover_slots: u32,
     /// This voter is a member of the synchronous quorum published in its catalog: its WAL
     /// may hold acknowledged commits, so it grants no candidate behind it, whatever its
     /// tolerance (a candidate whose catalog lacks the publication would not know to ask).
@@ -99,6 +103,23 @@ pub struct VoterFacts {
     pub candidate_ineligible: Option<String>,
     /// The membership version of this voter's node list.
     pub version: u64,
+}
+
+impl VoterFacts {
+    /// How far `req`'s candidate may trail this voter, as the election plan allows: its
+    /// `repmgr.max_lag_on_failover` when it may not stand itself (priority 0, manual, paused)
+    /// or when the candidate holds more usable copies of the failover slots (the plan ranks
+    /// those before WAL); otherwise nothing, since it would be the better candidate. A member
+    /// of the synchronous quorum tolerates nothing: its WAL may hold acknowledged commits.
+    pub fn tolerance(&self, req: &VoteRequest) -> u64 {
+        if self.quorum_member {
+            0
+        } else if !self.may_stand || req.failover_slots > self.failover_slots {
+            self.max_lag
+        } else {
+            0
+        }
+    }
 }
 
 /// A voter's answer.
@@ -360,11 +381,7 @@ impl Voter {
                 Lsn(req.quorum_version)
             ));
         }
-        let tolerance = if facts.quorum_member {
-            0
-        } else {
-            facts.tolerance
-        };
+        let tolerance = facts.tolerance(req);
         if let Some(mine) = facts.received_lsn {
             let candidate = Position {
                 timeline: req.timeline,
@@ -455,7 +472,9 @@ mod tests {
             received_lsn: Some(100),
             timeline: 1,
             timeline_start: 0,
-            tolerance: 0,
+            may_stand: true,
+            max_lag: 0,
+            failover_slots: 0,
             quorum_member: false,
             sync_quorum: 0,
             candidate_ineligible: None,
@@ -473,6 +492,7 @@ mod tests {
             fence: ms(1500),
             version: 1,
             quorum_version: 0,
+            failover_slots: 0,
         }
     }
 

@@ -191,7 +191,9 @@ fn vote_case(lines: &[&str]) -> String {
         received_lsn: Some(1000),
         timeline: 1,
         timeline_start: 0,
-        tolerance: 0,
+        may_stand: true,
+        max_lag: 0,
+        failover_slots: 0,
         quorum_member: false,
         sync_quorum: 0,
         candidate_ineligible: None,
@@ -223,7 +225,9 @@ fn vote_case(lines: &[&str]) -> String {
                     received_lsn: (!w.has("no_lsn")).then(|| w.num("lsn", 1000)),
                     timeline: w.int("timeline", 1) as u32,
                     timeline_start: w.num("start", 0),
-                    tolerance: w.num("tolerance", 0),
+                    may_stand: !w.has("cannot_stand"),
+                    max_lag: w.num("max_lag", 0),
+                    failover_slots: w.int("slots", 0) as u32,
                     quorum_member: w.has("member"),
                     sync_quorum: w.num("published", 0),
                     candidate_ineligible: w.kv.get("ineligible").cloned(),
@@ -240,6 +244,7 @@ fn vote_case(lines: &[&str]) -> String {
                     fence: w.ms("fence", 1500),
                     version: w.num("version", 1),
                     quorum_version: w.num("published", 0),
+                    failover_slots: w.int("slots", 0) as u32,
                 };
                 let r = voter.decide(w.ms("at", 5000), &req, &facts, &timing);
                 let d = voter.durable;

@@ -15,8 +15,10 @@
 //!
 //! 1. at no moment can two nodes commit (run as a primary holding a lease);
 //! 2. a node's term never decreases, and a term has at most one winner by majority;
-//! 3. a promoted node had received at least as much WAL as every voter that elected it and
-//!    could have stood itself, and is within `repmgr.max_lag_on_failover` of the others;
+//! 3. a promoted node had received at least as much WAL as every voter that elected it,
+//!    could have stood itself and held no fewer usable copies of the failover slots, and is
+//!    within `repmgr.max_lag_on_failover` of the others; none behind a synchronous quorum's
+//!    member that elected it;
 //! 4. once every fault is healed, a leader holds its lease within a bounded time whenever
 //!    the surviving nodes could elect one (by a rule of its own, not the election's code);
 //! 5. with a synchronous quorum published, every commit a primary acknowledged through it is
@@ -433,6 +435,9 @@ pub struct Report {
     /// waiting for the lease).
     pub exits_reported: u64,
     pub exits_counted: u64,
+    /// Promotions of a candidate behind a voter that elected it and could have stood itself:
+    /// the candidate held more usable copies of the failover slots.
+    pub ranked_by_slots: u64,
 }
 
 /// A broken invariant, with the tail of the trace that led to it.
@@ -453,11 +458,10 @@ impl std::fmt::Display for Violation {
     }
 }
 
-/// A vote a voter granted: who, its received position, and how far the candidate may trail
-/// it (its max lag if it could not stand itself, else nothing).
 /// A vote granted: the voter, its position when it compared (none: it had none to compare),
-/// and the lag it allowed.
-type Grant = (NodeId, Option<Pos>, u64);
+/// the lag it allowed, and whether it allowed that lag only for the candidate's copies of the
+/// failover slots (it could have stood itself).
+type Grant = (NodeId, Option<Pos>, u64, bool);
 
 struct World {
     cfg: Config,
@@ -927,17 +931,29 @@ impl World {
                     catalog_objection(req.candidate, record, manual || n.witness, behind);
                 let may_stand =
                     n.setup.settings.automatic && n.setup.settings.priority > 0 && !n.paused;
+                let slots = if n.in_recovery {
+                    n.setup.failover_slots
+                } else {
+                    0
+                };
+                let quorum_member = self.quorum_at(n.pos).members.contains(&n.id);
+                // The lag this voter may grant, by the simulator's own reading of the rules
+                // (invariant 3): none from a quorum member; max_lag from one that may not
+                // stand, or to a candidate holding more usable copies of the failover slots.
+                let slack = if !quorum_member && (!may_stand || req.failover_slots > slots) {
+                    n.setup.settings.max_lag
+                } else {
+                    0
+                };
                 let facts = VoterFacts {
                     is_primary: n.is_primary(),
                     received_lsn: (n.in_recovery && !n.state.diverged).then_some(n.pos.1),
                     timeline: self.timeline_of(n.pos).0,
                     timeline_start: self.timeline_of(n.pos).1,
-                    tolerance: if may_stand {
-                        0
-                    } else {
-                        n.setup.settings.max_lag
-                    },
-                    quorum_member: self.quorum_at(n.pos).members.contains(&n.id),
+                    may_stand,
+                    max_lag: n.setup.settings.max_lag,
+                    failover_slots: slots,
+                    quorum_member,
                     sync_quorum: if n.in_recovery && !n.state.diverged {
                         self.sync_quorum_at(n.pos)
                     } else {
@@ -957,7 +973,8 @@ impl World {
                         .push((
                             id,
                             facts.received_lsn.is_some().then_some(voter_pos),
-                            facts.tolerance,
+                            slack,
+                            may_stand && slack > 0,
                         ));
                     self.log(format!(
                         "node {id} (lsn {}) votes for node {} in term {}",
@@ -1138,15 +1155,22 @@ impl World {
                 self.nodes[prev].id, id
             ));
         }
-        for (voter, theirs, slack) in self.grants.get(&(term, id)).cloned().unwrap_or_default() {
+        let mut behind_for_slots = false;
+        for (voter, theirs, slack, for_slots) in
+            self.grants.get(&(term, id)).cloned().unwrap_or_default()
+        {
             let (Some(mine), Some(theirs)) = (at, theirs) else {
                 continue;
             };
+            behind_for_slots |= for_slots && self.lacks(mine, theirs, 0).is_some();
             if let Some(why) = self.lacks(mine, theirs, slack) {
                 self.broken = Some(format!(
                     "node {id} promoted in term {term} at {mine:?}, but voter {voter} had received {theirs:?}: {why}"
                 ));
             }
+        }
+        if won && behind_for_slots {
+            self.report.ranked_by_slots += 1;
         }
         let n = &self.nodes[i];
         if !n.in_recovery || n.witness {
@@ -2179,6 +2203,7 @@ pub fn run_many(first_seed: u64, count: u64) -> Result<Report, Violation> {
         total.rejoins += r.rejoins;
         total.exits_reported += r.exits_reported;
         total.exits_counted += r.exits_counted;
+        total.ranked_by_slots += r.ranked_by_slots;
     }
     Ok(total)
 }

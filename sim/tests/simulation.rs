@@ -18,7 +18,7 @@ fn seeded_schedules_keep_every_invariant() {
     let started = Instant::now();
     match repmgr_sim::run_many(first, count) {
         Ok(r) => println!(
-            "simulation: {count} schedules (seeds {first}..{}) in {:.1} s: {} elections, {} promotions, {} commit steps ({} acknowledged by a synchronous quorum), {} standbys diverged ({} with WAL received after the promotion), {} automatic rejoins, {} exited postmasters reported ({} reports counted by a voter), no invariant broken",
+            "simulation: {count} schedules (seeds {first}..{}) in {:.1} s: {} elections, {} promotions, {} commit steps ({} acknowledged by a synchronous quorum), {} standbys diverged ({} with WAL received after the promotion), {} automatic rejoins, {} exited postmasters reported ({} reports counted by a voter), {} promotions of a candidate behind a voter that could stand, for its copies of failover slots, no invariant broken",
             first + count - 1,
             started.elapsed().as_secs_f64(),
             r.elections,
@@ -29,7 +29,8 @@ fn seeded_schedules_keep_every_invariant() {
             r.late_divergences,
             r.rejoins,
             r.exits_reported,
-            r.exits_counted
+            r.exits_counted,
+            r.ranked_by_slots
         ),
         Err(v) => panic!(
             "{v}\nreplay: REPMGR_SIM_SEED={} REPMGR_SIM_SCHEDULES=1 cargo test -p repmgr-sim -- --nocapture",
