@@ -166,7 +166,7 @@ pub enum StandbyAction {
         node_id: Option<i32>,
     },
     /// Promote this standby (refused while a primary runs; -F promotes without a majority of voters)
-    Promote,
+    Promote(standby::PromoteArgs),
     /// Stream from another node (default: the primary) and wait until it does
     Follow {
         /// The node to follow
@@ -333,7 +333,7 @@ fn dispatch(ctx: &context::Ctx, object: &Object) -> exit::Result<i32> {
                 register::standby(ctx, *upstream_node_id)
             }
             StandbyAction::Unregister { node_id } => register::unregister(ctx, *node_id, "standby"),
-            StandbyAction::Promote => standby::promote(ctx),
+            StandbyAction::Promote(a) => standby::promote(ctx, a),
             StandbyAction::Follow { upstream_node_id } => standby::follow(ctx, *upstream_node_id),
             StandbyAction::Switchover(args) => standby::switchover(ctx, args),
         },
@@ -473,6 +473,13 @@ mod tests {
             } => {
                 assert!(a.siblings_follow && a.force_rewind && a.always_promote)
             }
+            other => panic!("{other:?}"),
+        }
+        let c = parse(&["standby", "promote", "--allow-slot-loss"]).unwrap();
+        match c.object {
+            Object::Standby {
+                action: StandbyAction::Promote(a),
+            } => assert!(a.allow_slot_loss && !a.allow_data_loss),
             other => panic!("{other:?}"),
         }
         let c = parse(&["node", "service", "--action", "stop", "--checkpoint"]).unwrap();

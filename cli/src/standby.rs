@@ -293,9 +293,27 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
 // ---------------------------------------------------------------------------------------
 // standby promote / follow
 
-pub fn promote(ctx: &Ctx) -> Result<i32> {
+#[derive(clap::Args, Debug, Default)]
+pub struct PromoteArgs {
+    /// With a synchronous quorum: promote even if this standby may lack acknowledged commits
+    #[arg(long = "allow-data-loss")]
+    pub allow_data_loss: bool,
+    /// From PostgreSQL 17: promote even if this standby's copies of the failover slots are not usable (their consumers start over)
+    #[arg(long = "allow-slot-loss")]
+    pub allow_slot_loss: bool,
+}
+
+pub fn promote(ctx: &Ctx, a: &PromoteArgs) -> Result<i32> {
     let (mut s, _) = ctx.local_node()?;
-    let force = ctx.g.force.to_string();
+    // Only the arguments given: a catalog before 0.3.0 has no allow_slot_loss.
+    let mut args = vec!["force => $1::boolean"];
+    if a.allow_data_loss {
+        args.push("allow_data_loss => true");
+    }
+    if a.allow_slot_loss {
+        args.push("allow_slot_loss => true");
+    }
+    let call = format!("repmgr.promote({})", args.join(", "));
     if ctx.g.dry_run {
         if !s.in_recovery()? {
             return Err(Failure::new(
@@ -303,12 +321,13 @@ pub fn promote(ctx: &Ctx) -> Result<i32> {
                 format!("{} is not a standby", s.label),
             ));
         }
-        notice("--dry-run: would call repmgr.promote() on this standby");
+        notice(format!("--dry-run: would call {call} on this standby"));
         return Ok(SUCCESS);
     }
+    let force = ctx.g.force.to_string();
     let done = s
         .query_for(
-            "SELECT repmgr.promote(force => $1::boolean)",
+            &format!("SELECT {call}"),
             &[Some(&force)],
             Duration::from_secs(120),
         )

@@ -295,9 +295,23 @@ fn logical_consumers_go_on_across_a_failover_and_a_switchover() {
         refused.to_string().contains("cdc_idle not yet usable"),
         "{refused}"
     );
+    let conf1 = confs[1].to_string_lossy().into_owned();
+    let (code, _, err) = repmgr_tests::run_cli(&["-f", &conf1, "standby", "promote"]);
+    assert!(
+        code != 0 && err.contains("cdc_idle not yet usable"),
+        "standby promote: exit {code}: {err}"
+    );
+    // --allow-slot-loss passes the slots' check; the promotion is still refused, for the
+    // primary that runs.
+    let (code, _, err) =
+        repmgr_tests::run_cli(&["-f", &conf1, "standby", "promote", "--allow-slot-loss"]);
+    assert!(
+        code != 0 && !err.contains("cdc_idle") && err.contains("primary"),
+        "standby promote --allow-slot-loss: exit {code}: {err}"
+    );
     let (code, _, err) = repmgr_tests::run_cli(&[
         "-f",
-        &confs[1].to_string_lossy(),
+        &conf1,
         "standby",
         "switchover",
         "--siblings-follow",
