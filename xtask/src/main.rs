@@ -194,6 +194,8 @@ commands:
                 bench/results/<date>.json, .md and a .png chart; asserts nothing)
   bench failover [--runs N]        kill -9 of the primary: time to a writable new primary,
                                    write gap, acknowledged commits lost
+  bench host-loss [--runs N]       the same when the primary's host drops off the network
+                                   (its network namespace cut): the lease decides
   bench switchover [--runs N]      repmgr standby switchover --siblings-follow under load
   bench false-failover [--runs N]  0.5, 1 and 2 s stalls of the primary: elections, fencings
   bench repmgr5-failover [--runs N] [--defaults]

@@ -12,6 +12,9 @@
 //! write gap (last acknowledged commit before the crash to the first after), and acknowledged
 //! commits missing on the new primary.
 //!
+//! `host-loss`: the same, but the primary's host drops off the network (its network namespace
+//! cut from the switch) instead of crashing: nothing refuses, so the voters wait out the lease.
+//!
 //! `switchover`: `repmgr standby switchover --siblings-follow` on a fresh three-node cluster
 //! built with the command line, under the same write load: the client's write gap, the
 //! command's own duration, and acknowledged commits missing afterwards.
@@ -41,7 +44,7 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]\n       repmgr-bench failover [--runs N]\n       repmgr-bench switchover [--runs N]\n       repmgr-bench false-failover [--runs N]\n       repmgr-bench scale [--runs N]\n       repmgr-bench repmgr5-failover [--runs N] [--defaults]\n       repmgr-bench repmgr5-switchover [--runs N] [--defaults]\n       repmgr-bench repmgr5-false-failover [--runs N] [--defaults]\n       repmgr-bench all [--quick]"
+        "usage: repmgr-bench overhead [--pairs N] [--seconds S] [--idle S]\n       repmgr-bench failover [--runs N]\n       repmgr-bench host-loss [--runs N]\n       repmgr-bench switchover [--runs N]\n       repmgr-bench false-failover [--runs N]\n       repmgr-bench scale [--runs N]\n       repmgr-bench repmgr5-failover [--runs N] [--defaults]\n       repmgr-bench repmgr5-switchover [--runs N] [--defaults]\n       repmgr-bench repmgr5-false-failover [--runs N] [--defaults]\n       repmgr-bench all [--quick]"
     );
     ExitCode::from(2)
 }
@@ -351,6 +354,17 @@ enum System {
     Repmgr5(repmgr5::Settings),
 }
 
+/// How the primary is lost.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// `kill -9` of its postmaster.
+    Crash,
+    /// Its host vanishes from the network: its namespace's port on the switch goes down, and
+    /// nothing answers (the client still reaches it through its Unix socket, as one on the
+    /// far side of the cut would).
+    HostLoss,
+}
+
 /// Nodes that run as a primary (whatever the system: nothing of ours is asked).
 fn primaries(c: &Cluster, ids: &[i32]) -> Vec<i32> {
     ids.iter()
@@ -368,10 +382,15 @@ fn failover_run(
     standbys: &[i32],
     opts: impl Fn(i32) -> NodeOptions,
     system: System,
+    fault: Fault,
 ) -> Run {
-    let mut c = Cluster::new(&format!("bench-failover-{run}"));
-    // Ours, on three nodes, is also measured through HAProxy.
-    let http = (system == System::Ours && standbys == [2, 3]).then(http_ports);
+    let mut c = match fault {
+        Fault::Crash => Cluster::new(&format!("bench-failover-{run}")),
+        Fault::HostLoss => Cluster::with_network(&format!("bench-hostloss-{run}")),
+    };
+    // Ours, on three nodes, is also measured through HAProxy (on loopback: not across a cut).
+    let http = (system == System::Ours && standbys == [2, 3] && fault == Fault::Crash)
+        .then(http_ports);
     let (wait, mut daemons) = match system {
         System::Ours => {
             c.populate(standbys, |id| match &http {
@@ -393,7 +412,10 @@ fn failover_run(
     let proxy = http.as_ref().map(|h| through_haproxy(&c, h));
     let load = write_load(&c, &everyone);
     let crash = Instant::now();
-    c.kill9(1);
+    match fault {
+        Fault::Crash => c.kill9(1),
+        Fault::HostLoss => c.network().isolate(1),
+    }
     // Polled every 20 ms rather than through wait_for's 100 ms, for resolution.
     let poll = |what: &str, mut done: Box<dyn FnMut() -> Option<i32> + '_>| -> (i32, Duration) {
         loop {
@@ -686,10 +708,11 @@ fn failover_series(
     standbys: &[i32],
     opts: impl Fn(i32) -> NodeOptions + Copy,
     system: System,
+    fault: Fault,
 ) {
     let mut all = Vec::new();
     for run in 1..=runs {
-        let r = failover_run(run, standbys, opts, system);
+        let r = failover_run(run, standbys, opts, system, fault);
         println!(
             "run {run:2}: writable new primary after {:.2} s, every other standby streaming after {:.2} s (+{:.2} s), write gap {:.2} s, {} of {} acknowledged commits missing{}",
             r.writable.as_secs_f64(),
@@ -760,6 +783,27 @@ fn failover(runs: usize) {
         &[2, 3],
         |_| NodeOptions::default(),
         System::Ours,
+        Fault::Crash,
+    );
+    report.save();
+}
+
+/// Failover when the primary's host drops off the network: no refusal tells the voters, so
+/// the lease decides (see docs/failover.md, "Host loss").
+fn host_loss(runs: usize) {
+    let mut report = Report::new(
+        "host-loss",
+        format!(
+            "failover when the primary's host drops off the network (its namespace cut from the switch): 3 nodes, default settings, a commit every 10 ms, {runs} runs; asynchronous, so commits the old primary acknowledged before its fence may be missing"
+        ),
+    );
+    failover_series(
+        &mut report,
+        runs,
+        &[2, 3],
+        |_| NodeOptions::default(),
+        System::Ours,
+        Fault::HostLoss,
     );
     report.save();
 }
@@ -798,6 +842,7 @@ fn repmgr5_failover(runs: usize, settings: repmgr5::Settings) {
                 &[2, 3],
                 |_| repmgr5::Repmgr5::node_options(),
                 System::Repmgr5(settings),
+                Fault::Crash,
             )
         },
     );
@@ -942,7 +987,7 @@ fn scale(runs: usize) {
             per_hour[1..].iter().cloned().fold(0.0, f64::max)
         ));
     }
-    failover_series(&mut report, runs, &standbys, small, System::Ours);
+    failover_series(&mut report, runs, &standbys, small, System::Ours, Fault::Crash);
     report.save();
 }
 
@@ -1089,10 +1134,11 @@ fn main() -> ExitCode {
                 let _ = fs::remove_file(format!("bench/results/{}.{ext}", today()));
             }
             let n = |full: usize, short: usize| if quick { short } else { full };
-            failover(n(10, 3));
+            failover(n(20, 3));
+            host_loss(n(20, 2));
             switchover(n(5, 2));
             false_failover(n(5, 1));
-            repmgr5_failover(n(10, 2), repmgr5::Settings::LikeOurs);
+            repmgr5_failover(n(20, 2), repmgr5::Settings::LikeOurs);
             repmgr5_failover(n(10, 1), repmgr5::Settings::Defaults);
             repmgr5_switchover(n(5, 1), repmgr5::Settings::LikeOurs);
             repmgr5_switchover(n(5, 1), repmgr5::Settings::Defaults);
@@ -1107,6 +1153,7 @@ fn main() -> ExitCode {
             opt("--idle", 60),
         ),
         "failover" => failover(opt("--runs", 10) as usize),
+        "host-loss" => host_loss(opt("--runs", 10) as usize),
         "switchover" => switchover(opt("--runs", 5) as usize),
         "false-failover" => false_failover(opt("--runs", 5) as usize),
         "scale" => scale(opt("--runs", 3) as usize),
