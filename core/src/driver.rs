@@ -426,6 +426,39 @@ pub struct Driver {
     actions: Vec<Action>,
 }
 
+/// Past the moment a voter's rule runs out, how long before asking again (so that its
+/// answer says it lost the primary).
+const ASK_MARGIN: Duration = Duration::from_millis(10);
+
+/// How long, from `now`, until a majority of `voters` (this one included) will have heard
+/// nothing from the primary for as long as their rule needs, by the others' `answers` (each
+/// says how long it has been silent and how long it waits); `None` when too few answered or a
+/// majority already has.
+fn majority_lost_in(
+    now: Duration,
+    me: &crate::vote::Voter,
+    timing: &Timing,
+    answers: &[(NodeId, Option<PreVote>)],
+    voters: usize,
+) -> Option<Duration> {
+    let mine = me.wait_needed(timing).saturating_sub(me.silence(now));
+    let mut left: Vec<Duration> = answers
+        .iter()
+        .filter_map(|(_, p)| p.as_ref())
+        .map(|p| {
+            if p.answer.lost {
+                Duration::ZERO
+            } else {
+                p.wait.saturating_sub(p.answer.silence)
+            }
+        })
+        .chain(std::iter::once(mine))
+        .collect();
+    left.sort();
+    let needed = majority(voters);
+    left.get(needed - 1).copied().filter(|d| !d.is_zero())
+}
+
 /// The membership versions the voters of round `a` reported.
 fn versions_of(a: &Asking) -> Vec<(NodeId, u64)> {
     a.answers
@@ -1569,6 +1602,17 @@ impl Driver {
                 }
             }
             other => {
+                if let Plan::Wait { lasting: false, .. } = other
+                    && let Some(in_) =
+                        majority_lost_in(now, &f.voter, &self.timing, &a.answers, a.to.len() + 1)
+                {
+                    // Ask again the moment enough voters will have waited out their rule,
+                    // not up to a second later at the jittered retry: the host-loss case,
+                    // where every voter's lease runs out within a heartbeat of the others'.
+                    // A few milliseconds of jitter keep two standbys from asking at once.
+                    let at = now + in_ + self.jitter(ASK_MARGIN, ASK_MARGIN * 3);
+                    self.retry_at = self.retry_at.min(at);
+                }
                 let text = match other {
                     Plan::Defer { to } => format!("node {to} is the better candidate"),
                     Plan::Wait { reason, lasting } => {
@@ -2186,5 +2230,81 @@ impl Driver {
                 ),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::election::Answer;
+    use crate::vote::{Durable, Voter};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn timing() -> Timing {
+        Timing {
+            heartbeat: 200 * MS,
+            fence: 1600 * MS,
+            lease: 2100 * MS,
+        }
+    }
+
+    /// A voter's answer: silent for `silence` ms, lost or not.
+    fn answer(silence: u64, lost: bool) -> Option<PreVote> {
+        Some(PreVote {
+            answer: Answer {
+                term: 1,
+                leading: false,
+                in_recovery: true,
+                silence: Duration::from_millis(silence),
+                lost,
+                lsn: Some(100),
+                timeline: 1,
+                timeline_start: 0,
+                unavailable: false,
+                diverged: false,
+                priority: 100,
+                failover_slots: 0,
+                version: 1,
+                sync_quorum: 0,
+            },
+            primary: None,
+            switch_lsn: 0,
+            timing: timing(),
+            wait: 2100 * MS,
+        })
+    }
+
+    #[test]
+    fn the_next_look_comes_when_a_majority_will_have_lost_the_primary() {
+        // This voter last heard the primary at 1000 ms: its rule runs out at 3100 ms.
+        let mut me = Voter::new(Durable::default(), Duration::ZERO);
+        me.last_heard = Some(1000 * MS);
+        let now = 2900 * MS;
+        // Three voters (with the primary): two of three. Node 3, silent for 2000 ms, has 100
+        // ms left; this node 200 ms: the majority is there in 200 ms.
+        let t = timing();
+        let third = |p| vec![(1, None), (3, p)];
+        assert_eq!(
+            majority_lost_in(now, &me, &t, &third(answer(2000, false)), 3),
+            Some(200 * MS)
+        );
+        // Node 3 already lost it: this node's own rule is what is left.
+        assert_eq!(
+            majority_lost_in(now, &me, &t, &third(answer(2500, true)), 3),
+            Some(200 * MS)
+        );
+        // Node 3 did not answer: one voter out of three is not a majority.
+        assert_eq!(majority_lost_in(now, &me, &t, &third(None), 3), None);
+        // Node 3 has 400 ms left, this node 200: both are needed.
+        assert_eq!(
+            majority_lost_in(now, &me, &t, &third(answer(1700, false)), 3),
+            Some(400 * MS)
+        );
+        // Once a majority has lost it there is nothing to wait for.
+        assert_eq!(
+            majority_lost_in(3200 * MS, &me, &t, &third(answer(2500, true)), 3),
+            None
+        );
     }
 }
