@@ -66,6 +66,21 @@ impl Waiter for PollWaiter {
     }
 }
 
+/// Whether `fd` is ready for `interest` now; an error or hang-up counts as ready (the next
+/// call reports it).
+fn ready(fd: RawFd, interest: Interest) -> bool {
+    let events = match interest {
+        Interest::Read => libc::POLLIN,
+        Interest::Write => libc::POLLOUT,
+    };
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The connection string is not valid.
@@ -419,6 +434,14 @@ impl Conn {
                 "the connection is no longer usable",
             )),
             State::Idle => Ok(Step::Idle),
+            // libpq may be asked to go on only once the socket is ready for what it last
+            // asked: called early, it takes a connection still in progress for made, sends
+            // its first packet and, when that cannot go out, waits with no timeout (seen:
+            // 3 s on a host that had dropped off the network, with a 400 ms deadline, until
+            // the kernel gave up resolving its address).
+            State::Connecting(interest) if !ready(self.socket(), interest) => {
+                Ok(Step::Wait(interest))
+            }
             State::Connecting(_) => match unsafe { ffi::PQconnectPoll(conn) } {
                 ffi::PGRES_POLLING_OK => {
                     if unsafe { ffi::PQsetnonblocking(conn, 1) } != 0 {
@@ -632,6 +655,38 @@ mod tests {
             took >= Duration::from_millis(300) && took < Duration::from_secs(2),
             "{took:?}"
         );
+    }
+
+    /// A listener whose queue is full drops new handshakes: the connection stays in progress,
+    /// as to a host that dropped off the network. libpq must not be asked to go on before the
+    /// socket is ready, or it sends its first packet and waits for it with no timeout.
+    #[test]
+    fn a_handshake_in_progress_hits_the_deadline() {
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        assert!(fd >= 0);
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let sa = &mut addr as *mut libc::sockaddr_in as *mut libc::sockaddr;
+        assert_eq!(unsafe { libc::bind(fd, sa, len) }, 0);
+        assert_eq!(unsafe { libc::listen(fd, 0) }, 0);
+        assert_eq!(unsafe { libc::getsockname(fd, sa, &mut len) }, 0);
+        let port = u16::from_be(addr.sin_port);
+        // One handshake fills the queue (never accepted).
+        let _queued = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let err = connect_port(port, Duration::from_millis(300));
+            let _ = tx.send((err, t0.elapsed()));
+        });
+        let (err, took) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the connect held past its deadline");
+        assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        unsafe { libc::close(fd) };
     }
 
     #[test]
