@@ -733,7 +733,7 @@ fn failover_series(
     let pick = |f: fn(&Run) -> Duration| Spread::of(&mut all.iter().map(f).collect::<Vec<_>>());
     report.series(
         "writable",
-        "writable new primary after the crash",
+        "writable new primary after the primary was lost",
         pick(|r| r.writable),
     );
     report.series(
