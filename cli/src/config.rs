@@ -55,7 +55,6 @@ const IGNORED: &[&str] = &[
     "log_file",
     "replication_type",
     "config_directory",
-    "repmgr_bindir",
     "barman_host",
     "barman_server",
     "barman_config",
@@ -84,6 +83,8 @@ pub struct Config {
     pub conninfo: Option<String>,
     pub data_directory: Option<PathBuf>,
     pub pg_bindir: Option<PathBuf>,
+    /// Where `repmgr` is on the other nodes' machines (commands run there over ssh).
+    pub repmgr_bindir: Option<PathBuf>,
     pub replication_user: Option<String>,
     pub use_replication_slots: Option<bool>,
     pub service_start_command: Option<String>,
@@ -120,6 +121,7 @@ impl Default for Config {
             conninfo: None,
             data_directory: None,
             pg_bindir: None,
+            repmgr_bindir: None,
             replication_user: None,
             use_replication_slots: None,
             service_start_command: None,
@@ -388,6 +390,7 @@ impl Config {
             }
             "data_directory" => self.data_directory = path(),
             "pg_bindir" => self.pg_bindir = path(),
+            "repmgr_bindir" => self.repmgr_bindir = path(),
             "replication_user" => self.replication_user = text(),
             "use_replication_slots" => self.use_replication_slots = Some(boolean(it)?),
             "service_start_command" => self.service_start_command = text(),

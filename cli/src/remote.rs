@@ -2,7 +2,9 @@
 //! node lives on this machine (a loopback address, a Unix socket, or an address of ours).
 
 use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
-use std::process::Command;
+use std::io::Read;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use repmgr_core::conninfo;
 use repmgr_core::template::shell_quote;
@@ -49,22 +51,34 @@ pub struct Ran {
     pub stderr: String,
 }
 
-/// Runs `repmgr <args>` for `node` on its machine. Its repmgr.conf is the one registered for it
-/// (`nodes.config_file`) when that is a repmgr.conf rather than its postgresql.conf.
-pub fn repmgr(cfg: &Config, node: &NodeRecord, args: &[String]) -> Result<Ran> {
+/// How long a quick command (a version, a status, a list of actions) may take on another
+/// node's machine, ssh's connection included.
+pub const QUICK: Duration = Duration::from_secs(30);
+
+/// Runs `repmgr <args>` for `node` on its machine, for at most `within`. Its repmgr.conf is the
+/// one registered for it (`nodes.config_file`) when that is a repmgr.conf rather than its
+/// postgresql.conf; the program is `repmgr_bindir`'s `repmgr` when set, else the one on the
+/// remote `PATH`. A command past `within` is given up on (ssh is killed; the command may still
+/// run there), as is one ssh could not start (exit 255): both exit with 12 (ERR_BAD_SSH).
+pub fn repmgr(cfg: &Config, node: &NodeRecord, args: &[String], within: Duration) -> Result<Ran> {
     let mut full: Vec<String> = Vec::new();
     if !node.config_file.is_empty() && !node.config_file.ends_with("postgresql.conf") {
         full.extend(["-f".to_string(), node.config_file.clone()]);
     }
     full.extend(args.iter().cloned());
     let host = host_of(node);
-    let mut c = if is_local_host(&host) {
+    let local = is_local_host(&host);
+    let mut c = if local {
         let exe = std::env::current_exe().unwrap_or_else(|_| "repmgr".into());
         let mut c = Command::new(exe);
         c.args(&full);
         c
     } else {
-        let line = std::iter::once("repmgr".to_string())
+        let program = cfg
+            .repmgr_bindir
+            .as_ref()
+            .map_or("repmgr".to_string(), |d| d.join("repmgr").to_string_lossy().into_owned());
+        let line = std::iter::once(shell_quote(&program))
             .chain(full.iter().map(|a| shell_quote(a)))
             .collect::<Vec<_>>()
             .join(" ");
@@ -75,15 +89,40 @@ pub fn repmgr(cfg: &Config, node: &NodeRecord, args: &[String]) -> Result<Ran> {
         c
     };
     debug(format!("on {}: {c:?}", node.describe()));
-    let out = c.stdin(std::process::Stdio::null()).output().map_err(|e| {
-        Failure::new(
+    let what = || {
+        if local {
+            format!("repmgr {}", args.join(" "))
+        } else {
+            format!("ssh to {host} for repmgr {}", args.join(" "))
+        }
+    };
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            Failure::new(
+                ERR_BAD_SSH,
+                format!("could not run {} on {}: {e}", what(), node.describe()),
+            )
+        })?;
+    let Some(out) = wait_within(child, within) else {
+        return Err(Failure::new(
             ERR_BAD_SSH,
             format!(
-                "could not run repmgr for {} on {host}: {e}",
-                node.describe()
+                "{} on {} did not finish within {} s; it was given up on here, and may still be running there",
+                what(),
+                node.describe(),
+                within.as_secs()
             ),
         )
-    })?;
+        .hint(if local {
+            "Check that node's server and the command's own log."
+        } else {
+            "Check that ssh to that host answers (ssh_options in repmgr.conf: ConnectTimeout bounds a host that does not answer) and what the command is waiting for there."
+        }));
+    };
     let ran = Ran {
         success: out.status.success(),
         code: out.status.code().unwrap_or(-1),
@@ -91,7 +130,7 @@ pub fn repmgr(cfg: &Config, node: &NodeRecord, args: &[String]) -> Result<Ran> {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
     // ssh itself failing exits 255.
-    if ran.code == 255 && !is_local_host(&host) {
+    if ran.code == 255 && !local {
         return Err(Failure::new(
             ERR_BAD_SSH,
             format!("ssh to {host} for {} failed: {}", node.describe(), ran.stderr.trim()),
@@ -99,6 +138,39 @@ pub fn repmgr(cfg: &Config, node: &NodeRecord, args: &[String]) -> Result<Ran> {
         .hint("repmgr needs passwordless ssh between the nodes as the postgres user; check ssh_options in repmgr.conf."));
     }
     Ok(ran)
+}
+
+/// The output of `child` once it exits, or `None` (and it is killed) past `within`. Its pipes
+/// are read meanwhile, so that a talkative command never blocks on them.
+fn wait_within(mut child: Child, within: Duration) -> Option<Output> {
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + within;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    }?;
+    Some(Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]

@@ -534,7 +534,7 @@ fn checks(ctx: &Ctx, a: &SwitchoverArgs, local: &mut Session, my_id: i32) -> Res
         .hint("Wait until SELECT * FROM repmgr.node_check() on it shows them ready (a copy becomes usable once its slot's consumer confirms newer changes), or pass --force to switch over anyway."));
     }
     // The old primary's machine must run repmgr for us (ssh, or here).
-    let v = remote::repmgr(&ctx.cfg, &primary, &["--version".to_string()])
+    let v = remote::repmgr(&ctx.cfg, &primary, &["--version".to_string()], remote::QUICK)
         .map_err(|f| f.code(ERR_SWITCHOVER_FAIL))?;
     if !v.success {
         return Err(refuse(format!(
@@ -572,20 +572,31 @@ fn unusable_slot_copies(local: &mut Session) -> Result<Option<String>> {
     )
 }
 
-/// Runs `repmgr <args>` for the old primary, with its data directory.
-fn on_old_primary(ctx: &Ctx, plan: &Plan, args: &[&str]) -> Result<remote::Ran> {
+/// Runs `repmgr <args>` for the old primary, with its data directory, for at most `within`.
+fn on_old_primary(
+    ctx: &Ctx,
+    plan: &Plan,
+    args: &[&str],
+    within: Duration,
+) -> Result<remote::Ran> {
     let mut full = vec![
         "-D".to_string(),
         plan.primary_dir.to_string_lossy().into_owned(),
     ];
     full.extend(args.iter().map(|a| a.to_string()));
-    remote::repmgr(&ctx.cfg, &plan.primary, &full)
+    remote::repmgr(&ctx.cfg, &plan.primary, &full, within)
+}
+
+/// How long starting or stopping the old primary may take on its machine.
+fn service_bound(ctx: &Ctx) -> Duration {
+    Duration::from_secs(ctx.cfg.shutdown_check_timeout.max(0) as u64) + remote::QUICK
 }
 
 /// Starts the old primary again after an abandoned switchover, and says what state is left.
 fn back_out(ctx: &Ctx, plan: &Plan, paused: &[NodeRecord], why: String) -> Failure {
     let restarted =
-        on_old_primary(ctx, plan, &["node", "service", "--action=start"]).is_ok_and(|r| r.success);
+        on_old_primary(ctx, plan, &["node", "service", "--action=start"], service_bound(ctx))
+            .is_ok_and(|r| r.success);
     let unpaused = service::unpause(paused);
     let state = if restarted {
         format!(
@@ -618,6 +629,7 @@ pub fn switchover(ctx: &Ctx, a: &SwitchoverArgs) -> Result<i32> {
         ctx,
         &plan,
         &["node", "service", "--action=stop", "--list-actions"],
+        remote::QUICK,
     )?;
     if ctx.g.dry_run {
         notice(format!(
@@ -647,7 +659,12 @@ pub fn switchover(ctx: &Ctx, a: &SwitchoverArgs) -> Result<i32> {
         let _ = p.query("CHECKPOINT", &[]);
     }
     notice(format!("stopping {}", plan.primary.describe()));
-    let stopped = on_old_primary(ctx, &plan, &["node", "service", "--action=stop"])?;
+    let stopped = on_old_primary(
+        ctx,
+        &plan,
+        &["node", "service", "--action=stop"],
+        service_bound(ctx),
+    )?;
     if !stopped.success {
         return Err(back_out(
             ctx,
@@ -662,7 +679,13 @@ pub fn switchover(ctx: &Ctx, a: &SwitchoverArgs) -> Result<i32> {
     }
     let timeout = Duration::from_secs(ctx.cfg.shutdown_check_timeout as u64);
     let state = local::wait_until(timeout, POLL, || {
-        let r = on_old_primary(ctx, &plan, &["node", "status", "--is-shutdown-cleanly"]).ok()?;
+        let r = on_old_primary(
+            ctx,
+            &plan,
+            &["node", "status", "--is-shutdown-cleanly"],
+            remote::QUICK,
+        )
+        .ok()?;
         let line = r.stdout.trim().to_string();
         (!line.contains("--state=UP") && !line.contains("SHUTTING_DOWN")).then_some(line)
     });
@@ -764,7 +787,12 @@ pub fn switchover(ctx: &Ctx, a: &SwitchoverArgs) -> Result<i32> {
     if a.force_rewind {
         rejoin.push("--force-rewind");
     }
-    let rejoined = on_old_primary(ctx, &plan, &rejoin);
+    // A rejoin may rewind, start, and wait for the node to stream.
+    let rejoin_bound = Duration::from_secs(
+        (ctx.cfg.node_rejoin_timeout.max(0) + ctx.cfg.standby_reconnect_timeout.max(0)) as u64,
+    ) + service_bound(ctx)
+        + Duration::from_secs(300);
+    let rejoined = on_old_primary(ctx, &plan, &rejoin, rejoin_bound);
     let mut incomplete = Vec::new();
     match &rejoined {
         Ok(r) if r.success => {}
