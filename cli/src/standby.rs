@@ -659,12 +659,16 @@ pub fn switchover(ctx: &Ctx, a: &SwitchoverArgs) -> Result<i32> {
         let _ = p.query("CHECKPOINT", &[]);
     }
     notice(format!("stopping {}", plan.primary.describe()));
-    let stopped = on_old_primary(
+    // A failed ssh leaves nothing stopped for sure: back out (unpause) as for a failed stop.
+    let stopped = match on_old_primary(
         ctx,
         &plan,
         &["node", "service", "--action=stop"],
         service_bound(ctx),
-    )?;
+    ) {
+        Ok(r) => r,
+        Err(f) => return Err(back_out(ctx, &plan, &paused, f.message)),
+    };
     if !stopped.success {
         return Err(back_out(
             ctx,
