@@ -24,6 +24,7 @@ pub mod http;
 pub mod load;
 mod net;
 pub mod repmgr5;
+pub mod ssh;
 pub use net::Network;
 
 /// Where every test cluster lives.

@@ -1,0 +1,134 @@
+//! sshd on the hosts of a [`Network`]: Debian's openssh-server, one daemon per node namespace
+//! listening on the node's address, with a host key and a client key the test creates, so the
+//! command line's paths that run `repmgr` on another host go through real ssh. Root logs in
+//! with the client key only; everything lives in the test's directory and the daemons are
+//! killed on drop.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Network;
+
+pub struct Sshd {
+    dir: PathBuf,
+    daemons: Vec<(i32, Child)>,
+}
+
+fn keygen(path: &Path) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "repmgr-test", "-f"])
+        .arg(path)
+        .output()
+        .expect("run ssh-keygen");
+    assert!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Sshd {
+    /// Creates the keys in `dir` (made if missing): a host key, and a client key authorized
+    /// for root.
+    pub fn new(dir: &Path) -> Sshd {
+        fs::create_dir_all(dir).expect("create the ssh directory");
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).expect("chmod");
+        keygen(&dir.join("host_key"));
+        keygen(&dir.join("client_key"));
+        fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys"))
+            .expect("authorize the client key");
+        // The privilege separation directory Debian's service creates at start.
+        fs::create_dir_all("/run/sshd").expect("create /run/sshd");
+        Sshd {
+            dir: dir.to_path_buf(),
+            daemons: Vec::new(),
+        }
+    }
+
+    /// `ssh_options` for repmgr.conf: the client key, no host key prompts, and `connect`
+    /// seconds for ssh to reach a host (TCP and its greeting).
+    pub fn options(&self, connect: u32) -> String {
+        format!(
+            "-q -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout={connect} -l root",
+            self.dir.join("client_key").display()
+        )
+    }
+
+    /// Starts sshd in node `id`'s namespace, on its address, port 22, and waits until it
+    /// answers there.
+    pub fn start(&mut self, net: &Network, id: i32) {
+        let conf = self.dir.join(format!("sshd-{id}.conf"));
+        fs::write(
+            &conf,
+            format!(
+                "Port 22\nListenAddress {}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel ERROR\n",
+                net.address(id),
+                self.dir.join("host_key").display(),
+                self.dir.join("authorized_keys").display(),
+                self.dir.join(format!("sshd-{id}.pid")).display(),
+            ),
+        )
+        .expect("write sshd_config");
+        let log = fs::File::create(self.dir.join(format!("sshd-{id}.log"))).expect("sshd log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &net.namespace(id), "/usr/sbin/sshd", "-D", "-e", "-f"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sshd");
+        self.daemons.push((id, child));
+        // Asked from the node's own namespace, as any client there would.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = Command::new("ip")
+                .args(["netns", "exec", &net.namespace(id), "ssh"])
+                .args(self.options(2).split_whitespace())
+                .args([&net.address(id), "true"])
+                .stdin(Stdio::null())
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sshd of node {id} did not answer within 10 s: {}",
+                fs::read_to_string(self.dir.join(format!("sshd-{id}.log"))).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The pid of node `id`'s sshd (the listener itself: `ip netns exec` runs it in place).
+    pub fn pid(&self, id: i32) -> i32 {
+        self.daemons
+            .iter()
+            .find(|(n, _)| *n == id)
+            .map(|(_, c)| c.id() as i32)
+            .unwrap_or_else(|| panic!("no sshd for node {id}"))
+    }
+
+    /// Stops node `id`'s sshd: connections to it are refused from then on.
+    pub fn stop(&mut self, id: i32) {
+        if let Some(i) = self.daemons.iter().position(|(n, _)| *n == id) {
+            let (_, mut c) = self.daemons.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.daemons {
+            // A stopped (SIGSTOP) daemon dies of SIGKILL too.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
