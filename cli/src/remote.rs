@@ -129,13 +129,27 @@ pub fn repmgr(cfg: &Config, node: &NodeRecord, args: &[String], within: Duration
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
-    // ssh itself failing exits 255.
+    // ssh itself failing exits 255; with -q (repmgr's default options) it says nothing.
     if ran.code == 255 && !local {
+        let said = ran.stderr.trim();
+        let why = if said.is_empty() {
+            "ssh exited 255 without a message (ssh_options has -q): the host refused the connection, did not answer within ConnectTimeout, or did not let this user in".to_string()
+        } else {
+            said.to_string()
+        };
+        let loud: Vec<&str> = cfg
+            .ssh_options
+            .split_whitespace()
+            .filter(|o| *o != "-q")
+            .collect();
         return Err(Failure::new(
             ERR_BAD_SSH,
-            format!("ssh to {host} for {} failed: {}", node.describe(), ran.stderr.trim()),
+            format!("ssh to {host} for {} failed: {why}", node.describe()),
         )
-        .hint("repmgr needs passwordless ssh between the nodes as the postgres user; check ssh_options in repmgr.conf."));
+        .hint(format!(
+            "See why with: ssh {} {host} true. repmgr needs passwordless ssh between the nodes as the postgres user (ssh_options in repmgr.conf).",
+            loud.join(" ")
+        )));
     }
     Ok(ran)
 }

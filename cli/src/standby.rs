@@ -535,7 +535,14 @@ fn checks(ctx: &Ctx, a: &SwitchoverArgs, local: &mut Session, my_id: i32) -> Res
     }
     // The old primary's machine must run repmgr for us (ssh, or here).
     let v = remote::repmgr(&ctx.cfg, &primary, &["--version".to_string()], remote::QUICK)
-        .map_err(|f| f.code(ERR_SWITCHOVER_FAIL))?;
+        .map_err(|f| {
+            let message = format!(
+                "switchover not carried out (nothing changed): repmgr cannot be run for {}: {}",
+                primary.describe(),
+                f.message
+            );
+            Failure { message, ..f }.code(ERR_SWITCHOVER_FAIL)
+        })?;
     if !v.success {
         return Err(refuse(format!(
             "repmgr does not run for {}: {}",

@@ -99,7 +99,10 @@ fn a_switchover_runs_on_the_old_primary_over_ssh_and_a_broken_ssh_changes_nothin
     assert_eq!(code, 18, "refused ssh: {err}");
     let host2 = c.network().address(2);
     assert!(
-        err.contains(&format!("ssh to {host2}")) && err.contains("node 2"),
+        err.contains("switchover not carried out (nothing changed)")
+            && err.contains(&format!("ssh to {host2} for node 2"))
+            && err.contains("did not answer within ConnectTimeout")
+            && err.contains(&format!("See why with: ssh -i ")),
         "refused ssh: {err}"
     );
     assert!(took < Duration::from_secs(15), "refused ssh took {took:?}");
