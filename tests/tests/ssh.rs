@@ -102,7 +102,7 @@ fn a_switchover_runs_on_the_old_primary_over_ssh_and_a_broken_ssh_changes_nothin
         err.contains("switchover not carried out (nothing changed)")
             && err.contains(&format!("ssh to {host2} for node 2"))
             && err.contains("did not answer within ConnectTimeout")
-            && err.contains(&format!("See why with: ssh -i ")),
+            && err.contains("See why with: ssh -i "),
         "refused ssh: {err}"
     );
     assert!(took < Duration::from_secs(15), "refused ssh took {took:?}");
