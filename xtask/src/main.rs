@@ -14,7 +14,8 @@ mod previous;
 
 /// System packages the build, the tests, the demo and the benchmarks need (Debian 12 names;
 /// fonts-dejavu-core for the benchmark chart's text; lintian and help2man for the Debian
-/// packages; haproxy and prometheus (promtool) for what users wire around it).
+/// packages; haproxy and prometheus (promtool) for what users wire around it; openssh-server
+/// for the command line's runs on other hosts, over real ssh between network namespaces).
 const PACKAGES: &[&str] = &[
     "postgresql-15",
     "postgresql-server-dev-15",
@@ -32,6 +33,7 @@ const PACKAGES: &[&str] = &[
     "help2man",
     "haproxy",
     "prometheus",
+    "openssh-server",
 ];
 
 const PGRX_VERSION: &str = "0.18.0";
