@@ -587,6 +587,15 @@ impl Lease {
                     from: ended.unwrap_or(now),
                     to: None,
                 };
+                // Counting just enough confirmations to meet every rival's majority is safe
+                // only while the lease runs without a gap: during one, a rival (a forced
+                // promotion) may gather a majority and count the same way. The lease is won
+                // back by a majority again (simulator seed 4281: an old primary, thawed, held
+                // its lease again in term 3 with 3 confirmations of 6 while the primary
+                // forced in term 2 held its own with the other 3).
+                if ended.is_some() {
+                    self.established = false;
+                }
                 *self.unled_since.insert(now)
             }
         };
@@ -890,6 +899,31 @@ mod tests {
             None,
             "a primary without its lease may have been replaced"
         );
+    }
+
+    #[test]
+    fn a_lease_won_back_after_a_lapse_needs_a_majority_again() {
+        // Six voters: an established lease counts 2 confirmations of 5 (meeting any majority
+        // of 4), one that lapsed needs 3 again: meanwhile a forced rival may have gathered a
+        // majority and count 2 of its own.
+        let v = view(1, &[1, 2, 3, 4, 5, 6]);
+        let mut l = Lease::new(3, 1, 1, std::slice::from_ref(&v), Some((ms(0), F, &[2, 3, 4])));
+        assert!(l.established() && l.may_commit(ms(10), F));
+        let confirm = |l: &mut Lease, at: u64, voters: &[NodeId]| {
+            for voter in voters {
+                let r = l.poll(ms(at), &pl(*voter, 3, None, 1, W), &TF);
+                l.poll(ms(at + 1), &pl(*voter, 3, stamp(&r), 1, W), &TF);
+            }
+        };
+        // Without a gap, two confirmations keep it.
+        confirm(&mut l, 1000, &[2, 6]);
+        assert!(l.may_commit(ms(2000), F));
+        // After one (nothing for longer than the fence), two do not win it back; three do.
+        confirm(&mut l, 5000, &[2, 6]);
+        assert!(!l.may_commit(ms(5010), F), "won back by 2 of 5");
+        confirm(&mut l, 5020, &[3]);
+        assert!(l.may_commit(ms(5030), F));
+        assert!(l.established());
     }
 
     #[test]
