@@ -393,6 +393,10 @@ pub struct Driver {
     phase: Phase,
     /// Why this standby declined to stand, as last said in the current outage.
     last_plan: Option<String>,
+    /// The standby this one defers to in the current outage, and since when; and those it
+    /// deferred to that did not win within [`DEFER_PATIENCE`] leases.
+    deferring: Option<(NodeId, Duration)>,
+    passed_over: Vec<NodeId>,
     outage: Option<Outage>,
     // As a primary.
     was_leading: Option<bool>,
@@ -425,6 +429,10 @@ pub struct Driver {
     said_save_failed: bool,
     actions: Vec<Action>,
 }
+
+/// How many of its leases a standby defers to another before passing it over: time enough for
+/// that one to stand, be voted for and promote.
+const DEFER_PATIENCE: u32 = 2;
 
 /// Past the moment a voter's rule runs out, how long before asking again (so that its
 /// answer says it lost the primary).
@@ -501,6 +509,8 @@ impl Driver {
             round: 0,
             phase: Phase::Idle,
             last_plan: None,
+            deferring: None,
+            passed_over: Vec::new(),
             outage: None,
             was_leading: None,
             lapses_seen: None,
@@ -1126,6 +1136,8 @@ impl Driver {
             return;
         }
         self.last_plan = None;
+        self.deferring = None;
+        self.passed_over.clear();
         let Some(o) = self.outage.take() else { return };
         state.declined = false;
         let standby = self
@@ -1566,13 +1578,37 @@ impl Driver {
                         .and_then(|(_, p)| p.as_ref().map(|p| p.answer.clone())),
                 })
                 .collect();
+        if let Some((to, since)) = self.deferring
+            && now >= since + self.timing.lease * DEFER_PATIENCE
+            && !self.passed_over.contains(&to)
+        {
+            self.say(
+                Level::Info,
+                format!(
+                    "{} deferred to node {to} for {} ms and it did not win: it is passed over in this outage",
+                    me.describe(),
+                    now.saturating_sub(since).as_millis()
+                ),
+            );
+            self.passed_over.push(to);
+            self.deferring = None;
+        }
         let rules = Rules {
             max_lag: self.settings.max_lag,
             visibility_consensus: self.settings.visibility_consensus,
             primary_location,
             quorum,
+            passed_over: self.passed_over.clone(),
         };
-        match election::plan(&me_view, &peers, &rules) {
+        let plan = election::plan(&me_view, &peers, &rules);
+        match &plan {
+            Plan::Defer { to } if self.deferring.is_none_or(|(d, _)| d != *to) => {
+                self.deferring = Some((*to, now));
+            }
+            Plan::Defer { .. } => {}
+            _ => self.deferring = None,
+        }
+        match plan {
             Plan::Stand { term } => {
                 state.declined = false;
                 if self.settings.validation_command {

@@ -109,6 +109,10 @@ pub struct Rules {
     pub primary_location: Option<String>,
     /// The synchronous quorum published in the candidate's catalog (asynchronous: none).
     pub quorum: Config,
+    /// Standbys this node deferred to that did not win in time: never deferred to again in
+    /// this outage (one can look better and yet be unable to win for reasons this node
+    /// cannot see, such as the size of its own, older node list).
+    pub passed_over: Vec<NodeId>,
 }
 
 /// What the standby should do.
@@ -314,6 +318,7 @@ pub fn plan(me: &Me, peers: &[Peer], rules: &Rules) -> Plan {
     let best = standbys
         .iter()
         .filter(|(_, a, _)| !a.unavailable)
+        .filter(|(p, _, _)| !rules.passed_over.contains(&p.node_id))
         .filter(|(p, a, _)| could_win(p, a))
         .filter(|(_, _, pos)| sync || within_lag(*pos))
         .map(|(p, a, pos)| key(*pos, a.failover_slots, a.priority, p.node_id))

@@ -112,6 +112,7 @@ fn plan_case(lines: &[&str]) -> String {
         visibility_consensus: true,
         primary_location: None,
         quorum: Config::none(),
+        passed_over: Vec::new(),
     };
     for line in lines {
         let (head, w) = Words::parse(line);
@@ -166,6 +167,12 @@ fn plan_case(lines: &[&str]) -> String {
                 rules.visibility_consensus = !w.has("no_consensus");
                 rules.primary_location = w.kv.get("primary_location").cloned();
                 rules.quorum = quorum(&w.text("quorum", "none"));
+                rules.passed_over = w
+                    .text("passed_over", "")
+                    .split(',')
+                    .filter(|v| !v.is_empty())
+                    .map(|v| v.parse().expect("a node id"))
+                    .collect();
             }
             other => panic!("unknown word {other:?} in a plan case"),
         }
