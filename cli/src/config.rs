@@ -55,11 +55,6 @@ const IGNORED: &[&str] = &[
     "log_file",
     "replication_type",
     "config_directory",
-    "barman_host",
-    "barman_server",
-    "barman_config",
-    "rsync_options",
-    "restore_command",
     "archive_cleanup_command",
     "recovery_min_apply_delay",
     "use_primary_conninfo_password",
@@ -93,6 +88,15 @@ pub struct Config {
     pub service_reload_command: Option<String>,
     pub service_promote_command: Option<String>,
     pub ssh_options: String,
+    /// Barman clone mode: the Barman host (reached over ssh), the server's name there, and
+    /// Barman's configuration file there when not its default.
+    pub barman_host: Option<String>,
+    pub barman_server: Option<String>,
+    pub barman_config: Option<String>,
+    /// Extra `rsync` options for a clone from Barman.
+    pub rsync_options: Option<String>,
+    /// A standby's `restore_command`, written by `standby clone`.
+    pub restore_command: Option<String>,
     pub pg_basebackup_options: Option<String>,
     pub log_level: String,
     pub replication_lag_warning: i64,
@@ -130,6 +134,11 @@ impl Default for Config {
             service_reload_command: None,
             service_promote_command: None,
             ssh_options: "-q -o ConnectTimeout=10".into(),
+            barman_host: None,
+            barman_server: None,
+            barman_config: None,
+            rsync_options: None,
+            restore_command: None,
             pg_basebackup_options: None,
             log_level: "INFO".into(),
             replication_lag_warning: 300,
@@ -399,6 +408,11 @@ impl Config {
             "service_reload_command" => self.service_reload_command = text(),
             "service_promote_command" => self.service_promote_command = text(),
             "ssh_options" => self.ssh_options = it.value.clone(),
+            "barman_host" => self.barman_host = text(),
+            "barman_server" => self.barman_server = text(),
+            "barman_config" => self.barman_config = text(),
+            "rsync_options" => self.rsync_options = text(),
+            "restore_command" => self.restore_command = text(),
             "pg_basebackup_options" => self.pg_basebackup_options = text(),
             "log_level" => {
                 let level = it.value.to_ascii_uppercase();
@@ -455,6 +469,13 @@ impl Config {
                 self.replication_lag_warning,
                 self.replication_lag_critical
             )));
+        }
+        if self.barman_host.is_some() != self.barman_server.is_some() {
+            return Err(Failure::config(format!(
+                "{}: barman_host and barman_server go together (one is set, the other is not)",
+                file.display()
+            ))
+            .hint("Set both to clone from Barman, or neither."));
         }
         if self.archive_ready_warning >= self.archive_ready_critical {
             return Err(Failure::config(format!(

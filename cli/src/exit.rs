@@ -7,6 +7,8 @@ use std::fmt;
 pub const SUCCESS: i32 = 0;
 /// Bad configuration, metadata or precondition (most refusals).
 pub const ERR_BAD_CONFIG: i32 = 1;
+/// rsync failed (a clone from Barman).
+pub const ERR_BAD_RSYNC: i32 = 2;
 /// A bad argument on the command line (clap's own errors use this code too).
 pub const ERR_BAD_ARGUMENT: i32 = 3;
 /// PostgreSQL could not be started or restarted.
@@ -25,6 +27,8 @@ pub const ERR_BAD_SSH: i32 = 12;
 pub const ERR_BAD_BASEBACKUP: i32 = 14;
 /// A switchover was not carried out; the cluster is as it was.
 pub const ERR_SWITCHOVER_FAIL: i32 = 18;
+/// Barman failed or has nothing to clone from.
+pub const ERR_BARMAN: i32 = 19;
 /// A switchover promoted the standby, but the old primary did not rejoin.
 pub const ERR_SWITCHOVER_INCOMPLETE: i32 = 22;
 /// A follow failed.
@@ -40,6 +44,7 @@ pub const ERR_REPMGRD_PAUSE: i32 = 26;
 pub const TABLE: &str = "Exit codes:
    0  success
    1  bad configuration, catalog or precondition
+   2  rsync failed (standby clone from Barman)
    3  bad argument
    4  PostgreSQL could not be started
    5  a local command failed
@@ -49,6 +54,7 @@ pub const TABLE: &str = "Exit codes:
   12  ssh to another node failed
   14  pg_basebackup failed
   18  switchover not carried out (the cluster is unchanged)
+  19  Barman failed, or has no backup to clone from
   22  switchover incomplete (promoted, the old primary did not rejoin)
   23  follow failed
   24  rejoin failed

@@ -5,6 +5,7 @@
 //! scripts keep working. Most actions are thin wrappers over the extension's SQL API; what
 //! needs the server stopped or absent (clone, rejoin, the middle of a switchover) runs here.
 
+mod barman;
 mod basebackup;
 mod catalog;
 mod cluster;

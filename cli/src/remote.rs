@@ -67,13 +67,8 @@ pub fn repmgr(cfg: &Config, node: &NodeRecord, args: &[String], within: Duration
     }
     full.extend(args.iter().cloned());
     let host = host_of(node);
-    let local = is_local_host(&host);
-    let mut c = if local {
-        let exe = std::env::current_exe().unwrap_or_else(|_| "repmgr".into());
-        let mut c = Command::new(exe);
-        c.args(&full);
-        c
-    } else {
+    let what = format!("repmgr {} for {}", args.join(" "), node.describe());
+    if !is_local_host(&host) {
         let program = cfg
             .repmgr_bindir
             .as_ref()
@@ -82,55 +77,32 @@ pub fn repmgr(cfg: &Config, node: &NodeRecord, args: &[String], within: Duration
             .chain(full.iter().map(|a| shell_quote(a)))
             .collect::<Vec<_>>()
             .join(" ");
-        let mut c = Command::new("ssh");
-        c.args(cfg.ssh_options.split_whitespace())
-            .arg(&host)
-            .arg(line);
-        c
-    };
+        return ssh(cfg, &host, &line, within, &what);
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| "repmgr".into());
+    let mut c = Command::new(exe);
+    c.args(&full);
     debug(format!("on {}: {c:?}", node.describe()));
-    let what = || {
-        if local {
-            format!("repmgr {}", args.join(" "))
-        } else {
-            format!("ssh to {host} for repmgr {}", args.join(" "))
-        }
-    };
-    let child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            Failure::new(
-                ERR_BAD_SSH,
-                format!("could not run {} on {}: {e}", what(), node.describe()),
-            )
-        })?;
-    let Some(out) = wait_within(child, within) else {
-        return Err(Failure::new(
-            ERR_BAD_SSH,
-            format!(
-                "{} on {} did not finish within {} s; it was given up on here, and may still be running there",
-                what(),
-                node.describe(),
-                within.as_secs()
-            ),
+    run_within(c, within).map_err(|e| {
+        Failure::new(ERR_BAD_SSH, format!("{what} {e}")).hint("Check that node's server and the command's own log.")
+    })
+}
+
+/// Runs shell command `line` on `host` over ssh with `ssh_options`, for at most `within`;
+/// `what` names it in messages. ssh failing to get there (exit 255) and a run past `within`
+/// are failures with exit code 12 (ERR_BAD_SSH); the command's own exit status is the
+/// caller's to judge.
+pub fn ssh(cfg: &Config, host: &str, line: &str, within: Duration, what: &str) -> Result<Ran> {
+    let mut c = Command::new("ssh");
+    c.args(cfg.ssh_options.split_whitespace()).arg(host).arg(line);
+    debug(format!("{what}: {c:?}"));
+    let ran = run_within(c, within).map_err(|e| {
+        Failure::new(ERR_BAD_SSH, format!("ssh to {host} for {what} {e}")).hint(
+            "Check that ssh to that host answers (ssh_options in repmgr.conf: ConnectTimeout bounds a host that does not answer) and what the command is waiting for there.",
         )
-        .hint(if local {
-            "Check that node's server and the command's own log."
-        } else {
-            "Check that ssh to that host answers (ssh_options in repmgr.conf: ConnectTimeout bounds a host that does not answer) and what the command is waiting for there."
-        }));
-    };
-    let ran = Ran {
-        success: out.status.success(),
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    })?;
     // ssh itself failing exits 255; with -q (repmgr's default options) it says nothing.
-    if ran.code == 255 && !local {
+    if ran.code == 255 {
         let said = ran.stderr.trim();
         let why = if said.is_empty() {
             "ssh exited 255 without a message (ssh_options has -q): the host refused the connection, did not answer within ConnectTimeout, or did not let this user in".to_string()
@@ -144,7 +116,7 @@ pub fn repmgr(cfg: &Config, node: &NodeRecord, args: &[String], within: Duration
             .collect();
         return Err(Failure::new(
             ERR_BAD_SSH,
-            format!("ssh to {host} for {} failed: {why}", node.describe()),
+            format!("ssh to {host} for {what} failed: {why}"),
         )
         .hint(format!(
             "See why with: ssh {} {host} true. repmgr needs passwordless ssh between the nodes as the postgres user (ssh_options in repmgr.conf).",
@@ -152,6 +124,29 @@ pub fn repmgr(cfg: &Config, node: &NodeRecord, args: &[String], within: Duration
         )));
     }
     Ok(ran)
+}
+
+/// Runs `c` with its output captured, for at most `within`; the error says why it did not
+/// finish (to follow a description of the command).
+fn run_within(mut c: Command, within: Duration) -> std::result::Result<Ran, String> {
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not be started: {e}"))?;
+    let out = wait_within(child, within).ok_or_else(|| {
+        format!(
+            "did not finish within {} s; it was given up on here, and may still be running there",
+            within.as_secs()
+        )
+    })?;
+    Ok(Ran {
+        success: out.status.success(),
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
 }
 
 /// The output of `child` once it exits, or `None` (and it is killed) past `within`. Its pipes

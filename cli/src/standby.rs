@@ -18,6 +18,7 @@ use crate::exit::{
 use crate::local;
 use crate::node::record_event;
 use crate::register::notice;
+use crate::barman::Barman;
 use crate::{basebackup, remote, service};
 use repmgr_core::node::NodeRecord;
 
@@ -41,6 +42,9 @@ pub struct CloneArgs {
     /// The new node's name (default: node_name in repmgr.conf)
     #[arg(long = "node-name")]
     pub node_name: Option<String>,
+    /// Clone with pg_basebackup even though repmgr.conf names a Barman server
+    #[arg(long = "without-barman")]
+    pub without_barman: bool,
 }
 
 /// Who should own a new data directory: the owner of the directory or of its parent, and
@@ -211,6 +215,9 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
             .hint("Change those settings on the upstream (max_wal_senders and max_replication_slots need a restart)."));
     }
     let slot = use_slots.then(|| slot_name(node_id));
+    let barman = Barman::of(&ctx.cfg, a.without_barman);
+    // The backup is chosen before anything changes: Barman's answer may be that there is none.
+    let backup = barman.as_ref().map(Barman::newest_backup).transpose()?;
     let program = basebackup::program(ctx, None);
     let args = basebackup::arguments(
         ctx,
@@ -229,10 +236,21 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
             slot.as_ref()
                 .map_or(String::new(), |s| format!(" with replication slot {s}"))
         ));
-        notice(format!(
-            "--dry-run: would run: {}",
-            basebackup::describe(&program, &args)
-        ));
+        match (&barman, &backup) {
+            (Some(b), Some(backup)) => notice(format!(
+                "--dry-run: would copy backup {} of {} with: rsync {}",
+                backup.id,
+                b.describe(),
+                b.rsync_args(backup, &dir).join(" ")
+            )),
+            _ => notice(format!(
+                "--dry-run: would run: {}",
+                basebackup::describe(&program, &args)
+            )),
+        }
+        if let Some(r) = &ctx.cfg.restore_command {
+            notice(format!("--dry-run: would set restore_command = '{r}'"));
+        }
         return Ok(SUCCESS);
     }
     if !local::is_empty_dir(&dir) {
@@ -241,11 +259,25 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
     if let Some(s) = &slot {
         basebackup::ensure_slot(&mut up, s)?;
     }
-    notice(format!(
-        "cloning {upstream_label} into {} with pg_basebackup",
-        dir.display()
-    ));
-    if let Err(f) = basebackup::run(&program, clone_owner(&dir).as_deref(), &args) {
+    let copied = match (&barman, &backup) {
+        (Some(b), Some(backup)) => {
+            notice(format!(
+                "cloning backup {} of {} into {}",
+                backup.id,
+                b.describe(),
+                dir.display()
+            ));
+            b.restore(backup, &dir, clone_owner(&dir).as_deref())
+        }
+        _ => {
+            notice(format!(
+                "cloning {upstream_label} into {} with pg_basebackup",
+                dir.display()
+            ));
+            basebackup::run(&program, clone_owner(&dir).as_deref(), &args)
+        }
+    };
+    if let Err(f) = copied {
         if let Some(s) = &slot {
             let _ = up.query("SELECT pg_catalog.pg_drop_replication_slot($1)", &[Some(s)]);
         }
@@ -253,6 +285,10 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
             "The directory {} holds a partial copy; run the clone again with -F.",
             dir.display()
         )));
+    }
+    // Barman's copy holds the upstream's lock file and marker files as they were.
+    for leftover in ["postmaster.pid", "postmaster.opts", "recovery.signal"] {
+        let _ = std::fs::remove_file(dir.join(leftover));
     }
     let stream_from = upstream
         .as_ref()
@@ -272,10 +308,17 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
     if let Some(c) = &ctx.cfg.conninfo {
         settings.push(("repmgr.conninfo", Some(c)));
     }
+    if let Some(r) = &ctx.cfg.restore_command {
+        settings.push(("restore_command", Some(r)));
+    }
     local::set_auto_conf(&dir, &settings)?;
     local::write_owned(&dir.join("standby.signal"), "", &dir)?;
+    let method = match (&barman, &backup) {
+        (Some(b), Some(backup)) => format!("barman (backup {} of {})", backup.id, b.describe()),
+        _ => "pg_basebackup".to_string(),
+    };
     let details = format!(
-        "cloned from {upstream_label} into {}; backup method: pg_basebackup; --force: {}",
+        "cloned from {upstream_label} into {}; backup method: {method}; --force: {}",
         dir.display(),
         if ctx.g.force { "Y" } else { "N" }
     );

@@ -23,6 +23,7 @@ pub mod haproxy;
 pub mod http;
 pub mod load;
 mod net;
+pub mod barman;
 pub mod repmgr5;
 pub mod ssh;
 pub use net::Network;
@@ -360,6 +361,13 @@ impl Cluster {
     pub fn network(&self) -> &Network {
         self.network
             .as_ref()
+            .expect("this cluster was made with Cluster::with_network")
+    }
+
+    /// The network, to add a host of the test's own (a Barman server, say).
+    pub fn network_mut(&mut self) -> &mut Network {
+        self.network
+            .as_mut()
             .expect("this cluster was made with Cluster::with_network")
     }
 

@@ -77,6 +77,11 @@ impl Network {
         format!("rmg{}p{id}", self.tag)
     }
 
+    /// The /24 the nodes' addresses are in, without its last part (`10.0.0`).
+    pub fn subnet(&self) -> &str {
+        &self.subnet
+    }
+
     /// The address of node `id`.
     pub fn address(&self, id: i32) -> String {
         format!("{}.{id}", self.subnet)

@@ -15,6 +15,8 @@ use crate::Network;
 pub struct Sshd {
     dir: PathBuf,
     daemons: Vec<(i32, Child)>,
+    /// The client configuration installed for programs that take no ssh options.
+    client_conf: Option<PathBuf>,
 }
 
 fn keygen(path: &Path) {
@@ -40,12 +42,40 @@ impl Sshd {
         keygen(&dir.join("client_key"));
         fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys"))
             .expect("authorize the client key");
+        // postgres uses the key too (a standby's restore_command); root can read it anyway.
+        let chown = Command::new("chown")
+            .args(["postgres:", &dir.join("client_key").to_string_lossy()])
+            .status()
+            .expect("run chown");
+        assert!(chown.success(), "chown the client key");
         // The privilege separation directory Debian's service creates at start.
         fs::create_dir_all("/run/sshd").expect("create /run/sshd");
         Sshd {
             dir: dir.to_path_buf(),
             daemons: Vec::new(),
+            client_conf: None,
         }
+    }
+
+    /// Makes every ssh client on this machine (any user) use the client key, without host
+    /// key checks, for the hosts of `net` only: for programs that take no ssh options, such
+    /// as barman-wal-restore in a standby's restore_command. A file of Debian's
+    /// `/etc/ssh/ssh_config.d`, removed on drop.
+    pub fn configure_clients(&mut self, net: &Network) {
+        let glob = format!("{}.*", net.subnet());
+        let path = PathBuf::from(format!(
+            "/etc/ssh/ssh_config.d/repmgr-test-{}.conf",
+            std::process::id()
+        ));
+        fs::write(
+            &path,
+            format!(
+                "Host {glob}\n    IdentityFile {}\n    IdentitiesOnly yes\n    BatchMode yes\n    StrictHostKeyChecking no\n    UserKnownHostsFile /dev/null\n    LogLevel ERROR\n",
+                self.dir.join("client_key").display()
+            ),
+        )
+        .expect("write the ssh client configuration");
+        self.client_conf = Some(path);
     }
 
     /// `ssh_options` for repmgr.conf: the client key, no host key prompts, and `connect`
@@ -125,6 +155,9 @@ impl Sshd {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
+        if let Some(p) = &self.client_conf {
+            let _ = fs::remove_file(p);
+        }
         for (_, c) in &mut self.daemons {
             // A stopped (SIGSTOP) daemon dies of SIGKILL too.
             let _ = c.kill();

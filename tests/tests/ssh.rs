@@ -100,7 +100,7 @@ fn a_switchover_runs_on_the_old_primary_over_ssh_and_a_broken_ssh_changes_nothin
     let host2 = c.network().address(2);
     assert!(
         err.contains("switchover not carried out (nothing changed)")
-            && err.contains(&format!("ssh to {host2} for node 2"))
+            && err.contains(&format!("ssh to {host2} for repmgr --version for node 2"))
             && err.contains("did not answer within ConnectTimeout")
             && err.contains("See why with: ssh -i "),
         "refused ssh: {err}"
