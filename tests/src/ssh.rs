@@ -37,7 +37,8 @@ impl Sshd {
     /// for root.
     pub fn new(dir: &Path) -> Sshd {
         fs::create_dir_all(dir).expect("create the ssh directory");
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).expect("chmod");
+        // Traversable: postgres reaches its key here (the host key stays root's own).
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o711)).expect("chmod");
         keygen(&dir.join("host_key"));
         keygen(&dir.join("client_key"));
         fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys"))
