@@ -133,10 +133,10 @@ fn a_standby_cloned_from_barman_catches_up_from_its_archive_then_streams() {
         "node 2 did not restore {begin_wal} from Barman:\n{}",
         c.log(2)
     );
-    c.sql(2, "SELECT repmgr.register_standby()");
     c.wait_for("node 2 to stream from the primary", WAIT, || {
         c.streams_from(1, 2).then_some(())
     });
+    c.sql(2, "SELECT repmgr.register_standby()");
     assert!(
         c.value(
             1,
