@@ -1,4 +1,4 @@
-//! A Barman server (Debian's barman 3.4) on a host of its own: a network namespace where it
+//! A Barman server (Debian's barman 3.4, which archives PostgreSQL up to 16) on a host of its own: a network namespace where it
 //! streams the primary's WAL (`streaming_archiver`, through a replication slot) and takes
 //! `backup_method = postgres` backups. It runs as root with a configuration and a home in the
 //! test's directory; its WAL receiver is stopped on drop.
@@ -85,7 +85,7 @@ impl Barman {
     /// Takes a backup, once the WAL before it is archived; returns its id.
     pub fn backup(&self) -> String {
         self.run(&["switch-wal", "--force", "--archive", "--archive-timeout", "60", &self.server]);
-        self.run(&["backup", "--wait", &self.server]);
+        self.run(&["backup", "--wait", "--wait-timeout", "120", &self.server]);
         self.run(&["list-backups", "--minimal", &self.server])
             .lines()
             .next()

@@ -129,6 +129,11 @@ fn majors() -> Vec<(u32, String)> {
 const ONLY_ON_15: &[&str] = &[TUTORIAL, UPGRADE];
 const TUTORIAL: &str = "readme";
 const UPGRADE: &str = "upgrade";
+/// The integration test file run with Debian 12's Barman (3.4), and the majors it archives:
+/// its WAL archiver finds none of the segments pg_receivewal 17 or 18 writes, so a backup
+/// never completes there.
+const BARMAN: &str = "barman";
+const BARMAN_MAJORS: &[u32] = &[15, 16];
 /// The integration test files that install the Debian packages.
 const NEED_PACKAGES: &[&str] = &[TUTORIAL, "package"];
 
@@ -876,6 +881,7 @@ fn integration_tests(major: u32, chosen: &[&str]) -> Result<Vec<String>> {
                 .map(str::to_string)
         })
         .filter(|f| major == 15 || !ONLY_ON_15.contains(&f.as_str()))
+        .filter(|f| f != BARMAN || BARMAN_MAJORS.contains(&major))
         .collect();
     files.sort();
     if let Some(f) = chosen.iter().find(|f| !files.iter().any(|have| have == *f)) {
