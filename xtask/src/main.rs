@@ -15,7 +15,8 @@ mod previous;
 /// System packages the build, the tests, the demo and the benchmarks need (Debian 12 names;
 /// fonts-dejavu-core for the benchmark chart's text; lintian and help2man for the Debian
 /// packages; haproxy and prometheus (promtool) for what users wire around it; openssh-server
-/// for the command line's runs on other hosts, over real ssh between network namespaces).
+/// for the command line's runs on other hosts, over real ssh between network namespaces;
+/// barman, barman-cli and rsync for cloning standbys from Barman).
 const PACKAGES: &[&str] = &[
     "postgresql-15",
     "postgresql-server-dev-15",
@@ -34,6 +35,9 @@ const PACKAGES: &[&str] = &[
     "haproxy",
     "prometheus",
     "openssh-server",
+    "barman",
+    "barman-cli",
+    "rsync",
 ];
 
 const PGRX_VERSION: &str = "0.18.0";
