@@ -196,7 +196,7 @@ impl Config {
         };
         // Its own stream too: the schedules of earlier versions stay as they were.
         let mut rejoin_rng = Rng::new(seed ^ 0x2E_301E);
-        let mut slots_rng = Rng::new(seed ^ 0x5_107_5);
+        let mut slots_rng = Rng::new(seed ^ 0x0005_1075);
         let nodes = (0..voters)
             .map(|i| {
                 let mut s = default_settings();
