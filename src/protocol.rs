@@ -315,7 +315,7 @@ fn request_vote(
         name!(reason, String),
     ),
 > {
-    let asked = Asked {
+    request_vote_with_slots(
         term,
         candidate,
         lsn,
@@ -325,9 +325,8 @@ fn request_vote(
         quorum_version,
         timeline,
         timeline_start,
-        failover_slots: 0,
-    };
-    TableIterator::once(decide_vote(asked))
+        None,
+    )
 }
 
 /// A vote request's arguments, as SQL passed them.

@@ -50,25 +50,16 @@ impl Waiter for PollWaiter {
         interest: Interest,
         timeout: Duration,
     ) -> Result<(), Interrupted> {
-        let events = match interest {
-            Interest::Read => libc::POLLIN,
-            Interest::Write => libc::POLLOUT,
-        };
-        let mut pfd = libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
         let ms = timeout.as_millis().min(i32::MAX as u128) as c_int;
         // EINTR and timeouts both return to the caller, which re-checks its deadline.
-        unsafe { libc::poll(&mut pfd, 1, ms) };
+        poll_for(fd, interest, ms);
         Ok(())
     }
 }
 
-/// Whether `fd` is ready for `interest` now; an error or hang-up counts as ready (the next
-/// call reports it).
-fn ready(fd: RawFd, interest: Interest) -> bool {
+/// `poll(2)` on `fd` for `interest`, for at most `ms`: whether it is ready (an error or
+/// hang-up counts).
+fn poll_for(fd: RawFd, interest: Interest, ms: c_int) -> bool {
     let events = match interest {
         Interest::Read => libc::POLLIN,
         Interest::Write => libc::POLLOUT,
@@ -78,7 +69,7 @@ fn ready(fd: RawFd, interest: Interest) -> bool {
         events,
         revents: 0,
     };
-    unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+    unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -439,7 +430,7 @@ impl Conn {
             // its first packet and, when that cannot go out, waits with no timeout (seen:
             // 3 s on a host that had dropped off the network, with a 400 ms deadline, until
             // the kernel gave up resolving its address).
-            State::Connecting(interest) if !ready(self.socket(), interest) => {
+            State::Connecting(interest) if !poll_for(self.socket(), interest, 0) => {
                 Ok(Step::Wait(interest))
             }
             State::Connecting(_) => match unsafe { ffi::PQconnectPoll(conn) } {

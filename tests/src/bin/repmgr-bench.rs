@@ -771,39 +771,39 @@ fn proxy_series(report: &mut Report, runs: Vec<Option<&Proxied>>) {
 }
 
 fn failover(runs: usize) {
-    let mut report = Report::new(
+    ours_losing_the_primary(
         "failover",
         format!(
             "failover after kill -9 of the primary: 3 nodes (primary + 2 standbys), default settings, a commit every 10 ms, {runs} runs"
         ),
-    );
-    failover_series(
-        &mut report,
         runs,
-        &[2, 3],
-        |_| NodeOptions::default(),
-        System::Ours,
         Fault::Crash,
     );
-    report.save();
 }
 
 /// Failover when the primary's host drops off the network: no refusal tells the voters, so
 /// the lease decides (see docs/failover.md, "Host loss").
 fn host_loss(runs: usize) {
-    let mut report = Report::new(
+    ours_losing_the_primary(
         "host-loss",
         format!(
             "failover when the primary's host drops off the network (its namespace cut from the switch): 3 nodes, default settings, a commit every 10 ms, {runs} runs; asynchronous, so commits the old primary acknowledged before its fence may be missing"
         ),
+        runs,
+        Fault::HostLoss,
     );
+}
+
+/// This extension's failover after `fault`, on 3 nodes at default settings, as report `name`.
+fn ours_losing_the_primary(name: &str, title: String, runs: usize, fault: Fault) {
+    let mut report = Report::new(name, title);
     failover_series(
         &mut report,
         runs,
         &[2, 3],
         |_| NodeOptions::default(),
         System::Ours,
-        Fault::HostLoss,
+        fault,
     );
     report.save();
 }
