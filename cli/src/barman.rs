@@ -149,6 +149,10 @@ impl<'a> Barman<'a> {
                 dir.display()
             )));
         }
+        // The copy may hold the upstream's lock and marker files as they were.
+        for leftover in ["postmaster.pid", "postmaster.opts", "recovery.signal"] {
+            let _ = std::fs::remove_file(dir.join(leftover));
+        }
         Ok(())
     }
 }

@@ -45,6 +45,10 @@ pub struct CloneArgs {
     /// Clone with pg_basebackup even though repmgr.conf names a Barman server
     #[arg(long = "without-barman")]
     pub without_barman: bool,
+    /// From Barman only: never connect to the upstream (no checks, no slot made, no event
+    /// recorded); the standby streams from the connection given with -h/-d
+    #[arg(long = "no-upstream-connection")]
+    pub no_upstream_connection: bool,
 }
 
 /// Who should own a new data directory: the owner of the directory or of its parent, and
@@ -132,6 +136,9 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
         ));
     }
     let given = t.conninfo()?;
+    if a.no_upstream_connection {
+        return clone_without_upstream(ctx, a, &dir, &given);
+    }
     let mut up = Session::connect(&given, "the upstream")?;
     let nodes = catalog::nodes(&mut up)?;
     let upstream_id: Option<i32> = match a.upstream_node_id {
@@ -286,33 +293,13 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
             dir.display()
         )));
     }
-    // Barman's copy holds the upstream's lock file and marker files as they were.
-    for leftover in ["postmaster.pid", "postmaster.opts", "recovery.signal"] {
-        let _ = std::fs::remove_file(dir.join(leftover));
-    }
     let stream_from = upstream
         .as_ref()
         .map_or(given.clone(), |u| u.conninfo.clone());
     let primary_conninfo =
         conninfo::replication(&stream_from, repl_user.as_deref().unwrap_or(""), &node_name)
             .map_err(|e| Failure::config(format!("invalid upstream connection: {e}")))?;
-    let id_text = node_id.to_string();
-    let mut settings: Vec<(&str, Option<&str>)> = vec![
-        ("primary_conninfo", Some(&primary_conninfo)),
-        ("primary_slot_name", slot.as_deref()),
-        ("repmgr.node_id", Some(&id_text)),
-        ("repmgr.node_name", Some(&node_name)),
-        // A copied fence marking or pause belongs to the upstream, not to this node.
-        ("default_transaction_read_only", None),
-    ];
-    if let Some(c) = &ctx.cfg.conninfo {
-        settings.push(("repmgr.conninfo", Some(c)));
-    }
-    if let Some(r) = &ctx.cfg.restore_command {
-        settings.push(("restore_command", Some(r)));
-    }
-    local::set_auto_conf(&dir, &settings)?;
-    local::write_owned(&dir.join("standby.signal"), "", &dir)?;
+    write_standby_settings(ctx, &dir, &primary_conninfo, slot.as_deref(), node_id, &node_name)?;
     let method = match (&barman, &backup) {
         (Some(b), Some(backup)) => format!("barman (backup {} of {})", backup.id, b.describe()),
         _ => "pg_basebackup".to_string(),
@@ -326,6 +313,105 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
         record_event(&mut p, node_id, event::STANDBY_CLONE, true, &details);
     }
     notice(format!("standby clone ({details}) complete"));
+    notice(format!(
+        "start the server (repmgr -D {} node service --action=start), then register it: repmgr standby register",
+        dir.display()
+    ));
+    Ok(SUCCESS)
+}
+
+/// Makes a copied data directory a standby: its replication settings, its `repmgr.*` identity
+/// and `restore_command` in `postgresql.auto.conf`, and `standby.signal`.
+fn write_standby_settings(
+    ctx: &Ctx,
+    dir: &Path,
+    primary_conninfo: &str,
+    slot: Option<&str>,
+    node_id: i32,
+    node_name: &str,
+) -> Result<()> {
+    let id_text = node_id.to_string();
+    let mut settings: Vec<(&str, Option<&str>)> = vec![
+        ("primary_conninfo", Some(primary_conninfo)),
+        ("primary_slot_name", slot),
+        ("repmgr.node_id", Some(&id_text)),
+        ("repmgr.node_name", Some(node_name)),
+        // A copied fence marking or pause belongs to the upstream, not to this node.
+        ("default_transaction_read_only", None),
+    ];
+    if let Some(c) = &ctx.cfg.conninfo {
+        settings.push(("repmgr.conninfo", Some(c)));
+    }
+    if let Some(r) = &ctx.cfg.restore_command {
+        settings.push(("restore_command", Some(r)));
+    }
+    local::set_auto_conf(dir, &settings)?;
+    local::write_owned(&dir.join("standby.signal"), "", dir)
+}
+
+/// `standby clone --no-upstream-connection`: from Barman, without a word to the upstream. The
+/// standby streams from `given` (with the replication user of the options or repmgr.conf); a
+/// slot is named only when repmgr.conf says `use_replication_slots = on`, and must exist on
+/// the upstream before the standby starts; nothing is recorded in the catalog.
+fn clone_without_upstream(ctx: &Ctx, a: &CloneArgs, dir: &Path, given: &str) -> Result<i32> {
+    let Some(barman) = Barman::of(&ctx.cfg, a.without_barman) else {
+        return Err(Failure::new(
+            ERR_BAD_ARGUMENT,
+            "--no-upstream-connection clones from Barman only: set barman_host and barman_server in repmgr.conf (and do not pass --without-barman)",
+        ));
+    };
+    let node_id = a.node_id.or(ctx.cfg.node_id).ok_or_else(|| {
+        Failure::config("the new standby needs a node id")
+            .hint("Set node_id (and node_name, conninfo) in its repmgr.conf and give it with -f, or use --node-id.")
+    })?;
+    let node_name = a
+        .node_name
+        .clone()
+        .or_else(|| ctx.cfg.node_name.clone())
+        .unwrap_or_else(|| repmgr_core::node::default_name(node_id));
+    repmgr_core::node::validate_name(&node_name)
+        .map_err(|e| Failure::config(format!("node name \"{node_name}\": {e}")))?;
+    let repl_user = a
+        .replication_user
+        .clone()
+        .or_else(|| ctx.cfg.replication_user.clone())
+        .or_else(|| conninfo::get(given, "user"));
+    let primary_conninfo =
+        conninfo::replication(given, repl_user.as_deref().unwrap_or(""), &node_name)
+            .map_err(|e| Failure::config(format!("invalid upstream connection: {e}")))?;
+    let slot = (ctx.cfg.use_replication_slots == Some(true)).then(|| slot_name(node_id));
+    let backup = barman.newest_backup()?;
+    if ctx.g.dry_run {
+        notice(format!(
+            "--dry-run: would copy backup {} of {} into {} as node {node_id} (\"{node_name}\"), streaming from {} without connecting to it now, with: rsync {}",
+            backup.id,
+            barman.describe(),
+            dir.display(),
+            conninfo::mask(given),
+            barman.rsync_args(&backup, dir).join(" ")
+        ));
+        return Ok(SUCCESS);
+    }
+    if !local::is_empty_dir(dir) {
+        local::empty_directory(dir).map_err(|f| f.code(ERR_BAD_CONFIG))?;
+    }
+    notice(format!(
+        "cloning backup {} of {} into {} (no upstream connection)",
+        backup.id,
+        barman.describe(),
+        dir.display()
+    ));
+    barman.restore(&backup, dir, clone_owner(dir).as_deref())?;
+    write_standby_settings(ctx, dir, &primary_conninfo, slot.as_deref(), node_id, &node_name)?;
+    if let Some(s) = &slot {
+        eprintln!(
+            "WARNING: the standby streams through slot {s}, which this clone did not create: create it on the upstream before starting the standby (SELECT pg_create_physical_replication_slot('{s}'))"
+        );
+    }
+    notice(format!(
+        "standby clone of backup {} complete; no standby_clone event was recorded (no upstream connection)",
+        backup.id
+    ));
     notice(format!(
         "start the server (repmgr -D {} node service --action=start), then register it: repmgr standby register",
         dir.display()

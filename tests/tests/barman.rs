@@ -3,7 +3,8 @@
 //! backups, with sshd there; the new standby's host copies the newest backup over ssh with
 //! rsync, and, its primary having recycled the WAL from the start of that backup, catches up
 //! through `restore_command` (`barman-wal-restore`, from barman-cli) from Barman's archive,
-//! then streams from the primary.
+//! then streams from the primary. Another is cloned with `--no-upstream-connection` while it
+//! cannot reach the primary at all.
 
 use std::process::Command;
 use std::time::Duration;
@@ -167,6 +168,38 @@ fn a_standby_cloned_from_barman_catches_up_from_its_archive_then_streams() {
     let (code, said) = repmgr_in(&ns3, &as_strs(&clone_args(&c, &conf3, &["--dry-run"])));
     assert_eq!(code, 1, "{said}");
     assert!(said.contains("barman_host and barman_server go together"), "{said}");
+
+    // --no-upstream-connection: node 3 cannot even reach the primary while it clones.
+    let good: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let conf3 = c.repmgr_conf(&n3, &good).to_string_lossy().into_owned();
+    // Without Barman there is nothing to clone without the upstream.
+    let (code, said) = repmgr_in(
+        &ns3,
+        &as_strs(&clone_args(
+            &c,
+            &conf3,
+            &["--no-upstream-connection", "--without-barman", "--dry-run"],
+        )),
+    );
+    assert_eq!(code, 3, "{said}");
+    assert!(said.contains("--no-upstream-connection clones from Barman only"), "{said}");
+    c.network().cut(1, 3);
+    let (code, said) = repmgr_in(
+        &ns3,
+        &as_strs(&clone_args(&c, &conf3, &["--no-upstream-connection"])),
+    );
+    c.network().mend(1, 3);
+    assert_eq!(code, 0, "{said}");
+    assert!(
+        said.contains("(no upstream connection)")
+            && said.contains("no standby_clone event was recorded"),
+        "{said}"
+    );
+    c.adopt(n3, &opts);
+    c.start(3);
+    c.wait_for("node 3 to stream from the primary", WAIT, || {
+        c.streams_from(1, 3).then_some(())
+    });
 }
 
 fn as_strs(v: &[String]) -> Vec<&str> {
