@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 use crate::catalog::{self, Connect};
 use crate::conn::Session;
 use crate::context::Ctx;
-use crate::exit::{ERR_NODE_STATUS, Failure, Result, SUCCESS};
+use crate::exit::{ERR_BAD_SSH, ERR_NODE_STATUS, Failure, Result, SUCCESS};
 use crate::output::{Format, Table, csv_field, opt, pretty, text_table};
+use crate::remote;
 use repmgr_core::node::NodeRecord;
 
 /// What connecting to a node found.
@@ -372,15 +373,36 @@ pub fn matrix(ctx: &Ctx) -> Result<i32> {
     Ok(print_matrix(ctx, &nodes, &cells))
 }
 
-/// Every node's matrix, merged: a pair is reachable if any view says so, unreachable if a view
-/// says so and none says otherwise, unknown if no view could tell.
+/// Every node's matrix as that node sees it, merged: a pair is reachable if any view says so,
+/// unreachable if a view says so and none says otherwise, unknown if no view could tell. As
+/// repmgr does, each view is asked on the node's own machine: over ssh (`repmgr cluster matrix
+/// --csv` there, with `ssh_options`, bounded) for a node on another host, of its server
+/// directly for one on this machine. A view that cannot be had is named on stderr and left
+/// to the others; ssh failing exits 12 (ERR_BAD_SSH), unless a pair is not reachable (25).
 pub fn crosscheck(ctx: &Ctx) -> Result<i32> {
     let nodes = catalog_nodes(ctx)?;
     let mut cells: BTreeMap<(i32, i32), Option<bool>> = BTreeMap::new();
+    let mut ssh_failed = false;
     for n in &nodes {
-        let Ok(mut s) = n.connect() else { continue };
-        let Ok(view) = matrix_from(&mut s) else {
-            continue;
+        let view = if remote::is_local_host(&remote::host_of(n)) {
+            n.connect().and_then(|mut s| matrix_from(&mut s))
+        } else {
+            matrix_over_ssh(ctx, n)
+        };
+        let view = match view {
+            Ok(v) => v,
+            Err(f) => {
+                ssh_failed |= f.code == ERR_BAD_SSH;
+                eprintln!(
+                    "WARNING: the view of {} is left out: {}",
+                    n.describe(),
+                    conninfo::mask_in_text(&f.message)
+                );
+                if let Some(h) = &f.hint {
+                    eprintln!("HINT: {}", conninfo::mask_in_text(h));
+                }
+                continue;
+            }
         };
         for (a, b, v) in view {
             let e = cells.entry((a, b)).or_insert(None);
@@ -391,7 +413,50 @@ pub fn crosscheck(ctx: &Ctx) -> Result<i32> {
             };
         }
     }
-    Ok(print_matrix(ctx, &nodes, &cells))
+    let code = print_matrix(ctx, &nodes, &cells);
+    Ok(if code == SUCCESS && ssh_failed {
+        ERR_BAD_SSH
+    } else {
+        code
+    })
+}
+
+/// Node `n`'s matrix, from `repmgr cluster matrix --csv` run on its machine over ssh.
+fn matrix_over_ssh(ctx: &Ctx, n: &NodeRecord) -> Result<Vec<(i32, i32, Option<bool>)>> {
+    let args = ["cluster", "matrix", "--csv"].map(String::from);
+    let ran = remote::repmgr(&ctx.cfg, n, &args, remote::QUICK)?;
+    // Exit 25 is a matrix with a pair not reachable: still the node's view.
+    if ran.code != SUCCESS && ran.code != ERR_NODE_STATUS {
+        return Err(Failure::new(
+            ERR_NODE_STATUS,
+            format!(
+                "repmgr cluster matrix on its machine exited {}: {}",
+                ran.code,
+                ran.stderr.trim()
+            ),
+        )
+        .hint("Run repmgr cluster matrix on that node to see why."));
+    }
+    Ok(parse_matrix_csv(&ran.stdout))
+}
+
+/// `source,target,code` rows as `cluster matrix --csv` prints them (0 reachable, -1 not,
+/// -2 unknown); other lines are skipped.
+fn parse_matrix_csv(text: &str) -> Vec<(i32, i32, Option<bool>)> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<i32> = l
+                .split(',')
+                .map(|x| x.trim().parse().ok())
+                .collect::<Option<_>>()?;
+            match f[..] {
+                [a, b, 0] => Some((a, b, Some(true))),
+                [a, b, -1] => Some((a, b, Some(false))),
+                [a, b, _] => Some((a, b, None)),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 pub fn event(
@@ -525,6 +590,15 @@ mod tests {
             streaming: streaming.iter().map(|s| s.to_string()).collect(),
             rejoin: None,
         }
+    }
+
+    #[test]
+    fn a_remote_matrix_is_read_from_its_csv() {
+        let text = "1,1,0\n1,2,-1\n2,1,-2\nWARNING: something\n3,x,0\n";
+        assert_eq!(
+            parse_matrix_csv(text),
+            vec![(1, 1, Some(true)), (1, 2, Some(false)), (2, 1, None)]
+        );
     }
 
     #[test]

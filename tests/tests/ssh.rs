@@ -2,8 +2,8 @@
 //! network namespace of its own with Debian's sshd on its address, and the command line run
 //! on another node's host (its namespace), where the old primary's address is not local. A
 //! switchover stops the old primary, checks its shutdown and rejoins it (`node rejoin`) there
-//! over ssh; a refused or silent sshd is reported within a bounded time, before anything
-//! changed.
+//! over ssh; `cluster crosscheck` gets the other nodes' views by running `cluster matrix` there;
+//! a refused or silent sshd is reported within a bounded time, before anything changed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,6 +34,10 @@ fn repmgr_on(c: &Cluster, id: i32, args: &[&str]) -> (i32, String, String, Durat
     )
 }
 
+fn crosscheck_from(c: &Cluster, id: i32, conf: &Path) -> (i32, String, String, Duration) {
+    repmgr_on(c, id, &["-f", &conf.to_string_lossy(), "cluster", "crosscheck"])
+}
+
 fn switchover_from(c: &Cluster, id: i32, conf: &Path) -> (i32, String, String, Duration) {
     repmgr_on(
         c,
@@ -49,7 +53,7 @@ fn switchover_from(c: &Cluster, id: i32, conf: &Path) -> (i32, String, String, D
 }
 
 #[test]
-fn a_switchover_runs_on_the_old_primary_over_ssh_and_a_broken_ssh_changes_nothing() {
+fn a_switchover_and_a_crosscheck_run_over_ssh_and_a_broken_ssh_changes_nothing() {
     let mut c = Cluster::with_network("ssh");
     c.populate(&[2, 3], |_| NodeOptions::default());
     c.settled(1, &[2, 3], WAIT);
@@ -92,6 +96,23 @@ fn a_switchover_runs_on_the_old_primary_over_ssh_and_a_broken_ssh_changes_nothin
         (c.streams_from(2, 1) && c.streams_from(2, 3)).then_some(())
     });
 
+    // cluster crosscheck from node 3's host: nodes 1 and 2 give their views over ssh (their
+    // own `cluster matrix`), node 3 its own; every pair is reachable.
+    let (code, out, err, _) = crosscheck_from(&c, 3, &confs[2]);
+    assert_eq!(code, 0, "crosscheck from node 3's host: {out}{err}");
+    for id in [1, 2] {
+        let to = format!("\"{}\"", c.network().address(id));
+        assert!(
+            err.contains("\"ssh\"") && err.contains(&to) && err.contains("cluster") && err.contains("matrix"),
+            "node {id}'s view did not come over ssh:\n{err}"
+        );
+    }
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains(" | ")).skip(1).collect();
+    assert_eq!(rows.len(), 3, "crosscheck rows:\n{out}");
+    for r in &rows {
+        assert_eq!(r.matches('*').count(), 3, "crosscheck row {r:?}:\n{out}");
+    }
+
     // A refused ssh (no sshd on node 2's host): the switchover from node 1's host stops at
     // its checks, names the host, and leaves the cluster as it was.
     sshd.stop(2);
@@ -107,6 +128,16 @@ fn a_switchover_runs_on_the_old_primary_over_ssh_and_a_broken_ssh_changes_nothin
     );
     assert!(took < Duration::from_secs(15), "refused ssh took {took:?}");
     assert_eq!(c.writable(&[1, 2, 3]), [2]);
+    // crosscheck leaves node 2's view out, says so, and exits 12 (every pair is still known
+    // reachable from the other two views).
+    let (code, out, err, took) = crosscheck_from(&c, 1, &confs[0]);
+    assert_eq!(code, 12, "crosscheck, refused ssh: {out}{err}");
+    assert!(
+        err.contains("WARNING: the view of node 2")
+            && err.contains(&format!("ssh to {host2} for repmgr cluster matrix --csv for node 2")),
+        "crosscheck, refused ssh: {err}"
+    );
+    assert!(took < Duration::from_secs(15), "crosscheck, refused ssh took {took:?}");
 
     // A silent one (sshd frozen: TCP connects, no greeting): ssh's ConnectTimeout (3 s here)
     // bounds it.
@@ -114,7 +145,13 @@ fn a_switchover_runs_on_the_old_primary_over_ssh_and_a_broken_ssh_changes_nothin
     let frozen = sshd.pid(2);
     unsafe { libc::kill(frozen, libc::SIGSTOP) };
     let (code, _, err, took) = switchover_from(&c, 1, &confs[0]);
+    let (x_code, _, x_err, x_took) = crosscheck_from(&c, 1, &confs[0]);
     unsafe { libc::kill(frozen, libc::SIGCONT) };
+    assert_eq!(x_code, 12, "crosscheck, silent ssh: {x_err}");
+    assert!(
+        x_took >= Duration::from_secs(3) && x_took < Duration::from_secs(15),
+        "crosscheck, silent ssh took {x_took:?}"
+    );
     assert_eq!(code, 18, "silent ssh: {err}");
     assert!(err.contains(&format!("ssh to {host2}")), "silent ssh: {err}");
     assert!(
