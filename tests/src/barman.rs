@@ -1,7 +1,9 @@
-//! A Barman server (Debian's barman 3.4, which archives PostgreSQL up to 16) on a host of its own: a network namespace where it
-//! streams the primary's WAL (`streaming_archiver`, through a replication slot) and takes
-//! `backup_method = postgres` backups. It runs as root with a configuration and a home in the
-//! test's directory; its WAL receiver is stopped on drop.
+//! A Barman server on a host of its own: a network namespace where it streams the primary's
+//! WAL (`streaming_archiver`, through a replication slot) and takes `backup_method = postgres`
+//! backups. Debian 12's barman 3.4 for PostgreSQL 15 and 16; for 17 and 18, which 3.4 does not
+//! archive, PyPI's (`cargo xtask setup` puts it in /opt/repmgr-barman), which that host then
+//! has as its `barman` (see [`Barman::binds`]). It runs as root with a configuration and a home
+//! in the test's directory; its WAL receiver is stopped on drop.
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -10,7 +12,13 @@ use std::process::{Child, Command, Stdio};
 
 use crate::{Network, Node};
 
+/// Debian's Barman, and the newer one `cargo xtask setup` installs (its NEW_BARMAN_DIR).
+const DEBIAN_BARMAN: &str = "/usr/bin/barman";
+const NEW_BARMAN: &str = "/opt/repmgr-barman/bin/barman";
+
 pub struct Barman {
+    /// The program: Debian's, or the newer one.
+    pub program: PathBuf,
     pub conf: PathBuf,
     /// Where it runs: its namespace, and its address.
     pub namespace: String,
@@ -40,7 +48,18 @@ impl Barman {
             ),
         )
         .expect("write barman.conf");
+        let program = PathBuf::from(if crate::pg_major(&primary.bindir) >= 17 {
+            NEW_BARMAN
+        } else {
+            DEBIAN_BARMAN
+        });
+        assert!(
+            program.exists(),
+            "{} is missing: run cargo xtask setup",
+            program.display()
+        );
         let mut b = Barman {
+            program,
             conf,
             namespace: net.namespace(id),
             address: net.address(id),
@@ -61,9 +80,21 @@ impl Barman {
         b
     }
 
+    /// What sshd on the Barman host bind-mounts so that `barman` there (run over ssh by the
+    /// command line and by barman-wal-restore) is this Barman.
+    pub fn binds(&self) -> Vec<(PathBuf, PathBuf)> {
+        if self.program == Path::new(DEBIAN_BARMAN) {
+            Vec::new()
+        } else {
+            vec![(self.program.clone(), PathBuf::from(DEBIAN_BARMAN))]
+        }
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.namespace, "barman", "-c"])
+        c.args(["netns", "exec", &self.namespace])
+            .arg(&self.program)
+            .arg("-c")
             .arg(&self.conf)
             .args(args);
         c

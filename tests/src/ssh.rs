@@ -91,6 +91,12 @@ impl Sshd {
     /// Starts sshd in node `id`'s namespace, on its address, port 22, and waits until it
     /// answers there.
     pub fn start(&mut self, net: &Network, id: i32) {
+        self.start_with(net, id, &[]);
+    }
+
+    /// [`Sshd::start`], with each `(file, over)` of `binds` bind-mounted over `over` for
+    /// sshd and what it runs (a program that host has in place of this machine's).
+    pub fn start_with(&mut self, net: &Network, id: i32, binds: &[(PathBuf, PathBuf)]) {
         let conf = self.dir.join(format!("sshd-{id}.conf"));
         fs::write(
             &conf,
@@ -104,9 +110,15 @@ impl Sshd {
         )
         .expect("write sshd_config");
         let log = fs::File::create(self.dir.join(format!("sshd-{id}.log"))).expect("sshd log");
+        // Each step execs the next, so the child's pid is sshd's.
+        let mut script = String::from("set -e\n");
+        for (file, over) in binds {
+            script.push_str(&format!("mount --bind '{}' '{}'\n", file.display(), over.display()));
+        }
+        script.push_str(&format!("exec /usr/sbin/sshd -D -e -f '{}'\n", conf.display()));
         let child = Command::new("ip")
-            .args(["netns", "exec", &net.namespace(id), "/usr/sbin/sshd", "-D", "-e", "-f"])
-            .arg(&conf)
+            .args(["netns", "exec", &net.namespace(id)])
+            .args(["unshare", "--mount", "--propagation", "private", "sh", "-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

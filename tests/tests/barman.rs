@@ -1,5 +1,5 @@
-//! `standby clone` from Barman on real hosts: Debian's Barman 3.4 on a host (network
-//! namespace) of its own, streaming the primary's WAL and taking `backup_method = postgres`
+//! `standby clone` from Barman on real hosts: Barman (Debian's 3.4 on PostgreSQL 15 and 16,
+//! PyPI's on 17 and 18) on a host (network namespace) of its own, streaming the primary's WAL and taking `backup_method = postgres`
 //! backups, with sshd there; the new standby's host copies the newest backup over ssh with
 //! rsync, and, its primary having recycled the WAL from the start of that backup, catches up
 //! through `restore_command` (`barman-wal-restore`, from barman-cli) from Barman's archive,
@@ -53,7 +53,7 @@ fn a_standby_cloned_from_barman_catches_up_from_its_archive_then_streams() {
     let mut sshd = Sshd::new(&c.dir.join("ssh"));
     sshd.configure_clients(c.network());
     let barman = Barman::start(&c.dir.join("barman"), c.network_mut(), 9, &primary, "pg1");
-    sshd.start(c.network(), 9);
+    sshd.start_with(c.network(), 9, &barman.binds());
     let id = barman.backup();
     let begin_wal = barman
         .run(&["show-backup", "pg1", &id])
