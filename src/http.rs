@@ -15,7 +15,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -38,7 +38,7 @@ const DRAIN_LIMIT: usize = 4 << 20;
 /// How long past [`DEADLINE`] a refused request's input is still taken.
 const DRAIN_TIME: Duration = Duration::from_millis(500);
 
-/// How often the listener thread looks at its stop flag.
+/// How often the listener thread looks at its stop flag unwoken (a drop wakes it at once).
 const POLL: Duration = Duration::from_millis(200);
 
 /// The latest view published by the main thread.
@@ -58,15 +58,20 @@ pub struct Listener {
     /// What it listens on, as configured: (`repmgr.http_listen_address`, `repmgr.http_port`).
     pub config: (String, u16),
     stop: Arc<AtomicBool>,
+    /// Written to on drop: the thread wakes at once. A worker whose postmaster died drops
+    /// its listener before it tells the voters, so this wait is part of every failover.
+    wake: OwnedFd,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let byte = [1u8];
+        unsafe { libc::write(self.wake.as_raw_fd(), byte.as_ptr().cast(), 1) };
         if let Some(t) = self.thread.take() {
-            // The thread notices within POLL; connection threads finish within DEADLINE on
-            // their own and hold nothing of ours but the view's lock, briefly.
+            // Connection threads finish within DEADLINE on their own and hold nothing of
+            // ours but the view's lock, briefly.
             let _ = t.join();
         }
     }
@@ -104,16 +109,25 @@ pub fn start(address: &str, port: u16) -> std::result::Result<Listener, String> 
     }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
+    let mut pipe = [0; 2];
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(format!(
+            "cannot start the listener thread: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let (woken, wake) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
     let thread = with_signals_blocked(|| {
         std::thread::Builder::new()
             .name("repmgr http".into())
             .stack_size(256 << 10)
-            .spawn(move || accept_loop(listeners, flag))
+            .spawn(move || accept_loop(listeners, woken, flag))
     })
     .map_err(|e| format!("cannot start the listener thread: {e}"))?;
     Ok(Listener {
         config: (address.to_string(), port),
         stop,
+        wake,
         thread: Some(thread),
     })
 }
@@ -132,12 +146,14 @@ fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-fn accept_loop(listeners: Vec<TcpListener>, stop: Arc<AtomicBool>) {
+fn accept_loop(listeners: Vec<TcpListener>, woken: OwnedFd, stop: Arc<AtomicBool>) {
     let active = Arc::new(AtomicUsize::new(0));
     let mut fds: Vec<libc::pollfd> = listeners
         .iter()
-        .map(|l| libc::pollfd {
-            fd: l.as_raw_fd(),
+        .map(|l| l.as_raw_fd())
+        .chain([woken.as_raw_fd()])
+        .map(|fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
         })
