@@ -16,7 +16,7 @@ use repmgr_core::driver::{Action, Catalog, Driver, Input, Level, LocalFacts, Ups
 use repmgr_core::lease::{NodeId, Poll, PollReply, Stamp, Timing};
 use repmgr_core::node::NodeRecord;
 use repmgr_core::template;
-use repmgr_core::vote::VoteReply;
+use repmgr_core::vote::{EXIT_REPORT_WITHIN, VoteReply};
 use repmgr_pq::{Conn, Interest, Step};
 
 use crate::config::Settings;
@@ -153,11 +153,8 @@ impl Failover {
         if voters.is_empty() || unsafe { pg_sys::RecoveryInProgress() } {
             return;
         }
-        let deadline = std::time::Instant::now()
-            + self
-                .settings
-                .peer_connect_timeout
-                .min(Duration::from_secs(1));
+        let deadline =
+            std::time::Instant::now() + self.settings.peer_connect_timeout.min(EXIT_REPORT_WITHIN);
         let args = [
             f.node_id.to_string(),
             lease.term.to_string(),

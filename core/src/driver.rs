@@ -438,6 +438,10 @@ const DEFER_PATIENCE: u32 = 2;
 /// answer says it lost the primary).
 const ASK_MARGIN: Duration = Duration::from_millis(10);
 
+/// How soon to ask again a voter that answered before the report of the primary's exit
+/// reached it (this node had it already: they are sent at once).
+const ASK_TOLD: Duration = Duration::from_millis(30);
+
 /// How long, from `now`, until a majority of `voters` (this one included) will have heard
 /// nothing from the primary for as long as their rule needs, by the others' `answers` (each
 /// says how long it has been silent and how long it waits); `None` when too few answered or a
@@ -1647,6 +1651,18 @@ impl Driver {
                     // where every voter's lease runs out within a heartbeat of the others'.
                     // A few milliseconds of jitter keep two standbys from asking at once.
                     let at = now + in_ + self.jitter(ASK_MARGIN, ASK_MARGIN * 3);
+                    self.retry_at = self.retry_at.min(at);
+                }
+                // This voter was told the primary is down; the others are told in the same
+                // moment, and one that answered before its report arrived has it a few
+                // milliseconds later. Ask again soon while the reports can still be arriving,
+                // rather than at the jittered retry up to a second away.
+                if let Plan::Wait { lasting: false, .. } = other
+                    && f.voter
+                        .told_gone
+                        .is_some_and(|t| now.saturating_sub(t) < crate::vote::EXIT_REPORT_WITHIN)
+                {
+                    let at = now + self.jitter(ASK_TOLD, ASK_TOLD * 2);
                     self.retry_at = self.retry_at.min(at);
                 }
                 let text = match other {

@@ -43,7 +43,14 @@ pub struct Voter {
     pub unled_since: Option<Duration>,
     /// The node and lease incarnation of the last reply this voter counted.
     pub confirmed: Option<(NodeId, u64)>,
+    /// When this voter was told its primary is down (its exit reported, or a switchover's
+    /// check), until it hears a primary again.
+    pub told_gone: Option<Duration>,
 }
+
+/// How long the worker of a primary whose postmaster died takes at most to tell every voter
+/// (in parallel); a voter told sooner knows the others are being told meanwhile.
+pub const EXIT_REPORT_WITHIN: Duration = Duration::from_secs(1);
 
 /// What a poll reply meant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +172,7 @@ impl Voter {
             echo: None,
             unled_since: None,
             confirmed: None,
+            told_gone: None,
         }
     }
 
@@ -242,6 +250,7 @@ impl Voter {
         self.leader = Some(from);
         self.echo = Some(reply.stamp);
         self.confirmed = Some((from, reply.stamp.incarnation));
+        self.told_gone = None;
         Heard::Alive { persist }
     }
 
@@ -263,6 +272,7 @@ impl Voter {
         self.last_heard = Some(expired);
         self.started = self.started.min(expired);
         self.echo = None;
+        self.told_gone = Some(now);
         true
     }
 

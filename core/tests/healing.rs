@@ -1,16 +1,18 @@
 //! Self-healing decisions of the driver: a standby stops streaming from a primary it has moved
 //! past (it voted for another node, or learnt of a newer term) and streams again only from a
-//! primary it supports; a diverged standby asks for a rejoin, with back-off, within limits.
+//! primary it supports; a diverged standby asks for a rejoin, with back-off, within limits;
+//! told the primary exited, a standby asks the voters again as soon as they can have heard it.
 
 use std::time::Duration;
 
-use repmgr_core::driver::{Action, Catalog, Driver, Input, Settings, Upstream};
+use repmgr_core::driver::{Action, Catalog, Driver, Input, LocalFacts, Settings, Upstream};
 use repmgr_core::durable::Saved;
+use repmgr_core::election::Answer;
 use repmgr_core::event;
 use repmgr_core::lease::Timing;
 use repmgr_core::node::{NodeRecord, NodeType};
 use repmgr_core::rejoin::{AutoRejoin, Status};
-use repmgr_core::state::{Disk, State};
+use repmgr_core::state::{Disk, PreVote, State};
 use repmgr_core::vote::Durable;
 
 const TIMING: Timing = Timing {
@@ -417,4 +419,92 @@ fn a_standby_whose_upstream_died_does_not_move_to_a_primary_it_moved_past() {
         .follow_decision(&s, down)
         .expect("it follows the primary it supports");
     assert_eq!(target.node_id, 1);
+}
+
+/// What the driver asks for at `ms`.
+fn step(d: &mut Driver, s: &mut State, ms: u64, input: Input) -> Vec<Action> {
+    d.step(Duration::from_millis(ms), s, &mut NoDisk, input)
+}
+
+/// The look-around round `actions` starts, if any.
+fn asks_around(actions: &[Action]) -> Option<u64> {
+    actions.iter().find_map(|a| match a {
+        Action::AskAround { round, .. } => Some(*round),
+        _ => None,
+    })
+}
+
+#[test]
+fn told_the_primary_exited_a_standby_asks_again_soon_a_voter_that_had_not_heard_yet() {
+    let (mut d, mut s) = standby();
+    support(&mut s, 1, Some(1));
+    s.voter.confirmed = Some((1, 9));
+    s.voter.last_heard = Some(Duration::from_millis(9_900));
+    // The worker of node 1 reports its postmaster exited, to every voter at once; this one
+    // has it first.
+    assert!(s.primary_exited(Duration::from_millis(10_000), 1, 1, 9));
+    let round = asks_around(&step(&mut d, &mut s, 10_000, Input::Tick))
+        .expect("told, it looks around at once");
+    let facts = LocalFacts {
+        lsn: Some(100),
+        timeline: 1,
+        timeline_start: 0,
+        quorum: Some((Default::default(), true)),
+        quorum_version: 0,
+        failover_slots: 0,
+    };
+    step(&mut d, &mut s, 10_001, Input::Local { round, facts });
+    step(
+        &mut d,
+        &mut s,
+        10_002,
+        Input::PreVote {
+            round,
+            from: 1,
+            answer: None,
+        },
+    );
+    // Node 3 answered before the report reached it: it heard the primary 100 ms ago.
+    let heard_recently = PreVote {
+        answer: Answer {
+            term: 1,
+            leading: false,
+            in_recovery: true,
+            silence: Duration::from_millis(100),
+            lost: false,
+            lsn: Some(100),
+            timeline: 1,
+            timeline_start: 0,
+            unavailable: false,
+            diverged: false,
+            priority: 100,
+            failover_slots: 0,
+            version: 1,
+            sync_quorum: 0,
+        },
+        primary: Some((1, 1)),
+        switch_lsn: 0,
+        timing: TIMING,
+        wait: TIMING.lease,
+    };
+    let closed = step(
+        &mut d,
+        &mut s,
+        10_003,
+        Input::PreVote {
+            round,
+            from: 3,
+            answer: Some(heard_recently),
+        },
+    );
+    assert_eq!(
+        asks_around(&closed),
+        None,
+        "node 3 still supports the primary: no election yet"
+    );
+    // It asks again within 30 to 60 ms, not at the jittered retry up to a second later.
+    let again = (10_004..=10_063)
+        .find(|ms| asks_around(&step(&mut d, &mut s, *ms, Input::Tick)).is_some())
+        .expect("a second look within 60 ms");
+    assert!(again >= 10_033, "asked again after {} ms", again - 10_003);
 }
