@@ -1,8 +1,8 @@
 //! Running `repmgr` on another node's machine: over ssh, as repmgr does, or directly when the
 //! node lives on this machine (a loopback address, a Unix socket, or an address of ours).
 
-use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
 use std::io::Read;
+use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -72,7 +72,9 @@ pub fn repmgr(cfg: &Config, node: &NodeRecord, args: &[String], within: Duration
         let program = cfg
             .repmgr_bindir
             .as_ref()
-            .map_or("repmgr".to_string(), |d| d.join("repmgr").to_string_lossy().into_owned());
+            .map_or("repmgr".to_string(), |d| {
+                d.join("repmgr").to_string_lossy().into_owned()
+            });
         let line = std::iter::once(shell_quote(&program))
             .chain(full.iter().map(|a| shell_quote(a)))
             .collect::<Vec<_>>()
@@ -84,7 +86,8 @@ pub fn repmgr(cfg: &Config, node: &NodeRecord, args: &[String], within: Duration
     c.args(&full);
     debug(format!("on {}: {c:?}", node.describe()));
     run_within(c, within).map_err(|e| {
-        Failure::new(ERR_BAD_SSH, format!("{what} {e}")).hint("Check that node's server and the command's own log.")
+        Failure::new(ERR_BAD_SSH, format!("{what} {e}"))
+            .hint("Check that node's server and the command's own log.")
     })
 }
 
@@ -94,7 +97,9 @@ pub fn repmgr(cfg: &Config, node: &NodeRecord, args: &[String], within: Duration
 /// caller's to judge.
 pub fn ssh(cfg: &Config, host: &str, line: &str, within: Duration, what: &str) -> Result<Ran> {
     let mut c = Command::new("ssh");
-    c.args(cfg.ssh_options.split_whitespace()).arg(host).arg(line);
+    c.args(cfg.ssh_options.split_whitespace())
+        .arg(host)
+        .arg(line);
     debug(format!("{what}: {c:?}"));
     let ran = run_within(c, within).map_err(|e| {
         Failure::new(ERR_BAD_SSH, format!("ssh to {host} for {what} {e}")).hint(
@@ -161,8 +166,18 @@ fn wait_within(mut child: Child, within: Duration) -> Option<Output> {
             buf
         })
     };
-    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let deadline = Instant::now() + within;
     let status = loop {
         match child.try_wait() {

@@ -8,6 +8,7 @@ use repmgr_core::event;
 use repmgr_core::lsn::Lsn;
 use repmgr_core::node::{NodeType, slot_name};
 
+use crate::barman::Barman;
 use crate::catalog::{self, Connect};
 use crate::conn::{Session, debug};
 use crate::context::Ctx;
@@ -18,7 +19,6 @@ use crate::exit::{
 use crate::local;
 use crate::node::record_event;
 use crate::register::notice;
-use crate::barman::Barman;
 use crate::{basebackup, remote, service};
 use repmgr_core::node::NodeRecord;
 
@@ -299,7 +299,14 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> Result<i32> {
     let primary_conninfo =
         conninfo::replication(&stream_from, repl_user.as_deref().unwrap_or(""), &node_name)
             .map_err(|e| Failure::config(format!("invalid upstream connection: {e}")))?;
-    write_standby_settings(ctx, &dir, &primary_conninfo, slot.as_deref(), node_id, &node_name)?;
+    write_standby_settings(
+        ctx,
+        &dir,
+        &primary_conninfo,
+        slot.as_deref(),
+        node_id,
+        &node_name,
+    )?;
     let method = match (&barman, &backup) {
         (Some(b), Some(backup)) => format!("barman (backup {} of {})", backup.id, b.describe()),
         _ => "pg_basebackup".to_string(),
@@ -402,7 +409,14 @@ fn clone_without_upstream(ctx: &Ctx, a: &CloneArgs, dir: &Path, given: &str) -> 
         dir.display()
     ));
     barman.restore(&backup, dir, clone_owner(dir).as_deref())?;
-    write_standby_settings(ctx, dir, &primary_conninfo, slot.as_deref(), node_id, &node_name)?;
+    write_standby_settings(
+        ctx,
+        dir,
+        &primary_conninfo,
+        slot.as_deref(),
+        node_id,
+        &node_name,
+    )?;
     if let Some(s) = &slot {
         eprintln!(
             "WARNING: the standby streams through slot {s}, which this clone did not create: create it on the upstream before starting the standby (SELECT pg_create_physical_replication_slot('{s}'))"
@@ -663,15 +677,20 @@ fn checks(ctx: &Ctx, a: &SwitchoverArgs, local: &mut Session, my_id: i32) -> Res
         .hint("Wait until SELECT * FROM repmgr.node_check() on it shows them ready (a copy becomes usable once its slot's consumer confirms newer changes), or pass --force to switch over anyway."));
     }
     // The old primary's machine must run repmgr for us (ssh, or here).
-    let v = remote::repmgr(&ctx.cfg, &primary, &["--version".to_string()], remote::QUICK)
-        .map_err(|f| {
-            let message = format!(
-                "switchover not carried out (nothing changed): repmgr cannot be run for {}: {}",
-                primary.describe(),
-                f.message
-            );
-            Failure { message, ..f }.code(ERR_SWITCHOVER_FAIL)
-        })?;
+    let v = remote::repmgr(
+        &ctx.cfg,
+        &primary,
+        &["--version".to_string()],
+        remote::QUICK,
+    )
+    .map_err(|f| {
+        let message = format!(
+            "switchover not carried out (nothing changed): repmgr cannot be run for {}: {}",
+            primary.describe(),
+            f.message
+        );
+        Failure { message, ..f }.code(ERR_SWITCHOVER_FAIL)
+    })?;
     if !v.success {
         return Err(refuse(format!(
             "repmgr does not run for {}: {}",
@@ -709,12 +728,7 @@ fn unusable_slot_copies(local: &mut Session) -> Result<Option<String>> {
 }
 
 /// Runs `repmgr <args>` for the old primary, with its data directory, for at most `within`.
-fn on_old_primary(
-    ctx: &Ctx,
-    plan: &Plan,
-    args: &[&str],
-    within: Duration,
-) -> Result<remote::Ran> {
+fn on_old_primary(ctx: &Ctx, plan: &Plan, args: &[&str], within: Duration) -> Result<remote::Ran> {
     let mut full = vec![
         "-D".to_string(),
         plan.primary_dir.to_string_lossy().into_owned(),
@@ -730,9 +744,13 @@ fn service_bound(ctx: &Ctx) -> Duration {
 
 /// Starts the old primary again after an abandoned switchover, and says what state is left.
 fn back_out(ctx: &Ctx, plan: &Plan, paused: &[NodeRecord], why: String) -> Failure {
-    let restarted =
-        on_old_primary(ctx, plan, &["node", "service", "--action=start"], service_bound(ctx))
-            .is_ok_and(|r| r.success);
+    let restarted = on_old_primary(
+        ctx,
+        plan,
+        &["node", "service", "--action=start"],
+        service_bound(ctx),
+    )
+    .is_ok_and(|r| r.success);
     let unpaused = service::unpause(paused);
     let state = if restarted {
         format!(

@@ -907,7 +907,13 @@ mod tests {
         // of 4), one that lapsed needs 3 again: meanwhile a forced rival may have gathered a
         // majority and count 2 of its own.
         let v = view(1, &[1, 2, 3, 4, 5, 6]);
-        let mut l = Lease::new(3, 1, 1, std::slice::from_ref(&v), Some((ms(0), F, &[2, 3, 4])));
+        let mut l = Lease::new(
+            3,
+            1,
+            1,
+            std::slice::from_ref(&v),
+            Some((ms(0), F, &[2, 3, 4])),
+        );
         assert!(l.established() && l.may_commit(ms(10), F));
         let confirm = |l: &mut Lease, at: u64, voters: &[NodeId]| {
             for voter in voters {

@@ -84,8 +84,8 @@ impl Monitor {
         // A primary that just let the history write time out is not called again this round:
         // a second wait would hold the round past a peer timeout plus an interval (seen in CI
         // with a frozen primary: 4.2 s, with an event queued from the worker's start).
-        let silent = up
-            && matches!((history, due), (Some(p), true) if !self.write_history(snap, me, p));
+        let silent =
+            up && matches!((history, due), (Some(p), true) if !self.write_history(snap, me, p));
         // Events go to the primary whenever it is known to answer: through the upstream
         // check, or because this node's polls reach it (its upstream may be elsewhere, or dead).
         let primary_answers = self.failover.silence().is_some_and(|s| s < quiet);

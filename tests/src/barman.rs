@@ -115,7 +115,14 @@ impl Barman {
 
     /// Takes a backup, once the WAL before it is archived; returns its id.
     pub fn backup(&self) -> String {
-        self.run(&["switch-wal", "--force", "--archive", "--archive-timeout", "60", &self.server]);
+        self.run(&[
+            "switch-wal",
+            "--force",
+            "--archive",
+            "--archive-timeout",
+            "60",
+            &self.server,
+        ]);
         self.run(&["backup", "--wait", "--wait-timeout", "120", &self.server]);
         self.run(&["list-backups", "--minimal", &self.server])
             .lines()

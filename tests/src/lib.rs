@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use repmgr_pq::{Conn, PollWaiter, Rows};
 
+pub mod barman;
 pub mod chart;
 pub mod haproxy;
 pub mod http;
 pub mod load;
 mod net;
-pub mod barman;
 pub mod repmgr5;
 pub mod ssh;
 pub use net::Network;

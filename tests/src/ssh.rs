@@ -113,12 +113,27 @@ impl Sshd {
         // Each step execs the next, so the child's pid is sshd's.
         let mut script = String::from("set -e\n");
         for (file, over) in binds {
-            script.push_str(&format!("mount --bind '{}' '{}'\n", file.display(), over.display()));
+            script.push_str(&format!(
+                "mount --bind '{}' '{}'\n",
+                file.display(),
+                over.display()
+            ));
         }
-        script.push_str(&format!("exec /usr/sbin/sshd -D -e -f '{}'\n", conf.display()));
+        script.push_str(&format!(
+            "exec /usr/sbin/sshd -D -e -f '{}'\n",
+            conf.display()
+        ));
         let child = Command::new("ip")
             .args(["netns", "exec", &net.namespace(id)])
-            .args(["unshare", "--mount", "--propagation", "private", "sh", "-c", &script])
+            .args([
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -39,7 +39,13 @@ fn clone_args(c: &Cluster, conf: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = ["-f", conf, "standby", "clone", "-h", &p.host, "-p"]
         .map(str::to_string)
         .to_vec();
-    args.extend([p.port.to_string(), "-U".into(), "postgres".into(), "-d".into(), "repmgr".into()]);
+    args.extend([
+        p.port.to_string(),
+        "-U".into(),
+        "postgres".into(),
+        "-d".into(),
+        "repmgr".into(),
+    ]);
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -58,7 +64,11 @@ fn a_standby_cloned_from_barman_catches_up_from_its_archive_then_streams() {
     let begin_wal = barman
         .run(&["show-backup", "pg1", &id])
         .lines()
-        .find_map(|l| l.trim().strip_prefix("Begin WAL").map(|v| v.trim_start_matches([' ', ':']).trim().to_string()))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Begin WAL")
+                .map(|v| v.trim_start_matches([' ', ':']).trim().to_string())
+        })
         .expect("the backup's first WAL file");
 
     // Changes after the backup, and the primary recycles the WAL from the backup's start: the
@@ -67,20 +77,28 @@ fn a_standby_cloned_from_barman_catches_up_from_its_archive_then_streams() {
     for round in 0..4 {
         c.sql(
             1,
-            &format!("INSERT INTO after_backup SELECT g FROM generate_series({}, {}) g", round * 1000 + 1, round * 1000 + 1000),
+            &format!(
+                "INSERT INTO after_backup SELECT g FROM generate_series({}, {}) g",
+                round * 1000 + 1,
+                round * 1000 + 1000
+            ),
         );
         c.sql(1, "SELECT pg_switch_wal()");
         c.sql(1, "CHECKPOINT");
     }
-    c.wait_for("the primary to recycle the backup's first WAL file", WAIT, || {
-        c.sql(1, "SELECT pg_switch_wal()");
-        c.sql(1, "CHECKPOINT");
-        (c.int(
-            1,
-            &format!("SELECT count(*) FROM pg_ls_waldir() WHERE name = '{begin_wal}'"),
-        ) == 0)
-            .then_some(())
-    });
+    c.wait_for(
+        "the primary to recycle the backup's first WAL file",
+        WAIT,
+        || {
+            c.sql(1, "SELECT pg_switch_wal()");
+            c.sql(1, "CHECKPOINT");
+            (c.int(
+                1,
+                &format!("SELECT count(*) FROM pg_ls_waldir() WHERE name = '{begin_wal}'"),
+            ) == 0)
+                .then_some(())
+        },
+    );
 
     let opts = NodeOptions::default();
     let n2 = c.reserve(2, &opts);
@@ -104,8 +122,10 @@ fn a_standby_cloned_from_barman_catches_up_from_its_archive_then_streams() {
     let (code, said) = repmgr_in(&ns2, &as_strs(&clone_args(&c, &conf2, &["--dry-run"])));
     assert_eq!(code, 0, "{said}");
     assert!(
-        said.contains(&format!("would copy backup {id} of Barman server \"pg1\" on {}", barman.address))
-            && said.contains("rsync -a --no-owner --no-group --delete")
+        said.contains(&format!(
+            "would copy backup {id} of Barman server \"pg1\" on {}",
+            barman.address
+        )) && said.contains("rsync -a --no-owner --no-group --delete")
             && said.contains("would set restore_command = 'barman-wal-restore"),
         "{said}"
     );
@@ -117,20 +137,31 @@ fn a_standby_cloned_from_barman_catches_up_from_its_archive_then_streams() {
         said.contains(&format!("cloning backup {id} of Barman server \"pg1\"")),
         "{said}"
     );
-    assert!(n2.data.join("backup_label").exists(), "Barman's copy keeps its backup_label");
+    assert!(
+        n2.data.join("backup_label").exists(),
+        "Barman's copy keeps its backup_label"
+    );
     let auto = std::fs::read_to_string(n2.data.join("postgresql.auto.conf")).unwrap();
-    assert!(auto.contains("restore_command = 'barman-wal-restore"), "{auto}");
+    assert!(
+        auto.contains("restore_command = 'barman-wal-restore"),
+        "{auto}"
+    );
     c.adopt(n2, &opts);
     c.start(2);
-    c.wait_for("node 2 to replay the changes made after the backup", WAIT, || {
-        c.try_sql(2, "SELECT count(*) FROM after_backup")
-            .ok()
-            .and_then(|r| r.get(0, 0).map(str::to_string))
-            .filter(|n| n == "4000")
-            .map(|_| ())
-    });
+    c.wait_for(
+        "node 2 to replay the changes made after the backup",
+        WAIT,
+        || {
+            c.try_sql(2, "SELECT count(*) FROM after_backup")
+                .ok()
+                .and_then(|r| r.get(0, 0).map(str::to_string))
+                .filter(|n| n == "4000")
+                .map(|_| ())
+        },
+    );
     assert!(
-        c.log(2).contains(&format!("restored log file \"{begin_wal}\" from archive")),
+        c.log(2)
+            .contains(&format!("restored log file \"{begin_wal}\" from archive")),
         "node 2 did not restore {begin_wal} from Barman:\n{}",
         c.log(2)
     );
@@ -167,7 +198,10 @@ fn a_standby_cloned_from_barman_catches_up_from_its_archive_then_streams() {
     let conf3 = c.repmgr_conf(&n3, &half).to_string_lossy().into_owned();
     let (code, said) = repmgr_in(&ns3, &as_strs(&clone_args(&c, &conf3, &["--dry-run"])));
     assert_eq!(code, 1, "{said}");
-    assert!(said.contains("barman_host and barman_server go together"), "{said}");
+    assert!(
+        said.contains("barman_host and barman_server go together"),
+        "{said}"
+    );
 
     // --no-upstream-connection: node 3 cannot even reach the primary while it clones.
     let good: Vec<&str> = lines.iter().map(String::as_str).collect();
@@ -182,7 +216,10 @@ fn a_standby_cloned_from_barman_catches_up_from_its_archive_then_streams() {
         )),
     );
     assert_eq!(code, 3, "{said}");
-    assert!(said.contains("--no-upstream-connection clones from Barman only"), "{said}");
+    assert!(
+        said.contains("--no-upstream-connection clones from Barman only"),
+        "{said}"
+    );
     c.network().cut(1, 3);
     let (code, said) = repmgr_in(
         &ns3,

@@ -309,13 +309,8 @@ fn logical_consumers_go_on_across_a_failover_and_a_switchover() {
         code != 0 && !err.contains("cdc_idle") && err.contains("primary"),
         "standby promote --allow-slot-loss: exit {code}: {err}"
     );
-    let (code, _, err) = repmgr_tests::run_cli(&[
-        "-f",
-        &conf1,
-        "standby",
-        "switchover",
-        "--siblings-follow",
-    ]);
+    let (code, _, err) =
+        repmgr_tests::run_cli(&["-f", &conf1, "standby", "switchover", "--siblings-follow"]);
     assert!(
         code != 0 && err.contains("cdc_idle not yet usable"),
         "switchover: exit {code}: {err}"

@@ -35,7 +35,11 @@ fn repmgr_on(c: &Cluster, id: i32, args: &[&str]) -> (i32, String, String, Durat
 }
 
 fn crosscheck_from(c: &Cluster, id: i32, conf: &Path) -> (i32, String, String, Duration) {
-    repmgr_on(c, id, &["-f", &conf.to_string_lossy(), "cluster", "crosscheck"])
+    repmgr_on(
+        c,
+        id,
+        &["-f", &conf.to_string_lossy(), "cluster", "crosscheck"],
+    )
 }
 
 fn switchover_from(c: &Cluster, id: i32, conf: &Path) -> (i32, String, String, Duration) {
@@ -103,7 +107,10 @@ fn a_switchover_and_a_crosscheck_run_over_ssh_and_a_broken_ssh_changes_nothing()
     for id in [1, 2] {
         let to = format!("\"{}\"", c.network().address(id));
         assert!(
-            err.contains("\"ssh\"") && err.contains(&to) && err.contains("cluster") && err.contains("matrix"),
+            err.contains("\"ssh\"")
+                && err.contains(&to)
+                && err.contains("cluster")
+                && err.contains("matrix"),
             "node {id}'s view did not come over ssh:\n{err}"
         );
     }
@@ -134,10 +141,15 @@ fn a_switchover_and_a_crosscheck_run_over_ssh_and_a_broken_ssh_changes_nothing()
     assert_eq!(code, 12, "crosscheck, refused ssh: {out}{err}");
     assert!(
         err.contains("WARNING: the view of node 2")
-            && err.contains(&format!("ssh to {host2} for repmgr cluster matrix --csv for node 2")),
+            && err.contains(&format!(
+                "ssh to {host2} for repmgr cluster matrix --csv for node 2"
+            )),
         "crosscheck, refused ssh: {err}"
     );
-    assert!(took < Duration::from_secs(15), "crosscheck, refused ssh took {took:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "crosscheck, refused ssh took {took:?}"
+    );
 
     // A silent one (sshd frozen: TCP connects, no greeting): ssh's ConnectTimeout (3 s here)
     // bounds it.
@@ -153,7 +165,10 @@ fn a_switchover_and_a_crosscheck_run_over_ssh_and_a_broken_ssh_changes_nothing()
         "crosscheck, silent ssh took {x_took:?}"
     );
     assert_eq!(code, 18, "silent ssh: {err}");
-    assert!(err.contains(&format!("ssh to {host2}")), "silent ssh: {err}");
+    assert!(
+        err.contains(&format!("ssh to {host2}")),
+        "silent ssh: {err}"
+    );
     assert!(
         took >= Duration::from_secs(3) && took < Duration::from_secs(15),
         "silent ssh took {took:?}"

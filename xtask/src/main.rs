@@ -457,7 +457,9 @@ fn setup(t: &Task) -> Result {
 
 /// The newer Barman (see [`NEW_BARMAN_DIR`]), unless present.
 fn setup_barman(t: &Task) -> Result {
-    t.step(&format!("setup: Barman {NEW_BARMAN_VERSION} (PostgreSQL 17 and 18)"));
+    t.step(&format!(
+        "setup: Barman {NEW_BARMAN_VERSION} (PostgreSQL 17 and 18)"
+    ));
     let barman = format!("{NEW_BARMAN_DIR}/bin/barman");
     let says = || {
         Command::new(&barman)

@@ -389,8 +389,8 @@ fn failover_run(
         Fault::HostLoss => Cluster::with_network(&format!("bench-hostloss-{run}")),
     };
     // Ours, on three nodes, is also measured through HAProxy (on loopback: not across a cut).
-    let http = (system == System::Ours && standbys == [2, 3] && fault == Fault::Crash)
-        .then(http_ports);
+    let http =
+        (system == System::Ours && standbys == [2, 3] && fault == Fault::Crash).then(http_ports);
     let (wait, mut daemons) = match system {
         System::Ours => {
             c.populate(standbys, |id| match &http {
@@ -987,7 +987,14 @@ fn scale(runs: usize) {
             per_hour[1..].iter().cloned().fold(0.0, f64::max)
         ));
     }
-    failover_series(&mut report, runs, &standbys, small, System::Ours, Fault::Crash);
+    failover_series(
+        &mut report,
+        runs,
+        &standbys,
+        small,
+        System::Ours,
+        Fault::Crash,
+    );
     report.save();
 }
 
