@@ -1,6 +1,7 @@
 //! Jepsen-style check of zero data loss and self-healing: clients insert unique integers on
 //! whichever node is the writable primary and record every acknowledged one, while the test
-//! kills, freezes and cuts off the primary and the standbys in a seeded random sequence. After
+//! kills (the whole server, or the primary's postmaster alone while its backends commit),
+//! freezes and cuts off the primary and the standbys in a seeded random sequence. After
 //! each fault the cluster must be back to full redundancy (every data node streaming from the
 //! primary) with no command run: replaced primaries and diverged standbys rejoin by themselves
 //! (`repmgr.auto_rejoin`). At the end every acknowledged integer must be on the final primary.
@@ -37,7 +38,11 @@ impl Rng {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Fault {
+    /// Every process of the primary at once, as a host crash would.
     KillPrimary,
+    /// Its postmaster alone (`kill -9`): the backends committing for the clients outlive it
+    /// for a moment, and its worker tells the voters.
+    KillPostmaster,
     FreezePrimary,
     IsolatePrimary,
     KillStandby,
@@ -153,6 +158,10 @@ impl Jepsen {
                 self.c.crash(p);
                 self.replace_primary(p, fault);
             }
+            Fault::KillPostmaster => {
+                self.c.kill9(p);
+                self.replace_primary(p, fault);
+            }
             Fault::FreezePrimary => {
                 self.c.freeze(p);
                 self.replace_primary(p, fault);
@@ -211,6 +220,7 @@ fn no_acknowledged_write_is_lost_through_random_faults() {
     let mut rng = Rng(seed);
     let faults = [
         Fault::KillPrimary,
+        Fault::KillPostmaster,
         Fault::FreezePrimary,
         Fault::IsolatePrimary,
         Fault::KillStandby,
