@@ -2306,19 +2306,14 @@ mod tests {
         Some(PreVote {
             answer: Answer {
                 term: 1,
-                leading: false,
                 in_recovery: true,
                 silence: Duration::from_millis(silence),
                 lost,
                 lsn: Some(100),
                 timeline: 1,
-                timeline_start: 0,
-                unavailable: false,
-                diverged: false,
                 priority: 100,
-                failover_slots: 0,
                 version: 1,
-                sync_quorum: 0,
+                ..Answer::default()
             },
             primary: None,
             switch_lsn: 0,

@@ -24,7 +24,7 @@ pub enum Kind {
 }
 
 /// A voter's answer to the pre-vote question "how does it look from there?".
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Answer {
     pub term: u64,
     /// Running as a primary that holds its lease: the primary is not gone.

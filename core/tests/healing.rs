@@ -468,19 +468,13 @@ fn told_the_primary_exited_a_standby_asks_again_soon_a_voter_that_had_not_heard_
     let heard_recently = PreVote {
         answer: Answer {
             term: 1,
-            leading: false,
             in_recovery: true,
             silence: Duration::from_millis(100),
-            lost: false,
             lsn: Some(100),
             timeline: 1,
-            timeline_start: 0,
-            unavailable: false,
-            diverged: false,
             priority: 100,
-            failover_slots: 0,
             version: 1,
-            sync_quorum: 0,
+            ..Answer::default()
         },
         primary: Some((1, 1)),
         switch_lsn: 0,
