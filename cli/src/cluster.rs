@@ -393,14 +393,7 @@ pub fn crosscheck(ctx: &Ctx) -> Result<i32> {
             Ok(v) => v,
             Err(f) => {
                 ssh_failed |= f.code == ERR_BAD_SSH;
-                eprintln!(
-                    "WARNING: the view of {} is left out: {}",
-                    n.describe(),
-                    conninfo::mask_in_text(&f.message)
-                );
-                if let Some(h) = &f.hint {
-                    eprintln!("HINT: {}", conninfo::mask_in_text(h));
-                }
+                f.warn(&format!("the view of {} is left out", n.describe()));
                 continue;
             }
         };

@@ -99,8 +99,18 @@ impl Failure {
 
     /// Prints the failure to stderr as `ERROR:` and `HINT:` lines.
     pub fn report(&self) {
+        self.print("ERROR: ");
+    }
+
+    /// Prints the failure to stderr as a `WARNING:` introduced by `context`, and its `HINT:`,
+    /// for a command that goes on without what failed.
+    pub fn warn(&self, context: &str) {
+        self.print(&format!("WARNING: {context}: "));
+    }
+
+    fn print(&self, lead: &str) {
         eprintln!(
-            "ERROR: {}",
+            "{lead}{}",
             repmgr_core::conninfo::mask_in_text(&self.message)
         );
         if let Some(h) = &self.hint {
